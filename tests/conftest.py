@@ -1,0 +1,37 @@
+"""Shared fixtures: benchmark data location, isolated user dirs, the repo root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_data_path() -> Path:
+    """../shared/data beside the checkout, or $TUNEDECK_BENCH_DATA (set by .ci/run)."""
+    env = os.environ.get("TUNEDECK_BENCH_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def bench_data() -> Path:
+    path = bench_data_path()
+    if not (path / "mbpp" / "mbpp.jsonl").is_file():
+        pytest.skip(f"benchmark data not found at {path} (set TUNEDECK_BENCH_DATA or get it with `tunedeck data download`)")
+    return path
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own TuneDeck home (store, profiles, local runs), never the real user's."""
+    home = tmp_path_factory.mktemp("tunedeck-home")
+    monkeypatch.setenv("TUNEDECK_HOME", str(home))
+    return home
