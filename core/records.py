@@ -139,10 +139,22 @@ _NUMBER = (int, float)
 
 
 def _finite(value: Any) -> Any:
-    """NaN/inf become None (JSON null); everything else passes through."""
+    """NaN/inf become None (JSON null), also inside nested dicts/lists; everything else passes through."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def metric_record(*, step: int, attempt: int, epoch: float, samples: int, tokens: int, loss: float | None,
@@ -183,22 +195,36 @@ def validate_record(kind: str, rec: Any) -> list[str]:
     if not isinstance(rec, dict):
         return [f"a {kind} record must be a JSON object"]
     problems = [f"missing field {name!r}" for name in KIND_REQUIRED[kind] if name not in rec]
-    for name in ("t", "attempt", "step"):
-        if name in rec and not (isinstance(rec[name], _NUMBER) and not isinstance(rec[name], bool)):
-            problems.append(f"field {name!r} must be a number")
+    if "t" in rec and not _is_number(rec["t"]):
+        problems.append("field 't' must be a number")
+    # attempt and step key the store's rows, so they must be whole numbers (1.0 would not match 1 there).
+    for name in ("attempt", "step"):
+        if name in rec and not _is_int(rec[name]):
+            problems.append(f"field {name!r} must be an integer")
     if kind == "metrics":
         for name in METRIC_REQUIRED[3:] + METRIC_OPTIONAL:
             v = rec.get(name)
-            if v is not None and (not isinstance(v, _NUMBER) or isinstance(v, bool)):
+            if v is not None and not _is_number(v):
                 problems.append(f"field {name!r} must be a number or null")
     elif kind == "evals":
         if rec.get("subset") not in SUBSETS:
             problems.append(f"field 'subset' must be one of {SUBSETS}")
+        for name in ("checkpoint", "benchmark"):
+            if name in rec and not isinstance(rec[name], str):
+                problems.append(f"field {name!r} must be a string")
+        for name in ("n_tasks", "samples_per_task"):
+            if name in rec and not _is_int(rec[name]):
+                problems.append(f"field {name!r} must be an integer")
+        if "temperature" in rec and not _is_number(rec["temperature"]):
+            problems.append("field 'temperature' must be a number")
         for key, v in rec.items():
-            if key.startswith("pass@") and v is not None and not isinstance(v, _NUMBER):
+            if key.startswith("pass@") and v is not None and not _is_number(v):
                 problems.append(f"field {key!r} must be a number or null")
-    elif kind == "events" and rec.get("event") not in EVENT_KINDS:
-        problems.append(f"unknown event {rec.get('event')!r}")
+    elif kind == "events":
+        if "event" in rec and rec["event"] not in EVENT_KINDS:
+            problems.append(f"unknown event {rec.get('event')!r}")
+        if "detail" in rec and not isinstance(rec["detail"], dict):
+            problems.append("field 'detail' must be a JSON object")
     return problems
 
 
@@ -246,16 +272,21 @@ class JsonlWriter:
 
 
 def touch_heartbeat(path: str | os.PathLike[str]) -> None:
+    """Write the current time to the heartbeat file (temp + rename: a reader never sees it empty)."""
     p = Path(path)
-    with open(p, "w") as f:
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
         f.write(f"{time.time():.3f}\n")
+    tmp.replace(p)
 
 
 def read_heartbeat(path: str | os.PathLike[str]) -> float | None:
+    """The time in the heartbeat file, or None when it is missing, empty or garbage."""
     try:
-        return float(Path(path).read_text().strip() or "nan")
+        value = float(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
+    return value if math.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -293,6 +324,7 @@ class IncrementalReader:
         self.offset = offset
         self.line_no = line_no
         self._pending = bytearray()
+        self._skipping = False  # inside an over-long line: drop bytes until its newline
         self.corrupt_count = 0
         self.truncated = False
 
@@ -300,8 +332,25 @@ class IncrementalReader:
     def pending_bytes(self) -> int:
         return len(self._pending)
 
+    def reset(self) -> None:
+        """Start again from byte 0 (after truncation was detected and the file is read anew)."""
+        self.offset = 0
+        self.line_no = 0
+        self._pending.clear()
+        self._skipping = False
+        self.truncated = False
+
     def feed(self, chunk: bytes) -> FeedResult:
         result = FeedResult()
+        if self._skipping:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self.offset += len(chunk)
+                return result
+            # The over-long line ends here; it was reported (and its line number counted) when skipping began.
+            self.offset += nl + 1
+            chunk = chunk[nl + 1:]
+            self._skipping = False
         self._pending += chunk
         start = 0
         buf = self._pending
@@ -326,16 +375,21 @@ class IncrementalReader:
                 result.offsets.append(self.offset)
         del buf[:start]
         if len(buf) > self.MAX_LINE_BYTES:
-            # A "line" this long is garbage (a binary file, a runaway writer): skip it, report it.
+            # A "line" this long is garbage (a binary file, a runaway writer): skip it to its newline, report it
+            # once. The offset moves past the skipped bytes so a resumed reader does not re-read them.
             self.corrupt_count += 1
-            result.corrupt.append(CorruptLine(self.offset, self.line_no + 1, "line longer than 16 MiB", ""))
+            self.line_no += 1
+            result.corrupt.append(CorruptLine(self.offset, self.line_no, "line longer than 16 MiB",
+                                              bytes(buf[:200]).decode("utf-8", "replace")))
             self.offset += len(buf)
             buf.clear()
+            self._skipping = True
         return result
 
     def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:
         try:
-            rec = json.loads(line)
+            # Another writer may have emitted Python's non-JSON NaN/Infinity tokens: read them as null.
+            rec = json.loads(line, parse_constant=lambda _token: None)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return None, f"not JSON: {exc}"
         if self.kind is not None:

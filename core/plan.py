@@ -1,0 +1,419 @@
+"""Launch-plan rendering: the files a run needs on its target machine, built from one RunConfig.
+
+Pure functions (config + LaunchContext -> text), plus `write_plan`, which writes them atomically. Every
+value that reaches a shell goes through `shlex.quote` (commands are built as lists, joined with
+`shlex.join`); values that land where no shell quoting applies (#SBATCH directives, .deepspeed_env, the
+DeepSpeed launcher's own remote command line) are validated against that consumer's rules and rejected
+with a PlanError that names the field.
+
+Entry-point contract with the training job: `python -m remote.job.train RUN_DIR` with
+PYTHONPATH=RUN_DIR/code, runnable under torchrun / the deepspeed launcher with 1 or more processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from core.config import RunConfig, resolved_dict
+from core.fsutil import atomic_write_text
+from core.records import RunPaths
+
+JOB_MODULE = "remote.job.train"
+Backend = Literal["slurm", "hostfile", "local"]
+BACKENDS: tuple[str, ...] = ("slurm", "hostfile", "local")
+# Seconds of notice Slurm gives (SIGTERM to the batch shell) before a time limit or preemption kill,
+# long enough for a ZeRO-3 checkpoint of a 34B model to reach shared storage.
+PREEMPT_NOTICE_S = 120
+
+
+class PlanError(ValueError):
+    """A value that cannot be placed safely into a launch file (names the field and the reason)."""
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """Where and how one run is launched; filled by the remote side from a cluster profile."""
+
+    run_id: str
+    run_dir: str  # absolute path ON THE TARGET machine
+    backend: Backend = "local"
+    env_setup: str = ""  # trusted shell snippet from the cluster profile (e.g. `source ~/venv/bin/activate`)
+    python: str = "python3"
+    master_port: int = 29500
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_limit: str | None = None  # Slurm time format, e.g. "04:00:00" or "1-00:00:00"
+    job_name: str | None = None  # default: "tunedeck-<run_id>"
+    hosts: tuple[str, ...] | list[str] = ("localhost",)
+    cpus_per_task: int | None = None  # default: one per process on CPU clusters, cluster default on GPUs
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise PlanError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if not PurePosixPath(self.run_dir).is_absolute():
+            raise PlanError(f"run_dir: must be an absolute path on the target machine, got {self.run_dir!r}")
+        if not 0 < int(self.master_port) < 65536:
+            raise PlanError(f"master_port: {self.master_port} is not a TCP port")
+        if not self.python:
+            raise PlanError("python: the interpreter must not be empty")
+        object.__setattr__(self, "hosts", tuple(self.hosts))
+        for key in self.extra_env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise PlanError(f"extra_env: {key!r} is not a valid environment variable name")
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.run_dir)
+
+    @property
+    def code_dir(self) -> str:
+        return str(PurePosixPath(self.run_dir) / RunPaths.JOB_CODE)
+
+    def path(self, name: str) -> str:
+        return str(PurePosixPath(self.run_dir) / name)
+
+
+def slurm_job_name(text: str, max_len: int = 64) -> str:
+    """A job name Slurm shows cleanly (squeue truncates and some sites choke on odd characters)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+    return name[:max_len] or "tunedeck"
+
+
+# ------------------------------------------------------------------------------------- DeepSpeed JSON
+
+
+def _offload(device: str, nvme_path: str | None) -> dict[str, Any]:
+    block: dict[str, Any] = {"device": device, "pin_memory": True}
+    if device == "nvme":
+        block["nvme_path"] = nvme_path
+    return block
+
+
+def render_ds_config(config: RunConfig) -> dict[str, Any]:
+    """DeepSpeed config in the transformers-Trainer style: "auto" wherever the Trainer owns the value.
+
+    No `scheduler` block: the Trainer then builds its own schedule (training.lr_scheduler: cosine has no
+    DeepSpeed scheduler whose values the Trainer fills), which works with DeepSpeed's optimizer.
+    """
+    ds = config.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage > 0:
+        if ds.offload_optimizer != "none":
+            zero["offload_optimizer"] = _offload(ds.offload_optimizer, ds.nvme_path)
+        if ds.zero_stage == 3 and ds.offload_param != "none":
+            zero["offload_param"] = _offload(ds.offload_param, ds.nvme_path)
+        zero["overlap_comm"] = ds.overlap_comm
+        zero["contiguous_gradients"] = ds.contiguous_gradients
+        zero["reduce_bucket_size"] = ds.reduce_bucket_size
+    if ds.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = ds.stage3_prefetch_bucket_size
+        zero["stage3_param_persistence_threshold"] = ds.stage3_param_persistence_threshold
+        zero["stage3_max_live_parameters"] = ds.stage3_max_live_parameters
+        zero["stage3_max_reuse_distance"] = ds.stage3_max_reuse_distance
+        zero["sub_group_size"] = ds.sub_group_size
+        zero["stage3_gather_16bit_weights_on_model_save"] = ds.gather_16bit_weights_on_model_save
+    optimizer_params: dict[str, Any] = {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}
+    if ds.torch_adam:
+        # torch's AdamW instead of DeepSpeed's fused/CPU Adam: no op compilation (80-95 s on CPU).
+        optimizer_params["torch_adam"] = True
+    return {
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "optimizer": {"type": "AdamW", "params": optimizer_params},
+        "zero_optimization": zero,
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        # The job logs its own metrics; DeepSpeed's periodic prints would only clutter stdout.log.
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+# ------------------------------------------------------------------------------------ value checking
+
+
+_FORBIDDEN_ANYWHERE = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}
+
+
+def _check_no_control(what: str, value: str) -> None:
+    for ch, name in _FORBIDDEN_ANYWHERE.items():
+        if ch in value:
+            raise PlanError(f"{what}: contains {name}, which cannot be placed in a launch file: {value!r}")
+
+
+def _sbatch_value(what: str, value: str, *, filename: bool = False) -> str:
+    """Escape a value for an #SBATCH line (no shell reads it: sbatch's own parser does).
+
+    sbatch's `_get_argument` splits on whitespace, groups with ' or ", and copies the character after a
+    backslash literally, so every whitespace, quote and backslash is backslash-escaped. In filename
+    patterns (--output) `%` starts a replacement symbol (`%%` is a literal %), and a backslash switches
+    symbol processing off, so paths with a backslash are rejected.
+    """
+    value = str(value)
+    _check_no_control(what, value)
+    if not value:
+        raise PlanError(f"{what}: must not be empty")
+    if "packjob" in value.lower():
+        raise PlanError(f"{what}: sbatch blanks the word 'packjob' in directive lines: {value!r}")
+    if filename:
+        if "\\" in value:
+            raise PlanError(f"{what}: a backslash in a Slurm output path turns off its %-patterns: {value!r}")
+        value = value.replace("%", "%%")
+    return "".join("\\" + ch if ch in "\\\"'" or ch.isspace() else ch for ch in value)
+
+
+# DeepSpeed's launcher re-quotes .deepspeed_env values and user arguments for the remote shell naively
+# (multinode_runner.add_export wraps them in "...", PDSHRunner.parse_user_args in '...'), so characters
+# a shell still interprets there are refused rather than escaped.
+_DEEPSPEED_UNSAFE = set("\"'$`\\!")
+
+
+def _deepspeed_value(what: str, value: str) -> str:
+    _check_no_control(what, value)
+    bad = sorted(set(value) & _DEEPSPEED_UNSAFE)
+    if bad:
+        raise PlanError(
+            f"{what}: contains {' '.join(bad)}, which DeepSpeed's launcher passes unescaped to the remote "
+            f"shell (.deepspeed_env / pdsh); use a path without them: {value!r}"
+        )
+    if value != value.strip():
+        raise PlanError(f"{what}: DeepSpeed's launcher strips leading/trailing whitespace: {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------- env files
+
+
+def job_env(config: RunConfig, ctx: LaunchContext) -> dict[str, str]:
+    """Environment every training process gets (the launcher exports it on every node)."""
+    env = {
+        "PYTHONPATH": ctx.code_dir,
+        "PYTHONUNBUFFERED": "1",
+        # Gloo collectives print ~1,800 FutureWarnings per short run.
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+        "TUNEDECK_RUN_ID": ctx.run_id,
+    }
+    env.update(ctx.extra_env)
+    for key, value in env.items():
+        _check_no_control(f"environment variable {key}", str(value))
+    return env
+
+
+def render_deepspeed_env(config: RunConfig, ctx: LaunchContext) -> str:
+    """`.deepspeed_env`: KEY=VALUE lines the deepspeed launcher exports on every node."""
+    lines = [f"{key}={_deepspeed_value(f'environment variable {key}', str(v))}" for key, v in job_env(config, ctx).items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_hostfile(config: RunConfig, ctx: LaunchContext) -> str:
+    """DeepSpeed hostfile: one `host slots=G` line per node (the first `cluster.nodes` of ctx.hosts)."""
+    hosts = list(ctx.hosts)
+    if len(hosts) < config.cluster.nodes:
+        raise PlanError(
+            f"hosts: cluster.nodes is {config.cluster.nodes} but only {len(hosts)} host(s) given: {', '.join(hosts)}"
+        )
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@%-]+", host):
+            raise PlanError(f"hosts: {host!r} is not a host name the DeepSpeed hostfile can hold")
+    return "".join(f"{h} slots={config.cluster.gpus_per_node}\n" for h in hosts[: config.cluster.nodes])
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def _torchrun(ctx: LaunchContext, *launcher_args: str) -> list[str]:
+    return [ctx.python, "-m", "torch.distributed.run", *launcher_args, "-m", JOB_MODULE, ctx.run_dir]
+
+
+def local_command(config: RunConfig, ctx: LaunchContext) -> list[str]:
+    """argv that trains on this machine: torchrun, standalone rendezvous, one process per GPU/slot."""
+    return _torchrun(ctx, "--standalone", "--nproc_per_node", str(config.cluster.gpus_per_node))
+
+
+def hostfile_command(config: RunConfig, ctx: LaunchContext) -> list[str]:
+    """argv of the deepspeed launcher over the run's hostfile."""
+    _deepspeed_value("run_dir", ctx.run_dir)
+    return [
+        "deepspeed",
+        "--hostfile", ctx.path(RunPaths.HOSTFILE),
+        "--master_port", str(ctx.master_port),
+        # On a host without GPUs the launcher starts one process unless told how many.
+        "--num_gpus", str(config.cluster.gpus_per_node),
+        "--module", JOB_MODULE,
+        ctx.run_dir,
+    ]
+
+
+def _exports(config: RunConfig, ctx: LaunchContext) -> list[str]:
+    return [f"export {key}={shlex.quote(value)}" for key, value in job_env(config, ctx).items()]
+
+
+def _env_setup(ctx: LaunchContext) -> list[str]:
+    if not ctx.env_setup.strip():
+        return []
+    # A profile's activation snippet (conda, modules) often reads unset variables: relax -u around it.
+    # The snippet is the profile's own shell code (trusted, not quoted); shellcheck cannot follow what it
+    # sources.
+    return ["set +u", "# shellcheck disable=SC1090,SC1091", ctx.env_setup, "set -u"]
+
+
+def _script(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def render_local_script(config: RunConfig, ctx: LaunchContext) -> str:
+    """launch.sh for the local backend: torchrun in the foreground of this script, output appended to
+    stdout.log; `exec` so a SIGTERM to the script's process reaches torchrun, which forwards it to ranks."""
+    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
+    return _script(
+        [
+            "#!/bin/bash",
+            f"# TuneDeck run {_comment(ctx.run_id)}: local launch (torchrun, standalone).",
+            "set -euo pipefail",
+            f"cd {shlex.quote(ctx.run_dir)}",
+            *_env_setup(ctx),
+            *_exports(config, ctx),
+            f"exec {shlex.join(local_command(config, ctx))} >> {stdout} 2>&1",
+        ]
+    )
+
+
+def render_hostfile_launch(config: RunConfig, ctx: LaunchContext) -> str:
+    """launch.sh for the hostfile backend (started with `setsid nohup`): the deepspeed launcher, run from
+    the run directory so it finds .deepspeed_env, output appended to stdout.log."""
+    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
+    return _script(
+        [
+            "#!/bin/bash",
+            f"# TuneDeck run {_comment(ctx.run_id)}: DeepSpeed hostfile launch.",
+            "set -euo pipefail",
+            f"cd {shlex.quote(ctx.run_dir)}",
+            *_env_setup(ctx),
+            *_exports(config, ctx),
+            f"exec {shlex.join(hostfile_command(config, ctx))} >> {stdout} 2>&1",
+        ]
+    )
+
+
+def _comment(text: str) -> str:
+    """Text for a comment line: quoted so it cannot end the comment or hide a newline."""
+    return re.sub(r"[^\x20-\x7e]", "?", repr(text))
+
+
+def slurm_directives(config: RunConfig, ctx: LaunchContext) -> list[tuple[str, str]]:
+    """(option, escaped value) pairs of the #SBATCH header."""
+    c = config.cluster
+    job_name = ctx.job_name if ctx.job_name is not None else slurm_job_name(f"tunedeck-{ctx.run_id}")
+    opts: list[tuple[str, str]] = [
+        ("job-name", _sbatch_value("job_name", job_name)),
+        ("nodes", str(c.nodes)),
+        ("ntasks-per-node", "1"),  # one torchrun per node; it starts the per-GPU ranks
+    ]
+    if c.gpu_type != "cpu":
+        opts.append(("gpus-per-node", str(c.gpus_per_node)))
+    cpus = ctx.cpus_per_task if ctx.cpus_per_task is not None else (c.gpus_per_node if c.gpu_type == "cpu" else None)
+    if cpus is not None:
+        opts.append(("cpus-per-task", str(int(cpus))))
+    for name, value in (("partition", ctx.partition), ("account", ctx.account), ("qos", ctx.qos), ("time", ctx.time_limit)):
+        if value:
+            opts.append((name, _sbatch_value(name if name != "time" else "time_limit", value)))
+    opts += [
+        ("chdir", _sbatch_value("run_dir", ctx.run_dir)),
+        ("output", _sbatch_value("run_dir", ctx.path(RunPaths.STDOUT), filename=True)),
+        ("open-mode", "append"),
+        # SIGTERM to the batch shell (exec'd into srun, which forwards it to torchrun and the ranks) some
+        # time before the kill, so the job can save a checkpoint and exit cleanly.
+        ("signal", f"B:TERM@{PREEMPT_NOTICE_S}"),
+        ("requeue", ""),
+    ]
+    return opts
+
+
+def render_slurm_script(config: RunConfig, ctx: LaunchContext) -> str:
+    """launch.slurm: one srun task per node, each running torchrun with a c10d rendezvous on the first node."""
+    c = config.cluster
+    header = [f"#SBATCH --{name}={value}" if value else f"#SBATCH --{name}" for name, value in slurm_directives(config, ctx)]
+    srun = [
+        "srun", "--kill-on-bad-exit=1",
+        *_torchrun(
+            ctx,
+            "--nnodes", "$SLURM_NNODES",
+            "--nproc_per_node", str(c.gpus_per_node),
+            "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"$MASTER_ADDR:{ctx.master_port}",
+            "--rdzv_id", "$SLURM_JOB_ID",
+        ),
+    ]
+    # shlex.join would single-quote the three $-words; they are ours and must expand, so they are
+    # double-quoted instead while everything else stays shlex-quoted.
+    expand = {"$SLURM_NNODES", f"$MASTER_ADDR:{ctx.master_port}", "$SLURM_JOB_ID"}
+    command = " ".join(f'"{a}"' if a in expand else shlex.quote(a) for a in srun)
+    return _script(
+        [
+            "#!/bin/bash",
+            f"# TuneDeck run {_comment(ctx.run_id)}: Slurm batch script.",
+            *header,
+            "set -euo pipefail",
+            f"cd {shlex.quote(ctx.run_dir)}",
+            *_env_setup(ctx),
+            *_exports(config, ctx),
+            'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+            "export MASTER_ADDR",
+            f"export MASTER_PORT={int(ctx.master_port)}",
+            f"exec {command}",
+        ]
+    )
+
+
+# -------------------------------------------------------------------------------------------- writing
+
+
+def launch_script(config: RunConfig, ctx: LaunchContext) -> str:
+    """The launch.sh matching ctx.backend (Slurm runs launch.slurm instead; launch.sh is then the local form)."""
+    if ctx.backend == "hostfile":
+        return render_hostfile_launch(config, ctx)
+    return render_local_script(config, ctx)
+
+
+def render_plan(config: RunConfig, ctx: LaunchContext) -> dict[str, str]:
+    """Every launch file as text, keyed by its RunPaths name. Files whose backend cannot hold a value
+    (e.g. a run_dir with a quote for the DeepSpeed launcher) are left out unless ctx.backend needs them."""
+    files: dict[str, str] = {
+        RunPaths.CONFIG_YAML: config.to_yaml(),
+        RunPaths.CONFIG_JSON: json.dumps(resolved_dict(config), indent=2, sort_keys=False) + "\n",
+        RunPaths.DS_CONFIG: json.dumps(render_ds_config(config), indent=2) + "\n",
+    }
+    optional = {
+        RunPaths.HOSTFILE: ("hostfile", render_hostfile),
+        RunPaths.DEEPSPEED_ENV: ("hostfile", render_deepspeed_env),
+        RunPaths.SLURM_SCRIPT: ("slurm", render_slurm_script),
+    }
+    for name, (backend, fn) in optional.items():
+        try:
+            files[name] = fn(config, ctx)
+        except PlanError:
+            if ctx.backend == backend:
+                raise
+    files[RunPaths.LOCAL_SCRIPT] = launch_script(config, ctx)
+    return files
+
+
+def write_plan(config: RunConfig, ctx: LaunchContext, out_dir: str | Path) -> dict[str, Path]:
+    """Render everything first, then write each file atomically into out_dir (launch scripts executable)."""
+    files = render_plan(config, ctx)
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    for name, text in files.items():
+        mode = 0o755 if name in (RunPaths.LOCAL_SCRIPT, RunPaths.SLURM_SCRIPT) else 0o644
+        atomic_write_text(out / name, text, mode=mode)
+        written[name] = out / name
+    return written
