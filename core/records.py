@@ -138,15 +138,18 @@ FILE_KIND = {RunPaths.METRICS: "metrics", RunPaths.EVALS: "evals", RunPaths.EVEN
 _NUMBER = (int, float)
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/inf become None (JSON null), also inside nested dicts/lists; everything else passes through."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
+
+
+_finite = json_safe
 
 
 def _is_number(value: Any) -> bool:
@@ -187,7 +190,8 @@ def eval_record(*, step: int, attempt: int, checkpoint: str, benchmark: str, sub
 def event_record(event: str, attempt: int, detail: dict[str, Any] | None = None, t: float | None = None) -> dict[str, Any]:
     if event not in EVENT_KINDS:
         raise ValueError(f"unknown event {event!r} (one of {EVENT_KINDS})")
-    return {"t": time.time() if t is None else t, "attempt": attempt, "event": event, "detail": detail or {}}
+    return {"t": time.time() if t is None else t, "attempt": attempt, "event": event,
+            "detail": json_safe(detail or {})}
 
 
 def validate_record(kind: str, rec: Any) -> list[str]:

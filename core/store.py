@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from core.records import FILE_KIND, METRIC_REQUIRED, RunPaths, validate_record
+from core.records import FILE_KIND, METRIC_REQUIRED, RunPaths, json_safe, validate_record
 
 STATUSES = ("created", "pending", "running", "completing", "finished", "failed", "cancelled", "unknown")
 TERMINAL_STATUSES = ("finished", "failed", "cancelled")
@@ -231,7 +231,7 @@ def _run_row(row: sqlite3.Row) -> RunRow:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------------- store

@@ -1,0 +1,318 @@
+"""The matchers: sampled / exhaustive 50-character substrings (OpenAI) and 13-word n-grams (GPT-3 style).
+
+How the substring matcher is fast in pure Python + numpy: every pattern (a sampled window, or in exhaustive mode
+the whole processed question) has all its Q-character grams in a dict keyed by a 64-bit hash. A training
+batch is processed, joined into one buffer and hashed with numpy at a stride S = m_min - Q + 1 (m_min: the
+shortest length that counts as a match), so every occurrence of >= m_min characters contains one hashed gram.
+A bitmap drops almost all positions in C; the few candidates are verified exactly and extended to the maximal
+common substring with slice comparisons. Patterns shorter than TINY characters are searched with `str.find`.
+
+A match never spans two training examples, nor two fields of one example: each field (and each message of a
+chat list) is its own segment, so every reported span lies in one field's raw text.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.decontam.normalize import offset_map, process, process_ascii_bytes, raw_span
+
+Q = 8  # gram length (characters)
+TINY = 16  # patterns shorter than this are searched with str.find
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+MODES = ("sampled", "exhaustive", "ngram13")
+NGRAM = 13
+_WORD_RE = re.compile(r"[^\W_]+")  # runs of str.isalnum() characters
+
+
+@dataclass
+class Item:
+    """One eval item as the matcher sees it."""
+
+    benchmark: str
+    task_id: str
+    question: str  # raw
+    processed: str = ""
+    omap: list[int] = field(default_factory=list)
+    windows: list[tuple[int, int]] = field(default_factory=list)  # processed [start, end) of sampled windows
+
+
+# A hit: (row, field, item index, window index or -1, eval raw span, train raw span, processed text)
+Hit = tuple[int, str, int, int, tuple[int, int], tuple[int, int], str]
+
+
+def sample_windows(processed: str, *, seed: int, benchmark: str, task_id: str, window: int = 50,
+                   count: int = 3) -> list[tuple[int, int]]:
+    """`count` distinct random windows of `window` characters, reproducible from seed + benchmark + task id.
+
+    The whole text if it is shorter than `window` (one window); none if it is empty."""
+    n = len(processed)
+    if n == 0:
+        return []
+    if n <= window:
+        return [(0, n)]
+    rng = random.Random(f"{seed}:{benchmark}:{task_id}")
+    starts = rng.sample(range(n - window + 1), min(count, n - window + 1))  # distinct windows
+    return [(s, s + window) for s in starts]
+
+
+def prepare_items(tasks: list[tuple[str, str, str]], *, mode: str, seed: int, window: int,
+                  casefold: bool) -> list[Item]:
+    """tasks: (benchmark, task_id, raw question)."""
+    items = []
+    for bench, tid, question in tasks:
+        item = Item(bench, tid, question)
+        if mode != "ngram13":
+            item.processed = process(question, casefold)
+            item.omap = offset_map(question)
+            if mode == "sampled":
+                item.windows = sample_windows(item.processed, seed=seed, benchmark=bench, task_id=tid, window=window)
+        items.append(item)
+    return items
+
+
+def _codes(text: str | bytes) -> np.ndarray:
+    if isinstance(text, bytes):
+        return np.frombuffer(text, dtype=np.uint8)
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _gram_hashes(codes: np.ndarray, stride: int) -> np.ndarray:
+    """Hash of the Q code points starting at 0, stride, 2*stride, ... (all that fit)."""
+    count = (len(codes) - Q) // stride + 1 if len(codes) >= Q else 0
+    h = np.zeros(count, dtype=np.uint64)
+    if count:
+        last = stride * (count - 1)
+        for j in range(Q):
+            h = h * _MULT + codes[j: j + last + 1: stride].astype(np.uint64)
+    return h
+
+
+def _match_len_forward(a, i: int, b, j: int, limit: int) -> int:
+    """Length of the common prefix of a[i:] and b[j:], at most `limit` (slice compares, binary search)."""
+    if a[i: i + limit] == b[j: j + limit]:
+        return limit
+    lo, hi = 0, limit  # a[i:i+lo] == b[j:j+lo], a[i:i+hi] != b[j:j+hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[i: i + mid] == b[j: j + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _match_len_backward(a, i: int, b, j: int, limit: int) -> int:
+    """Length of the common suffix of a[:i] and b[:j], at most `limit`."""
+    if a[i - limit: i] == b[j - limit: j]:
+        return limit
+    lo, hi = 0, limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[i - mid: i] == b[j - mid: j]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class SubstringMatcher:
+    """Sampled and exhaustive modes.
+
+    A pattern is a sampled window (it must occur whole) or, in exhaustive mode, the whole processed question
+    (any common substring of >= min(window, len) characters counts, reported as maximal spans)."""
+
+    def __init__(self, items: list[Item], *, mode: str, window: int = 50, casefold: bool = False):
+        self.items, self.mode, self.casefold = items, mode, casefold
+        # patterns: (item index, window index or -1, processed text, offset of text in the question, min length)
+        self.patterns: list[tuple[int, int, str, int, int]] = []
+        for i, item in enumerate(items):
+            if mode == "sampled":
+                seen = set()
+                for w, (s, e) in enumerate(item.windows):
+                    if (s, e) not in seen:
+                        seen.add((s, e))
+                        self.patterns.append((i, w, item.processed[s:e], s, e - s))
+            elif item.processed:
+                self.patterns.append((i, -1, item.processed, 0, min(window, len(item.processed))))
+        self.tiny = [k for k, p in enumerate(self.patterns) if p[4] < TINY]
+        indexed = [k for k, p in enumerate(self.patterns) if p[4] >= TINY]
+        self.stride = min((self.patterns[k][4] for k in indexed), default=window) - Q + 1
+        self.pat_bytes = [p[2].encode("ascii") if p[2].isascii() else None for p in self.patterns]
+        grams: dict[int, list[tuple[int, int]]] = {}
+        for k in indexed:
+            for off, h in enumerate(_gram_hashes(_codes(self.patterns[k][2]), 1).tolist()):
+                grams.setdefault(h, []).append((k, off))
+        self.grams = grams
+        bits = min(26, max(16, (len(grams) * 64).bit_length()))
+        self.shift = np.uint64(64 - bits)
+        self.bitmap = np.zeros(1 << bits, dtype=bool)
+        if grams:
+            self.bitmap[np.array(list(grams), dtype=np.uint64) >> self.shift] = True
+
+    def scan(self, rows: list[tuple[int, list[tuple[str, str]]]]) -> list[Hit]:
+        """Hits in a batch of rows: (row index, [(field, raw text), ...])."""
+        seg_meta: list[tuple[int, str, str]] = []  # (row, field, raw)
+        ascii_parts: list[bytes] = []
+        ascii_ids: list[int] = []
+        uni_parts: list[str] = []
+        uni_ids: list[int] = []
+        cf = self.casefold
+        for row, segs in rows:
+            for fname, raw in segs:
+                sid = len(seg_meta)
+                seg_meta.append((row, fname, raw))
+                if raw.isascii():
+                    ascii_parts.append(process_ascii_bytes(raw.encode("ascii"), cf))
+                    ascii_ids.append(sid)
+                else:
+                    uni_parts.append(process(raw, cf))
+                    uni_ids.append(sid)
+        found: dict[int, dict[tuple[int, int], list[tuple[int, int, int]]]] = {}  # sid -> (pat, diag) -> spans
+        if self.grams:
+            for parts, ids, is_bytes in ((ascii_parts, ascii_ids, True), (uni_parts, uni_ids, False)):
+                if parts:
+                    self._scan_buffer(parts, ids, is_bytes, found)
+        if self.tiny:
+            for parts, ids in ((ascii_parts, ascii_ids), (uni_parts, uni_ids)):
+                for text, sid in zip(parts, ids):
+                    for k in self.tiny:
+                        pat = self.patterns[k][2]
+                        needle = self.pat_bytes[k] if isinstance(text, bytes) else pat
+                        if needle is None:
+                            continue
+                        pos = text.find(needle)
+                        while pos >= 0:
+                            found.setdefault(sid, {}).setdefault((k, pos), []).append((0, len(pat), pos))
+                            if self.mode == "sampled":
+                                break
+                            pos = text.find(needle, pos + 1)
+        return self._hits(found, seg_meta, {sid: t for parts, ids in ((ascii_parts, ascii_ids), (uni_parts, uni_ids))
+                                            for t, sid in zip(parts, ids)})
+
+    def _scan_buffer(self, parts, ids, is_bytes, found) -> None:
+        buf = b"".join(parts) if is_bytes else "".join(parts)
+        lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        hashes = _gram_hashes(_codes(buf), self.stride)
+        cand = np.flatnonzero(self.bitmap[hashes >> self.shift])
+        if not len(cand):
+            return
+        positions = cand * self.stride
+        segs = np.searchsorted(ends, positions, side="right")
+        grams = self.grams
+        sampled = self.mode == "sampled"
+        for h, p, si in zip(hashes[cand].tolist(), positions.tolist(), segs.tolist()):
+            entries = grams.get(h)
+            if entries is None:
+                continue
+            s0, s1 = int(starts[si]), int(ends[si])
+            if p + Q > s1:
+                continue  # the gram crosses into the next segment
+            sid = ids[si]
+            for k, off in entries:
+                _, _, ptext, _, need = self.patterns[k]
+                pat = self.pat_bytes[k] if is_bytes else ptext
+                if pat is None or buf[p: p + Q] != pat[off: off + Q]:
+                    continue
+                diag = p - s0 - off
+                spans = found.get(sid, {}).get((k, diag))
+                if spans and any(a <= off < b for a, b, _ in spans):
+                    continue
+                left = _match_len_backward(pat, off, buf, p, min(off, p - s0))
+                right = _match_len_forward(pat, off + Q, buf, p + Q, min(len(pat) - off - Q, s1 - p - Q))
+                a, b = off - left, off + Q + right
+                if b - a < need:
+                    continue
+                if sampled and sid in found and any(key[0] == k for key in found[sid]):
+                    # one occurrence per window and row field: keep the first (smallest offset)
+                    old_key = next(key for key in found[sid] if key[0] == k)
+                    if found[sid][old_key][0][2] <= p - s0 - left:
+                        continue
+                    del found[sid][old_key]
+                found.setdefault(sid, {}).setdefault((k, diag), []).append((a, b, p - s0 - left))
+
+    def _hits(self, found, seg_meta, processed) -> list[Hit]:
+        hits: list[Hit] = []
+        for sid in sorted(found):
+            row, fname, raw = seg_meta[sid]
+            omap = offset_map(raw)
+            for (k, _diag), spans in found[sid].items():
+                item_idx, widx, ptext, poff, _ = self.patterns[k]
+                item = self.items[item_idx]
+                for a, b, t in spans:
+                    hits.append((row, fname, item_idx, widx, raw_span(item.omap, poff + a, poff + b),
+                                 raw_span(omap, t, t + b - a), ptext[a:b]))
+        return hits
+
+
+class NgramMatcher:
+    """GPT-3 / lm-eval-harness style: lowercase 13-word n-grams (words: runs of alphanumerics).
+
+    Questions shorter than 13 words are matched as their whole word sequence. Consecutive matching n-grams on
+    the same alignment merge into one maximal span."""
+
+    def __init__(self, items: list[Item], n: int = NGRAM):
+        self.items, self.n = items, n
+        self.qwords: list[list[tuple[str, int, int]]] = []
+        self.grams: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+        for i, item in enumerate(items):
+            words = [(m.group().lower(), m.start(), m.end()) for m in _WORD_RE.finditer(item.question)]
+            self.qwords.append(words)
+            size = min(n, len(words))
+            for j in range(len(words) - size + 1) if size else ():
+                self.grams.setdefault(tuple(w for w, _, _ in words[j: j + size]), []).append((i, j))
+        self.sizes = sorted({len(g) for g in self.grams})
+        self.firsts = {g[0] for g in self.grams}
+
+    def scan(self, rows: list[tuple[int, list[tuple[str, str]]]]) -> list[Hit]:
+        hits: list[Hit] = []
+        for row, segs in rows:
+            for fname, raw in segs:
+                hits.extend(self._scan_text(row, fname, raw))
+        return hits
+
+    def _scan_text(self, row: int, fname: str, raw: str) -> list[Hit]:
+        words = [w.lower() for w in _WORD_RE.findall(raw)]
+        found: dict[tuple[int, int], list[int]] = {}  # (item, diag) -> matching start word positions
+        for pos, w in enumerate(words):
+            if w not in self.firsts:
+                continue
+            for size in self.sizes:
+                for item_idx, j in self.grams.get(tuple(words[pos: pos + size]), ()):
+                    if len(self.qwords[item_idx]) == size or size == self.n:
+                        found.setdefault((item_idx, pos - j), []).append(j)
+        if not found:
+            return []
+        spans = [(m.start(), m.end()) for m in _WORD_RE.finditer(raw)]
+        hits: list[Hit] = []
+        for (item_idx, diag), starts in sorted(found.items()):
+            qw = self.qwords[item_idx]
+            size = min(self.n, len(qw))
+            starts = sorted(set(starts))
+            run_start = prev = starts[0]
+            for j in [*starts[1:], None]:
+                if j is not None and j == prev + 1:
+                    prev = j
+                    continue
+                a, b = run_start, prev + size  # question words [a, b)
+                hits.append((row, fname, item_idx, -1, (qw[a][1], qw[b - 1][2]),
+                             (spans[a + diag][0], spans[b - 1 + diag][1]), " ".join(w for w, _, _ in qw[a:b])))
+                if j is not None:
+                    run_start = prev = j
+        return hits
+
+
+def make_matcher(items: list[Item], *, mode: str, window: int, casefold: bool):
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "ngram13":
+        return NgramMatcher(items)
+    return SubstringMatcher(items, mode=mode, window=window, casefold=casefold)

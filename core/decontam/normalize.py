@@ -1,0 +1,66 @@
+"""Text processing for the contamination matcher: keep only `str.isalnum()` characters.
+
+OpenAI's method (GPT-4 technical report, contamination appendix) removes spaces and symbols and keeps letters
+and digits. `process` gives the processed text; `offset_map` gives, for each processed character, the index of
+the raw character it came from, so a processed span [s, e) maps back to the raw span
+[omap[s], omap[e - 1] + 1) and that raw span processes to exactly the same string.
+
+casefold is applied per character and only where it keeps one character (ß -> ss would break the 1:1 map);
+such characters are lowercased instead when that keeps one character, else kept as they are.
+ASCII rows take a `bytes.translate` fast path (about 4x str.translate); other rows go through `str.translate`
+with a lazily filled table, which is exact for any Unicode text (lone surrogates included).
+"""
+
+from __future__ import annotations
+
+_ASCII_DELETE = bytes(c for c in range(128) if not chr(c).isalnum()) + bytes(range(128, 256))
+_ASCII_IDENTITY = bytes(range(256))
+_ASCII_LOWER = bytes(ord(chr(c).lower()) if c < 128 else c for c in range(256))
+
+
+def fold_char(ch: str) -> str:
+    """The casefolded form of one alphanumeric character, always a single character."""
+    folded = ch.casefold()
+    if len(folded) == 1:
+        return folded
+    lowered = ch.lower()
+    return lowered if len(lowered) == 1 else ch
+
+
+class _Table(dict):
+    """A str.translate table filled on demand: code point -> None (dropped) or the kept character."""
+
+    def __init__(self, casefold: bool):
+        super().__init__()
+        self.casefold = casefold
+
+    def __missing__(self, code: int) -> str | None:
+        ch = chr(code)
+        value = (fold_char(ch) if self.casefold else ch) if ch.isalnum() else None
+        self[code] = value
+        return value
+
+
+_TABLES = {False: _Table(False), True: _Table(True)}
+
+
+def process(text: str, casefold: bool = False) -> str:
+    """Keep only alphanumeric characters (optionally casefolded)."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_LOWER if casefold else None, _ASCII_DELETE).decode("ascii")
+    return text.translate(_TABLES[casefold])
+
+
+def process_ascii_bytes(raw: bytes, casefold: bool = False) -> bytes:
+    """The fast path: `raw` must be ASCII (the caller checks `isascii()`)."""
+    return raw.translate(_ASCII_LOWER if casefold else _ASCII_IDENTITY, _ASCII_DELETE)
+
+
+def offset_map(text: str) -> list[int]:
+    """Raw index of each processed character (casefold keeps one character per character, so it is the same)."""
+    return [i for i, ch in enumerate(text) if ch.isalnum()]
+
+
+def raw_span(omap: list[int], start: int, end: int) -> tuple[int, int]:
+    """Raw [start, end) of the processed span [start, end) (end > start)."""
+    return omap[start], omap[end - 1] + 1

