@@ -383,7 +383,7 @@ class IncrementalReader:
             # once. The offset moves past the skipped bytes so a resumed reader does not re-read them.
             self.corrupt_count += 1
             self.line_no += 1
-            result.corrupt.append(CorruptLine(self.offset, self.line_no, "line longer than 16 MiB",
+            result.corrupt.append(CorruptLine(self.offset, self.line_no, f"line longer than {self.MAX_LINE_BYTES} bytes",
                                               bytes(buf[:200]).decode("utf-8", "replace")))
             self.offset += len(buf)
             buf.clear()

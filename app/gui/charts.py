@@ -117,12 +117,33 @@ class ChartWidget(QWidget):
 
     def export_image(self, path: str | Path) -> Path:
         """PNG (or any raster format by suffix) or SVG, by the file's suffix."""
-        from pyqtgraph.exporters import ImageExporter, SVGExporter
+        from pyqtgraph.exporters import ImageExporter
 
         path = Path(path)
-        exporter = SVGExporter(self.plot) if path.suffix.lower() == ".svg" else ImageExporter(self.plot)
-        exporter.export(str(path))
+        if path.suffix.lower() == ".svg":
+            self._export_svg(path)
+        else:
+            ImageExporter(self.plot).export(str(path))
         return path
+
+    def _export_svg(self, path: Path) -> None:
+        # pyqtgraph 0.14's SVGExporter fails to parse the path data Qt 6.11 emits ("not enough values to
+        # unpack"); Qt's own SVG generator renders the same scene correctly.
+        from PySide6.QtCore import QRectF, QSize
+        from PySide6.QtGui import QPainter
+        from PySide6.QtSvg import QSvgGenerator
+
+        rect = self.plot.sceneBoundingRect()
+        generator = QSvgGenerator()
+        generator.setFileName(str(path))
+        generator.setSize(QSize(int(rect.width()), int(rect.height())))
+        generator.setViewBox(QRectF(0, 0, rect.width(), rect.height()))
+        generator.setTitle(self.plot.titleLabel.text or "TuneDeck chart")
+        painter = QPainter(generator)
+        try:
+            self.plot.scene().render(painter, QRectF(0, 0, rect.width(), rect.height()), rect)
+        finally:
+            painter.end()
 
     def export_csv(self, path: str | Path) -> Path:
         """Every visible curve's data as long-format CSV: series, x, y (the data, not the downsampled view)."""

@@ -118,7 +118,11 @@ try:
 except OSError as e:
     out["net"] = type(e).__name__ + ":" + str(e.errno)
 out["interfaces"] = [n for _, n in socket.if_nameindex()]
-out["root_home_readable"] = os.access("/root", os.R_OK)
+out["root_ssh_readable"] = os.access("/root/.ssh", os.R_OK)
+try:
+    out["root_home"] = sorted(os.listdir("/root"))
+except OSError:
+    out["root_home"] = None
 try:
     open("/etc/tunedeck-probe", "w")
     out["root_writable"] = True
@@ -156,7 +160,8 @@ def _select_mode() -> tuple[_Mode, dict]:
             "readonly_root": probe.get("root_writable") is False,
             "user_drop": probe.get("uid", 0) != 0,
             "uid_base": UID_BASE if mode.user_drop else None,
-            "root_home_readable": probe.get("root_home_readable"),
+            "root_ssh_readable": probe.get("root_ssh_readable"),
+            "home_hidden": mode.namespaces,  # /root and /home are empty tmpfs (only the interpreter shows)
             "no_new_privs": mode.no_new_privs,
             "rlimits": ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE"],
             "interpreter": PYTHON,

@@ -264,7 +264,8 @@ def main():
             os.close(err_r)
             if cfg.get("namespaces"):
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # init dies with the launcher, and with it the namespace
-                if os.getppid() != launcher_pid:
+                # (under a new pid namespace getppid() is 0: the launcher is outside it)
+                if not cfg.get("pid_ns") and os.getppid() != launcher_pid:
                     os._exit(125)
                 work = setup_mounts(cfg, mount, umount2)
                 worker = os.fork()

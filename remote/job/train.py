@@ -253,6 +253,7 @@ def train(paths: RunPaths, cfg: dict[str, Any], recorder: Any, preemption: Any) 
                                               f"{derived['world_size']}: the global batch is "
                                               f"{t['micro_batch_size'] * derived['gradient_accumulation_steps'] * world_size}"})
 
+    rows = load_rows(cfg["data"], recorder)  # before the slow distributed start: bad data fails fast
     if not paths.ds_config.is_file():
         raise JobError(f"{paths.ds_config}: missing (the launch bundle writes it)")
     ds_config = json.loads(paths.ds_config.read_text(encoding="utf-8"))
@@ -293,7 +294,6 @@ def train(paths: RunPaths, cfg: dict[str, Any], recorder: Any, preemption: Any) 
         log_level="warning",
     )
 
-    rows = load_rows(cfg["data"], recorder)
     with args.main_process_first(local=False, desc="tokenizer"):
         # Rank 0 trains/saves a train:bpe tokenizer first; the others then load the same one. They also
         # learn the attempt number rank 0 wrote at start.
@@ -328,6 +328,21 @@ def train(paths: RunPaths, cfg: dict[str, Any], recorder: Any, preemption: Any) 
     return 0
 
 
+def single_process_defaults() -> None:
+    """A plain `python -m remote.job.train RUN_DIR` runs as one process: DeepSpeed needs the torchrun
+    variables (without them it looks for MPI and fails with "No module named 'mpi4py'")."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        os.environ.setdefault(key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
@@ -337,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True, write_through=True)
     sys.stderr.reconfigure(line_buffering=True)
     paths = RunPaths(Path(argv[0]).resolve())
+    single_process_defaults()
     from remote.job.callbacks import Heartbeat, PreemptionCallback, Recorder, bump_attempt, dist_rank
 
     preemption = PreemptionCallback()

@@ -1,0 +1,263 @@
+"""Launch, status and cancel of runs: the orchestration over profiles, bundles, backends and the store.
+
+`launch` records the run in the store first (status created), uploads the bundle, starts the job detached
+and stores its job id / process group before it returns; any failure on the way leaves the run `failed`
+with the reason. `refresh_status` makes ONE batched query per cluster; a failed poll is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from core.config import RunConfig, resolved_dict
+from core.plan import LaunchContext
+from core.store import TERMINAL_STATUSES, RunRow, Store, UnknownRunError
+from remote.backends import Backend, BackendError, CancelResult, JobRef, JobStatus
+from remote.bundle import RUNS_DIR, stage_and_upload
+from remote.transport import Transport, TransportError, expand_home
+
+log = logging.getLogger(__name__)
+
+POLL_BACKOFF_MAX_S = 120.0
+
+
+class LaunchError(Exception):
+    """The run could not be started; the run (if recorded) is marked failed with the same message."""
+
+
+def new_run_id(now: float | None = None) -> str:
+    """Sortable and unique: UTC time to the second plus 24 random bits, e.g. 20261125-203000-1a2b3c."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def _profile(name: str) -> Any:
+    from remote.profiles import get_profile
+
+    return get_profile(name)
+
+
+def _transport(profile: Any) -> Transport:
+    from remote.profiles import transport_for
+
+    return transport_for(profile)
+
+
+def work_root_for(profile: Any, transport: Transport) -> str:
+    """The profile's work root as an absolute path on its machine (`~` expanded there)."""
+    root = getattr(profile, "work_root", None)
+    if not root:
+        if profile.backend == "local":
+            from core.paths import local_runs_dir
+
+            return str(local_runs_dir().parent)
+        root = "~/tunedeck"
+    root = str(root)
+    if root.startswith("~") or not PurePosixPath(root).is_absolute():
+        home = transport.home()
+        root = expand_home(root, home) if root.startswith("~") else f"{home.rstrip('/')}/{root}"
+    return root.rstrip("/") or "/"
+
+
+def launch_context(profile: Any, run_id: str, run_dir: str, **overrides: Any) -> LaunchContext:
+    hosts = tuple(getattr(profile, "hostfile_hosts", None) or ()) or ("localhost",)
+    values = dict(
+        run_id=run_id, run_dir=run_dir, backend=profile.backend, env_setup=getattr(profile, "env_setup", "") or "",
+        python=getattr(profile, "python", None) or "python3",
+        # A port per run: two runs on one node must not share the rendezvous port.
+        master_port=random.randint(20000, 39999),
+        partition=getattr(profile, "partition", None), account=getattr(profile, "account", None),
+        qos=getattr(profile, "qos", None), time_limit=getattr(profile, "time_limit", None), hosts=hosts,
+    )
+    values.update(overrides)
+    return LaunchContext(**values)
+
+
+def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | None = None,
+           base_dir: Path | None = None, profile: Any = None, transport: Transport | None = None,
+           progress: Callable[[str], None] | None = None, include_decontam: bool = False,
+           ctx_overrides: dict[str, Any] | None = None) -> str:
+    """Upload the run and start it detached on the profile's machine; returns the new run id.
+
+    The job id (Slurm) or process group id (hostfile/local) is in the store when this returns.
+    """
+    profile = profile if profile is not None else _profile(profile_name)
+    transport = transport if transport is not None else _transport(profile)
+    backend = Backend.for_name(profile.backend)
+    if name:
+        config = config.model_copy(update={"name": name})
+    run_id = new_run_id()
+    row = store.create_run(run_id, config.name, config.to_yaml(), resolved_dict(config), cluster=profile.name,
+                           backend=profile.backend, run_dir=None, preset=config.preset, status="created")
+    try:
+        work_root = work_root_for(profile, transport)
+        run_dir = f"{work_root}/{RUNS_DIR}/{run_id}"
+        store.update_run(run_id, run_dir=run_dir)
+        ctx = launch_context(profile, run_id, run_dir, **(ctx_overrides or {}))
+        if progress:
+            progress(f"uploading run {run_id} to {transport.name}:{run_dir}")
+        stage_and_upload(config, ctx, work_root, transport, base_dir=base_dir,
+                         run_info={"name": config.name, "cluster": profile.name}, include_decontam=include_decontam)
+        job_id = backend.submit(transport, run_dir, run_id)
+        store.update_run(run_id, job_id=job_id, status="pending", status_reason=None)
+        if progress:
+            progress(f"started run {run_id} as {'job' if backend.name == 'slurm' else 'process group'} {job_id}")
+        log.info("launched run %s on %s as %s", run_id, profile.name, job_id)
+        return row.run_id
+    except Exception as exc:
+        store.update_run(run_id, status="failed", status_reason=f"launch failed: {exc}", finished_at=time.time())
+        raise LaunchError(f"run {run_id} on {profile.name}: {exc}") from exc
+
+
+def job_ref(row: RunRow) -> JobRef:
+    if not row.job_id or not row.run_dir:
+        raise BackendError(f"run {row.run_id} was never started (status {row.status}: {row.status_reason or ''})")
+    return JobRef(row.run_id, row.job_id, row.run_dir)
+
+
+def _apply(store: Store, row: RunRow, st: JobStatus) -> RunRow:
+    state, reason = st.state, st.reason
+    if state == "unknown":
+        # Slurm forgot the job (MinJobAge) before we saw its end: the job's own events say how it ended.
+        ends = [e["event"] for e in store.events(row.run_id) if e["event"] in ("finished", "failed", "cancelled")]
+        if ends:
+            state = ends[-1]
+            reason = f"{reason}; the job reported {ends[-1]}"
+    if state == row.status and (reason or None) == row.status_reason:
+        return row
+    changes: dict[str, Any] = {"status": state, "status_reason": reason or None}
+    if state in ("running", "completing") and row.started_at is None:
+        changes["started_at"] = time.time()
+    if state in TERMINAL_STATUSES and row.finished_at is None:
+        changes["finished_at"] = time.time()
+    return store.update_run(row.run_id, **changes)
+
+
+def active_runs(store: Store, cluster: str | None = None) -> list[RunRow]:
+    return [r for r in store.list_runs() if r.status not in TERMINAL_STATUSES and r.job_id and r.cluster
+            and (cluster is None or r.cluster == cluster)]
+
+
+def refresh_cluster(store: Store, cluster: str, rows: list[RunRow], transport: Transport | None = None,
+                    backend_name: str | None = None) -> dict[str, RunRow]:
+    """One batched status query for `rows` (all on `cluster`); updates the store; raises on a failed poll."""
+    if not rows:
+        return {}
+    if transport is None:
+        transport = _transport(_profile(cluster))
+    by_backend: dict[str, list[RunRow]] = {}
+    for r in rows:
+        by_backend.setdefault(backend_name or r.backend or "local", []).append(r)
+    out: dict[str, RunRow] = {}
+    for name, group in by_backend.items():
+        statuses = Backend.for_name(name).status_many(transport, [job_ref(r) for r in group])
+        for r in group:
+            st = statuses.get(r.run_id)
+            if st is not None:
+                out[r.run_id] = _apply(store, r, st)
+    return out
+
+
+def refresh_status(store: Store, profile: str | None = None, *, transports: dict[str, Transport] | None = None,
+                   errors: dict[str, str] | None = None) -> dict[str, RunRow]:
+    """Poll every active run (of one profile, or all), one query per cluster; failed polls are logged,
+    recorded in `errors` and skipped."""
+    groups: dict[str, list[RunRow]] = {}
+    for r in active_runs(store, profile):
+        groups.setdefault(r.cluster, []).append(r)
+    out: dict[str, RunRow] = {}
+    for cluster, rows in groups.items():
+        try:
+            transport = (transports or {}).get(cluster)
+            out.update(refresh_cluster(store, cluster, rows, transport))
+        except (TransportError, BackendError, OSError) as exc:
+            log.warning("status poll of %s failed (skipped): %s", cluster, exc)
+            if errors is not None:
+                errors[cluster] = str(exc)
+        except Exception as exc:  # a profile lookup error and the like: one cluster must not stop the rest
+            log.warning("status poll of %s failed (skipped): %s", cluster, exc)
+            if errors is not None:
+                errors[cluster] = str(exc)
+    return out
+
+
+class StatusPoller:
+    """refresh_status with per-cluster exponential backoff after failures (for the StreamManager)."""
+
+    def __init__(self, store: Store, interval_s: float = 5.0, transports: dict[str, Transport] | None = None):
+        self.store = store
+        self.interval_s = interval_s
+        self.transports = transports or {}
+        self._next: dict[str, float] = {}
+        self._fail: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.last_errors: dict[str, str] = {}
+
+    def poll(self, force: bool = False) -> dict[str, RunRow]:
+        now = time.monotonic()
+        groups: dict[str, list[RunRow]] = {}
+        for r in active_runs(self.store):
+            groups.setdefault(r.cluster, []).append(r)
+        out: dict[str, RunRow] = {}
+        with self._lock:
+            for cluster, rows in groups.items():
+                if not force and now < self._next.get(cluster, 0):
+                    continue
+                try:
+                    out.update(refresh_cluster(self.store, cluster, rows, self.transports.get(cluster)))
+                    self._fail[cluster] = 0
+                    self.last_errors.pop(cluster, None)
+                    self._next[cluster] = now + self.interval_s
+                except Exception as exc:  # thread boundary of the poller: log, back off, go on
+                    n = self._fail.get(cluster, 0) + 1
+                    self._fail[cluster] = n
+                    delay = min(POLL_BACKOFF_MAX_S, self.interval_s * 2 ** n)
+                    self._next[cluster] = now + delay
+                    self.last_errors[cluster] = str(exc)
+                    log.warning("status poll of %s failed (%d in a row; next in %.0f s): %s", cluster, n, delay, exc)
+        return out
+
+
+def transport_for_run(row: RunRow) -> Transport:
+    if not row.cluster:
+        raise BackendError(f"run {row.run_id} has no cluster recorded")
+    return _transport(_profile(row.cluster))
+
+
+def get_run(store: Store, run_id: str) -> RunRow:
+    row = store.get_run(run_id)
+    if row is None:
+        # Allow a unique prefix, like git.
+        matches = [r for r in store.list_runs() if r.run_id.startswith(run_id)]
+        if len(matches) == 1:
+            return matches[0]
+        raise UnknownRunError(f"no run with id {run_id!r}" + (" (ambiguous prefix)" if matches else ""))
+    return row
+
+
+def cancel(run_id: str, store: Store, *, transport: Transport | None = None, grace_s: float | None = None,
+           confirm_s: float | None = None) -> CancelResult:
+    """Stop the run (scancel, or TERM then KILL of its process group) and confirm it is gone."""
+    row = get_run(store, run_id)
+    if row.status in TERMINAL_STATUSES:
+        return CancelResult(True, f"run {row.run_id} had already ended: {row.status}"
+                            + (f" ({row.status_reason})" if row.status_reason else ""))
+    ref = job_ref(row)
+    transport = transport if transport is not None else transport_for_run(row)
+    backend = Backend.for_name(row.backend or "local")
+    kwargs = {k: v for k, v in (("grace_s", grace_s), ("confirm_s", confirm_s)) if v is not None}
+    result = backend.cancel(transport, ref, **kwargs)
+    if result.confirmed_gone:
+        store.update_run(row.run_id, status="cancelled", status_reason="cancelled by the user",
+                         finished_at=time.time())
+    else:
+        store.update_run(row.run_id, status_reason=f"cancel requested, not confirmed: {result.detail}")
+    return result

@@ -1,0 +1,79 @@
+"""Chart widgets, offscreen: curves are created once and updated, data exports exactly, references toggle."""
+
+import csv
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from app.gui.charts import MetricChart, PassAtOneChart  # noqa: E402
+from core.series import Segment, ema  # noqa: E402
+
+
+def test_live_appends_update_existing_curves_and_smooth_only_new_points(qtbot):
+    chart = MetricChart("loss", "loss")
+    qtbot.addWidget(chart)
+    chart.smoothing = 0.9
+    x = np.arange(1, 501, dtype=float)
+    y = 5 * np.exp(-x / 200) + np.sin(x)
+    for lo in range(0, 500, 50):
+        chart.append("run-a", 1, x[lo : lo + 50], y[lo : lo + 50], label="run a", color="#0072B2")
+    assert len(chart.curve_keys()) == 2  # raw + smoothed, created once, not once per append
+    smooth = chart._curves[("run-a", 1, "smooth")]
+    np.testing.assert_allclose(smooth.yData, ema(y, 0.9), atol=1e-12)
+    np.testing.assert_array_equal(chart._curves[("run-a", 1, "raw")].xData, x)
+
+
+def test_changing_smoothing_resmooths_from_the_raw_data(qtbot):
+    chart = MetricChart("loss", "loss")
+    qtbot.addWidget(chart)
+    y = np.random.default_rng(0).random(300)
+    chart.set_run("r", "r", "#000000", [Segment(1, np.arange(300.0), y)])
+    chart.set_smoothing(0.5)
+    np.testing.assert_allclose(chart._curves[("r", 1, "smooth")].yData, ema(y, 0.5), atol=1e-12)
+    chart.set_smoothing(0.0)
+    np.testing.assert_array_equal(chart._curves[("r", 1, "smooth")].yData, y)
+
+
+def test_resumed_attempt_is_its_own_segment_with_a_marker_line(qtbot):
+    chart = MetricChart("loss", "loss")
+    qtbot.addWidget(chart)
+    chart.set_run("r", "r", "#000000", [Segment(1, np.arange(1.0, 11), np.ones(10)), Segment(2, np.arange(11.0, 21), np.ones(10))])
+    assert ("r", 2, "resume") in chart._lines
+    assert chart._lines[("r", 2, "resume")].value() == 11.0
+    chart.clear_run("r")
+    assert chart.curve_keys() == []
+
+
+def test_csv_export_holds_the_full_data_not_the_downsampled_view(qtbot, tmp_path):
+    chart = MetricChart("loss", "loss")
+    qtbot.addWidget(chart)
+    n = 20_000
+    chart.smoothing = 0
+    chart.set_run("r", "big run", "#000000", [Segment(1, np.arange(n, dtype=float), np.arange(n, dtype=float) * 2)])
+    chart.resize(400, 300)
+    chart.show()
+    qtbot.waitExposed(chart)
+    rows = list(csv.reader(open(chart.export_csv(tmp_path / "loss.csv"), encoding="utf-8")))
+    data = [r for r in rows[1:] if r[0] == "big run"]
+    assert len(data) == n
+    assert float(data[-1][1]) == n - 1 and float(data[-1][2]) == 2 * (n - 1)
+    png = chart.export_image(tmp_path / "loss.png")
+    assert png.stat().st_size > 1000
+    svg = chart.export_image(tmp_path / "loss.svg")
+    assert "<svg" in svg.read_text(encoding="utf-8")[:2000]
+
+
+def test_pass_at_one_reference_lines_toggle(qtbot):
+    chart = PassAtOneChart("humaneval")
+    qtbot.addWidget(chart)
+    assert "Phind-CodeLlama-34B-v1" in chart.visible_references()
+    assert chart.references["Code Llama-34B"].pass_at_1 == 48.8
+    chart.set_reference_visible("Phind-CodeLlama-34B-v1", False)
+    assert "Phind-CodeLlama-34B-v1" not in chart.visible_references()
+    key = chart.set_subset("r", "", "clean", np.array([10.0, 20.0]), np.array([1.0, 2.5]))
+    assert chart._curves[key].yData.tolist() == [1.0, 2.5]
+    mbpp = PassAtOneChart("mbpp")
+    qtbot.addWidget(mbpp)
+    assert mbpp.references["Code Llama-34B"].pass_at_1 == 55.0

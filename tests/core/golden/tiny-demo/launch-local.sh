@@ -1,0 +1,13 @@
+#!/bin/bash
+# TuneDeck run '20240101-000000-abcd': local launch (torchrun, standalone).
+set -euo pipefail
+cd /scratch/tunedeck/runs/20240101-000000-abcd
+set +u
+# shellcheck disable=SC1090,SC1091
+source /opt/envs/train/bin/activate
+set -u
+export PYTHONPATH=/scratch/tunedeck/runs/20240101-000000-abcd/code
+export PYTHONUNBUFFERED=1
+export PYTHONWARNINGS=ignore::FutureWarning
+export TUNEDECK_RUN_ID=20240101-000000-abcd
+exec python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m remote.job.train /scratch/tunedeck/runs/20240101-000000-abcd >> /scratch/tunedeck/runs/20240101-000000-abcd/stdout.log 2>&1
