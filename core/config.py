@@ -616,21 +616,44 @@ def dump_yaml(data: Any) -> str:
 
 def _node_for_path(root: yaml.Node | None, parts: list[str]) -> tuple[yaml.Node | None, bool]:
     """Walk a composed YAML tree along a field path; returns the deepest node reached and whether the
-    key itself (not only a parent) was found. A missing field points at its parent mapping."""
+    key itself (not only a parent) was found. A missing field points at its parent's key."""
     node = root
-    for part in parts:
+    parent_key: yaml.Node | None = None
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if str(key_node.value) == part:
-                    node = value_node if part != parts[-1] else key_node
+                    parent_key = key_node
+                    node = key_node if last else value_node
                     break
             else:
-                return node, False
+                return parent_key or node, False
         elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
             node = node.value[int(part)]
         else:
-            return node, False
+            return parent_key or node, False
     return node, True
+
+
+def _duplicate_keys(node: yaml.Node | None, path: tuple[str, ...] = ()) -> list[Problem]:
+    """Keys given twice in one mapping: PyYAML keeps the last silently, so the first would be lost."""
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                problems.append(Problem(
+                    ".".join((*path, key)), "duplicate key: given more than once in this mapping (only the last would count)",
+                    "syntax", key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                ))
+            seen.add(key)
+            problems.extend(_duplicate_keys(value_node, (*path, key)))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems.extend(_duplicate_keys(item, (*path, str(i))))
+    return problems
 
 
 def load_yaml_text(text: str, source: str = "<config>") -> RunConfig:
@@ -645,6 +668,9 @@ def load_yaml_text(text: str, source: str = "<config>") -> RunConfig:
         raise ConfigError([Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}", "syntax", line, col)], source) from None
     if data is None:
         raise ConfigError([Problem("", "the file is empty", "missing", 1, 1)], source)
+    duplicates = _duplicate_keys(root)
+    if duplicates:
+        raise ConfigError(duplicates, source)
     config, problems = validate_data(data)
     if problems:
         located = []

@@ -31,6 +31,14 @@ def load_preset(name: str) -> RunConfig:
 
 def preset_summary(name: str) -> str:
     """The preset's one-line description (its first comment line), for `tunedeck presets` and the GUI."""
-    first = preset_path(name).read_text(encoding="utf-8").splitlines()[0]
-    data = yaml.safe_load(preset_path(name).read_text(encoding="utf-8"))
-    return data.get("name") or first.lstrip("# ")
+    text = preset_path(name).read_text(encoding="utf-8")
+    first = text.splitlines()[0] if text else ""
+    if first.startswith("#"):
+        summary = first.lstrip("#").strip()
+        prefix = f"Preset {name}:"
+        if summary.startswith(prefix):
+            summary = summary[len(prefix):].strip()
+        if summary:
+            return summary
+    data = yaml.safe_load(text) or {}
+    return str(data.get("name") or name)

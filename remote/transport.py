@@ -70,6 +70,10 @@ class ConnectError(TransportError):
     """The machine could not be reached or refused the login (after the retries)."""
 
 
+class AuthenticationFailed(ConnectError):
+    """The host was reached (its key checked) but refused every key / password we have."""
+
+
 class HostKeyError(TransportError):
     """Base of the host key errors (unknown or changed)."""
 

@@ -79,14 +79,14 @@ def _load(path: Path):
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from core.presets import load_preset, preset_names
+    from core.presets import load_preset, preset_names, preset_summary
 
     rows = []
     for name in preset_names():
         cfg = load_preset(name)
         c = cfg.cluster
         shape = f"{c.nodes}x{c.gpus_per_node} {c.gpu_type}"
-        description = " ".join((cfg.description or cfg.name).split())
+        description = preset_summary(name)
         rows.append((name, cfg.model.name_or_path, cfg.model.kind, shape, description))
     headers = ("NAME", "MODEL", "KIND", "CLUSTER", "DESCRIPTION")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(4)]
@@ -163,7 +163,7 @@ def cmd_config_render(args: argparse.Namespace) -> int:
     except PlanError as exc:
         raise CliError(str(exc)) from None
     print(f"wrote the launch plan for {cfg.name!r} (run dir on target: {run_dir}):")
-    for name, path in written.items():
+    for path in written.values():
         print(f"  {path}")
     return 0
 

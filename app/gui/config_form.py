@@ -353,6 +353,26 @@ class PathListEditor(FieldEditor):
                 self._add_item(str(path))
 
 
+class WordsEditor(FieldEditor):
+    """list[str] that is not paths (hostfile lines, ...): comma-separated in one line."""
+
+    def __init__(self, spec: FieldSpec, parent: QWidget | None = None):
+        super().__init__(spec, parent)
+        self.edit = QLineEdit()
+        self.edit.setObjectName(f"field:{spec.path}")
+        self.edit.setPlaceholderText("comma-separated")
+        self._layout.addWidget(self.edit)
+        self.edit.textEdited.connect(lambda _text: self.edited.emit())
+
+    def value(self) -> Any:
+        return [w.strip() for w in self.edit.text().split(",") if w.strip()]
+
+    def set_value(self, value: Any) -> None:
+        text = ", ".join(map(str, value)) if isinstance(value, list) else ""
+        if self.value() != (value if isinstance(value, list) else []):
+            self.edit.setText(text)
+
+
 class ModelListEditor(FieldEditor):
     """list of small models (evaluation.benchmarks): one row per item, its fields side by side."""
 
@@ -431,7 +451,7 @@ def make_editor(spec: FieldSpec) -> FieldEditor:
     if spec.kind == "bool":
         return BoolEditor(spec)
     if spec.kind == "list_str":
-        return PathListEditor(spec)
+        return PathListEditor(spec) if spec.widget == "paths" else WordsEditor(spec)
     if spec.kind == "list_model":
         return ModelListEditor(spec)
     return LineEditor(spec)

@@ -21,7 +21,6 @@ import numpy as np
 
 from core.decontam.normalize import offset_map, process, process_ascii_bytes, raw_span
 
-Q = 8  # gram length (characters)
 TINY = 16  # patterns shorter than this are searched with str.find
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 MODES = ("sampled", "exhaustive", "ngram13")
@@ -83,13 +82,18 @@ def _codes(text: str | bytes) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def _gram_hashes(codes: np.ndarray, stride: int) -> np.ndarray:
-    """Hash of the Q code points starting at 0, stride, 2*stride, ... (all that fit)."""
-    count = (len(codes) - Q) // stride + 1 if len(codes) >= Q else 0
+def gram_length(min_match: int) -> int:
+    """Longer grams hit common code fragments less often; the stride min_match - q + 1 must stay large."""
+    return 16 if min_match >= 40 else 12 if min_match >= 24 else 8
+
+
+def _gram_hashes(codes: np.ndarray, stride: int, q: int) -> np.ndarray:
+    """Hash of the q code points starting at 0, stride, 2*stride, ... (all that fit)."""
+    count = (len(codes) - q) // stride + 1 if len(codes) >= q else 0
     h = np.zeros(count, dtype=np.uint64)
     if count:
         last = stride * (count - 1)
-        for j in range(Q):
+        for j in range(q):
             h = h * _MULT + codes[j: j + last + 1: stride].astype(np.uint64)
     return h
 
@@ -143,12 +147,19 @@ class SubstringMatcher:
                 self.patterns.append((i, -1, item.processed, 0, min(window, len(item.processed))))
         self.tiny = [k for k, p in enumerate(self.patterns) if p[4] < TINY]
         indexed = [k for k, p in enumerate(self.patterns) if p[4] >= TINY]
-        self.stride = min((self.patterns[k][4] for k in indexed), default=window) - Q + 1
+        m_min = min((self.patterns[k][4] for k in indexed), default=window)
+        self.q = q = gram_length(m_min)
+        self.stride = m_min - q + 1
         self.pat_bytes = [p[2].encode("ascii") if p[2].isascii() else None for p in self.patterns]
         grams: dict[int, list[tuple[int, int]]] = {}
+        joined = "".join(self.patterns[k][2] for k in indexed)
+        all_hashes = _gram_hashes(_codes(joined), 1, q).tolist()  # one numpy pass for all patterns
+        start = 0
         for k in indexed:
-            for off, h in enumerate(_gram_hashes(_codes(self.patterns[k][2]), 1).tolist()):
+            length = len(self.patterns[k][2])
+            for off, h in enumerate(all_hashes[start: start + length - q + 1]):
                 grams.setdefault(h, []).append((k, off))
+            start += length
         self.grams = grams
         bits = min(26, max(16, (len(grams) * 64).bit_length()))
         self.shift = np.uint64(64 - bits)
@@ -201,7 +212,8 @@ class SubstringMatcher:
         lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
         ends = np.cumsum(lens)
         starts = ends - lens
-        hashes = _gram_hashes(_codes(buf), self.stride)
+        Q = self.q
+        hashes = _gram_hashes(_codes(buf), self.stride, Q)
         cand = np.flatnonzero(self.bitmap[hashes >> self.shift])
         if not len(cand):
             return

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 UNIT_BYTES = 32 << 20
+READ_BYTES = 4 << 20
 ID_FIELDS = ("id", "task_id")
 CHAT_KEYS = ("content", "value", "text")
 
@@ -127,33 +128,41 @@ def iter_rows(unit: Unit) -> Iterator[tuple[str, dict[str, Any], int]]:
         yield from _iter_saved(unit.path)
 
 
-def _iter_jsonl(unit: Unit) -> Iterator[tuple[str, dict[str, Any], int]]:
-    first_line = None  # computed lazily, only when a message needs it
-    done = 0
+def _iter_jsonl(unit: Unit) -> Iterator[tuple[Any, dict[str, Any], int]]:
+    limit = (unit.end if unit.end is not None else os.path.getsize(unit.path)) - unit.start
+    done = 0  # bytes of complete lines handed out
+    local = 0
+    loads = json.loads
     with open(unit.path, "rb") as f:
         f.seek(unit.start)
-        limit = (unit.end if unit.end is not None else os.path.getsize(unit.path)) - unit.start
-        local = 0
-        while done < limit:
-            line = f.readline()
-            if not line:
-                break
-            done += len(line)
-            local += 1
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-                bad = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
-            except UnicodeDecodeError as exc:
-                bad = f"undecodable bytes: not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
-            except json.JSONDecodeError as exc:
-                bad = f"malformed JSON line ({exc.msg} at column {exc.colno})"
-            if bad:
-                if first_line is None:
-                    first_line = _line_of(unit.path, unit.start)
-                raise DecontamError(f"{unit.path}:{first_line + local - 1}: {bad}")
-            yield _Where(unit, local), row, done
+        rest = b""
+        remaining = limit
+        while remaining > 0 or rest:
+            block = f.read(min(READ_BYTES, remaining)) if remaining > 0 else b""
+            remaining -= len(block)
+            data = rest + block
+            lines = data.split(b"\n")
+            if remaining > 0 and block:
+                rest = lines.pop()
+            else:
+                rest = b""
+                if lines and lines[-1] == b"":
+                    lines.pop()
+            for line in lines:
+                local += 1
+                done += len(line) + 1
+                if not line.strip():
+                    continue
+                try:
+                    row = loads(line)
+                    bad = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+                except UnicodeDecodeError as exc:
+                    bad = f"undecodable bytes: not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
+                except json.JSONDecodeError as exc:
+                    bad = f"malformed JSON line ({exc.msg} at column {exc.colno})"
+                if bad:
+                    raise DecontamError(f"{_Where(unit, local)}: {bad}")
+                yield _Where(unit, local), row, min(done, limit)
 
 
 class _Where:

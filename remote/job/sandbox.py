@@ -30,6 +30,7 @@ outside the sample's directory stay untouched, and nothing outlives the sample.
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import pwd
 import queue
@@ -364,7 +365,7 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
     harness_timeout = False
     try:
         proc = subprocess.Popen(
-            [PYTHON, "-I", "-S", LAUNCHER, json.dumps(cfg)],
+            [PYTHON, "-I", "-S", LAUNCHER, marshal.dumps(cfg).hex()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=(status_w,), start_new_session=True, cwd="/", env=_clean_env("/", marker),
         )
@@ -427,8 +428,9 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
             _rmtree(workdir)
     seconds = time.monotonic() - start
     try:
-        report = json.loads(bytes(status)) if status else {"setup_error": None, "exit": None, "signal": None}
-    except json.JSONDecodeError:
+        # marshal: the launcher is our own code and writes this pipe only after its child has exited
+        report = marshal.loads(bytes(status)) if status else {"setup_error": None, "exit": None, "signal": None}
+    except (EOFError, ValueError, TypeError):
         report = {"setup_error": f"bad launcher report {bytes(status)[:200]!r}"}
     if not status and not harness_timeout:
         report["setup_error"] = f"launcher exited {proc.returncode} without a report"

@@ -343,6 +343,17 @@ def single_process_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+def shutdown_distributed() -> None:
+    """Tear the process group down before exit: left to interpreter shutdown, gloo's threads abort the
+    process ("terminate called without an active exception", status -6) after a clean finish."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
@@ -380,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         if heartbeat is not None:
             heartbeat.stop()
         recorder.close()
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

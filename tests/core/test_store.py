@@ -19,6 +19,7 @@ from core.store import (
     SCHEMA_VERSION,
     RunExistsError,
     Store,
+    StoreError,
     StoreVersionError,
     StreamConflictError,
     UnknownRunError,
@@ -316,6 +317,13 @@ def test_store_from_a_newer_version_is_refused_and_left_untouched(tmp_path):
     conn.close()
 
 
+def test_a_file_that_is_not_a_store_gives_a_clear_error(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are not the tables you are looking for" * 100)
+    with pytest.raises(StoreError, match=r"cannot open the run store .*notes\.txt"):
+        Store(path)
+
+
 def test_failing_migration_rolls_back_to_the_old_version(tmp_path, monkeypatch):
     import core.store as store_module
 
@@ -400,11 +408,12 @@ def _write_run_files(run_dir: RunPaths, n_lines: int, every_corrupt: int) -> tup
     return metrics, log
 
 
-def _check_store_matches_files(store_path: Path, metrics: bytes, log: bytes, committed: tuple[int, int]) -> tuple:
+def _check_store_matches_files(store_path: Path, metrics: bytes, log: bytes, committed: tuple[int, int],
+                               run_id: str = "r1") -> tuple:
     with Store(store_path) as store:
         assert store.integrity_check() == "ok"
-        state = store.stream_state("r1", RunPaths.METRICS)
-        m_off, l_off = state["offset"], store.offset("r1", RunPaths.STDOUT)[0]
+        state = store.stream_state(run_id, RunPaths.METRICS)
+        m_off, l_off = state["offset"], store.offset(run_id, RunPaths.STDOUT)[0]
         # nothing the child reported committed is lost
         assert m_off >= committed[0] and l_off >= committed[1]
         # the stored offset and the stored records agree exactly: no batch half-applied, none repeated
@@ -414,9 +423,9 @@ def _check_store_matches_files(store_path: Path, metrics: bytes, log: bytes, com
         good = [ln for ln in prefix if b"oops" not in ln]
         assert state["corrupt_count"] == len(prefix) - len(good)
         assert state["duplicate_count"] == 0
-        stored = store.metrics("r1")
+        stored = store.metrics(run_id)
         assert [m["step"] for m in stored] == [json.loads(ln)["step"] for ln in good]
-        assert store.log_tail("r1", len(log) + 1) == log[:l_off].decode()
+        assert store.log_tail(run_id, len(log) + 1) == log[:l_off].decode()
         return m_off, l_off
 
 
@@ -429,31 +438,55 @@ def test_sigkilled_writer_process_loses_no_committed_batch_and_store_continues(t
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     cmd = [sys.executable, str(CHILD), str(store_path), "r1", str(run_dir.root)]
+    reader = Store(store_path)
     kills = 0
     progress = (0, 0)
     for _round in range(8):
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         first = child.stdout.readline()  # the child is up and committing
         assert first, child.stderr.read().decode()
-        time.sleep(rng.uniform(0.0, 0.1))
+        # meanwhile this process reads the store the child is writing (WAL: readers never block the writer)
+        deadline = time.monotonic() + rng.uniform(0.0, 0.1)
+        seen = (0, 0)
+        while time.monotonic() < deadline:
+            now = reader.offset("r1", RunPaths.METRICS)
+            assert now >= seen
+            seen = now
         child.send_signal(signal.SIGKILL)
         out, err = child.communicate(timeout=30)
         if b"eof" in out:
             break  # the files were consumed before the kill landed
         assert child.returncode == -signal.SIGKILL, err.decode()
         kills += 1
-        # a line cut by the kill is not a report
-        reported = [line.split() for line in (first + out).decode().splitlines()]
-        last = [r for r in reported if len(r) == 3][-1]
+        # only newline-terminated lines are reports: the kill may cut the last one
+        reported = [line.split() for line in (first + out).decode().split("\n")[:-1]]
+        last = reported[-1]
         committed = (int(last[1]), int(last[2]))
         new_progress = _check_store_matches_files(store_path, metrics, log, committed)
         assert new_progress > progress, f"round {_round} made no progress (seed {seed})"
         progress = new_progress
         if kills >= 4:
             break
+    reader.close()
     assert kills >= 2, f"the child finished before it could be killed twice (seed {seed})"
 
     # the store reopens and the streamer continues to the end of both files, exactly once
     done = subprocess.run(cmd, capture_output=True, timeout=120, check=True)
     assert done.stdout.decode().splitlines()[-1] == "eof"
     assert _check_store_matches_files(store_path, metrics, log, (0, 0)) == (len(metrics), len(log))
+
+
+def test_two_writer_processes_share_one_store_without_lock_errors(tmp_path):
+    store_path = tmp_path / "store.sqlite3"
+    files = {}
+    with Store(store_path) as s:
+        for run_id in ("a", "b"):
+            _new_run(s, run_id)
+            files[run_id] = _write_run_files(RunPaths(tmp_path / run_id), n_lines=4000, every_corrupt=50)
+    procs = {run_id: subprocess.Popen([sys.executable, str(CHILD), str(store_path), run_id, str(tmp_path / run_id)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for run_id in files}
+    for proc in procs.values():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    for run_id, (metrics, log) in files.items():
+        assert _check_store_matches_files(store_path, metrics, log, (0, 0), run_id) == (len(metrics), len(log))

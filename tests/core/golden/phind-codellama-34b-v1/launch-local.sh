@@ -1,5 +1,6 @@
 #!/bin/bash
 # TuneDeck run '20240101-000000-abcd': local launch (torchrun, standalone).
+# shellcheck disable=SC2016
 set -euo pipefail
 cd /scratch/tunedeck/runs/20240101-000000-abcd
 set +u

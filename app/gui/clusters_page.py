@@ -1,0 +1,403 @@
+"""The Clusters page: list and edit cluster profiles (a form generated from remote.profiles.ClusterProfile),
+run the cluster check in a worker, and ask before trusting an unknown SSH host key."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import PydanticUndefined
+from PySide6.QtCore import QSignalBlocker, Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.app import palette_is_dark
+from app.gui.config_form import ERROR_STYLE, FieldEditor, FieldSpec, get_path, make_editor, model_specs, set_path
+from app.gui.workers import Worker, WorkContext
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------- thread crossing
+
+
+@dataclass(frozen=True)
+class HostKeyPrompt:
+    """The check stopped at an unknown host key: what the trust dialog shows."""
+
+    profile_name: str
+    host: str
+    key_type: str
+    fingerprint: str
+    key: Any
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    name: str
+    ok: bool | None  # None: skipped / informational
+    detail: str
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    profile_name: str
+    lines: tuple[CheckLine, ...]
+    ok: bool
+    summary: str
+
+
+def _check_lines(report: Any) -> tuple[CheckLine, ...]:
+    """The report's checks as lines, whatever the exact field names of its items are."""
+    items = getattr(report, "checks", None) or getattr(report, "items", None) or getattr(report, "results", None) or []
+    lines = []
+    for item in items:
+        get = item.get if isinstance(item, dict) else lambda k, d=None, it=item: getattr(it, k, d)
+        ok = get("ok")
+        if ok is None and get("status") is not None:
+            status = str(get("status")).lower()
+            ok = True if status in ("ok", "pass", "passed") else None if status in ("skip", "skipped", "info", "warn") else False
+        lines.append(CheckLine(str(get("name", "") or get("title", "")), ok, str(get("detail", "") or get("message", "") or "")))
+    return tuple(lines)
+
+
+def run_cluster_check(ctx: WorkContext, profile: Any) -> CheckOutcome | HostKeyPrompt:
+    """Worker body: remote.check on the profile; an unknown host key comes back as a prompt, not an error."""
+    from remote import check as check_module
+    from remote.transport import UnknownHostKeyError
+
+    try:
+        report = check_module.check_cluster(profile, progress=lambda done, total: ctx.progress(done, total), cancel=ctx.cancel)
+    except UnknownHostKeyError as exc:
+        return HostKeyPrompt(profile.name, exc.host, exc.key_type, exc.fingerprint_sha256, exc.key)
+    lines = _check_lines(report)
+    ok = bool(getattr(report, "ok", all(line.ok is not False for line in lines)))
+    summary = getattr(report, "summary", "") or ("all checks passed" if ok else "some checks failed")
+    return CheckOutcome(profile.name, lines, ok, str(summary))
+
+
+def trust_and_check(ctx: WorkContext, profile: Any, key: Any) -> CheckOutcome | HostKeyPrompt:
+    from remote.profiles import trust_host_key
+
+    trust_host_key(profile, key)
+    return run_cluster_check(ctx, profile)
+
+
+# ------------------------------------------------------------------------------------------ widgets
+
+
+def host_key_dialog(parent: QWidget, prompt: HostKeyPrompt) -> bool:
+    """Ask whether to trust an unknown host key; True when the user trusts it."""
+    box = QMessageBox(parent)
+    box.setWindowTitle("Unknown host key")
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setText(f"<b>The authenticity of host {prompt.host} cannot be established.</b>")
+    box.setInformativeText(
+        f"Profile <b>{prompt.profile_name}</b><br>{prompt.key_type} key fingerprint:<br>"
+        f"<code style='font-size: 11pt'>{prompt.fingerprint}</code><br><br>"
+        "Compare it with the fingerprint your cluster admins publish. Trusting records the key in your "
+        "known_hosts file; a later change of key is refused."
+    )
+    box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    trust = box.addButton("Trust this host", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.setObjectName("host_key_dialog")
+    box.exec()
+    return box.clickedButton() is trust
+
+
+class ModelForm(QWidget):
+    """A form generated from a flat pydantic model (ClusterProfile), with messages under the fields."""
+
+    edited = Signal()
+
+    def __init__(self, model: type, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.model = model
+        self.specs: list[FieldSpec] = [s for s in model_specs(model, "") if s.kind != "section"]
+        self.editors: dict[str, FieldEditor] = {}
+        self.errors: dict[str, QLabel] = {}
+        self.data: dict[str, Any] = {}
+        form = QFormLayout(self)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setVerticalSpacing(6)
+        self.general_error = QLabel()
+        self.general_error.setStyleSheet(ERROR_STYLE)
+        self.general_error.setWordWrap(True)
+        self.general_error.hide()
+        form.addRow(self.general_error)
+        for spec in self.specs:
+            editor = make_editor(spec)
+            error = QLabel()
+            error.setObjectName(f"error:{spec.path}")
+            error.setStyleSheet(ERROR_STYLE)
+            error.setWordWrap(True)
+            error.hide()
+            box = QWidget()
+            bl = QVBoxLayout(box)
+            bl.setContentsMargins(0, 0, 0, 0)
+            bl.setSpacing(2)
+            bl.addWidget(editor)
+            bl.addWidget(error)
+            label = QLabel(spec.name.replace("_", " "))
+            label.setToolTip(spec.description)
+            form.addRow(label, box)
+            editor.edited.connect(lambda s=spec, e=editor: self._on_edited(s.path, e.value()))
+            self.editors[spec.path] = editor
+            self.errors[spec.path] = error
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.data = copy.deepcopy(data)
+        for spec in self.specs:
+            value = get_path(self.data, spec.path, PydanticUndefined)
+            if value is PydanticUndefined:
+                value = spec.default
+            with QSignalBlocker(self.editors[spec.path]):
+                self.editors[spec.path].set_value(value)
+        self.validate()
+
+    def _on_edited(self, path: str, value: Any) -> None:
+        set_path(self.data, path, value)
+        self.validate()
+        self.edited.emit()
+
+    def validate(self) -> Any | None:
+        """The validated model, or None with the messages shown under their fields."""
+        for label in (*self.errors.values(), self.general_error):
+            label.clear()
+            label.hide()
+        try:
+            return self.model.model_validate(self.data)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                key = str(err["loc"][0]) if err["loc"] else ""
+                label = self.errors.get(key, self.general_error)
+                label.setText((label.text() + "\n" if label.text() else "") + err["msg"])
+                label.show()
+            return None
+
+
+class ClustersPage(QWidget):
+    """Cluster profiles: list, edit, save, delete, check."""
+
+    profiles_changed = Signal()
+    check_done = Signal(object)  # CheckOutcome
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.profiles: dict[str, Any] = {}
+        self._worker: Worker | None = None
+        self._current: str | None = None
+
+        self.list = QListWidget()
+        self.list.setObjectName("profiles_list")
+        self.list.currentTextChanged.connect(self._on_profile_selected)
+        new = QPushButton("New profile")
+        new.clicked.connect(self.new_profile)
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.clicked.connect(self._on_delete_clicked)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(QLabel("Profiles"))
+        ll.addWidget(self.list, 1)
+        lb = QHBoxLayout()
+        lb.addWidget(new)
+        lb.addWidget(self.delete_button)
+        ll.addLayout(lb)
+
+        self.form: ModelForm | None = None
+        self.form_box = QGroupBox("Profile")
+        self.form_layout = QVBoxLayout(self.form_box)
+        self.save_button = QPushButton("Save profile")
+        self.save_button.setObjectName("save_profile_button")
+        self.save_button.clicked.connect(self.save_current)
+        self.check_button = QPushButton("Run cluster check")
+        self.check_button.setObjectName("check_button")
+        self.check_button.setToolTip("Connect, check the scheduler, Python, the training stack, GPUs and the work root")
+        self.check_button.clicked.connect(self.start_check)
+        self.check_status = QLabel()
+        self.check_status.setObjectName("check_status")
+        self.check_status.setWordWrap(True)
+        self.results = QTableWidget(0, 3)
+        self.results.setObjectName("check_results")
+        self.results.setHorizontalHeaderLabels(["Check", "Result", "Detail"])
+        self.results.verticalHeader().hide()
+        self.results.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.results.setWordWrap(True)
+        self.results.setAlternatingRowColors(True)
+        header = self.results.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.form_box)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(scroll, 3)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.save_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.check_button)
+        rl.addLayout(buttons)
+        rl.addWidget(self.check_status)
+        rl.addWidget(self.results, 2)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.setObjectName("clusters_splitter")
+        splitter.addWidget(left)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 4)
+        splitter.setSizes([240, 900])
+        self.splitter = splitter
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 10, 10, 6)
+        layout.addWidget(splitter)
+        self.reload()
+
+    # ------------------------------------------------------------------ profiles
+
+    def reload(self, select: str | None = None) -> None:
+        from remote.profiles import ClusterProfile, load_profiles
+
+        if self.form is None:
+            self.form = ModelForm(ClusterProfile)
+            self.form_layout.addWidget(self.form)
+        self.profiles = load_profiles()
+        current = select or self._current or next(iter(self.profiles), None)
+        with QSignalBlocker(self.list):
+            self.list.clear()
+            self.list.addItems(list(self.profiles))
+        items = self.list.findItems(current or "", Qt.MatchFlag.MatchExactly)
+        if items:
+            self.list.setCurrentItem(items[0])
+        self._on_profile_selected(current or "")
+
+    def _on_profile_selected(self, name: str) -> None:
+        if not name or name not in self.profiles or self.form is None:
+            return
+        self._current = name
+        self.form_box.setTitle(f"Profile — {name}")
+        self.form.load(self.profiles[name].model_dump(mode="json", exclude_none=True))
+        self.delete_button.setEnabled(name != "local")
+        self.results.setRowCount(0)
+        self.check_status.clear()
+
+    def new_profile(self) -> None:
+        assert self.form is not None
+        name = "cluster"
+        n = 1
+        while name in self.profiles:
+            n += 1
+            name = f"cluster{n}"
+        self._current = None
+        self.list.clearSelection()
+        self.form_box.setTitle("Profile — new")
+        self.form.load({"name": name, "backend": "slurm", "host": ""})
+
+    def save_current(self) -> Any | None:
+        from remote.profiles import save_profile
+
+        assert self.form is not None
+        profile = self.form.validate()
+        if profile is None:
+            return None
+        save_profile(profile)
+        self.reload(select=profile.name)
+        self.profiles_changed.emit()
+        return profile
+
+    def _on_delete_clicked(self) -> None:
+        from remote.profiles import delete_profile
+
+        name = self._current
+        if not name or name == "local":
+            return
+        if QMessageBox.question(self, "Delete profile", f"Delete the cluster profile {name!r}?") != QMessageBox.StandardButton.Yes:
+            return
+        delete_profile(name)
+        self._current = None
+        self.reload()
+        self.profiles_changed.emit()
+
+    # ------------------------------------------------------------------ check
+
+    def start_check(self) -> None:
+        assert self.form is not None
+        profile = self.form.validate()
+        if profile is None or self._worker is not None:
+            return
+        self._start(Worker(run_cluster_check, profile))
+
+    def _start(self, worker: Worker) -> None:
+        worker.signals.finished.connect(self._on_check_finished)
+        worker.signals.failed.connect(self._on_check_failed)
+        self._worker = worker
+        self.check_button.setEnabled(False)
+        self.check_status.setStyleSheet("")
+        self.check_status.setText("Checking…")
+        self.results.setRowCount(0)
+        worker.start()
+
+    def _on_check_failed(self, _rid: int, message: str) -> None:
+        self._worker = None
+        self.check_button.setEnabled(True)
+        self.check_status.setStyleSheet(ERROR_STYLE)
+        self.check_status.setText(f"Check failed: {message}")
+
+    def _on_check_finished(self, _rid: int, result: CheckOutcome | HostKeyPrompt) -> None:
+        self._worker = None
+        self.check_button.setEnabled(True)
+        if isinstance(result, HostKeyPrompt):
+            self.check_status.setText(f"Unknown host key for {result.host}: {result.key_type} {result.fingerprint}")
+            if self.ask_trust(result):
+                profile = self.profiles.get(result.profile_name) or (self.form.validate() if self.form else None)
+                self._start(Worker(trust_and_check, profile, result.key))
+            return
+        self.show_outcome(result)
+
+    def ask_trust(self, prompt: HostKeyPrompt) -> bool:
+        """The trust-this-host dialog (a method so that tests can answer it)."""
+        return host_key_dialog(self, prompt)
+
+    def show_outcome(self, outcome: CheckOutcome) -> None:
+        dark = palette_is_dark()
+        self.results.setRowCount(len(outcome.lines))
+        for row, line in enumerate(outcome.lines):
+            mark = {True: "✓ ok", False: "✗ failed", None: "– skipped"}[line.ok]
+            color = {True: ("#1a7f37", "#4ade80"), False: ("#cf222e", "#f87171"), None: ("#57606a", "#a1a1aa")}[line.ok]
+            name_item = QTableWidgetItem(line.name)
+            result_item = QTableWidgetItem(mark)
+            result_item.setForeground(QColor(color[1 if dark else 0]))
+            detail_item = QTableWidgetItem(line.detail)
+            detail_item.setToolTip(line.detail)
+            for col, item in enumerate((name_item, result_item, detail_item)):
+                self.results.setItem(row, col, item)
+        self.results.resizeRowsToContents()
+        self.check_status.setStyleSheet("color: #1a7f37;" if outcome.ok else ERROR_STYLE)
+        self.check_status.setText(f"{outcome.profile_name}: {outcome.summary}")
+        self.check_done.emit(outcome)

@@ -1,0 +1,454 @@
+"""The main window: Runs, New run, Contamination and Clusters pages, one tab per opened run (and compare),
+a status bar with the cluster connections, shortcuts, recent files, and the About box."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import platform
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QObject, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QTabBar,
+    QTabWidget,
+    QWidget,
+)
+
+from app.gui.app import app_icon
+from app.gui.workers import Worker, WorkContext
+
+log = logging.getLogger(__name__)
+
+MAX_RECENT = 10
+STATUS_REFRESH_MS = 2000
+FIXED_PAGES = 4  # Runs, New run, Contamination, Clusters; run and compare tabs follow
+PAGE_RUNS, PAGE_NEW_RUN, PAGE_CONTAMINATION, PAGE_CLUSTERS = range(FIXED_PAGES)
+
+
+def gui_settings() -> QSettings:
+    """Window geometry, state and recent paths (an INI file in TuneDeck's config dir, per TUNEDECK_HOME)."""
+    from core.paths import config_dir
+
+    return QSettings(str(config_dir() / "gui.ini"), QSettings.Format.IniFormat)
+
+
+class StoreEvents(QObject):
+    """Re-emits the StreamManager's background-thread callbacks as Qt signals (queued to the UI thread)."""
+
+    updated = Signal(str, str, int)  # run id, file name, new records
+    status_changed = Signal(object)  # RunRow
+    hang = Signal(object)  # HangWarning
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, store: Any = None, *, demo_workspace: bool = False, offer_demo: bool = True,
+                 stream: bool = True, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("TuneDeck")
+        self.setWindowIcon(app_icon())
+        self.setObjectName("tunedeck_main_window")
+        from core.store import Store
+
+        self.store = store if store is not None else Store()
+        self.events = StoreEvents(self)
+        self.stream_manager: Any = None
+        self.run_tabs: dict[str, QWidget] = {}
+        self._workers: list[Worker] = []
+        self.demo_dataset: Any = None
+
+        from app.gui.clusters_page import ClustersPage
+        from app.gui.config_form import ConfigPage
+        from app.gui.contamination_page import ContaminationPage
+        from app.gui.runs_page import RunsPage
+
+        self.runs_page = RunsPage(self.store)
+        self.config_page = ConfigPage(store_provider=lambda: self.store)
+        self.contamination_page = ContaminationPage()
+        self.clusters_page = ClustersPage()
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("pages")
+        self.tabs.setDocumentMode(True)
+        self.tabs.setTabsClosable(True)
+        self.tabs.setMovable(False)
+        for page, title in ((self.runs_page, "Runs"), (self.config_page, "New run"),
+                            (self.contamination_page, "Contamination"), (self.clusters_page, "Clusters")):
+            self.tabs.addTab(page, title)
+        for i in range(FIXED_PAGES):
+            self.tabs.tabBar().setTabButton(i, QTabBar.ButtonPosition.RightSide, None)
+            self.tabs.tabBar().setTabButton(i, QTabBar.ButtonPosition.LeftSide, None)
+        self.tabs.tabCloseRequested.connect(self.close_tab)
+        self.setCentralWidget(self.tabs)
+
+        # wiring between pages
+        self.runs_page.open_requested.connect(self.open_run)
+        self.runs_page.compare_requested.connect(self.open_compare)
+        self.config_page.launched.connect(self._on_launched)
+        self.config_page.file_opened.connect(self.add_recent_file)
+        self.config_page.file_saved.connect(self.add_recent_file)
+        self.contamination_page.report_attached.connect(self._on_report_attached)
+        self.clusters_page.profiles_changed.connect(self.config_page.refresh_profiles)
+        self.clusters_page.check_done.connect(lambda outcome: self._set_cluster_state(outcome.profile_name, outcome.ok, outcome.summary))
+        self.events.updated.connect(self.runs_page.schedule_refresh)
+        self.events.status_changed.connect(self._on_status_changed)
+        self.events.hang.connect(self._on_hang)
+
+        self._build_menus()
+        self._build_shortcuts()
+        self._build_status_bar()
+
+        self.config_page.load_preset("tiny-demo")
+        self.restore_state()
+        self.runs_page.refresh()
+        if stream:
+            self._start_streaming()
+        if demo_workspace:
+            self.open_demo_workspace()
+        elif offer_demo:
+            QTimer.singleShot(0, self._maybe_offer_demo)
+
+    # ------------------------------------------------------------------ building
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        self.new_run_action = QAction("&New run", self, shortcut=QKeySequence("Ctrl+N"))
+        self.new_run_action.triggered.connect(self.show_new_run)
+        open_action = QAction("&Open config…", self, shortcut=QKeySequence.StandardKey.Open)
+        open_action.triggered.connect(self._on_open_config)
+        save_action = QAction("&Save config…", self, shortcut=QKeySequence.StandardKey.Save)
+        save_action.triggered.connect(self._on_save_config)
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        self.launch_action = QAction("&Launch", self, shortcut=QKeySequence("Ctrl+L"))
+        self.launch_action.triggered.connect(self.launch)
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.insertAction(self.recent_menu.menuAction(), self.new_run_action)
+        file_menu.insertAction(self.recent_menu.menuAction(), open_action)
+        file_menu.addAction(save_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.launch_action)
+        file_menu.addSeparator()
+        file_menu.addAction(quit_action)
+
+        view_menu = bar.addMenu("&View")
+        for i, title in enumerate(("Runs", "New run", "Contamination", "Clusters")):
+            action = QAction(title, self, shortcut=QKeySequence(f"Alt+{i + 1}"))
+            action.triggered.connect(lambda _checked=False, i=i: self.tabs.setCurrentIndex(i))
+            view_menu.addAction(action)
+        view_menu.addSeparator()
+        find_action = QAction("&Find / filter", self, shortcut=QKeySequence("Ctrl+F"))
+        find_action.triggered.connect(self.focus_filter)
+        view_menu.addAction(find_action)
+        close_tab = QAction("Close run tab", self, shortcut=QKeySequence("Ctrl+W"))
+        close_tab.triggered.connect(lambda: self.close_tab(self.tabs.currentIndex()))
+        view_menu.addAction(close_tab)
+
+        help_menu = bar.addMenu("&Help")
+        demo_action = QAction("Open the &demo workspace", self)
+        demo_action.triggered.connect(self.open_demo_workspace)
+        help_menu.addAction(demo_action)
+        about = QAction("&About TuneDeck", self)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(about)
+        self._rebuild_recent_menu()
+
+    def _build_shortcuts(self) -> None:
+        # menu actions carry Ctrl+N / Ctrl+L / Ctrl+F; these keep working when the menu bar is hidden (macOS-like)
+        for action in (self.new_run_action, self.launch_action):
+            self.addAction(action)
+
+    def _build_status_bar(self) -> None:
+        self.connection_label = QLabel()
+        self.connection_label.setObjectName("connection_label")
+        self.statusBar().addPermanentWidget(self.connection_label)
+        self._cluster_state: dict[str, tuple[bool, str]] = {}
+        self._status_timer = QTimer(self, interval=STATUS_REFRESH_MS)
+        self._status_timer.timeout.connect(self._refresh_connections)
+        self._status_timer.start()
+        self._refresh_connections()
+
+    # ------------------------------------------------------------------ streaming
+
+    def _start_streaming(self) -> None:
+        from remote.stream import StreamManager
+
+        ev = self.events
+        self.stream_manager = StreamManager(
+            self.store,
+            on_update=lambda run_id, name, n: ev.updated.emit(run_id, name, int(n)),
+            on_status=ev.status_changed.emit,
+            on_hang=ev.hang.emit,
+        )
+        self.stream_manager.start()
+
+    def _on_status_changed(self, row: Any) -> None:
+        self.runs_page.schedule_refresh()
+        if row.status in ("finished", "failed", "cancelled"):
+            reason = f" ({row.status_reason})" if row.status_reason else ""
+            self.statusBar().showMessage(f"Run {row.name} {row.status}{reason}", 10_000)
+
+    def _on_hang(self, warning: Any) -> None:
+        self.statusBar().showMessage(getattr(warning, "message", str(warning)), 15_000)
+
+    def _set_cluster_state(self, name: str, ok: bool, detail: str) -> None:
+        self._cluster_state[name] = (ok, detail)
+        self._refresh_connections()
+
+    def _refresh_connections(self) -> None:
+        """The status bar's cluster connections: profiles with active runs or a recent check."""
+        states = dict(self._cluster_state)
+        if self.stream_manager is not None:
+            errors = dict(self.stream_manager.errors)
+            for cluster in {s.cluster for s in self.stream_manager.streamers.values() if getattr(s, "cluster", None)}:
+                states.setdefault(cluster, (True, "streaming"))
+            for cluster, message in errors.items():
+                states[cluster] = (False, message)
+        if not states:
+            self.connection_label.setText("Clusters: none connected")
+            self.connection_label.setToolTip("")
+            return
+        parts, tips = [], []
+        for name, (ok, detail) in sorted(states.items()):
+            color = "#2da44e" if ok else "#cf222e"
+            parts.append(f"<span style='color:{color}'>●</span> {name}")
+            tips.append(f"{name}: {'connected' if ok else 'error'} — {detail}")
+        self.connection_label.setText("  ".join(parts))
+        self.connection_label.setToolTip("\n".join(tips))
+
+    # ------------------------------------------------------------------ pages and tabs
+
+    def show_new_run(self) -> None:
+        self.tabs.setCurrentWidget(self.config_page)
+
+    def launch(self) -> None:
+        self.tabs.setCurrentWidget(self.config_page)
+        self.config_page.launch()
+
+    def focus_filter(self) -> None:
+        page = self.tabs.currentWidget()
+        edit = getattr(page, "filter_edit", None)
+        if edit is not None:
+            edit.setFocus()
+            edit.selectAll()
+
+    def _on_launched(self, run_id: str) -> None:
+        if self.stream_manager is not None:
+            self.stream_manager.wake()
+        self.runs_page.refresh()
+        self.statusBar().showMessage(f"Launched run {run_id}", 8000)
+        self.open_run(run_id)
+
+    def _on_report_attached(self, path: str) -> None:
+        self.config_page.set_field("data.contamination_report", path)
+        self.statusBar().showMessage(f"Contamination report attached to the run config: {path}", 8000)
+        self.tabs.setCurrentWidget(self.config_page)
+
+    def _optional_view(self, module: str, cls: str) -> Any:
+        """Engineer B's run/compare views, imported lazily (absent: nothing is shown)."""
+        try:
+            return getattr(importlib.import_module(module), cls)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            return None
+
+    def open_run(self, run_id: str) -> QWidget | None:
+        if run_id in self.run_tabs:
+            self.tabs.setCurrentWidget(self.run_tabs[run_id])
+            return self.run_tabs[run_id]
+        view_cls = self._optional_view("app.gui.run_view", "RunView")
+        if view_cls is None:
+            return None
+        row = self.store.get_run(run_id)
+        view = view_cls(self.store, run_id, self)
+        if hasattr(view, "attach_events"):
+            view.attach_events(self.events)
+        self.run_tabs[run_id] = view
+        index = self.tabs.addTab(view, row.name if row else run_id)
+        self.tabs.setTabToolTip(index, run_id)
+        self.tabs.setCurrentIndex(index)
+        return view
+
+    def open_compare(self, run_ids: list[str]) -> QWidget | None:
+        view_cls = self._optional_view("app.gui.compare_view", "CompareView")
+        if view_cls is None:
+            return None
+        view = view_cls(self.store, list(run_ids), self)
+        if hasattr(view, "attach_events"):
+            view.attach_events(self.events)
+        index = self.tabs.addTab(view, f"Compare ({len(run_ids)})")
+        self.tabs.setTabToolTip(index, ", ".join(run_ids))
+        self.tabs.setCurrentIndex(index)
+        return view
+
+    def close_tab(self, index: int) -> None:
+        if index < FIXED_PAGES:
+            return
+        widget = self.tabs.widget(index)
+        self.tabs.removeTab(index)
+        for run_id, view in list(self.run_tabs.items()):
+            if view is widget:
+                del self.run_tabs[run_id]
+        if widget is not None:
+            widget.close()
+            widget.deleteLater()
+
+    # ------------------------------------------------------------------ files
+
+    def _on_open_config(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open run config", "", "YAML (*.yaml *.yml);;All files (*)")
+        if path:
+            self.open_config(path)
+
+    def open_config(self, path: str) -> None:
+        self.config_page.open_file(path)
+        self.tabs.setCurrentWidget(self.config_page)
+
+    def _on_save_config(self) -> None:
+        self.tabs.setCurrentWidget(self.config_page)
+        self.config_page._on_save_clicked()
+
+    def recent_files(self) -> list[str]:
+        value = gui_settings().value("recent_files", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in value or []]
+
+    def add_recent_file(self, path: str) -> None:
+        files = [path, *[p for p in self.recent_files() if p != path]][:MAX_RECENT]
+        gui_settings().setValue("recent_files", files)
+        self._rebuild_recent_menu()
+
+    def _rebuild_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        files = self.recent_files()
+        for path in files:
+            action = self.recent_menu.addAction(path)
+            action.triggered.connect(lambda _checked=False, p=path: self.open_config(p))
+        self.recent_menu.setEnabled(bool(files))
+
+    # ------------------------------------------------------------------ demo
+
+    def open_demo_workspace(self) -> None:
+        """The local profile, the tiny-demo preset, and the demo dataset on the Contamination page."""
+        from app.gui.demo import DEMO_PRESET, ensure_demo_dataset
+
+        self.config_page.load_preset(DEMO_PRESET)
+        idx = self.config_page.profile_combo.findText("local")
+        if idx >= 0:
+            self.config_page.profile_combo.setCurrentIndex(idx)
+        self.contamination_page.humaneval_check.setChecked(True)
+
+        def work(ctx: WorkContext) -> Any:
+            return ensure_demo_dataset()
+
+        worker = Worker(work)
+        worker.signals.finished.connect(self._on_demo_ready)
+        worker.signals.failed.connect(lambda _rid, msg: self.statusBar().showMessage(f"Demo dataset: {msg}", 15_000))
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_demo_ready(self, _rid: int, dataset: Any) -> None:
+        self.demo_dataset = dataset
+        self.contamination_page.set_train_paths([str(dataset.path)])
+        self.statusBar().showMessage(
+            f"Demo workspace ready: {dataset.n_rows} training rows with {len(dataset.planted_task_ids)} planted "
+            "HumanEval items; run the contamination check, then launch the tiny demo (Ctrl+L).", 15_000)
+
+    def _maybe_offer_demo(self) -> None:
+        from app.gui.demo import nothing_configured, offer_demo
+
+        settings = gui_settings()
+        if settings.value("demo/dont_offer", False, type=bool) or not nothing_configured(self.store):
+            return
+        accepted, ask_again = offer_demo(self)
+        settings.setValue("demo/dont_offer", not ask_again)
+        if accepted:
+            self.open_demo_workspace()
+            self.tabs.setCurrentWidget(self.contamination_page)
+
+    # ------------------------------------------------------------------ about
+
+    def about_text(self) -> str:
+        from PySide6 import __version__ as pyside_version
+        from PySide6.QtCore import qVersion
+
+        from core.evalsets import LICENCES
+        from core.version import __version__
+
+        versions = [
+            ("TuneDeck", __version__), ("Python", platform.python_version()), ("Qt", qVersion()),
+            ("PySide6", pyside_version), ("pyqtgraph", _version("pyqtgraph")), ("pydantic", _version("pydantic")),
+            ("paramiko", _version("paramiko")), ("datasets", _version("datasets")),
+        ]
+        rows = "".join(f"<tr><td>{k}</td><td>&nbsp;{v}</td></tr>" for k, v in versions)
+        lic = "".join(f"<tr><td>{k}</td><td>&nbsp;{v}</td></tr>" for k, v in sorted(LICENCES.items()))
+        return (
+            "<h3>TuneDeck</h3><p>Build, decontaminate, launch, watch and compare code-LLM fine-tunes.</p>"
+            f"<table>{rows}</table><p><b>Benchmark data licences</b></p><table>{lic}</table>"
+            "<p>TuneDeck itself: Apache-2.0.</p>"
+        )
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About TuneDeck", self.about_text())
+
+    # ------------------------------------------------------------------ state
+
+    def restore_state(self) -> None:
+        s = gui_settings()
+        geometry = s.value("main_window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1360, 880)
+        state = s.value("main_window/state")
+        if isinstance(state, QByteArray):
+            self.restoreState(state)
+        for key, splitter in self._splitters().items():
+            value = s.value(f"splitters/{key}")
+            if isinstance(value, QByteArray):
+                splitter.restoreState(value)
+        page = s.value("main_window/page", PAGE_RUNS, type=int)
+        if 0 <= page < FIXED_PAGES:
+            self.tabs.setCurrentIndex(page)
+
+    def save_state(self) -> None:
+        s = gui_settings()
+        s.setValue("main_window/geometry", self.saveGeometry())
+        s.setValue("main_window/state", self.saveState())
+        s.setValue("main_window/page", min(self.tabs.currentIndex(), PAGE_RUNS if self.tabs.currentIndex() >= FIXED_PAGES else self.tabs.currentIndex()))
+        for key, splitter in self._splitters().items():
+            s.setValue(f"splitters/{key}", splitter.saveState())
+        s.sync()
+
+    def _splitters(self) -> dict[str, Any]:
+        return {"config": self.config_page.splitter, "contamination": self.contamination_page.splitter,
+                "clusters": self.clusters_page.splitter}
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        self.save_state()
+        self.contamination_page.cancel_check()
+        self._status_timer.stop()
+        for index in range(self.tabs.count() - 1, FIXED_PAGES - 1, -1):
+            self.close_tab(index)
+        if self.stream_manager is not None:
+            self.stream_manager.stop()
+            self.stream_manager = None
+        super().closeEvent(event)
+
+
+

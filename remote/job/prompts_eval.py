@@ -1,0 +1,142 @@
+"""Evaluation prompts per model kind, stop sequences, and turning a completion into a checkable program.
+
+Standard library + core.evalsets only (shipped to the cluster).
+
+- base / python models complete the raw prompt. HumanEval(+): the function signature and docstring, cut at
+  the first `\\nclass`, `\\ndef`, `\\n#`, `\\nif` or `\\nprint` (the Codex paper's stops). MBPP(+): three-shot
+  with tasks 2, 3 and 4 in the MBPP paper's `[BEGIN]` / `[DONE]` format, cut at `[DONE]`.
+- instruct models get the run's prompt template (phind, codellama-instruct, alpaca, the tokenizer's chat
+  template, or raw) around an instruction, and the code is taken from the answer's first ```python block.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from core.evalsets import EvalTask
+
+BASE_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+MBPP_STOPS = ("[DONE]",)
+MBPP_BENCHMARKS = ("mbpp", "mbppplus")
+TEMPLATE_STOPS = {
+    "phind": ("\n### User Message", "\n### System Prompt"),
+    "codellama-instruct": ("[INST]",),
+    "alpaca": ("\n### Instruction",),
+    "chat-template": (),
+    "raw": (),
+}
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What to generate from for one task, and how to cut the generation."""
+
+    task_id: str
+    text: str
+    stops: tuple[str, ...]
+
+
+def mbpp_block(text: str, tests: Sequence[str], code: str | None = None) -> str:
+    """One task in the MBPP paper's prompt format (Austin et al. 2021, section 2.2)."""
+    head = (f"You are an expert Python programmer, and here is your task: {text} "
+            f"Your code should pass these tests:\n\n" + "\n".join(tests) + "\n[BEGIN]\n")
+    return head if code is None else head + code.strip() + "\n[DONE]\n"
+
+
+def mbpp_fewshot_prefix(examples: Sequence[EvalTask]) -> str:
+    """The three-shot prefix from the prompt-split tasks 2, 3, 4 (as loaded by core.evalsets.load_mbpp)."""
+    return "".join(mbpp_block(t.meta["text"], t.meta["test_list"], t.reference) for t in examples)
+
+
+def _mbpp_text_tests(task: EvalTask) -> tuple[str, list[str]]:
+    if "text" in task.meta and "test_list" in task.meta:
+        return task.meta["text"], list(task.meta["test_list"])
+    # MBPP+: the prompt is the task text followed by one example assert.
+    lines = task.prompt.strip().splitlines()
+    asserts = [ln for ln in lines if ln.strip().startswith("assert")]
+    text = " ".join(ln.strip() for ln in lines if not ln.strip().startswith("assert"))
+    return text, asserts
+
+
+def instruction(task: EvalTask) -> str:
+    """The user message an instruct model gets for a task."""
+    if task.benchmark in MBPP_BENCHMARKS:
+        text, tests = _mbpp_text_tests(task)
+        return f"{text}\nYour code should pass these tests:\n\n" + "\n".join(tests) + "\n"
+    return ("Complete the following Python function. Answer with the whole function in a ```python code "
+            f"block.\n\n```python\n{task.prompt.rstrip()}\n```\n")
+
+
+def apply_template(template: str, system: str, user: str, chat_template: Callable[[list[dict]], str] | None = None) -> str:
+    """Wrap a user message in a prompt template (the same shapes the training data uses)."""
+    if template == "phind":
+        return f"### System Prompt\n{system}\n\n### User Message\n{user}\n\n### Assistant\n"
+    if template == "codellama-instruct":
+        sys_part = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system else ""
+        return f"[INST] {sys_part}{user.strip()} [/INST]"
+    if template == "alpaca":
+        return ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                f"the request.\n\n### Instruction:\n{user}\n\n### Response:\n")
+    if template == "chat-template":
+        if chat_template is None:
+            raise ValueError("prompt template 'chat-template' needs a tokenizer with a chat template")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return chat_template(messages)
+    if template == "raw":
+        return user
+    raise ValueError(f"unknown prompt template {template!r}")
+
+
+def build_prompt(task: EvalTask, kind: str, template: str = "raw", system: str = "",
+                 fewshot: Sequence[EvalTask] = (), chat_template: Callable[[list[dict]], str] | None = None) -> PromptSpec:
+    if kind == "instruct":
+        return PromptSpec(task.task_id, apply_template(template, system, instruction(task), chat_template),
+                          TEMPLATE_STOPS.get(template, ()))
+    if task.benchmark in MBPP_BENCHMARKS:
+        text, tests = _mbpp_text_tests(task)
+        return PromptSpec(task.task_id, mbpp_fewshot_prefix(fewshot) + mbpp_block(text, tests), MBPP_STOPS)
+    return PromptSpec(task.task_id, task.prompt, BASE_STOPS)
+
+
+def truncate(text: str, stops: Sequence[str]) -> str:
+    """Cut a generation at the earliest stop sequence."""
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if 0 <= i < cut:
+            cut = i
+    return text[:cut]
+
+
+_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def extract_code(answer: str) -> str:
+    """The first fenced code block of an answer (an unclosed block runs to the end); the answer if none."""
+    m = _BLOCK.search(answer)
+    return m.group(1) if m else answer
+
+
+def _prompt_imports(prompt: str) -> str:
+    return "\n".join(ln for ln in prompt.splitlines() if ln.startswith(("import ", "from "))) + "\n"
+
+
+def solution_code(task: EvalTask, completion: str, kind: str) -> str:
+    """The solution part of the program for a (base or instruct) completion."""
+    if kind == "instruct":
+        code = extract_code(completion)
+        if task.benchmark in MBPP_BENCHMARKS:
+            return code
+        if task.entry_point and re.search(rf"^\s*def\s+{re.escape(task.entry_point)}\s*\(", code, re.MULTILINE):
+            return _prompt_imports(task.prompt) + code
+        return task.prompt + code
+    if task.benchmark in MBPP_BENCHMARKS:
+        return completion
+    return task.prompt + completion
+
+
+def program(task: EvalTask, completion: str, kind: str = "base") -> str:
+    """The whole program the sandbox runs: solution, then the task's tests."""
+    return solution_code(task, completion, kind) + "\n\n" + task.test

@@ -1,0 +1,493 @@
+"""Streaming a run's record files into the store: exactly once, across drops, restarts and sleeps.
+
+Each streamed file (metrics.jsonl, evals.jsonl, events.jsonl, stdout.log) is followed by byte offset. The
+store keeps the offset just past the last complete line ingested, in the SAME transaction as the records
+(Store.ingest), so whoever resumes (after a dropped connection, an app restart, a laptop sleep) starts
+there and every record arrives once. A partial last line is held back until its newline arrives.
+
+Transport: `tail -c +OFFSET -F FILE` through Transport.start (low latency: inotify on the machine, pushed
+over the channel), restarted from the stored offset when the channel ends; polling `read_bytes` is the
+fallback and the final drain. Bytes are aligned by their file position, so overlapping deliveries (a
+restarted tail, a drain racing the tail) are dropped, never ingested twice. A file shorter than the stored
+offset was truncated or rewritten: the stream is reset and read again (the store deduplicates records).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.records import FILE_KIND, IncrementalReader, RunPaths
+from core.store import TERMINAL_STATUSES, RunRow, Store, StreamConflictError
+from remote.transport import StreamProcess, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+UpdateCallback = Callable[[str, str, int], None]  # (run_id, file_name, n_new)
+
+SIZE_CHECK_S = 5.0  # how often a tail-followed file's size is compared with the offset (truncation)
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+LOG_CHUNK_MAX = 64 << 10  # stdout without a newline is ingested in pieces this large
+HANG_K = 5.0
+HANG_MIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class HangWarning:
+    """No new metric line for `silent_s` while the job runs: a suspected hang (not a state change)."""
+
+    run_id: str
+    silent_s: float
+    median_step_s: float
+    last_step: int | None
+    stdout_tail: str
+
+    def message(self) -> str:
+        return (f"run {self.run_id}: no new metrics for {self.silent_s:.0f} s (median step {self.median_step_s:.1f} s,"
+                f" last step {self.last_step}); suspected hang. Last output:\n{self.stdout_tail}")
+
+
+class LogReader:
+    """IncrementalReader's counterpart for stdout.log: text chunks of whole lines, with their offsets."""
+
+    def __init__(self, offset: int = 0, line_no: int = 0):
+        self.offset = offset
+        self.line_no = line_no
+        self._pending = bytearray()
+        self.corrupt_count = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        self._pending += chunk
+        cut = self._pending.rfind(b"\n") + 1
+        if cut == 0 and len(self._pending) >= LOG_CHUNK_MAX:
+            # A long line without newline (progress bars): cut it at a character boundary.
+            cut = len(self._pending)
+            while cut > 0 and (self._pending[cut - 1] & 0xC0) == 0x80:
+                cut -= 1
+            if cut > 0 and self._pending[cut - 1] >= 0xC0:
+                cut -= 1
+            cut = cut or len(self._pending)
+        if cut == 0:
+            return []
+        data = bytes(self._pending[:cut])
+        del self._pending[:cut]
+        start = self.offset
+        self.offset += len(data)
+        self.line_no += data.count(b"\n")
+        return [{"text": data.decode("utf-8", "replace"), "offset": start}]
+
+
+class _FileState:
+    """One followed file: its reader, the committed (stored) position, and the lock both feeders take."""
+
+    def __init__(self, streamer: Streamer, file_name: str):
+        self.s = streamer
+        self.file_name = file_name
+        self.path = f"{streamer.run_dir.rstrip('/')}/{file_name}"
+        self.kind = FILE_KIND.get(file_name)
+        self.lock = threading.RLock()
+        self.need_restart = False
+        self.load()
+
+    def load(self) -> None:
+        offset, line_no = self.s.store.offset(self.s.run_id, self.file_name)
+        self.committed = offset
+        self.reader: Any = (IncrementalReader(self.kind, offset=offset, line_no=line_no) if self.kind
+                            else LogReader(offset, line_no))
+
+    def rewind(self) -> None:
+        """Drop what is held back; the next delivery starts at the committed offset again."""
+        with self.lock:
+            self.load()
+
+    @property
+    def expected(self) -> int:
+        return self.reader.offset + self.reader.pending_bytes
+
+    def feed(self, position: int, data: bytes) -> int:
+        """Feed bytes that start at file `position`; returns the number of new records stored."""
+        with self.lock:
+            expected = self.expected
+            if position + len(data) <= expected:
+                return 0
+            if position < expected:
+                data = data[expected - position:]
+            elif position > expected:
+                log.warning("%s of %s: gap at byte %d (expected %d); re-reading", self.file_name, self.s.run_id,
+                            position, expected)
+                self.need_restart = True
+                return 0
+            if self.kind:
+                res = self.reader.feed(data)
+                records, corrupt = res.records, len(res.corrupt)
+                for c in res.corrupt:
+                    log.warning("%s of run %s, line %d: corrupt (%s)", self.file_name, self.s.run_id, c.line_no,
+                                c.reason)
+            else:
+                records, corrupt = self.reader.feed(data), 0
+            if self.reader.offset == self.committed:
+                return 0
+            try:
+                result = self.s.store.ingest(self.s.run_id, self.file_name, records, self.reader.offset,
+                                             self.reader.line_no, corrupt, expect_offset=self.committed)
+            except StreamConflictError as exc:
+                log.info("%s", exc)
+                self.load()
+                self.need_restart = True
+                return 0
+            except Exception:
+                # The records are not stored: go back to the stored offset and read them again.
+                self.load()
+                self.need_restart = True
+                raise
+            self.committed = self.reader.offset
+        n = result.inserted if self.kind else len(records)
+        if self.kind == "metrics" and records:
+            self.s._saw_metrics(records)
+        if n and self.s.on_update is not None:
+            try:
+                self.s.on_update(self.s.run_id, self.file_name, n)
+            except Exception:  # a callback's bug must not stop the stream
+                log.exception("on_update callback failed")
+        return n
+
+    def check_truncated(self, size: int | None) -> bool:
+        with self.lock:
+            if size is not None and size < self.committed:
+                log.warning("%s of run %s shrank to %d bytes (stored offset %d): truncated or rewritten; "
+                            "reading it again", self.file_name, self.s.run_id, size, self.committed)
+                self.s.store.reset_stream(self.s.run_id, self.file_name)
+                self.load()
+                self.need_restart = True
+                return True
+        return False
+
+    def drain(self, max_bytes: int = 8 << 20) -> int:
+        """Read everything new by polling (read_bytes) up to the current end of file."""
+        total = 0
+        with self.lock:
+            size = self.s.transport.size(self.path)
+            if size is None:
+                return 0
+            self.check_truncated(size)
+            while True:
+                start = self.expected
+                if start >= size:
+                    break
+                data = self.s.transport.read_bytes(self.path, start, min(max_bytes, size - start))
+                if not data:
+                    break
+                total += self.feed(start, data)
+        return total
+
+
+class Streamer:
+    """Follows one run's streamed files into the store (one thread per file when started)."""
+
+    def __init__(self, store: Store, transport: Transport, run_id: str, run_dir: str, *,
+                 on_update: UpdateCallback | None = None, use_tail: bool = True, poll_s: float = 1.0,
+                 files: tuple[str, ...] = RunPaths.STREAMED):
+        self.store = store
+        self.transport = transport
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.on_update = on_update
+        self.use_tail = use_tail
+        self.poll_s = poll_s
+        self.files = {name: _FileState(self, name) for name in files}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._procs: dict[str, StreamProcess] = {}
+        self._procs_lock = threading.Lock()
+        # Hang watchdog inputs: arrival time of the last new metric, and recent (step, t) pairs.
+        self.started_at = time.monotonic()
+        self.last_metric_at: float | None = None
+        self._steps: deque[tuple[int, float]] = deque(maxlen=64)
+        self.last_step: int | None = None
+        self.hang_reported = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for name in self.files:
+            t = threading.Thread(target=self._follow, args=(name,), name=f"stream-{self.run_id}-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        with self._procs_lock:
+            procs = list(self._procs.values())
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.close()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def drain(self) -> dict[str, int]:
+        """One polling pass over every file to its current end: {file: new records}."""
+        return {name: st.drain() for name, st in self.files.items()}
+
+    # ------------------------------------------------------------------ following
+
+    def _follow(self, name: str) -> None:
+        st = self.files[name]
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                got = self._follow_tail(st) if self.use_tail else self._follow_poll(st)
+                failures = 0 if got else failures + 1
+            except Exception as exc:  # thread boundary: log, back off, resume from the stored offset
+                failures += 1
+                log.warning("streaming %s of run %s: %s (retrying)", name, self.run_id, exc)
+            if self._stop.is_set():
+                break
+            st.rewind()
+            self._stop.wait(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
+
+    def _follow_tail(self, st: _FileState) -> bool:
+        """Run one `tail -F` from the committed offset until its channel ends; True if bytes arrived."""
+        st.rewind()
+        st.need_restart = False
+        start = st.committed
+        proc = self.transport.start(["tail", "-c", f"+{start + 1}", "-F", st.path])
+        with self._procs_lock:
+            self._procs[st.file_name] = proc
+        got = False
+        pos = start
+        next_size_check = time.monotonic() + SIZE_CHECK_S
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = proc.read(0.5)
+                except (TransportError, OSError, EOFError) as exc:
+                    log.info("tail of %s (run %s) ended: %s", st.file_name, self.run_id, exc)
+                    break
+                if data is None:
+                    break
+                if data:
+                    got = True
+                    st.feed(pos, data)
+                    pos += len(data)
+                if st.need_restart:
+                    break
+                if time.monotonic() >= next_size_check:
+                    next_size_check = time.monotonic() + SIZE_CHECK_S
+                    if st.check_truncated(self.transport.size(st.path)):
+                        break
+        finally:
+            with self._procs_lock:
+                self._procs.pop(st.file_name, None)
+            with contextlib.suppress(Exception):
+                proc.close()
+        return got
+
+    def _follow_poll(self, st: _FileState) -> bool:
+        got = False
+        while not self._stop.is_set():
+            before = st.expected
+            st.drain()
+            got = got or st.expected != before
+            if st.need_restart:
+                st.need_restart = False
+            self._stop.wait(self.poll_s)
+        return got
+
+    # ------------------------------------------------------------------ hang watchdog
+
+    def _saw_metrics(self, records: list[dict[str, Any]]) -> None:
+        self.last_metric_at = time.monotonic()
+        self.hang_reported = False
+        for rec in records:
+            self._steps.append((int(rec["step"]), float(rec["t"])))
+            self.last_step = int(rec["step"])
+
+    def median_step_s(self) -> float | None:
+        steps = list(self._steps)
+        per_step = [(t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(steps, steps[1:], strict=False)
+                    if s2 > s1 and t2 >= t1]
+        return statistics.median(per_step) if per_step else None
+
+    def check_hang(self, k: float = HANG_K, min_s: float = HANG_MIN_S, now: float | None = None
+                   ) -> HangWarning | None:
+        """A HangWarning (once per silence) when no metric arrived for max(k * median step, min_s)."""
+        median = self.median_step_s()
+        if median is None or self.last_metric_at is None or self.hang_reported:
+            return None
+        now = time.monotonic() if now is None else now
+        silent = now - self.last_metric_at
+        if silent < max(k * median, min_s):
+            return None
+        self.hang_reported = True
+        return HangWarning(self.run_id, silent, median, self.last_step, self.store.log_tail(self.run_id, 4000))
+
+
+class StreamManager:
+    """Streams every active run in the background and polls their status (one query per cluster).
+
+    Callbacks run on background threads (the GUI re-emits them as Qt signals): on_update(run_id, file,
+    n_new), on_status(row) when a run's state changed, on_hang(HangWarning).
+    """
+
+    def __init__(self, store: Store, *, on_update: UpdateCallback | None = None,
+                 on_status: Callable[[RunRow], None] | None = None,
+                 on_hang: Callable[[HangWarning], None] | None = None, poll_s: float = 5.0,
+                 use_tail: bool = True, transports: dict[str, Transport] | None = None,
+                 hang_k: float = HANG_K, hang_min_s: float = HANG_MIN_S):
+        from remote.runs import StatusPoller
+
+        self.store = store
+        self.on_update = on_update
+        self.on_status = on_status
+        self.on_hang = on_hang
+        self.poll_s = poll_s
+        self.use_tail = use_tail
+        self.transports = dict(transports or {})
+        self.hang_k = hang_k
+        self.hang_min_s = hang_min_s
+        self.poller = StatusPoller(store, interval_s=poll_s, transports=self.transports)
+        self.streamers: dict[str, Streamer] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: dict[str, str] = {}
+
+    def transport(self, cluster: str) -> Transport:
+        if cluster not in self.transports:
+            from remote.profiles import get_profile, transport_for
+
+            self.transports[cluster] = transport_for(get_profile(cluster))
+        return self.transports[cluster]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="stream-manager", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Poll now (e.g. right after a launch)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        for s in list(self.streamers.values()):
+            s.stop()
+        self.streamers.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # thread boundary: log and keep going
+                log.exception("stream manager step failed")
+            self._wake.wait(min(self.poll_s, 1.0))
+            self._wake.clear()
+
+    def step(self) -> list[str]:
+        """Poll statuses, start streamers for active runs, drain and stop ended ones; returns active ids."""
+        for row in self.poller.poll().values():
+            if self.on_status is not None:
+                try:
+                    self.on_status(row)
+                except Exception:
+                    log.exception("on_status callback failed")
+        self.errors = dict(self.poller.last_errors)
+        active = []
+        for row in self.store.list_runs():
+            if not (row.run_dir and row.job_id and row.cluster):
+                continue
+            streamer = self.streamers.get(row.run_id)
+            if row.status in TERMINAL_STATUSES:
+                if streamer is not None:
+                    self._finish(streamer, row)
+                continue
+            active.append(row.run_id)
+            if streamer is None:
+                try:
+                    transport = self.transport(row.cluster)
+                except Exception as exc:  # an unknown profile: report, keep the others going
+                    self.errors[row.cluster] = str(exc)
+                    continue
+                streamer = Streamer(self.store, transport, row.run_id, row.run_dir, on_update=self.on_update,
+                                    use_tail=self.use_tail)
+                self.streamers[row.run_id] = streamer
+                streamer.start()
+            if row.status == "running" and self.on_hang is not None:
+                warning = streamer.check_hang(self.hang_k, self.hang_min_s)
+                if warning is not None:
+                    log.warning("%s", warning.message())
+                    self.on_hang(warning)
+        return active
+
+    def _finish(self, streamer: Streamer, row: RunRow) -> None:
+        """The run ended: stop following, then read what is left up to the end of every file."""
+        streamer.stop()
+        try:
+            streamer.drain()
+        except Exception as exc:  # the final drain is retried on the next step
+            log.warning("final read of run %s failed (will retry): %s", row.run_id, exc)
+            return
+        del self.streamers[row.run_id]
+
+    def run_until_idle(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
+        """Step in this thread until no run is active (True) or the timeout/stop flag (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            active = self.step()
+            if not active and not self.streamers:
+                return True
+            if (deadline is not None and time.monotonic() >= deadline) or (stop is not None and stop.is_set()):
+                return False
+            time.sleep(min(self.poll_s, 1.0))
+
+
+def sync_all(store: Store, *, profile: str | None = None, transports: dict[str, Transport] | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, dict[str, int]]:
+    """`tunedeck sync`: refresh statuses, then pull every run's new records into the store.
+
+    Returns {run_id: {file: new records}}; a run whose machine cannot be reached is logged and skipped
+    (its error under the key "error").
+    """
+    from remote.runs import refresh_status
+
+    transports = dict(transports or {})
+    errors: dict[str, str] = {}
+    refresh_status(store, profile, transports=transports, errors=errors)
+    out: dict[str, dict[str, int]] = {}
+    for row in store.list_runs():
+        if not (row.run_dir and row.job_id and row.cluster) or (profile and row.cluster != profile):
+            continue
+        if row.cluster in errors:
+            out[row.run_id] = {"error": errors[row.cluster]}  # type: ignore[dict-item]
+            continue
+        try:
+            if row.cluster not in transports:
+                from remote.profiles import get_profile, transport_for
+
+                transports[row.cluster] = transport_for(get_profile(row.cluster))
+            out[row.run_id] = Streamer(store, transports[row.cluster], row.run_id, row.run_dir).drain()
+        except Exception as exc:  # one unreachable cluster must not stop the others
+            log.warning("sync of run %s failed: %s", row.run_id, exc)
+            errors[row.cluster] = str(exc)
+            out[row.run_id] = {"error": str(exc)}  # type: ignore[dict-item]
+        if progress:
+            progress(f"{row.run_id}: {out[row.run_id]}")
+    return out
