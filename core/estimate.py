@@ -148,6 +148,7 @@ class Estimate:
     total_steps: int | None
     training_tokens: int | None
     global_batch: int
+    epochs: float
     flops: float | None
     mfu: float
     peak_tflops: float | None
@@ -155,6 +156,11 @@ class Estimate:
     assumptions: tuple[Assumption, ...]
     published: PublishedComparison | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def examples_seen(self) -> int | None:
+        """Examples passed through training over all epochs (Phind: 80k x 2 = 160k)."""
+        return None if self.samples_per_epoch is None else round(self.samples_per_epoch * self.epochs)
 
     @property
     def peak_gb(self) -> float:
@@ -303,7 +309,7 @@ def estimate(
     c, t = config.cluster, config.training
     p = arch.parameter_count()
     assumptions = [
-        Assumption("precision", "bf16 params/grads + fp32 AdamW state" if t.bf16 else "fp32 params/grads + fp32 AdamW state",
+        Assumption("precision", "bf16 weights+grads, fp32 AdamW" if t.bf16 else "fp32 weights+grads, fp32 AdamW",
                    "16 bytes/param in model states (2 + 2 + 12), ZeRO paper accounting" if t.bf16
                    else "20 bytes/param in model states (4 + 4 + 12)"),
         Assumption("attention", f"{config.attention.implementation} (fallback {config.attention.fallback})",
@@ -384,6 +390,7 @@ def estimate(
         total_steps=counts.total_steps,
         training_tokens=counts.training_tokens,
         global_batch=config.global_batch,
+        epochs=t.epochs,
         flops=flops,
         mfu=mfu,
         peak_tflops=tflops,
@@ -449,6 +456,8 @@ def format_estimate(est: Estimate) -> str:
         "",
         "Data and steps",
         f"  examples per epoch    {_n(est.samples_per_epoch)}",
+        f"  examples seen         {_n(est.examples_seen)}"
+        + (f" ({est.samples_per_epoch:,} x {est.epochs:g} epochs)" if est.examples_seen is not None else ""),
         f"  tokens per epoch      {_n(est.tokens_per_epoch)}",
         f"  sequences per epoch   {_n(est.sequences_per_epoch)}",
         f"  global batch          {est.global_batch:,} sequences",

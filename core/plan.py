@@ -150,13 +150,17 @@ def _check_no_control(what: str, value: str) -> None:
             raise PlanError(f"{what}: contains {name}, which cannot be placed in a launch file: {value!r}")
 
 
-def _sbatch_value(what: str, value: str, *, filename: bool = False) -> str:
-    """Escape a value for an #SBATCH line (no shell reads it: sbatch's own parser does).
+_SBATCH_PLAIN = re.compile(r"[A-Za-z0-9._:/@+=,%-]+")
 
-    sbatch's `_get_argument` splits on whitespace, groups with ' or ", and copies the character after a
-    backslash literally, so every whitespace, quote and backslash is backslash-escaped. In filename
-    patterns (--output) `%` starts a replacement symbol (`%%` is a literal %), and a backslash switches
-    symbol processing off, so paths with a backslash are rejected.
+
+def _sbatch_value(what: str, value: str, *, filename: bool = False) -> str:
+    """Quote a value for an #SBATCH line (no shell reads it: sbatch's own parser does).
+
+    Measured with Slurm 22.05's sbatch: an argument ends at unquoted whitespace (a backslash-escaped space
+    ends it too) and at an unquoted `#`; inside "..." whitespace, `#` and `'` are literal and a backslash
+    escapes the next character. So anything beyond a plain token is double-quoted, with double quotes and
+    backslashes escaped. In filename patterns (--output) `%` starts a replacement symbol (`%%` is a literal %) and a
+    backslash switches symbol processing off, so paths with a backslash are refused.
     """
     value = str(value)
     _check_no_control(what, value)
@@ -168,7 +172,12 @@ def _sbatch_value(what: str, value: str, *, filename: bool = False) -> str:
         if "\\" in value:
             raise PlanError(f"{what}: a backslash in a Slurm output path turns off its %-patterns: {value!r}")
         value = value.replace("%", "%%")
-    return "".join("\\" + ch if ch in "\\\"'" or ch.isspace() else ch for ch in value)
+    if _SBATCH_PLAIN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+sbatch_value = _sbatch_value  # public name for other #SBATCH writers (remote/decontam_array.py)
 
 
 # DeepSpeed's launcher re-quotes .deepspeed_env values and user arguments for the remote shell naively
@@ -240,12 +249,19 @@ def local_command(config: RunConfig, ctx: LaunchContext) -> list[str]:
 def hostfile_command(config: RunConfig, ctx: LaunchContext) -> list[str]:
     """argv of the deepspeed launcher over the run's hostfile."""
     _deepspeed_value("run_dir", ctx.run_dir)
+    argv = ["deepspeed", "--hostfile", ctx.path(RunPaths.HOSTFILE), "--master_port", str(ctx.master_port)]
+    if config.cluster.nodes == 1:
+        # One host: the launcher starts the ranks right here, so skip its ssh probe of the host and
+        # rendezvous on loopback (without --master_addr it asks the host over ssh for `hostname -I`).
+        argv += ["--no_ssh_check", "--master_addr", "127.0.0.1"]
+    else:
+        argv += ["--master_addr", ctx.hosts[0]]
     return [
-        "deepspeed",
-        "--hostfile", ctx.path(RunPaths.HOSTFILE),
-        "--master_port", str(ctx.master_port),
+        *argv,
         # On a host without GPUs the launcher starts one process unless told how many.
         "--num_gpus", str(config.cluster.gpus_per_node),
+        # The job reads LOCAL_RANK from its environment; its argv stays exactly `RUN_DIR`.
+        "--no_local_rank",
         "--module", JOB_MODULE,
         ctx.run_dir,
     ]

@@ -267,6 +267,21 @@ SLURM_STATES = {
 }
 
 
+def _aggregate(tasks: list[tuple[str, str]]) -> tuple[str, str]:
+    """One (state, reason) for a job from its tasks: active states first, then the worst ending."""
+    if len(tasks) == 1:
+        return tasks[0]
+    rank = {"running": 0, "completing": 1, "pending": 2, "unknown": 3, "failed": 4, "cancelled": 5, "finished": 6}
+    mapped = sorted(tasks, key=lambda t: rank[SLURM_STATES.get(t[0].split()[0].rstrip("+"), "unknown")])
+    state, reason = mapped[0]
+    counts: dict[str, int] = {}
+    for s, _ in tasks:
+        counts[s] = counts.get(s, 0) + 1
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    return state, f"{reason}; array tasks: {summary}".lstrip("; ") if reason not in ("", "None") else \
+        f"array tasks: {summary}"
+
+
 class SlurmBackend(Backend):
     name = "slurm"
 
@@ -294,12 +309,16 @@ class SlurmBackend(Backend):
                 raise RemoteCommandError(transport.name, "squeue", res.rc, res.stderr)
             # Every id has aged out of slurmctld (MinJobAge) or one of them has: list all jobs instead.
             res = transport.run(["squeue", *fmt], timeout=60)
-        found: dict[str, tuple[str, str]] = {}
+        tasks: dict[str, list[tuple[str, str]]] = {}
         for line in res.stdout.splitlines():
             parts = line.strip().split("|", 2)
-            if len(parts) == 3 and parts[0] in ids:
-                found[parts[0]] = (parts[1].strip(), parts[2].strip())
-        return found
+            if len(parts) != 3:
+                continue
+            # An array job shows one line per task (123_0, 123_[1-3]): aggregated under the array's id.
+            base = parts[0].split("_", 1)[0]
+            if base in ids:
+                tasks.setdefault(base, []).append((parts[1].strip(), parts[2].strip()))
+        return {job_id: _aggregate(lines) for job_id, lines in tasks.items()}
 
     def _exit_code(self, transport: Transport, job_id: str) -> str:
         res = transport.run(["scontrol", "show", "job", "-o", job_id], timeout=30, check=False)

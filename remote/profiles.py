@@ -9,6 +9,7 @@ profile exists out of the box and is the default.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -117,7 +118,10 @@ class ClusterProfile(BaseModel):
 
 
 def local_profile() -> ClusterProfile:
-    return ClusterProfile(name=LOCAL, backend="local")
+    """The built-in profile for this machine; its python is the app's own interpreter (where the training
+    stack is installed in a source install), or `python3` in a frozen desktop build."""
+    python = "python3" if getattr(sys, "frozen", False) else sys.executable
+    return ClusterProfile(name=LOCAL, backend="local", python=python)
 
 
 def profiles_path() -> Path:
@@ -163,7 +167,7 @@ def _build(name: str, body: dict[str, Any], source: Path | None = None) -> Clust
     except ValidationError as exc:
         where = _line_of(source, name) if source else "profile"
         problems = "; ".join(
-            f"clusters.{name}.{'.'.join(str(p) for p in err['loc']) or '(profile)'}: {err['msg']}" for err in exc.errors()
+            f"clusters.{name}.{'.'.join(str(p) for p in err['loc']) or '(profile)'}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
         )
         raise ProfileError(f"{where}: {problems}") from None
 
@@ -175,6 +179,8 @@ def load_profiles() -> dict[str, ClusterProfile]:
         path = profiles_path()
         profiles = {LOCAL: local_profile()}
         for name, body in raw.items():
+            if name == LOCAL:  # adjustments over the built-in defaults
+                body = {**local_profile().model_dump(exclude={"name"}), **body}
             profiles[str(name)] = _build(str(name), body, path)
         return profiles
 
@@ -199,7 +205,7 @@ def save_profile(profile: ClusterProfile) -> Path:
     with _lock:
         raw = _read_raw()
         raw[profile.name] = _dump(profile)
-        if profile.name == LOCAL and raw[LOCAL] == {"backend": "local"}:
+        if profile.name == LOCAL and profile == local_profile():
             del raw[LOCAL]  # the built-in default needs no entry
         path = profiles_path()
         atomic_write_text(path, _HEADER + yaml.safe_dump({"clusters": raw}, sort_keys=False, allow_unicode=True),
@@ -277,6 +283,7 @@ def make_transport(profile: ClusterProfile) -> Transport:
         proxy_jump=profile.proxy_jump, known_hosts=profile.known_hosts, ssh_config=profile.ssh_config,
         connect_timeout_s=profile.connect_timeout_s, keepalive_s=profile.keepalive_s,
         secret=(lambda: get_secret(profile)) if profile.save_password_in_keyring else None,
+        idle_probe_s=max(30.0, 2 * profile.keepalive_s),
     )
 
 

@@ -13,7 +13,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -68,7 +67,9 @@ def work_root_for(profile: Any, transport: Transport) -> str:
 
 
 def launch_context(profile: Any, run_id: str, run_dir: str, **overrides: Any) -> LaunchContext:
-    hosts = tuple(getattr(profile, "hostfile_hosts", None) or ()) or ("localhost",)
+    # Profile hostfile lines may carry `slots=N`; the plan takes bare host names (slots come from the config).
+    lines = getattr(profile, "hostfile_hosts", None) or ()
+    hosts = tuple(line.split()[0] for line in lines if line.strip()) or ("localhost",)
     values = dict(
         run_id=run_id, run_dir=run_dir, backend=profile.backend, env_setup=getattr(profile, "env_setup", "") or "",
         python=getattr(profile, "python", None) or "python3",
@@ -182,7 +183,7 @@ def refresh_status(store: Store, profile: str | None = None, *, transports: dict
             log.warning("status poll of %s failed (skipped): %s", cluster, exc)
             if errors is not None:
                 errors[cluster] = str(exc)
-        except Exception as exc:  # a profile lookup error and the like: one cluster must not stop the rest
+        except Exception as exc:  # noqa: BLE001 -- a profile lookup error and the like: one cluster must not stop the rest
             log.warning("status poll of %s failed (skipped): %s", cluster, exc)
             if errors is not None:
                 errors[cluster] = str(exc)
@@ -216,7 +217,7 @@ class StatusPoller:
                     self._fail[cluster] = 0
                     self.last_errors.pop(cluster, None)
                     self._next[cluster] = now + self.interval_s
-                except Exception as exc:  # thread boundary of the poller: log, back off, go on
+                except Exception as exc:  # noqa: BLE001 -- thread boundary of the poller: log, back off, go on
                     n = self._fail.get(cluster, 0) + 1
                     self._fail[cluster] = n
                     delay = min(POLL_BACKOFF_MAX_S, self.interval_s * 2 ** n)

@@ -52,7 +52,8 @@ DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 # Waits between connection attempts (refused, reset, timed out); host key and auth errors never retry.
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0)
-STATUS_WAIT_S = 10.0  # after EOF, how long the exit status may lag behind
+STATUS_WAIT_S = 10.0
+MAX_EXTRA_CONNECTIONS = 8  # beyond the main one, for servers with a low MaxSessions  # after EOF, how long the exit status may lag behind
 _CHUNK = 65536
 _PID_MARK = b"tunedeck-pid "
 # Errors paramiko raises when the link is gone (socket closed, transport dead, EOF mid-packet).
@@ -274,6 +275,7 @@ class SshStreamProcess:
 
     def __init__(self, owner: SshTransport, chan: paramiko.Channel, command: str, conn: _Connection):
         self._owner = owner
+        self._last_heard = time.monotonic()
         self._chan = chan
         self._conn = conn
         self.command = command
@@ -316,14 +318,25 @@ class SshStreamProcess:
             deadline = time.monotonic() + max(0.0, timeout)
             while True:
                 if self._chan.recv_ready():
+                    self._last_heard = time.monotonic()
                     return self._chan.recv(_CHUNK)
                 self._pump_stderr()
                 if self._chan.closed or (self._chan.eof_received and not self._chan.recv_ready()):
                     return self._finish()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._probe_if_quiet()
                     return b""
                 select.select([self._chan], [], [], remaining)
+
+    def _probe_if_quiet(self) -> None:
+        """A follow that stays silent for long may sit on a dead link (laptop sleep): ping the server."""
+        now = time.monotonic()
+        if now - self._last_heard < self._owner.idle_probe_s:
+            return
+        self._last_heard = now
+        if not self._owner.ping():
+            raise ConnectionLost(f"{self._owner.target_label}: no answer from the server during `{self.command}`")
 
     def _finish(self) -> None:
         self._chan.status_event.wait(STATUS_WAIT_S if self._conn.active() else 0)
@@ -362,7 +375,7 @@ class SshTransport:
                  known_hosts: str | None = None, ssh_config: str | None = None,
                  connect_timeout_s: float = 15.0, keepalive_s: float = 15.0,
                  secret: Callable[[], str | None] | None = None,
-                 backoff_s: tuple[float, ...] = RECONNECT_BACKOFF_S):
+                 backoff_s: tuple[float, ...] = RECONNECT_BACKOFF_S, idle_probe_s: float = 30.0):
         self.name = name
         self.host = host
         self._resolve_args = dict(user=user, port=port, identity_file=identity_file, proxy_jump=proxy_jump,
@@ -371,9 +384,11 @@ class SshTransport:
         self.keepalive_s = keepalive_s
         self._secret = secret
         self.backoff_s = backoff_s
+        self.idle_probe_s = idle_probe_s  # a stream quiet this long pings the server
         self._lock = threading.RLock()
         self._sftp_lock = threading.Lock()
-        self._conn: _Connection | None = None
+        self._conn: _Connection | None = None  # the main connection (commands, SFTP)
+        self._extra: list[_Connection] = []  # more channels than the server allows on one connection
         self._generation = 0
         self._home: str | None = None
         self.connect_count = 0  # how many connections were opened (reconnects included)
@@ -445,7 +460,31 @@ class SshTransport:
         with self._lock:
             if self._conn is conn:
                 self._conn = None
+            self._extra = [c for c in self._extra if c is not conn]
         conn.close()
+
+    def ping(self, timeout: float | None = None) -> bool:
+        """Ask the server for a reply; when none comes in time (a silent link after sleep or a network
+        change), drop the connection so that streams raise ConnectionLost and the next call reconnects."""
+        with self._lock:
+            conn = self._conn
+        if conn is None or not conn.active():
+            return False
+        transport = conn.client.get_transport()
+        answered = threading.Event()
+
+        def request() -> None:
+            # OpenSSH answers unknown global requests with a failure: any answer proves the link is alive.
+            transport.global_request("keepalive@openssh.com", wait=True)
+            answered.set()
+
+        threading.Thread(target=request, name=f"ssh-ping-{self.name}", daemon=True).start()
+        if answered.wait(timeout or self.connect_timeout_s) and transport.is_active():
+            return True
+        log.warning("%s did not answer within %s s: dropping the connection", self.name,
+                    timeout or self.connect_timeout_s)
+        self._drop(conn)
+        return False
 
     def connect(self) -> None:
         """Open the connection now (it otherwise opens on first use); raises host key and auth errors."""
@@ -455,17 +494,46 @@ class SshTransport:
         return self._connection().client.get_transport()
 
     def _open_channel(self) -> tuple[paramiko.Channel, _Connection]:
-        """A fresh session channel; one reconnect when the connection turns out dead before we used it."""
+        """A fresh session channel; one reconnect when the connection turns out dead before we used it.
+
+        When the server refuses more sessions on a live connection (sshd's MaxSessions, 10 by default),
+        the channel goes on an extra connection instead.
+        """
         for attempt in (0, 1):
             conn = self._connection()
             try:
                 chan = conn.client.get_transport().open_session(timeout=self.connect_timeout_s)
                 return chan, conn
+            except paramiko.ChannelException as exc:
+                if conn.active():
+                    return self._overflow_channel(exc)
+                self._drop(conn)
+                if attempt:
+                    raise ConnectionLost(f"{self.target_label}: cannot open a channel: {exc}") from exc
             except _LINK_ERRORS as exc:
                 self._drop(conn)
                 if attempt:
                     raise ConnectionLost(f"{self.target_label}: cannot open a channel: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def _overflow_channel(self, refused: Exception) -> tuple[paramiko.Channel, _Connection]:
+        with self._lock:
+            self._extra = [c for c in self._extra if c.active()]
+            for conn in self._extra:
+                try:
+                    return conn.client.get_transport().open_session(timeout=self.connect_timeout_s), conn
+                except _LINK_ERRORS:
+                    continue
+            if len(self._extra) >= MAX_EXTRA_CONNECTIONS:
+                raise TransportError(f"{self.target_label}: the server refused another session ({refused}) on "
+                                     f"{len(self._extra) + 1} connections") from refused
+            log.info("%s refused another session on one connection (%s): opening another", self.name, refused)
+            conn = self._open()
+            self._extra.append(conn)
+        try:
+            return conn.client.get_transport().open_session(timeout=self.connect_timeout_s), conn
+        except _LINK_ERRORS as exc:
+            raise ConnectionLost(f"{self.target_label}: cannot open a channel: {exc}") from exc
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -549,12 +617,11 @@ class SshTransport:
                 if conn.sftp is None:
                     conn.sftp = conn.client.open_sftp()
                 return fn(conn.sftp)
-        except OSError as exc:
-            if exc.errno is not None or not isinstance(exc, socket.error | EOFError):
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None and conn.active():
                 raise  # a file error (ENOENT, EACCES...) on a healthy link
-            self._drop(conn)
-            raise ConnectionLost(f"{self.target_label}: connection lost during {what}: {exc}") from exc
-        except (paramiko.SSHException, EOFError) as exc:
+            if conn.active() and not isinstance(exc, EOFError | socket.timeout):
+                raise TransportError(f"{self.target_label}: {what} failed: {exc}") from exc
             self._drop(conn)
             raise ConnectionLost(f"{self.target_label}: connection lost during {what}: {exc}") from exc
 
@@ -644,9 +711,11 @@ class SshTransport:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            conns = [c for c in (self._conn, *self._extra) if c is not None]
+            self._conn = None
+            self._extra = []
+        for conn in conns:
+            conn.close()
 
 
 def _sftp_exists(sftp: paramiko.SFTPClient, path: str) -> bool:

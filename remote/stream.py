@@ -15,6 +15,7 @@ offset was truncated or rewritten: the stream is reset and read again (the store
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import statistics
 import threading
@@ -253,7 +254,7 @@ class Streamer:
             try:
                 got = self._follow_tail(st) if self.use_tail else self._follow_poll(st)
                 failures = 0 if got else failures + 1
-            except Exception as exc:  # thread boundary: log, back off, resume from the stored offset
+            except Exception as exc:  # noqa: BLE001 -- thread boundary: log, back off, resume from the stored offset
                 failures += 1
                 log.warning("streaming %s of run %s: %s (retrying)", name, self.run_id, exc)
             if self._stop.is_set():
@@ -320,7 +321,7 @@ class Streamer:
 
     def median_step_s(self) -> float | None:
         steps = list(self._steps)
-        per_step = [(t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(steps, steps[1:], strict=False)
+        per_step = [(t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in itertools.pairwise(steps)
                     if s2 > s1 and t2 >= t1]
         return statistics.median(per_step) if per_step else None
 
@@ -423,7 +424,7 @@ class StreamManager:
             if streamer is None:
                 try:
                     transport = self.transport(row.cluster)
-                except Exception as exc:  # an unknown profile: report, keep the others going
+                except Exception as exc:  # noqa: BLE001 -- an unknown profile: report, keep the others going
                     self.errors[row.cluster] = str(exc)
                     continue
                 streamer = Streamer(self.store, transport, row.run_id, row.run_dir, on_update=self.on_update,
@@ -442,7 +443,7 @@ class StreamManager:
         streamer.stop()
         try:
             streamer.drain()
-        except Exception as exc:  # the final drain is retried on the next step
+        except Exception as exc:  # noqa: BLE001 -- the final drain is retried on the next step
             log.warning("final read of run %s failed (will retry): %s", row.run_id, exc)
             return
         del self.streamers[row.run_id]
@@ -484,7 +485,7 @@ def sync_all(store: Store, *, profile: str | None = None, transports: dict[str, 
 
                 transports[row.cluster] = transport_for(get_profile(row.cluster))
             out[row.run_id] = Streamer(store, transports[row.cluster], row.run_id, row.run_dir).drain()
-        except Exception as exc:  # one unreachable cluster must not stop the others
+        except Exception as exc:  # noqa: BLE001 -- one unreachable cluster must not stop the others
             log.warning("sync of run %s failed: %s", row.run_id, exc)
             errors[row.cluster] = str(exc)
             out[row.run_id] = {"error": str(exc)}  # type: ignore[dict-item]

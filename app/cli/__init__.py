@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "app.cli.config_cmds",  # presets, config new/validate/render, estimate
     "app.cli.decontam_cmds",  # decontaminate, decontaminate merge, data download
     "app.cli.eval_cmds",  # eval
+    "app.cli.cluster_cmds",  # cluster add/list/check/remove/trust
     "app.cli.remote_cmds",  # cluster, launch, runs, status, logs, cancel, sync
     "app.cli.gui_cmds",  # gui
 )

@@ -58,10 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dl.set_defaults(handler=cmd_data_download)
 
 
-def _bar(enabled: bool, desc: str):
+def _bar(enabled: bool, desc: str, total: int | None = None):
     from tqdm import tqdm
 
-    return tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled,
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled,
                 dynamic_ncols=True, file=sys.stderr)
 
 
@@ -145,13 +145,12 @@ def cmd_data_download(args: argparse.Namespace) -> int:
         entry = evalsets.UPSTREAM[name]
         target = dest / entry["file"]
         if target.is_file() and not args.force and sha256_file(target) == entry["sha256"]:
-            print(f"{name}: {target} already verified")
+            print(f"{name}: {target} already verified; use it as --eval {name}={target}")
             continue
         try:
             with urllib.request.urlopen(entry["url"], timeout=60) as resp, atomic_path(target) as tmp:
                 total = resp.headers.get("Content-Length")
-                bar = _bar(True, name)
-                bar.total = int(total) if total else None
+                bar = _bar(True, name, int(total) if total else None)
                 with open(tmp, "wb") as out:
                     while block := resp.read(1 << 16):
                         out.write(block)
@@ -163,6 +162,5 @@ def cmd_data_download(args: argparse.Namespace) -> int:
                                    f"{entry['sha256']} (nothing written)")
         except (urllib.error.URLError, OSError) as exc:
             raise CliError(f"{name}: download from {entry['url']} failed: {exc}") from None
-        print(f"{name}: {target} ({entry['licence']})")
-    print(f"use e.g. --eval mbpp={dest / evalsets.UPSTREAM['mbpp']['file']}")
+        print(f"{name}: {target} ({entry['licence']}); use it as --eval {name}={target}")
     return 0

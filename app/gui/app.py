@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from PySide6.QtCore import QCoreApplication, Qt, QTimer
+from PySide6.QtCore import QCoreApplication, Qt, QThreadPool, QTimer
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 ORG_NAME = "TuneDeck"
 APP_NAME = "TuneDeck"
 ICON_PATH = RESOURCES_DIR / "icons" / "tunedeck.svg"
+SHUTDOWN_WAIT_MS = 10_000
 
 
 def is_dark() -> bool:
@@ -117,7 +118,7 @@ def run_gui(smoke: bool = False, demo: bool = False) -> int:
     if smoke:
         # A zero-delay single shot runs once the queue is drained: the window is shown and the loop idle.
         def finish() -> None:
-            ok = window.isVisible() and window.windowHandle() is not None and window.windowHandle().isExposed() or (
+            ok = (window.isVisible() and window.windowHandle() is not None and window.windowHandle().isExposed()) or (
                 QGuiApplication.platformName() in ("offscreen", "minimal") and window.isVisible()
             )
             if os.environ.get("TUNEDECK_DUMP_MODULES"):
@@ -127,4 +128,7 @@ def run_gui(smoke: bool = False, demo: bool = False) -> int:
             app.exit(0 if ok else 1)
 
         QTimer.singleShot(0, lambda: QTimer.singleShot(0, finish))
-    return app.exec()
+    rc = app.exec()
+    # Let background work end while its signal objects still exist (they are deleted at interpreter exit).
+    QThreadPool.globalInstance().waitForDone(SHUTDOWN_WAIT_MS)
+    return rc

@@ -30,8 +30,16 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.app import palette_is_dark
-from app.gui.config_form import ERROR_STYLE, FieldEditor, FieldSpec, get_path, make_editor, model_specs, set_path
-from app.gui.workers import Worker, WorkContext
+from app.gui.config_form import (
+    ERROR_STYLE,
+    FieldEditor,
+    FieldSpec,
+    get_path,
+    make_editor,
+    model_specs,
+    set_path,
+)
+from app.gui.workers import WorkContext, Worker
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.app import monospace_font
-from app.gui.workers import Worker, WorkContext
+from app.gui.workers import WorkContext, Worker
 from core.config import SECTIONS, Problem, RunConfig, dump_yaml, validate_data
 from core.fsutil import atomic_write_text
 
@@ -129,7 +129,7 @@ def field_spec(path: str, name: str, info: Any) -> FieldSpec:
     literals = tuple(c for a in args if get_origin(a) is Literal for c in get_args(a))
     numeric = [a for a in args if a in (int, float)]
     if numeric and literals:
-        return FieldSpec(kind="number_or_literal", choices=literals + (numeric[0].__name__,), **common)
+        return FieldSpec(kind="number_or_literal", choices=(*literals, numeric[0].__name__), **common)
     return FieldSpec(kind="str", **common)
 
 

@@ -2,17 +2,14 @@
 then inspect each eval item with the matched span highlighted in the eval question and the training row.
 
 Highlights come straight from the report's raw-text spans (`eval_span`, `train_span`); nothing is re-matched
-here. The check runs on the thread pool (the matcher spends its time in numpy and bytes.translate, which release
-the GIL or hold it only briefly: measured by tests/app/test_contamination_page.py's stall test).
+here. The check runs in a child process driven from a pool thread (app.gui.check_process says why).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +49,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.app import monospace_font, palette_is_dark
-from app.gui.workers import Worker, WorkContext
+from app.gui.check_process import CheckRequest, CheckResult, run_in_process
+from app.gui.workers import WorkContext, Worker
 from core.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-PROGRESS_MIN_INTERVAL_S = 0.05  # at most 20 progress signals per second reach the UI thread
 OPTIONAL_BENCHMARKS = ("mbpp", "mbppplus", "humanevalplus")
 BENCHMARK_TITLES = {"humaneval": "HumanEval", "mbpp": "MBPP", "mbppplus": "MBPP+", "humanevalplus": "HumanEval+"}
 MODES = ("sampled", "exhaustive", "ngram13")
@@ -66,70 +63,9 @@ MODES = ("sampled", "exhaustive", "ngram13")
 # ------------------------------------------------------------------------------------- thread crossing
 
 
-@dataclass(frozen=True)
-class CheckRequest:
-    """What the check needs (built on the UI thread, read by the worker)."""
-
-    train_paths: tuple[str, ...]
-    eval_specs: tuple[str, ...]  # "humaneval", "mbpp=PATH", ...
-    mode: str = "sampled"
-    seed: int = 0
-    fields: tuple[str, ...] | None = None
-    jobs: int = 1
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The report plus, per matched training row, its text fields (to show beside the eval question)."""
-
-    report: dict[str, Any]
-    rows: dict[int, dict[str, str]] = field(default_factory=dict)  # train_index -> {field: raw text}
-    seconds: float = 0.0
-    flagged: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # for write_clean
-
-
-def matched_row_texts(train_paths: tuple[str, ...], indices: set[int], fields: tuple[str, ...] | None,
-                      cancel: threading.Event) -> dict[int, dict[str, str]]:
-    """The text fields of the training rows at `indices` (0-based over the files in order), read with
-    core.decontam's reader so that the field names and texts are the ones the matcher saw."""
-    from core.decontam.reader import iter_rows, plan_units, row_segments
-
-    out: dict[int, dict[str, str]] = {}
-    if not indices:
-        return out
-    last = max(indices)
-    index = 0
-    for file_index, path in enumerate(train_paths):
-        for unit in plan_units(file_index, path):
-            for where, row, _done in iter_rows(unit):
-                if index in indices:
-                    out[index] = dict(row_segments(row, list(fields) if fields else None, where))
-                index += 1
-                if index > last:
-                    return out
-                if cancel.is_set():
-                    return out
-    return out
-
-
 def run_check_job(ctx: WorkContext, request: CheckRequest) -> CheckResult:
-    """Worker body: core.decontam's check with throttled progress, then the matched rows' texts."""
-    from core.decontam import scan
-
-    started = time.monotonic()
-    last_emit = [0.0]
-
-    def progress(done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - last_emit[0] >= PROGRESS_MIN_INTERVAL_S or (total and done >= total):
-            last_emit[0] = now
-            ctx.progress(done, total or 0)
-
-    report, flagged = scan(list(request.train_paths), list(request.eval_specs), fields=list(request.fields) if request.fields else None,
-                       mode=request.mode, seed=request.seed, jobs=request.jobs, progress=progress, cancel=ctx.cancel)
-    indices = {m["train_index"] for item in report.get("items", []) for m in item.get("matches", [])}
-    rows = matched_row_texts(request.train_paths, indices, request.fields, ctx.cancel)
-    return CheckResult(report, rows, time.monotonic() - started, flagged)
+    """Worker body: the check in a child process (see app.gui.check_process for why), progress relayed."""
+    return run_in_process(request, ctx.progress, ctx.cancel)
 
 
 # ------------------------------------------------------------------------------------------ table model
@@ -150,13 +86,13 @@ class ItemsModel(QAbstractTableModel):
         self.items = items
         self.endResetModel()
 
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.items)
 
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return len(COLUMNS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return COLUMNS[section]
         return None
@@ -204,7 +140,7 @@ class ItemsFilter(QSortFilterProxyModel):
             self.contaminated_only = contaminated_only
         self.invalidateFilter()
 
-    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:  # noqa: N802
+    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
         item = self.sourceModel().items[source_row]
         if self.contaminated_only and not item["contaminated"]:
             return False

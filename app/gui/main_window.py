@@ -9,8 +9,8 @@ import logging
 import platform
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QObject, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtCore import QByteArray, QObject, QSettings, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.app import app_icon
-from app.gui.workers import Worker, WorkContext
+from app.gui.workers import WorkContext, Worker
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +439,7 @@ class MainWindow(QMainWindow):
         return {"config": self.config_page.splitter, "contamination": self.contamination_page.splitter,
                 "clusters": self.clusters_page.splitter}
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+    def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()
         self.contamination_page.cancel_check()
         self._status_timer.stop()

@@ -37,7 +37,7 @@ class _Staged:
         return tmp
 
     def commit(self) -> None:
-        for tmp, target in self.pairs:
+        for tmp, _ in self.pairs:
             if tmp.is_file():
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
@@ -46,11 +46,11 @@ class _Staged:
                 old = target.with_name(f".{target.name}.old")
                 if old.exists():
                     shutil.rmtree(old) if old.is_dir() else old.unlink()
-                os.replace(target, old)
-                os.replace(tmp, target)
+                target.replace(old)
+                tmp.replace(target)
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
             else:
-                os.replace(tmp, target)
+                tmp.replace(target)
         self.pairs.clear()
 
     def abort(self) -> None:
@@ -149,7 +149,7 @@ def _stage_clean(staged: _Staged, report, train_paths, flagged, clean_out) -> No
     base = 0
     removed_tmp = staged.file(Path(f"{clean_out}.removed.jsonl"))
     with open(removed_tmp, "w", encoding="utf-8") as removed:
-        for fi, (path, target) in enumerate(zip(train_paths, targets)):
+        for fi, (path, target) in enumerate(zip(train_paths, targets, strict=True)):
             _, fmt = check_path(path)
             drop = {row for (f, row), _ in flagged.items() if f == fi}
             tmp = staged.directory(target) if fmt == "saved" else staged.file(target)

@@ -1,11 +1,13 @@
 """The matchers: sampled / exhaustive 50-character substrings (OpenAI) and 13-word n-grams (GPT-3 style).
 
 How the substring matcher is fast in pure Python + numpy: every pattern (a sampled window, or in exhaustive mode
-the whole processed question) has all its Q-character grams in a dict keyed by a 64-bit hash. A training
-batch is processed, joined into one buffer and hashed with numpy at a stride S = m_min - Q + 1 (m_min: the
-shortest length that counts as a match), so every occurrence of >= m_min characters contains one hashed gram.
+the whole processed question) has all its q-character grams in a dict keyed by a 64-bit hash. A training
+batch is processed, joined into one buffer (1 byte per character when ASCII, else UTF-32) and hashed with
+numpy at a stride S = m_min - q + 1 (m_min: the shortest length that counts as a match), reading each gram as
+unaligned 64-bit words of the buffer, so every occurrence of >= m_min characters contains one hashed gram.
 A bitmap drops almost all positions in C; the few candidates are verified exactly and extended to the maximal
-common substring with slice comparisons. Patterns shorter than TINY characters are searched with `str.find`.
+common substring with slice comparisons. Patterns are grouped in tiers by min length (short MBPP questions
+would otherwise shrink the stride for all). Patterns shorter than TINY characters are searched with `str.find`.
 
 A match never spans two training examples, nor two fields of one example: each field (and each message of a
 chat list) is its own segment, so every reported span lies in one field's raw text.
@@ -74,28 +76,54 @@ def prepare_items(tasks: list[tuple[str, str, str]], *, mode: str, seed: int, wi
     return items
 
 
-def _codes(text: str | bytes) -> np.ndarray:
-    if isinstance(text, bytes):
-        return np.frombuffer(text, dtype=np.uint8)
-    if text.isascii():
-        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+# Tiers of patterns by the shortest match they need: (lowest min length, gram length in characters).
+# Longer grams hit common code fragments less often; the stride (min length - q + 1) stays large.
+TIERS = ((TINY, 8), (30, 16), (40, 16))
 
 
-def gram_length(min_match: int) -> int:
-    """Longer grams hit common code fragments less often; the stride min_match - q + 1 must stay large."""
-    return 16 if min_match >= 40 else 12 if min_match >= 24 else 8
-
-
-def _gram_hashes(codes: np.ndarray, stride: int, q: int) -> np.ndarray:
-    """Hash of the q code points starting at 0, stride, 2*stride, ... (all that fit)."""
-    count = (len(codes) - q) // stride + 1 if len(codes) >= q else 0
-    h = np.zeros(count, dtype=np.uint64)
-    if count:
-        last = stride * (count - 1)
-        for j in range(q):
-            h = h * _MULT + codes[j: j + last + 1: stride].astype(np.uint64)
+def _word_hashes(buf: bytes, itemsize: int, q: int, stride: int) -> np.ndarray:
+    """Hash of the q characters at character positions 0, stride, 2*stride, ... of a buffer holding
+    `itemsize` bytes per character, read as q * itemsize / 8 unaligned 64-bit words per position (no copies)."""
+    n = len(buf) // itemsize
+    count = (n - q) // stride + 1 if n >= q else 0
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    h = None
+    for w in range(q * itemsize // 8):
+        word = np.ndarray(shape=(count,), dtype="<u8", buffer=buf, offset=w * 8, strides=(stride * itemsize,))
+        h = word * _MULT if h is None else (h + word) * _MULT
     return h
+
+
+class _Tier:
+    """Patterns whose min length is in one band, with their grams in two dicts (ASCII and UTF-32 buffers)."""
+
+    def __init__(self, q: int, m_min: int, patterns: list[tuple[int, str]]):
+        self.q, self.stride = q, m_min - q + 1
+        self.grams: dict[int, dict[int, list[tuple[int, int]]]] = {1: {}, 4: {}}
+        key_arrays = []
+        for itemsize in (1, 4):
+            grams = self.grams[itemsize]
+            members = [(k, t) for k, t in patterns if itemsize == 4 or t.isascii()]
+            joined = "".join(t for _, t in members)
+            buf = joined.encode("ascii") if itemsize == 1 else joined.encode("utf-32-le", "surrogatepass")
+            arr = _word_hashes(buf, itemsize, q, 1)  # one numpy pass for all patterns
+            key_arrays.append(arr)  # (a few hashes span two patterns: harmless extra bitmap bits)
+            hashes = arr.tolist()
+            start = 0
+            for k, text in members:
+                for off, h in enumerate(hashes[start: start + len(text) - q + 1]):
+                    entries = grams.get(h)
+                    if entries is None:
+                        grams[h] = [(k, off)]
+                    else:
+                        entries.append((k, off))
+                start += len(text)
+        keys = np.concatenate(key_arrays)
+        bits = min(26, max(16, (len(keys) * 64).bit_length()))
+        self.shift = np.uint64(64 - bits)
+        self.bitmap = np.zeros(1 << bits, dtype=bool)
+        self.bitmap[keys >> self.shift] = True
 
 
 def _match_len_forward(a, i: int, b, j: int, limit: int) -> int:
@@ -146,26 +174,13 @@ class SubstringMatcher:
             elif item.processed:
                 self.patterns.append((i, -1, item.processed, 0, min(window, len(item.processed))))
         self.tiny = [k for k, p in enumerate(self.patterns) if p[4] < TINY]
-        indexed = [k for k, p in enumerate(self.patterns) if p[4] >= TINY]
-        m_min = min((self.patterns[k][4] for k in indexed), default=window)
-        self.q = q = gram_length(m_min)
-        self.stride = m_min - q + 1
         self.pat_bytes = [p[2].encode("ascii") if p[2].isascii() else None for p in self.patterns]
-        grams: dict[int, list[tuple[int, int]]] = {}
-        joined = "".join(self.patterns[k][2] for k in indexed)
-        all_hashes = _gram_hashes(_codes(joined), 1, q).tolist()  # one numpy pass for all patterns
-        start = 0
-        for k in indexed:
-            length = len(self.patterns[k][2])
-            for off, h in enumerate(all_hashes[start: start + length - q + 1]):
-                grams.setdefault(h, []).append((k, off))
-            start += length
-        self.grams = grams
-        bits = min(26, max(16, (len(grams) * 64).bit_length()))
-        self.shift = np.uint64(64 - bits)
-        self.bitmap = np.zeros(1 << bits, dtype=bool)
-        if grams:
-            self.bitmap[np.array(list(grams), dtype=np.uint64) >> self.shift] = True
+        self.tiers = []
+        bounds = [lo for lo, _ in TIERS[1:]] + [1 << 62]
+        for (lo, q), hi in zip(TIERS, bounds, strict=True):
+            members = [(k, p[2]) for k, p in enumerate(self.patterns) if lo <= p[4] < hi]
+            if members:
+                self.tiers.append(_Tier(q, min(self.patterns[k][4] for k, _ in members), members))
 
     def scan(self, rows: list[tuple[int, list[tuple[str, str]]]]) -> list[Hit]:
         """Hits in a batch of rows: (row index, [(field, raw text), ...])."""
@@ -186,42 +201,62 @@ class SubstringMatcher:
                     uni_parts.append(process(raw, cf))
                     uni_ids.append(sid)
         found: dict[int, dict[tuple[int, int], list[tuple[int, int, int]]]] = {}  # sid -> (pat, diag) -> spans
-        if self.grams:
-            for parts, ids, is_bytes in ((ascii_parts, ascii_ids, True), (uni_parts, uni_ids, False)):
-                if parts:
-                    self._scan_buffer(parts, ids, is_bytes, found)
+        for parts, ids, is_bytes in ((ascii_parts, ascii_ids, True), (uni_parts, uni_ids, False)):
+            if parts and self.tiers:
+                self._scan_buffer(parts, ids, is_bytes, found)
         if self.tiny:
             for parts, ids in ((ascii_parts, ascii_ids), (uni_parts, uni_ids)):
-                for text, sid in zip(parts, ids):
+                for text, sid in zip(parts, ids, strict=True):
                     for k in self.tiny:
-                        pat = self.patterns[k][2]
-                        needle = self.pat_bytes[k] if isinstance(text, bytes) else pat
-                        if needle is None:
-                            continue
-                        pos = text.find(needle)
-                        while pos >= 0:
-                            found.setdefault(sid, {}).setdefault((k, pos), []).append((0, len(pat), pos))
-                            if self.mode == "sampled":
-                                break
-                            pos = text.find(needle, pos + 1)
+                        self._find_tiny(k, text, sid, found)
         return self._hits(found, seg_meta, {sid: t for parts, ids in ((ascii_parts, ascii_ids), (uni_parts, uni_ids))
-                                            for t, sid in zip(parts, ids)})
+                                            for t, sid in zip(parts, ids, strict=True)})
+
+    def _find_tiny(self, k: int, text, sid: int, found) -> None:
+        """A pattern whose min length is below TINY (short windows or questions): plain `find`.
+
+        In exhaustive mode with a window shorter than the question, every window is searched and runs of
+        matching windows on one alignment are merged, as the gram path does."""
+        pat = self.pat_bytes[k] if isinstance(text, bytes) else self.patterns[k][2]
+        if pat is None:
+            return
+        need = self.patterns[k][4]
+        by_diag: dict[int, list[int]] = {}
+        for i in range(len(pat) - need + 1):
+            pos = text.find(pat[i: i + need])
+            while pos >= 0:
+                by_diag.setdefault(pos - i, []).append(i)
+                if self.mode == "sampled":
+                    break
+                pos = text.find(pat[i: i + need], pos + 1)
+        for diag, starts in by_diag.items():
+            starts.sort()
+            run = starts[0]
+            for a, b in zip(starts, [*starts[1:], None], strict=True):
+                if b is None or b != a + 1:
+                    found.setdefault(sid, {}).setdefault((k, diag), []).append((run, a + need, run + diag))
+                    run = b
 
     def _scan_buffer(self, parts, ids, is_bytes, found) -> None:
         buf = b"".join(parts) if is_bytes else "".join(parts)
+        itemsize = 1 if is_bytes else 4
+        hashbuf = buf if is_bytes else buf.encode("utf-32-le", "surrogatepass")
         lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
         ends = np.cumsum(lens)
         starts = ends - lens
-        Q = self.q
-        hashes = _gram_hashes(_codes(buf), self.stride, Q)
-        cand = np.flatnonzero(self.bitmap[hashes >> self.shift])
-        if not len(cand):
-            return
-        positions = cand * self.stride
-        segs = np.searchsorted(ends, positions, side="right")
-        grams = self.grams
+        for tier in self.tiers:
+            hashes = _word_hashes(hashbuf, itemsize, tier.q, tier.stride)
+            cand = np.flatnonzero(tier.bitmap[hashes >> tier.shift])
+            if len(cand):
+                positions = cand * tier.stride
+                self._verify(buf, is_bytes, tier, hashes[cand].tolist(), positions.tolist(),
+                             np.searchsorted(ends, positions, side="right").tolist(), starts, ends, ids, found)
+
+    def _verify(self, buf, is_bytes, tier, hashes, positions, segs, starts, ends, ids, found) -> None:
+        grams = tier.grams[1 if is_bytes else 4]
+        Q = tier.q
         sampled = self.mode == "sampled"
-        for h, p, si in zip(hashes[cand].tolist(), positions.tolist(), segs.tolist()):
+        for h, p, si in zip(hashes, positions, segs, strict=True):
             entries = grams.get(h)
             if entries is None:
                 continue

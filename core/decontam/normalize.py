@@ -69,8 +69,18 @@ def process_ascii_bytes(raw: bytes, casefold: bool = False) -> bytes:
     return raw.translate(_ASCII_LOWER if casefold else _ASCII_IDENTITY, _ASCII_DELETE)
 
 
+_ASCII_ALNUM = None  # numpy lookup table, built on first use
+
+
 def offset_map(text: str) -> list[int]:
     """Raw index of each processed character (casefold keeps one character per character, so it is the same)."""
+    if text.isascii():
+        import numpy as np
+
+        global _ASCII_ALNUM
+        if _ASCII_ALNUM is None:
+            _ASCII_ALNUM = np.array([chr(c).isalnum() if c < 128 else False for c in range(256)], dtype=bool)
+        return np.flatnonzero(_ASCII_ALNUM[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]).tolist()
     return [i for i, ch in enumerate(text) if ch.isalnum()]
 
 

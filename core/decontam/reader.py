@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +113,11 @@ def _line_of(path: str, offset: int) -> int:
     return count + 1
 
 
-def iter_rows(unit: Unit) -> Iterator[tuple[str, dict[str, Any], int]]:
-    """(where, row, bytes consumed so far in this unit) for every row of the unit, in order."""
+def iter_rows(unit: Unit) -> Iterator[tuple[Any, dict[str, Any], int]]:
+    """(where, row, bytes consumed so far in this unit) for every row of the unit, in order.
+
+    `where` is a str, or for JSONL the line's number within the unit (see `where_of`: formatting it needs a
+    count of the lines before the unit, done only for an error message)."""
     if unit.fmt == "jsonl":
         yield from _iter_jsonl(unit)
     elif unit.fmt == "json":
@@ -129,10 +131,10 @@ def iter_rows(unit: Unit) -> Iterator[tuple[str, dict[str, Any], int]]:
 
 
 def _iter_jsonl(unit: Unit) -> Iterator[tuple[Any, dict[str, Any], int]]:
-    limit = (unit.end if unit.end is not None else os.path.getsize(unit.path)) - unit.start
-    done = 0  # bytes of complete lines handed out
+    limit = (unit.end if unit.end is not None else Path(unit.path).stat().st_size) - unit.start
+    done = 0
     local = 0
-    loads = json.loads
+    decode = json.JSONDecoder().decode
     with open(unit.path, "rb") as f:
         f.seek(unit.start)
         rest = b""
@@ -141,34 +143,32 @@ def _iter_jsonl(unit: Unit) -> Iterator[tuple[Any, dict[str, Any], int]]:
             block = f.read(min(READ_BYTES, remaining)) if remaining > 0 else b""
             remaining -= len(block)
             data = rest + block
+            cut = data.rfind(b"\n") + 1 if remaining > 0 and block else len(data)
+            data, rest = data[:cut], data[cut:]
             lines = data.split(b"\n")
-            if remaining > 0 and block:
-                rest = lines.pop()
-            else:
-                rest = b""
-                if lines and lines[-1] == b"":
-                    lines.pop()
+            if lines and not lines[-1]:
+                lines.pop()
+            done += len(data)  # progress moves a block at a time
             for line in lines:
                 local += 1
-                done += len(line) + 1
-                if not line.strip():
+                if not line or line.isspace():
                     continue
-                try:
-                    row = loads(line)
-                    bad = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+                try:  # per-line decode: a block decoded at once turns wide (slow) on one non-ASCII character
+                    row = decode(line.decode("utf-8"))
+                    bad = None if type(row) is dict else f"expected a JSON object, got {type(row).__name__}"
                 except UnicodeDecodeError as exc:
                     bad = f"undecodable bytes: not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
                 except json.JSONDecodeError as exc:
                     bad = f"malformed JSON line ({exc.msg} at column {exc.colno})"
                 if bad:
                     raise DecontamError(f"{_Where(unit, local)}: {bad}")
-                yield _Where(unit, local), row, min(done, limit)
+                yield local, row, min(done, limit)
 
 
 class _Where:
-    """Where a row is, formatted only when an error needs it (line numbers of later units need a count)."""
+    """Where a JSONL row is, formatted only when an error needs it (line numbers of later units need a count)."""
 
-    __slots__ = ("unit", "local")
+    __slots__ = ("local", "unit")
 
     def __init__(self, unit: Unit, local: int):
         self.unit, self.local = unit, local
@@ -208,7 +208,7 @@ def _iter_json_array(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
 
 
 def _iter_csv(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
-    size = os.path.getsize(path)
+    size = Path(path).stat().st_size
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -232,7 +232,7 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    size = os.path.getsize(path)
+    size = Path(path).stat().st_size
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -260,18 +260,31 @@ def _iter_saved(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
     index = 0
     for batch in ds.iter(batch_size=1024):
         names = list(batch)
-        for values in zip(*(batch[n] for n in names)):
+        for values in zip(*(batch[n] for n in names), strict=True):
             index += 1
-            yield f"{path}: row {index}", dict(zip(names, values)), size * index // total
+            yield f"{path}: row {index}", dict(zip(names, values, strict=True)), size * index // total
 
 
-def row_segments(row: dict[str, Any], fields: list[str] | None, where: Any) -> list[tuple[str, str]]:
-    """The text fields of a row as (field name, raw text); chat lists give `messages[3].content`."""
-    out: list[tuple[str, str]] = []
-    for name in fields or list(row):
+def where_of(unit: Unit, where: Any) -> str:
+    return str(_Where(unit, where)) if isinstance(where, int) else str(where)
+
+
+def row_segments(row: dict[str, Any], fields: list[str] | None, unit: Unit, where: Any) -> list[tuple[str, str]]:
+    """The text fields of a row as (field name, raw text); chat lists give `messages[3].content`.
+
+    Default: every string field and list of strings / chat messages, except the row id (`id`, `task_id`)."""
+    if fields is None:
+        out = [(name, value) for name, value in row.items() if type(value) is str and name not in ID_FIELDS]
+        if len(out) == len(row) - ("id" in row) - ("task_id" in row):  # every other field was a string
+            return out
+        out = []
+    else:
+        out = []
+    for name in fields or [n for n in row if n not in ID_FIELDS]:
         if name not in row:
             if fields:
-                raise DecontamError(f"{where}: unknown field {name!r} (this row has {', '.join(map(repr, row))})")
+                raise DecontamError(f"{where_of(unit, where)}: unknown field {name!r} "
+                                    f"(this row has {', '.join(map(repr, row))})")
             continue
         value = row[name]
         if isinstance(value, str):
@@ -285,7 +298,7 @@ def row_segments(row: dict[str, Any], fields: list[str] | None, where: Any) -> l
                     if key:
                         out.append((f"{name}[{i}].{key}", el[key]))
         elif value is not None and fields:
-            raise DecontamError(f"{where}: field {name!r} is {type(value).__name__}, not text")
+            raise DecontamError(f"{where_of(unit, where)}: field {name!r} is {type(value).__name__}, not text")
     return out
 
 

@@ -101,7 +101,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
             other = r["items"][idx]
             item["matches"].extend(other["matches"])
             item["n_matching_rows"] += other["n_matching_rows"]
-            for w, ow in zip(item["windows"], other["windows"]):
+            for w, ow in zip(item["windows"], other["windows"], strict=True):
                 w["n_rows"] += ow["n_rows"]
             for s in other["matched_spans"]:
                 key = tuple(s["eval_span"])

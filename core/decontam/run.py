@@ -19,6 +19,7 @@ from core.decontam.reader import (
     DecontamError,
     Unit,
     check_path,
+    iter_rows,
     path_bytes,
     plan_units,
     row_id,
@@ -93,12 +94,14 @@ def process_unit(unit: Unit, on_progress: Callable[[int], None] | None = None,
 
     n_rows = 0
     done = 0
-    for where, row, done in _rows(unit):
-        segs = row_segments(row, fields, where)
+    for where, row, done in iter_rows(unit):
+        segs = row_segments(row, fields, unit, where)
         if segs:
             batch.append((n_rows, segs))
             ids[n_rows] = row_id(row)
-            size = sum(len(t) for _, t in segs)
+            size = 0
+            for seg in segs:
+                size += len(seg[1])
             chars += size
             since_progress += size
         n_rows += 1
@@ -120,12 +123,6 @@ def process_unit(unit: Unit, on_progress: Callable[[int], None] | None = None,
     return {"file_index": unit.file_index, "start": unit.start, "n_rows": n_rows, "hits": hits,
             "rows": {k: sorted(v) for k, v in rows.items()},
             "keys": {k: len(v) for k, v in key_rows.items()}, "key_text": key_text}
-
-
-def _rows(unit: Unit):
-    from core.decontam.reader import iter_rows
-
-    return iter_rows(unit)
 
 
 def _unit_in_pool(unit: Unit) -> dict[str, Any]:
@@ -203,7 +200,7 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
         progress(0, total)
     if jobs == 1 or len(units) == 1:
         _init_worker(spec)
-        for unit, size in zip(units, sizes):
+        for unit, size in zip(units, sizes, strict=True):
             results.append(process_unit(
                 unit, (lambda d, base=done_before: progress(base + d, total)) if progress else None, cancel))
             done_before += size
@@ -286,7 +283,7 @@ def _assemble(train_paths, own, evalsets, tasks, spec: Spec, results, shard, boi
                 span = windows[item_idx].setdefault(tuple(key), {"text": res["key_text"][(item_idx, key)],
                                                                   "eval_span": list(key), "n_rows": 0})
                 span["n_rows"] += count
-    for item, spans in zip(items, windows):
+    for item, spans in zip(items, windows, strict=True):
         item["matched_spans"] = [spans[k] for k in sorted(spans)]
         item["matches"].sort(key=match_sort_key)
         del item["matches"][spec.cap:]

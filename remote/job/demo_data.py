@@ -11,6 +11,7 @@ Standard library only, plus core.evalsets for HumanEval (shipped with the job).
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
@@ -46,6 +47,14 @@ def _first_paragraph(doc: str) -> str:
     return inspect.cleandoc(doc).split("\n\n")[0].strip()
 
 
+def _has_own_docstring(source: str) -> bool:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return bool(tree.body) and isinstance(tree.body[0], ast.FunctionDef) and ast.get_docstring(tree.body[0]) is not None
+
+
 def stdlib_functions() -> list[dict[str, str]]:
     """Every usable (module, name, signature, doc paragraph, source) from SOURCE_MODULES, in a fixed order."""
     found: list[dict[str, str]] = []
@@ -70,6 +79,8 @@ def stdlib_functions() -> list[dict[str, str]]:
                 continue
             if not MIN_SOURCE_CHARS <= len(source) <= MAX_SOURCE_CHARS or source in seen_sources:
                 continue
+            if not _has_own_docstring(source):
+                continue  # a docstring assigned at runtime: the answer would not show what was asked
             seen_sources.add(source)
             found.append({"module": module.__name__, "name": name, "signature": signature,
                           "doc": _first_paragraph(doc), "source": source})

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from core.evalsets import MBPP_FEWSHOT_IDS, EvalSet, EvalTask, load_eval_set, load_mbpp
+from core.fsutil import atomic_write_text
 from core.passk import pass_at_k_all
-from core.records import JsonlWriter, RunPaths, event_record, eval_record
+from core.records import JsonlWriter, RunPaths, eval_record, event_record
 from remote.job import prompts_eval
-from remote.job.sandbox import Limits, SandboxJob, run_samples, sandbox_capabilities
+from remote.job.sandbox import SandboxJob, run_samples, sandbox_capabilities
 
 EVAL_EVENTS = "eval_events.jsonl"
 EVAL_LOCK = ".eval.lock"
@@ -227,10 +228,43 @@ class Generator:
                                 top_p=1.0 if gen.greedy else gen.top_p, max_tokens=gen.max_new_tokens,
                                 stop=stops or None)
         results = self.llm.generate([p.text for p in prompts], params)
-        return [[prompts_eval.truncate(o.text, p.stops) for o in r.outputs] for p, r in zip(prompts, results)]
+        return [[prompts_eval.truncate(o.text, p.stops) for o in r.outputs] for p, r in zip(prompts, results, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------- scoring
+
+
+def plus_expected(
+    es: EvalSet,
+    task_ids: Sequence[str],
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, tuple[str, float]]:
+    """HumanEval+ canonical outputs per task (repr text, canonical seconds), computed in the sandbox once
+    and cached in CACHE_DIR/plus-expected-{sha256 of the data file}.json."""
+    tasks = es.by_id()
+    wanted = [t for t in task_ids if prompts_eval.has_plus_inputs(tasks[t])]
+    cache_file = cache_dir / f"plus-expected-{es.sha256[:16]}.json" if cache_dir else None
+    cached: dict[str, list] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cached = json.loads(cache_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            cached = {}  # a damaged cache is recomputed
+    missing = [t for t in wanted if t not in cached]
+    if missing:
+        jobs = [SandboxJob(prompts_eval.plus_reference_program(tasks[t]), t, timeout_s=120.0, stdout_limit=256 << 20)
+                for t in missing]
+        for t, res in zip(missing, run_samples(jobs, workers=workers, cancel=cancel), strict=True):
+            expected = prompts_eval.parse_plus_expected(res.stdout_tail) if res.passed else None
+            if expected is None:
+                raise EvalError(f"{es.name} {t}: the canonical solution failed on the EvalPlus inputs ({res.error})")
+            cached[t] = [expected, res.seconds]
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache_file, json.dumps(cached))
+    return {t: (cached[t][0], float(cached[t][1])) for t in wanted}
 
 
 def score_completions(
@@ -241,18 +275,24 @@ def score_completions(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run every completion of every task in the sandbox; one sample row per completion."""
     tasks = es.by_id()
-    jobs, rows = [], []
-    for task_id, comps in completions.items():
+    for task_id in completions:
         if task_id not in tasks:
             raise EvalError(f"{es.name}: unknown task_id {task_id!r} in the samples")
+    plus = plus_expected(es, list(completions), cache_dir, workers, cancel)
+    jobs, rows = [], []
+    for task_id, comps in completions.items():
+        expected, ref_s = plus.get(task_id, (None, 0.0))
+        limit = max(timeout_s, 4 * ref_s + 1.0) if expected is not None else timeout_s
         for i, comp in enumerate(comps):
-            jobs.append(SandboxJob(prompts_eval.program(tasks[task_id], comp, kind), f"{task_id}#{i}"))
+            prog = prompts_eval.program(tasks[task_id], comp, kind, expected)
+            jobs.append(SandboxJob(prog, f"{task_id}#{i}", timeout_s=limit))
             rows.append({"task_id": task_id, "sample": i, "completion": comp})
     results = run_samples(jobs, workers=workers, timeout_s=timeout_s, progress=progress, cancel=cancel)
-    for row, res in zip(rows, results):
+    for row, res in zip(rows, results, strict=True):
         row.update(passed=res.passed, error=res.error, seconds=round(res.seconds, 4))
         if not res.passed:
             row["stderr_tail"] = res.stderr_tail[-2000:]
@@ -281,7 +321,7 @@ def write_outputs(out_dir: Path, es: EvalSet, rows: list[dict[str, Any]], subset
     with JsonlWriter(samples_dir / f".step-{step}-{es.name}.jsonl.tmp") as w:
         for r in rows:
             w.write({**r, "subset": subset_of.get(r["task_id"], "all"), "benchmark": es.name, "step": step})
-    os.replace(samples_dir / f".step-{step}-{es.name}.jsonl.tmp", samples_dir / f"step-{step}-{es.name}.jsonl")
+    (samples_dir / f".step-{step}-{es.name}.jsonl.tmp").replace(samples_dir / f"step-{step}-{es.name}.jsonl")
     records = []
     for name, (n_tasks, pass_at) in pass_at_by_subset(rows, subsets).items():
         rec = eval_record(step=step, attempt=attempt, checkpoint=checkpoint, benchmark=es.name, subset=name,
@@ -332,10 +372,10 @@ def evaluate_model(
             chat = generator.chat_template if template == "chat-template" else None
             prompts = [prompts_eval.build_prompt(t, kind, template, system_prompt, fewshot, chat) for t in es.tasks]
             texts = generator.generate(prompts, gen, (lambda d, n, b=es.name: progress(f"generate {b}", d, n)) if progress else None, cancel)
-            completions = {p.task_id: comps for p, comps in zip(prompts, texts)}
+            completions = {p.task_id: comps for p, comps in zip(prompts, texts, strict=True)}
             rows = score_completions(es, completions, kind, timeout_s,
                                      progress=(lambda d, n, b=es.name: progress(f"run {b}", d, n)) if progress else None,
-                                     cancel=cancel)
+                                     cancel=cancel, cache_dir=out / ".cache")
             subsets = subsets_for([t.task_id for t in es.tasks], report)
             records += write_outputs(out, es, rows, subsets, step=step, attempt=attempt, checkpoint=str(model_path),
                                      gen=gen, evals_writer=writer)
@@ -378,12 +418,12 @@ def score_samples_file(
     counts = {len(v) for v in completions.values()}
     n = min(counts)
     es.tasks = [t for t in es.tasks if t.task_id in completions]
-    rows = score_completions(es, completions, kind, timeout_s, workers, progress, cancel)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = score_completions(es, completions, kind, timeout_s, workers, progress, cancel, cache_dir=out / ".cache")
     report = load_contamination(contamination)
     subsets = subsets_for([t.task_id for t in es.tasks], report)
     temp = 0.0
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with JsonlWriter(out / RunPaths.EVALS) as writer:
         return write_outputs(out, es, rows, subsets, step=0, attempt=0, checkpoint=str(samples_path),
                              gen=GenSettings(n_samples=n, temperature=temp), evals_writer=writer)
@@ -442,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         records = evaluate_checkpoint(args.run_dir, args.checkpoint, args.step, args.attempt)
-    except Exception as exc:  # process boundary: already recorded as eval_failed
+    except Exception as exc:  # noqa: BLE001  (process boundary: already recorded as eval_failed)
         print(f"evaluate: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     for r in records:

@@ -5,12 +5,19 @@ Standard library + core.evalsets only (shipped to the cluster).
 - base / python models complete the raw prompt. HumanEval(+): the function signature and docstring, cut at
   the first `\\nclass`, `\\ndef`, `\\n#`, `\\nif` or `\\nprint` (the Codex paper's stops). MBPP(+): three-shot
   with tasks 2, 3 and 4 in the MBPP paper's `[BEGIN]` / `[DONE]` format, cut at `[DONE]`.
+- HumanEval+: the original tests, then EvalPlus's base_input + plus_input: the completion's output on each
+  input is compared with the canonical solution's (floats with the task's atol and rel 1e-7; find_zero by
+  |poly(x)| <= atol, as EvalPlus does). The canonical outputs are computed once per task, in the sandbox
+  (evaluate.plus_expected); the completion then gets max(timeout, 4 x canonical time + 1 s), like
+  EvalPlus's time limits. MBPP+: the original asserts only (EvalPlus's per-task input conversions, e.g.
+  lists to tuples, are not reproduced).
 - instruct models get the run's prompt template (phind, codellama-instruct, alpaca, the tokenizer's chat
   template, or raw) around an instruction, and the code is taken from the answer's first ```python block.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,6 +144,65 @@ def solution_code(task: EvalTask, completion: str, kind: str) -> str:
     return task.prompt + completion
 
 
-def program(task: EvalTask, completion: str, kind: str = "base") -> str:
-    """The whole program the sandbox runs: solution, then the task's tests."""
-    return solution_code(task, completion, kind) + "\n\n" + task.test
+_PLUS_REFERENCE = """
+import copy as _copy, json as _json, sys as _sys
+_out = []
+for _args in _json.loads({inputs!r}):
+    _out.append({entry}(*_copy.deepcopy(_args)))
+_sys.stdout.write("\\n" + {marker!r} + repr(_out) + "\\n")
+"""
+PLUS_MARKER = "@@tunedeck-expected@@"
+
+_PLUS_CHECK = """
+import copy as _copy, json as _json, math as _math
+_atol = {atol!r}
+_exp_all = eval({expected!r}, {{"inf": float("inf"), "nan": float("nan"), "__builtins__": {{"set": set, "frozenset": frozenset, "float": float}}}})
+def _close(out, exp):
+    if isinstance(exp, float) or (isinstance(out, float) and isinstance(exp, int) and not isinstance(exp, bool)):
+        if not isinstance(out, (int, float)) or isinstance(out, bool):
+            return False
+        return (_math.isnan(out) and _math.isnan(exp)) or _math.isclose(out, exp, rel_tol=1e-7, abs_tol=_atol)
+    if isinstance(exp, (list, tuple)) and type(out) is type(exp) and any(isinstance(x, float) for x in exp):
+        return len(out) == len(exp) and all(_close(o, e) for o, e in zip(out, exp))
+    return out == exp
+def _poly(xs, x):
+    return sum(coeff * x ** i for i, coeff in enumerate(xs))
+for _i, _args in enumerate(_json.loads({inputs!r})):
+    _out = {entry}(*_copy.deepcopy(_args))
+    if {entry!r} == "find_zero":
+        assert abs(_poly(_args[0], _out)) <= _atol, "plus input %d" % _i
+    else:
+        assert _close(_out, _exp_all[_i]), "plus input %d" % _i
+"""
+
+
+def has_plus_inputs(task: EvalTask) -> bool:
+    return task.benchmark == "humanevalplus" and bool(task.entry_point) and "plus_input" in task.meta
+
+
+def _plus_inputs(task: EvalTask) -> str:
+    return json.dumps(list(task.meta.get("base_input", [])) + list(task.meta.get("plus_input", [])))
+
+
+def plus_reference_program(task: EvalTask) -> str:
+    """Runs the canonical solution on every EvalPlus input and prints repr(outputs) after PLUS_MARKER."""
+    return task.reference + "\n" + _PLUS_REFERENCE.format(inputs=_plus_inputs(task), entry=task.entry_point, marker=PLUS_MARKER)
+
+
+def parse_plus_expected(stdout: str) -> str | None:
+    i = stdout.rfind(PLUS_MARKER)
+    return None if i < 0 else stdout[i + len(PLUS_MARKER):].split("\n", 1)[0]
+
+
+def plus_check(task: EvalTask, expected: str | None) -> str:
+    """HumanEval+'s extra checks against the canonical outputs (empty without EvalPlus inputs)."""
+    if not has_plus_inputs(task) or expected is None:
+        return ""
+    return _PLUS_CHECK.format(atol=float(task.meta.get("atol") or 0.0), expected=expected,
+                              inputs=_plus_inputs(task), entry=task.entry_point)
+
+
+def program(task: EvalTask, completion: str, kind: str = "base", plus_expected: str | None = None) -> str:
+    """The whole program the sandbox runs: solution, then the task's tests (then HumanEval+'s plus inputs
+    when the canonical outputs `plus_expected` are given)."""
+    return solution_code(task, completion, kind) + "\n\n" + task.test + plus_check(task, plus_expected)

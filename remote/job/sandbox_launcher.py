@@ -1,3 +1,5 @@
+# os.path / os.mkdir on purpose: pathlib would add an import to every sample's start.
+# ruff: noqa: PTH102, PTH103, PTH106, PTH112
 """The sandbox launcher: sets up isolation for ONE sample, runs it, reports how it ended.
 
 Run by remote/job/sandbox.py as `python -I -S sandbox_launcher.py CONFIG` (CONFIG: marshal, hex) (standard library only and
@@ -97,7 +99,9 @@ def _libc():
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
     def mount(src, target, fstype, flags, data):
-        enc = (lambda s: None if s is None else s.encode())
+        def enc(s):
+            return None if s is None else s.encode()
+
         check(libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
     def umount2(target, flags):
@@ -162,7 +166,7 @@ def setup_mounts(cfg, mount, umount2):
         umount2(stage, MNT_DETACH)
         os.rmdir(stage)
     # Read-only remount of every mount except the private tmpfs ones and the kernel's pseudo file systems.
-    keep_rw = tuple(private) + ("/proc", "/sys", "/dev/pts")
+    keep_rw = (*private, "/proc", "/sys", "/dev/pts")
     for point, flags in _mounts():
         if any(_under(point, k) for k in keep_rw):
             continue
@@ -204,7 +208,7 @@ def exec_worker(cfg, work, prctl, err_w):
         drop_privileges(cfg, prctl)
         os.chdir(work)
         os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-c", STAGE2], cfg["env"])
-    except BaseException as exc:  # the child must never return into the launcher's code
+    except BaseException as exc:  # noqa: BLE001  (the forked child must never return into the launcher's code)
         os.write(err_w, f"worker setup: {exc}".encode()[:4000])
     os._exit(125)
 
@@ -279,7 +283,7 @@ def main():
                 os._exit(128 + os.WTERMSIG(status))
             work = cfg["workdir"]
             exec_worker(cfg, work, prctl, err_w)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (process boundary: report, then exit)
             try:
                 os.write(err_w, f"init setup: {exc}".encode()[:4000])
             finally:

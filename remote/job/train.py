@@ -355,14 +355,19 @@ def shutdown_distributed() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m remote.job.train RUN_DIR", file=sys.stderr)
-        return 2
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m remote.job.train", description="TuneDeck training job")
+    parser.add_argument("run_dir", help="the run directory (config.json, ds_config.json, records, checkpoints)")
+    # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     # The launch scripts redirect stdout into stdout.log, which the app tails: no block buffering.
     sys.stdout.reconfigure(line_buffering=True, write_through=True)
     sys.stderr.reconfigure(line_buffering=True)
-    paths = RunPaths(Path(argv[0]).resolve())
+    paths = RunPaths(Path(args.run_dir).resolve())
     single_process_defaults()
     from remote.job.callbacks import Heartbeat, PreemptionCallback, Recorder, bump_attempt, dist_rank
 

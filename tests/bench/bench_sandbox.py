@@ -17,9 +17,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from core.evalsets import load_humaneval  # noqa: E402
-from remote.job import prompts_eval  # noqa: E402
-from remote.job.sandbox import run_samples, sandbox_capabilities  # noqa: E402
+from core.evalsets import load_humaneval
+from remote.job import prompts_eval
+from remote.job.sandbox import run_samples, sandbox_capabilities
 
 TARGET_RATIO = 3.0
 TARGET_S = 10.0

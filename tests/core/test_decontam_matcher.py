@@ -97,7 +97,7 @@ def _reference(items, rows, mode: str, window: int, casefold: bool) -> set:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(corpora(), st.sampled_from(["sampled", "exhaustive"]), st.sampled_from([10, 20, 24]), st.booleans())
+@given(corpora(), st.sampled_from(["sampled", "exhaustive"]), st.sampled_from([10, 20, 24, 45]), st.booleans())
 def test_fast_matcher_agrees_with_literal_substring_reference(corpus, mode, window, casefold):
     questions, rows = corpus
     items = prepare_items([("b", f"t{i}", q) for i, q in enumerate(questions)], mode=mode, seed=1,

@@ -106,6 +106,7 @@ def test_model_states_of_zero3_are_sixteen_bytes_per_param_over_gpus() -> None:
 def test_phind_tokens_and_steps_follow_from_stated_assumptions() -> None:
     est = estimate(load_preset("phind-codellama-34b-v1"))
     assert est.samples_per_epoch == 80_000 and est.tokens_per_epoch == 80_000_000
+    assert est.examples_seen == 160_000  # the published "160k samples"
     assert est.sequences_per_epoch == math.ceil(80_000_000 / (4096 * 0.98)) == 19_930
     assert est.steps_per_epoch == math.ceil(19_930 / 128) == 156
     assert est.total_steps == math.ceil(19_930 * 2 / 128) == 312
@@ -189,7 +190,7 @@ def test_unknown_gpu_gives_unknown_verdict_and_time() -> None:
 
 def test_estimate_needs_the_architecture() -> None:
     cfg = variant("codellama-7b-base", **{"model.architecture": None})
-    with pytest.raises(EstimateError, match="model.architecture"):
+    with pytest.raises(EstimateError, match=r"model\.architecture"):
         estimate(cfg)
     with pytest.raises(EstimateError, match="mfu"):
         estimate(load_preset("tiny-demo"), mfu=0)
@@ -217,7 +218,7 @@ def test_phind_preset_comes_within_reach_of_the_published_three_hours() -> None:
 def test_printed_estimate_shows_memory_steps_time_and_every_assumption() -> None:
     est = estimate(load_preset("phind-codellama-34b-v1"), mfu=0.35)
     text = format_estimate(est)
-    for needle in ("Memory per GPU", "peak total", "verdict: FITS", "optimizer steps", "312", "Time",
+    for needle in ("Memory per GPU", "peak total", "examples seen         160,000 (80,000 x 2 epochs)", "verdict: FITS", "optimizer steps", "312", "Time",
                    "MFU 0.35", "Published comparison", "MFU giving exactly 3 h", "tokens/example giving 3 h", "sensitivity"):
         assert needle in text, needle
     for a in est.assumptions:

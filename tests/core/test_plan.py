@@ -301,12 +301,13 @@ def test_slurm_directive_values_that_sbatch_cannot_hold_are_refused(kwargs: dict
         render_slurm_script(load_preset("tiny-demo"), ctx)
 
 
-def test_slurm_directives_escape_spaces_quotes_and_percent() -> None:
-    ctx = LaunchContext(run_id="r", run_dir="/runs/my run's \"best\" 100%", job_name="my job")
+def test_slurm_directives_quote_spaces_quotes_hashes_and_percent() -> None:
+    ctx = LaunchContext(run_id="r", run_dir="/runs/my run's \"best\" #1 100%", job_name="my job")
     text = render_slurm_script(load_preset("tiny-demo"), ctx)
-    assert "#SBATCH --job-name=my\\ job\n" in text
-    assert "#SBATCH --output=/runs/my\\ run\\'s\\ \\\"best\\\"\\ 100%%/stdout.log\n" in text
-    assert "#SBATCH --chdir=/runs/my\\ run\\'s\\ \\\"best\\\"\\ 100%\n" in text
+    assert '#SBATCH --job-name="my job"\n' in text
+    assert '#SBATCH --output="/runs/my run\'s \\"best\\" #1 100%%/stdout.log"\n' in text
+    assert '#SBATCH --chdir="/runs/my run\'s \\"best\\" #1 100%"\n' in text
+    assert "#SBATCH --time=04:00:00\n" in render_slurm_script(load_preset("tiny-demo"), LaunchContext(run_id="r", run_dir="/r", time_limit="04:00:00"))
 
 
 @pytest.mark.parametrize("run_dir", ["/runs/a'b", "/runs/$(x)", "/runs/a`b`", '/runs/a"b'])
@@ -358,3 +359,115 @@ def test_write_plan_writes_nothing_when_a_value_is_refused(tmp_path: Path) -> No
     with pytest.raises(PlanError):
         write_plan(load_preset("tiny-demo"), ctx, tmp_path / "plan")
     assert not (tmp_path / "plan").exists()
+
+
+# ------------------------------------------------------------------------ real sbatch / srun / scontrol
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster_for_plan():
+    """A real single-node Slurm on 127.0.0.1 (tests/remote/daemons.py), for this module only."""
+    import tempfile
+
+    daemons = pytest.importorskip("tests.remote.daemons")
+    if os.geteuid() != 0:
+        pytest.skip("the loopback Slurm cluster needs root")
+    missing = [p for p in (daemons.SLURMCTLD, daemons.SLURMD, daemons.MUNGED) if not Path(p).exists()]
+    if missing:
+        pytest.skip(f"Slurm/munge not installed ({', '.join(missing)})")
+    # A short path: munge's Unix socket path is limited to 108 bytes.
+    workdir = Path(tempfile.mkdtemp(prefix="tdplan"))
+    cluster = daemons.SlurmCluster(workdir / "slurm")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        daemons.kill_leftovers(str(workdir))
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_job(cluster, job_id: str, timeout_s: float = 90.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = cluster.scontrol("show", "job", job_id)
+        state = out.split("JobState=", 1)[1].split()[0]
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return out
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished in {timeout_s} s: {cluster.scontrol('show', 'job', job_id)}")
+
+
+@pytest.mark.parametrize("gpu_type", ["cpu", "A100-80GB"])
+def test_slurm_script_runs_under_real_sbatch_with_hostile_paths(slurm_cluster_for_plan, gpu_type: str) -> None:
+    cluster = slurm_cluster_for_plan
+    base = cluster.workdir.parent / f"runs-{gpu_type}"
+    run_dir = base / "it's a \"run\" $(touch SENTINEL) `touch SENTINEL`; 100% ü #1"
+    run_dir.mkdir(parents=True)
+    recorder = _stub(base, "py recorder", 'printf "%s\\0" "$PWD" "$PYTHONPATH" "${CUDA_VISIBLE_DEVICES-}" "$@" > "$RECORD"\n')
+    record = run_dir / "argv.bin"
+    cfg = _variant("tiny-demo", cluster={"gpu_type": gpu_type})
+    job_name = "job 'x' \"y\" ü"
+    ctx = LaunchContext(
+        run_id="r1", run_dir=str(run_dir), backend="slurm", python=str(recorder), partition=cluster.partition,
+        time_limit="00:05:00", job_name=job_name, master_port=29511, extra_env={"RECORD": str(record)},
+    )
+    written = write_plan(cfg, ctx, run_dir)
+    assert RunPaths.DEEPSPEED_ENV not in written  # the DeepSpeed launcher cannot hold this path; Slurm can
+    proc = subprocess.run(["sbatch", "--parsable", str(written[RunPaths.SLURM_SCRIPT])], env=cluster.env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    info = _wait_job(cluster, job_id)
+    log = (run_dir / RunPaths.STDOUT).read_text(errors="replace") if (run_dir / RunPaths.STDOUT).exists() else ""
+    assert "JobState=COMPLETED" in info, f"{info}\n{log}\n{cluster.logs()}"
+    assert f"JobName={job_name}" in info  # sbatch's own parser got the escaped directive back verbatim
+    assert (run_dir / RunPaths.STDOUT).is_file()  # --output with % and spaces landed in the run dir
+    assert not list(base.rglob("SENTINEL"))
+    pwd, pythonpath, cuda, *args = record.read_bytes().decode().split("\0")[:-1]
+    assert Path(pwd) == run_dir and pythonpath == str(run_dir / "code")
+    assert args == [
+        "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
+        "--rdzv_endpoint", f"{cluster.node}:29511", "--rdzv_id", job_id, "-m", JOB_MODULE, str(run_dir),
+    ]
+    if gpu_type != "cpu":
+        assert len(cuda.split(",")) == 2  # --gpus-per-node=2 allocated two (fake) GPUs
+
+
+@pytest.mark.parametrize("backend", ["hostfile", "local"])
+def test_launch_script_starts_every_rank_through_the_real_launcher(backend: str, tmp_path: Path) -> None:
+    """launch.sh run for real: the deepspeed launcher (hostfile) or torchrun (local) starts 2 ranks."""
+    pytest.importorskip("deepspeed" if backend == "hostfile" else "torch", reason="training stack not installed")
+    import sys
+
+    run_dir = tmp_path / "run one ü+%"
+    job = run_dir / RunPaths.JOB_CODE / "remote" / "job"
+    job.mkdir(parents=True)
+    for pkg in (job.parent, job):
+        (pkg / "__init__.py").write_text("")
+    # A stand-in for the shipped job code: each rank records its argv and rendezvous variables.
+    (job / "train.py").write_text(
+        "import json, os, sys\n"
+        "keys = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'PYTHONPATH', 'PYTHONWARNINGS')\n"
+        "out = os.path.join(sys.argv[1], 'rank-' + os.environ['RANK'] + '.json')\n"
+        "json.dump({'argv': sys.argv[1:], 'env': {k: os.environ.get(k) for k in keys}}, open(out, 'w'))\n"
+    )
+    cfg = load_preset("tiny-demo")
+    ctx = LaunchContext(run_id="r", run_dir=str(run_dir), backend=backend, master_port=29533, python=sys.executable)
+    written = write_plan(cfg, ctx, run_dir)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(["bash", str(written[RunPaths.LOCAL_SCRIPT])], env=env, capture_output=True, text=True, timeout=120)
+    log = (run_dir / RunPaths.STDOUT).read_text()
+    assert proc.returncode == 0, log
+    ranks = [json.loads((run_dir / f"rank-{r}.json").read_text()) for r in range(2)]
+    for r, rec in enumerate(ranks):
+        assert rec["argv"] == [str(run_dir)]  # the entry-point contract: `python -m remote.job.train RUN_DIR`
+        env_seen = rec["env"]
+        assert (env_seen["RANK"], env_seen["WORLD_SIZE"], env_seen["LOCAL_RANK"]) == (str(r), "2", str(r))
+        assert env_seen["PYTHONPATH"] == str(run_dir / "code")
+        assert env_seen["PYTHONWARNINGS"] == "ignore::FutureWarning"
+        if backend == "hostfile":
+            assert (env_seen["MASTER_ADDR"], env_seen["MASTER_PORT"]) == ("127.0.0.1", "29533")

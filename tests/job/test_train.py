@@ -25,9 +25,13 @@ from remote.job.callbacks import ATTEMPTS_FILE, PARTITION_FILE, RUN_CONFIG_IN_CH
 from remote.job.launch_local import free_port, job_command, job_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MAX_STEPS = 40
-SAVE_STEPS = 10
+MAX_STEPS = 60
+SAVE_STEPS = 20
 PREEMPT_AFTER_STEP = 12
+# The preset's 40 steps at lr 3e-3 over 256 examples take the loss only to ~0.8x its start (measured
+# 0.78-0.84); 60 steps at 6e-3 over 64 examples reach ~0.70x, a margin worth asserting.
+TRAINING = {"max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "save_total_limit": 2, "learning_rate": 0.006}
+DEMO = {"n_examples": 64, "plant_humaneval": 3, "seed": 0}
 LAUNCH_TIMEOUT_S = 300
 
 pytestmark = pytest.mark.slow
@@ -66,9 +70,11 @@ def ds_config_dict(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_run_dir(root: Path, **training: Any) -> RunPaths:
+def make_run_dir(root: Path, demo: dict[str, Any] | None = None, **training: Any) -> RunPaths:
     cfg = resolved_dict(load_preset("tiny-demo"))
     cfg["training"].update(training)
+    if demo:
+        cfg["data"]["demo"] = demo
     paths = RunPaths(root)
     root.mkdir(parents=True, exist_ok=True)
     paths.config_json.write_text(json.dumps(cfg, indent=1))
@@ -110,7 +116,7 @@ def log_tail(path: Path) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Attempt 1 (2 rank processes, SIGTERM after step 12), then attempt 2 (torchrun, resumes to the end)."""
-    paths = make_run_dir(tmp_path_factory.mktemp("tiny") / "run", max_steps=MAX_STEPS, save_steps=SAVE_STEPS, save_total_limit=2)
+    paths = make_run_dir(tmp_path_factory.mktemp("tiny") / "run", DEMO, **TRAINING)
     env = job_test_env()
     port = str(free_port())
     ranks = []
@@ -174,7 +180,7 @@ def test_metrics_validate_and_loss_falls(run: dict[str, Any]) -> None:
         assert rec["tokens"] > 0 and rec["tokens_per_s"] > 0 and rec["grad_norm"] is not None
     losses = [json.loads(line)["loss"] for line in lines]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.7 * first, f"loss fell from {first:.3f} to only {last:.3f}"
+    assert last < 0.75 * first, f"loss fell from {first:.3f} to only {last:.3f}"
     for rec in events(paths):
         assert validate_record("events", rec) == []
 
@@ -192,16 +198,16 @@ def test_parameters_are_partitioned_across_the_two_ranks(run: dict[str, Any]) ->
 def test_checkpoints_complete_pruned_and_recorded(run: dict[str, Any]) -> None:
     paths = run["paths"]
     complete = [s for s, _ in paths.complete_checkpoints()]
-    assert complete == [30, 40], "save_total_limit 2 keeps the two newest complete checkpoints"
-    assert sorted(d.name for d in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-30", "checkpoint-40"]
-    final = paths.checkpoint(40)
+    assert complete == [40, 60], "save_total_limit 2 keeps the two newest complete checkpoints"
+    assert sorted(d.name for d in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-40", "checkpoint-60"]
+    final = paths.checkpoint(MAX_STEPS)
     saved_cfg = json.loads((final / RUN_CONFIG_IN_CHECKPOINT).read_text())
     assert saved_cfg["training"]["max_steps"] == MAX_STEPS
     marker_mtime = (final / RunPaths.COMPLETE_MARKER).stat().st_mtime
     assert all(f.stat().st_mtime <= marker_mtime for f in final.rglob("*") if f.is_file()), "marker written last"
     saved_steps = [e["detail"]["step"] for e in events(paths, "checkpoint_saved")]
     stop = run["after_attempt1"]["steps"][-1]
-    assert saved_steps == sorted({10, 20, 30, 40, stop}), "each save once, the preemption one included"
+    assert saved_steps == sorted({20, 40, 60, stop}), "each save once, the preemption one included"
     requested = events(paths, "eval_requested")
     assert [e["detail"]["step"] for e in requested] == saved_steps  # per_checkpoint evaluation in the preset
     assert all(e["detail"]["pid"] is None for e in requested)  # TUNEDECK_NO_EVAL=1
@@ -224,7 +230,7 @@ def test_final_checkpoint_loads_and_generates(run: dict[str, Any]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final = run["paths"].checkpoint(40)
+    final = run["paths"].checkpoint(MAX_STEPS)
     model = AutoModelForCausalLM.from_pretrained(final)
     tokenizer = AutoTokenizer.from_pretrained(final)
     n_params = sum(p.numel() for p in model.parameters())

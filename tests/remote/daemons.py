@@ -194,6 +194,7 @@ class SshdServer:
     alias: str = "tdtest-sshd"
     jump_alias: str = "tdtest-via-jump"
     set_env: dict[str, str] = field(default_factory=dict)
+    max_sessions: int = 200  # channels per connection (OpenSSH's default is 10)
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -237,7 +238,7 @@ class SshdServer:
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "UsePAM no",
-            "MaxSessions 200",  # one connection carries many channels (streams of several runs)
+            f"MaxSessions {self.max_sessions}",  # one connection carries many channels (streams of several runs)
             "MaxStartups 100:30:200",
             "AllowTcpForwarding yes",  # ProxyJump through this server
             "Subsystem sftp internal-sftp",
@@ -279,7 +280,7 @@ class SshdServer:
         """The per-connection sshd processes (not the commands they run)."""
         if not self.running:
             return []
-        return [p for p in descendants(self.proc.pid) if _comm(p) == "sshd"]
+        return [p for p in descendants(self.proc.pid) if _comm(p).startswith("sshd")]  # sshd-session in 9.8+
 
     def kill(self) -> None:
         """SIGKILL the listener and every connection's sshd: clients see their link drop at once.
@@ -305,6 +306,14 @@ class SshdServer:
         self.proc = None
 
 
+def _resolvable_node_name(fallback: str = "tdnode") -> str:
+    name = socket.gethostname()
+    try:
+        return name if name and socket.gethostbyname(name) else fallback
+    except OSError:
+        return fallback
+
+
 @dataclass
 class SlurmCluster:
     """slurmctld + slurmd + munged from config files in `workdir`: one node `node` with
@@ -316,7 +325,9 @@ class SlurmCluster:
 
     workdir: Path
     partition: str = "debug"
-    node: str = "tdnode"
+    # The node is named after this machine when its name resolves: Slurm launch scripts reach the first
+    # node of a job by its hostname (torchrun rendezvous), and a made-up name does not resolve.
+    node: str = field(default_factory=lambda: _resolvable_node_name())
     cluster_name: str = "tdtest"
     gpus: int = N_FAKE_GPUS
     cpus: int = SLURM_CPUS

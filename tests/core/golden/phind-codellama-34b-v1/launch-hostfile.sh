@@ -11,4 +11,4 @@ export PYTHONPATH=/scratch/tunedeck/runs/20240101-000000-abcd/code
 export PYTHONUNBUFFERED=1
 export PYTHONWARNINGS=ignore::FutureWarning
 export TUNEDECK_RUN_ID=20240101-000000-abcd
-exec deepspeed --hostfile /scratch/tunedeck/runs/20240101-000000-abcd/hostfile --master_port 29500 --num_gpus 8 --module remote.job.train /scratch/tunedeck/runs/20240101-000000-abcd >> /scratch/tunedeck/runs/20240101-000000-abcd/stdout.log 2>&1
+exec deepspeed --hostfile /scratch/tunedeck/runs/20240101-000000-abcd/hostfile --master_port 29500 --master_addr gpu-node-01 --num_gpus 8 --no_local_rank --module remote.job.train /scratch/tunedeck/runs/20240101-000000-abcd >> /scratch/tunedeck/runs/20240101-000000-abcd/stdout.log 2>&1

@@ -1,0 +1,280 @@
+"""`tunedeck launch | runs | status | logs | cancel | sync | decontaminate-array`: runs on clusters.
+
+Exit codes: 0 ok, 1 the run failed / cancel not confirmed, 2 bad input, 3 the cluster could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from app.cli import CliError
+
+STATE_WIDTH = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("launch", help="Upload a run config and start it on a cluster (prints the run id last).")
+    p.add_argument("file", type=Path, help="Run config YAML.")
+    p.add_argument("--cluster", default="local", help="Cluster profile name (default: local, this machine).")
+    p.add_argument("--name", help="Run name (default: the config's name).")
+    p.set_defaults(handler=cmd_launch)
+
+    p = subparsers.add_parser("runs", help="List runs and their states.")
+    p.add_argument("--json", action="store_true", help="Machine-readable output.")
+    p.add_argument("--refresh", action="store_true", help="Poll the clusters first.")
+    p.set_defaults(handler=cmd_runs)
+
+    p = subparsers.add_parser("status", help="A run's state (pending, running, finished, failed, cancelled) and reason.")
+    p.add_argument("run", help="Run id (or a unique prefix).")
+    p.add_argument("--no-refresh", action="store_true", help="Show the stored state without asking the cluster.")
+    p.set_defaults(handler=cmd_status)
+
+    p = subparsers.add_parser("logs", help="A run's output (stdout.log), read from its machine.")
+    p.add_argument("run", help="Run id (or a unique prefix).")
+    p.add_argument("-f", "--follow", action="store_true", help="Keep printing new output until the run ends.")
+    p.add_argument("--tail", type=int, default=256 << 10, metavar="BYTES", help="Print at most the last BYTES.")
+    p.set_defaults(handler=cmd_logs)
+
+    p = subparsers.add_parser("cancel", help="Stop a run and confirm that its job and processes are gone.")
+    p.add_argument("run", help="Run id (or a unique prefix).")
+    p.add_argument("--grace", type=float, default=30.0, help="Seconds between SIGTERM and SIGKILL (hostfile/local).")
+    p.set_defaults(handler=cmd_cancel)
+
+    p = subparsers.add_parser("sync", help="Pull every run's new records (metrics, evals, events, output) into the store.")
+    p.add_argument("-f", "--follow", action="store_true", help="Keep streaming until no run is active.")
+    p.add_argument("--cluster", help="Only runs on this cluster profile.")
+    p.set_defaults(handler=cmd_sync)
+
+    p = subparsers.add_parser("decontaminate-array",
+                              help="Run a contamination check as a Slurm job array (one task per shard) and merge.")
+    p.add_argument("--cluster", required=True, help="A slurm cluster profile.")
+    p.add_argument("--train", action="append", required=True, metavar="PATH", help="Training file (repeatable).")
+    p.add_argument("--eval", action="append", default=[], metavar="SPEC",
+                   help="Eval set: humaneval, mbpp=PATH, ... (repeatable; default humaneval).")
+    p.add_argument("--shards", type=int, default=4, help="Array tasks (training files are split across them).")
+    p.add_argument("--report", type=Path, required=True, metavar="OUT.json", help="Merged report to write.")
+    p.add_argument("--timeout", type=float, default=3600.0, help="Seconds to wait for the array.")
+    p.set_defaults(handler=cmd_decontam_array)
+
+
+def _store():
+    from core.store import Store
+
+    return Store()
+
+
+def _run(store, run_id: str):
+    from core.store import UnknownRunError
+    from remote.runs import get_run
+
+    try:
+        return get_run(store, run_id)
+    except UnknownRunError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _state_line(row) -> str:
+    return row.status + (f": {row.status_reason}" if row.status_reason else "")
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from core.config import ConfigError, load_config
+    from remote.profiles import ProfileError, get_profile
+    from remote.runs import LaunchError, launch
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        raise CliError(exc.format()) from None
+    except FileNotFoundError:
+        raise CliError(f"{args.file}: file not found") from None
+    try:
+        profile = get_profile(args.cluster)
+    except (ProfileError, KeyError) as exc:
+        raise CliError(str(exc)) from None
+    with _store() as store:
+        try:
+            run_id = launch(config, profile.name, store, name=args.name, base_dir=args.file.resolve().parent,
+                            profile=profile, progress=lambda msg: print(msg, file=sys.stderr))
+        except LaunchError as exc:
+            raise CliError(str(exc), code=1) from None
+    print(run_id)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _store() as store:
+        if args.refresh:
+            from remote.runs import refresh_status
+
+            errors: dict[str, str] = {}
+            refresh_status(store, errors=errors)
+            for cluster, err in errors.items():
+                print(f"tunedeck: warning: {cluster}: {err}", file=sys.stderr)
+        rows = store.list_runs()
+        if args.json:
+            keys = ("run_id", "name", "status", "status_reason", "cluster", "backend", "job_id", "run_dir",
+                    "created_at", "started_at", "finished_at")
+            print(json.dumps([{k: getattr(r, k) for k in keys} for r in rows], indent=1, ensure_ascii=False))
+            return 0
+        if not rows:
+            print("no runs")
+            return 0
+        for r in rows:
+            print(f"{r.run_id}  {r.status:<{STATE_WIDTH}}  {r.cluster or '-':<12}  {r.job_id or '-':<8}  {r.name}"
+                  + (f"  ({r.status_reason})" if r.status_reason else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from core.store import TERMINAL_STATUSES
+
+    with _store() as store:
+        row = _run(store, args.run)
+        if not args.no_refresh and row.status not in TERMINAL_STATUSES and row.job_id:
+            from remote.runs import refresh_cluster
+
+            try:
+                refresh_cluster(store, row.cluster, [row])
+            except Exception as exc:  # noqa: BLE001 -- CLI boundary: say why, show the stored state
+                print(f"tunedeck: warning: cannot reach {row.cluster}: {exc}; showing the stored state",
+                      file=sys.stderr)
+            row = _run(store, row.run_id)
+        print(_state_line(row))
+        return 1 if row.status == "failed" else 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from core.records import RunPaths
+    from core.store import TERMINAL_STATUSES
+    from remote.runs import refresh_cluster, transport_for_run
+
+    with _store() as store:
+        row = _run(store, args.run)
+        if not row.run_dir:
+            raise CliError(f"run {row.run_id} was never uploaded ({_state_line(row)})")
+        transport = transport_for_run(row)
+        path = f"{row.run_dir}/{RunPaths.STDOUT}"
+        size = transport.size(path) or 0
+        start = max(0, size - args.tail)
+        data = transport.read_bytes(path, start) if size else b""
+        out = sys.stdout.buffer
+        out.write(data)
+        out.flush()
+        if not args.follow:
+            return 0
+        pos = start + len(data)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        proc = transport.start(["tail", "-c", f"+{pos + 1}", "-F", path])
+        next_poll = 0.0
+        try:
+            while not stop.is_set():
+                chunk = proc.read(0.5)
+                if chunk is None:
+                    proc.close()
+                    time.sleep(1.0)  # the connection dropped: resume where we were
+                    proc = transport.start(["tail", "-c", f"+{pos + 1}", "-F", path])
+                    continue
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                    pos += len(chunk)
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + 5.0
+                    if row.status not in TERMINAL_STATUSES:
+                        try:
+                            refresh_cluster(store, row.cluster, [row], transport)
+                        except Exception as exc:  # noqa: BLE001 -- keep following through a failed poll
+                            print(f"tunedeck: warning: status poll failed: {exc}", file=sys.stderr)
+                        row = _run(store, row.run_id)
+                    if row.status in TERMINAL_STATUSES and (transport.size(path) or 0) <= pos:
+                        break
+        finally:
+            proc.close()
+        print(f"[tunedeck] run {row.run_id}: {_state_line(row)}", file=sys.stderr)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from remote.runs import cancel
+
+    with _store() as store:
+        row = _run(store, args.run)
+        try:
+            result = cancel(row.run_id, store, grace_s=args.grace)
+        except Exception as exc:  # noqa: BLE001 -- CLI boundary: the cluster's words, exit 3
+            raise CliError(f"cancel of run {row.run_id} failed: {exc}", code=3) from None
+        print(result.detail)
+        if not result.confirmed_gone:
+            print(f"run {row.run_id}: NOT confirmed gone", file=sys.stderr)
+            return 1
+        print(f"run {row.run_id}: cancelled, confirmed gone")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from remote.stream import StreamManager, sync_all
+
+    with _store() as store:
+        if not args.follow:
+            result = sync_all(store, profile=args.cluster)
+            failed = 0
+            for run_id, counts in result.items():
+                if "error" in counts:
+                    failed += 1
+                    print(f"{run_id}: not synced: {counts['error']}", file=sys.stderr)
+                elif any(counts.values()):
+                    print(f"{run_id}: " + ", ".join(f"{n} new in {f}" for f, n in counts.items() if n))
+            print(f"synced {len(result) - failed} run(s)" + (f", {failed} unreachable" if failed else ""))
+            return 3 if failed else 0
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        manager = StreamManager(store, poll_s=2.0,
+                                on_hang=lambda w: print(w.message(), file=sys.stderr, flush=True),
+                                on_status=lambda r: print(f"{r.run_id}: {_state_line(r)}", flush=True))
+        try:
+            sync_all(store, profile=args.cluster)
+            manager.run_until_idle(stop=stop)
+        finally:
+            for s in list(manager.streamers.values()):
+                s.stop()
+        print("all runs ended; streams complete", flush=True)
+    return 0
+
+
+def cmd_decontam_array(args: argparse.Namespace) -> int:
+    from core.store import TERMINAL_STATUSES
+    from remote.decontam_array import DecontamArrayError, launch_array, merge
+    from remote.runs import LaunchError, refresh_cluster
+
+    with _store() as store:
+        try:
+            run_id = launch_array([str(p) for p in args.train], args.eval or ["humaneval"], args.cluster, store,
+                                  shards=args.shards, progress=lambda m: print(m, file=sys.stderr))
+        except (LaunchError, DecontamArrayError) as exc:
+            raise CliError(str(exc), code=1) from None
+        print(run_id, file=sys.stderr)
+        deadline = time.monotonic() + args.timeout
+        row = store.get_run(run_id)
+        while row.status not in TERMINAL_STATUSES:
+            if time.monotonic() > deadline:
+                raise CliError(f"run {run_id} still {row.status} after {args.timeout:g} s", code=1)
+            time.sleep(1.0)
+            refresh_cluster(store, row.cluster, [row])
+            row = store.get_run(run_id)
+        if row.status != "finished":
+            raise CliError(f"run {run_id} {_state_line(row)}", code=1)
+        try:
+            report = merge(run_id, store, out_path=args.report)
+        except DecontamArrayError as exc:
+            raise CliError(str(exc), code=1) from None
+        print(json.dumps(report.get("summary", {}), indent=1))
+        print(run_id)
+    return 0

@@ -1,0 +1,476 @@
+"""Comparing any number of runs: overlaid smoothed curves, a metrics table, pass@1 bars, a config diff.
+
+The data (every run's metric columns, evals, summary and config) is read off the UI thread into a frozen
+CompareData; the widget only renders it. The diff logic lives in core.configdiff.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSlider,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.charts import ChartWidget, MetricChart, run_color
+from app.gui.run_view import DEFAULT_SMOOTHING, METRICS, UNSMOOTHED, add_export_actions, export_button
+from app.gui.store_watch import MetricColumns, metric_columns
+from app.gui.workers import Worker
+from core.configdiff import diff, format_value
+from core.series import X_AXES, X_LABELS, Segment
+from core.store import Store
+
+log = logging.getLogger(__name__)
+
+RELOAD_DELAY_MS = 1500  # live updates of compared runs are coalesced: a reload at most this often
+SUBSETS = ("all", "clean", "contaminated")
+
+
+@dataclass(frozen=True)
+class RunData:
+    run_id: str
+    name: str
+    status: str
+    color: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: tuple[MetricColumns, ...]
+    evals: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class CompareData:
+    request_id: int
+    runs: tuple[RunData, ...]
+    missing: tuple[str, ...]  # run ids no longer in the store
+
+
+def load_compare_data(store: Store, run_ids: list[str], request_id: int = 0) -> CompareData:
+    """Everything the compare view shows, read from the store (runs on a worker thread)."""
+    runs, missing = [], []
+    for i, run_id in enumerate(run_ids):
+        row = store.get_run(run_id)
+        if row is None:
+            missing.append(run_id)
+            continue
+        runs.append(RunData(run_id, row.name, row.status, run_color(i), row.config(), store.summary(run_id),
+                            metric_columns(store.metrics(run_id)), tuple(store.evals(run_id))))
+    return CompareData(request_id, tuple(runs), tuple(missing))
+
+
+def _swatch(color: str) -> QIcon:
+    pix = QPixmap(12, 12)
+    pix.fill(QColor(color))
+    return QIcon(pix)
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "—"
+    if kind == "loss":
+        return f"{value:.4f}"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "time":
+        seconds = int(value)
+        h, rem = divmod(seconds, 3600)
+        m, s = divmod(rem, 60)
+        return f"{h}:{m:02d}:{s:02d}"
+    if kind == "pct":
+        return f"{100 * value:.1f}"
+    return str(value)
+
+
+class CompareView(QWidget):
+    """main_window opens it as `CompareView(store, run_ids, parent)` and calls attach_events."""
+
+    data_loaded = Signal(object)  # CompareData, once rendered
+
+    def __init__(self, store: Store, run_ids: list[str], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("compare_view")
+        self.store = store
+        self.run_ids = list(dict.fromkeys(run_ids))  # no cap on how many; duplicates ignored
+        self.data: CompareData | None = None
+        self.x_axis = "step"
+        self.metric_field = "loss"
+        self.hidden: set[str] = set()
+        self._workers: list[Worker] = []
+        self._request = 0
+        self._bar_items: list[Any] = []
+        self._reload_timer = QTimer(self, singleShot=True, interval=RELOAD_DELAY_MS)
+        self._reload_timer.timeout.connect(self.reload)
+        self._build()
+        self.reload()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        self.title_label = QLabel(f"Comparing {len(self.run_ids)} runs")
+        font = self.title_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.35)
+        font.setBold(True)
+        self.title_label.setFont(font)
+        self.state_label = QLabel("loading…")
+        self.state_label.setStyleSheet("color: palette(placeholder-text);")
+        refresh = QPushButton("Refresh")
+        refresh.clicked.connect(self.reload)
+        self.export_button = export_button(self, self.exportable_charts)
+        header = QHBoxLayout()
+        header.addWidget(self.title_label)
+        header.addSpacing(12)
+        header.addWidget(self.state_label)
+        header.addStretch(1)
+        header.addWidget(refresh)
+        header.addWidget(self.export_button)
+
+        self.legend_list = QListWidget()
+        self.legend_list.setObjectName("compare_runs")
+        self.legend_list.setToolTip("Untick a run to hide it from the charts")
+        self.legend_list.itemChanged.connect(self._on_legend_item_changed)
+        self.legend_list.setMaximumWidth(260)
+
+        # curves
+        self.metric_combo = QComboBox()
+        for field_name, title, _ in METRICS:
+            self.metric_combo.addItem(title, field_name)
+        self.metric_combo.currentIndexChanged.connect(lambda _i: self.set_metric(self.metric_combo.currentData()))
+        self.x_combo = QComboBox()
+        for axis in X_AXES:
+            self.x_combo.addItem(X_LABELS[axis], axis)
+        self.x_combo.currentIndexChanged.connect(lambda _i: self.set_x_axis(self.x_combo.currentData()))
+        self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing_slider.setRange(0, 99)
+        self.smoothing_slider.setValue(int(DEFAULT_SMOOTHING * 100))
+        self.smoothing_slider.setFixedWidth(160)
+        self.smoothing_label = QLabel(f"{DEFAULT_SMOOTHING:.2f}")
+        self.smoothing_slider.valueChanged.connect(self._on_smoothing_changed)
+        controls = QHBoxLayout()
+        for label, widget in (("Metric:", self.metric_combo), ("X axis:", self.x_combo),
+                              ("Smoothing:", self.smoothing_slider)):
+            controls.addWidget(QLabel(label))
+            controls.addWidget(widget)
+            controls.addSpacing(10)
+        controls.addWidget(self.smoothing_label)
+        controls.addStretch(1)
+        self.curve_chart = MetricChart("Loss", "loss")
+        self.curve_chart.set_show_raw(False)  # overlays show smoothed curves only: raw noise hides the comparison
+        self.curve_chart.set_smoothing(DEFAULT_SMOOTHING)
+        add_export_actions(self, self.curve_chart)
+        curves = QWidget()
+        curves_layout = QVBoxLayout(curves)
+        curves_layout.setContentsMargins(0, 4, 0, 0)
+        curves_layout.addLayout(controls)
+        curves_layout.addWidget(self.curve_chart, 1)
+
+        # metrics table and pass@1 bars
+        self.metrics_table = QTableWidget(0, 0)
+        self.metrics_table.setObjectName("metrics_table")
+        self.metrics_table.verticalHeader().hide()
+        self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.metrics_table.setAlternatingRowColors(True)
+        self.metrics_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.bar_chart = ChartWidget("Best pass@1 per subset", "pass@1 (%)", x_label="benchmark / subset",
+                                     downsample=False)
+        self.bar_chart.plot.setYRange(0, 100)
+        self.bar_chart.plot.showGrid(x=False, y=True, alpha=0.15)
+        self.bar_chart.plot.setMouseEnabled(x=False, y=False)
+        add_export_actions(self, self.bar_chart, self.export_bars_csv)
+        numbers = QSplitter(Qt.Orientation.Vertical)
+        numbers.addWidget(self.metrics_table)
+        numbers.addWidget(self.bar_chart)
+        numbers.setSizes([220, 420])
+
+        # config diff
+        self.diff_only_check = QCheckBox("Differences only")
+        self.diff_only_check.setChecked(True)
+        self.diff_only_check.toggled.connect(lambda _on: self._fill_diff())
+        self.diff_count_label = QLabel("")
+        self.diff_count_label.setStyleSheet("color: palette(placeholder-text);")
+        self.diff_table = QTableWidget(0, 0)
+        self.diff_table.setObjectName("config_diff")
+        self.diff_table.verticalHeader().hide()
+        self.diff_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.diff_table.setWordWrap(False)
+        diff_page = QWidget()
+        diff_layout = QVBoxLayout(diff_page)
+        diff_layout.setContentsMargins(0, 4, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(self.diff_only_check)
+        row.addStretch(1)
+        row.addWidget(self.diff_count_label)
+        diff_layout.addLayout(row)
+        diff_layout.addWidget(self.diff_table, 1)
+
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(curves, "Curves")
+        self.tabs.addTab(numbers, "Metrics && pass@1")
+        self.tabs.addTab(diff_page, "Config diff")
+
+        body = QSplitter(Qt.Orientation.Horizontal)
+        body.addWidget(self.legend_list)
+        body.addWidget(self.tabs)
+        body.setStretchFactor(1, 1)
+        body.setSizes([220, 1100])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 8, 10, 8)
+        layout.addLayout(header)
+        layout.addWidget(body, 1)
+
+    def exportable_charts(self) -> list[tuple[str, ChartWidget, Any]]:
+        return [(self.curve_chart.plot.titleLabel.text or "Curves", self.curve_chart, None),
+                ("pass@1 bars", self.bar_chart, self.export_bars_csv)]
+
+    def attach_events(self, events: Any) -> None:
+        """Reload (coalesced) when a compared run streams new records or changes state."""
+        events.updated.connect(lambda run_id, _f, _n: self._schedule_reload(run_id))
+        events.status_changed.connect(lambda row: self._schedule_reload(row.run_id))
+
+    def _schedule_reload(self, run_id: str) -> None:
+        if run_id in self.run_ids and not self._reload_timer.isActive():
+            self._reload_timer.start()
+
+    # ------------------------------------------------------------------ data
+
+    def reload(self) -> None:
+        """Read every compared run again, off the UI thread; stale replies are dropped."""
+        self._request += 1
+        request, store, run_ids = self._request, self.store, list(self.run_ids)
+        worker = Worker(lambda _ctx: load_compare_data(store, run_ids, request))
+        worker.signals.finished.connect(lambda _rid, data: self._on_loaded(data))
+        worker.signals.failed.connect(lambda _rid, msg: self.state_label.setText(f"Could not read the runs: {msg}"))
+        self._workers = [w for w in self._workers if not w.done.is_set()]
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_loaded(self, data: CompareData) -> None:
+        if data.request_id != self._request:
+            return
+        self.data = data
+        text = f"{len(data.runs)} runs"
+        if data.missing:
+            text += f" ({len(data.missing)} deleted: {', '.join(data.missing)})"
+        self.state_label.setText(text)
+        self._fill_legend()
+        self._draw_curves()
+        self._fill_metrics()
+        self._draw_bars()
+        self._fill_diff()
+        self.data_loaded.emit(data)
+
+    # ------------------------------------------------------------------ rendering
+
+    def _fill_legend(self) -> None:
+        assert self.data is not None
+        self.legend_list.blockSignals(True)
+        self.legend_list.clear()
+        for run in self.data.runs:
+            item = QListWidgetItem(_swatch(run.color), f"{run.name}\n{run.status} · {run.run_id}")
+            item.setData(Qt.ItemDataRole.UserRole, run.run_id)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Unchecked if run.run_id in self.hidden else Qt.CheckState.Checked)
+            self.legend_list.addItem(item)
+        self.legend_list.blockSignals(False)
+
+    def _on_legend_item_changed(self, item: QListWidgetItem) -> None:
+        run_id = item.data(Qt.ItemDataRole.UserRole)
+        if item.checkState() == Qt.CheckState.Checked:
+            self.hidden.discard(run_id)
+        else:
+            self.hidden.add(run_id)
+        self._draw_curves()
+        self._draw_bars()
+
+    def visible_runs(self) -> list[RunData]:
+        return [r for r in (self.data.runs if self.data else ()) if r.run_id not in self.hidden]
+
+    def _draw_curves(self) -> None:
+        chart = self.curve_chart
+        title = next(t for f, t, _ in METRICS if f == self.metric_field)
+        chart.plot.setTitle(title)
+        chart.plot.setLabel("left", next(y for f, _, y in METRICS if f == self.metric_field))
+        chart.set_x_label(X_LABELS[self.x_axis])
+        shown = self.visible_runs()
+        for run_key in {k[0] for k in chart.curve_keys()} - {r.run_id for r in shown}:
+            chart.clear_run(run_key)
+        for run in shown:
+            segs = []
+            t0 = min((float(np.nanmin(c.data["t"])) for c in run.metrics if c.size), default=0.0)
+            for cols in run.metrics:
+                x = cols.data["t"] - t0 if self.x_axis == "wall_time" else cols.data[self.x_axis]
+                segs.append(Segment(cols.attempt, x, cols.data[self.metric_field]))
+            chart.set_run(run.run_id, run.name, run.color, segs)
+        chart.set_show_raw(False)
+
+    def _subset_columns(self) -> list[tuple[str, str]]:
+        seen: set[tuple[str, str]] = set()
+        for run in self.data.runs if self.data else ():
+            for bench, subsets in run.summary.get("best_pass_at_1", {}).items():
+                seen.update((bench, s) for s in subsets)
+        return sorted(seen, key=lambda bs: (bs[0], SUBSETS.index(bs[1]) if bs[1] in SUBSETS else 9, bs[1]))
+
+    def _fill_metrics(self) -> None:
+        assert self.data is not None
+        subset_cols = self._subset_columns()
+        headers = ["Run", "Status", "Steps", "Final loss", "Tokens", "Wall time"] + [
+            f"{b} {s}\npass@1 (%)" for b, s in subset_cols]
+        table = self.metrics_table
+        table.clear()
+        table.setColumnCount(len(headers))
+        table.setHorizontalHeaderLabels(headers)
+        table.setRowCount(len(self.data.runs))
+        for i, run in enumerate(self.data.runs):
+        # each cell keeps the raw value (UserRole) beside its text, for sorting and for exact checks
+            s = run.summary
+            cells: list[tuple[str, Any]] = [
+                (run.name, run.name), (run.status, run.status), (_fmt(s.get("steps"), "int"), s.get("steps")),
+                (_fmt(s.get("final_loss"), "loss"), s.get("final_loss")), (_fmt(s.get("tokens"), "int"), s.get("tokens")),
+                (_fmt(s.get("wall_time_s"), "time"), s.get("wall_time_s"))]
+            best = s.get("best_pass_at_1", {})
+            for bench, subset in subset_cols:
+                value = best.get(bench, {}).get(subset)
+                cells.append((_fmt(value, "pct"), value))
+            for j, (text, value) in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, value)
+                if j == 0:
+                    item.setIcon(_swatch(run.color))
+                    item.setToolTip(run.run_id)
+                elif j >= 2:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                table.setItem(i, j, item)
+        table.resizeColumnsToContents()
+        table.horizontalHeader().setStretchLastSection(True)
+
+    def bar_values(self) -> list[tuple[str, str, str, float]]:
+        """(run id, benchmark, subset, best pass@1 in %) for every visible run and subset."""
+        out = []
+        for run in self.visible_runs():
+            for bench, subset in self._subset_columns():
+                value = run.summary.get("best_pass_at_1", {}).get(bench, {}).get(subset)
+                if value is not None:
+                    out.append((run.run_id, bench, subset, 100.0 * value))
+        return out
+
+    def _draw_bars(self) -> None:
+        plot = self.bar_chart.plot
+        for item in self._bar_items:
+            plot.removeItem(item)
+            self.bar_chart.legend.removeItem(item)
+        self._bar_items = []
+        categories = self._subset_columns()
+        runs = self.visible_runs()
+        n = max(1, len(runs))
+        width = 0.8 / n
+        index = {c: i for i, c in enumerate(categories)}
+        for j, run in enumerate(runs):
+            xs, heights = [], []
+            for run_id, bench, subset, value in self.bar_values():
+                if run_id == run.run_id:
+                    xs.append(index[(bench, subset)] + (j - (n - 1) / 2) * width)
+                    heights.append(value)
+            bars = pg.BarGraphItem(x=xs, height=heights, width=width * 0.92, brush=QBrush(QColor(run.color)),
+                                   pen=pg.mkPen(None))
+            plot.addItem(bars)
+            # the legend needs a plot item to draw a sample: a square marker with no data
+            key = plot.plot([], [], pen=None, symbol="s", symbolBrush=run.color, symbolPen=None, name=run.name)
+            self._bar_items += [bars, key]
+        axis = plot.getAxis("bottom")
+        axis.setTicks([[(i, f"{b}\n{s}") for i, (b, s) in enumerate(categories)]])
+        plot.setXRange(-0.6, max(0.6, len(categories) - 0.4), padding=0)
+        plot.setYRange(0, 100)
+
+    def export_bars_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        names = {r.run_id: r.name for r in self.visible_runs()}
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["run_id", "run", "benchmark", "subset", "pass@1"])
+            for run_id, bench, subset, value in self.bar_values():
+                writer.writerow([run_id, names[run_id], bench, subset, value])
+        return path
+
+    def _fill_diff(self) -> None:
+        if self.data is None:
+            return
+        runs = self.data.runs
+        rows = diff([r.config for r in runs], differences_only=self.diff_only_check.isChecked())
+        table = self.diff_table
+        table.clear()
+        table.setColumnCount(1 + len(runs))
+        table.setHorizontalHeaderLabels(["Setting", *[r.name for r in runs]])
+        table.setRowCount(len(rows))
+        bold = QFont(table.font())
+        bold.setBold(True)
+        highlight = QColor(255, 196, 0, 60)
+        for i, row in enumerate(rows):
+            path_item = QTableWidgetItem(row.path)
+            if row.differs:
+                path_item.setFont(bold)
+            table.setItem(i, 0, path_item)
+            for j, value in enumerate(row.values):
+                item = QTableWidgetItem(format_value(value))
+                item.setToolTip(format_value(value))
+                if row.differs:
+                    item.setBackground(highlight)
+                table.setItem(i, 1 + j, item)
+        n_diff = sum(1 for r in diff([r.config for r in runs], differences_only=True))
+        self.diff_count_label.setText(f"{n_diff} differing settings")
+        table.resizeColumnsToContents()
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+
+    def diff_paths(self) -> list[str]:
+        return [self.diff_table.item(i, 0).text() for i in range(self.diff_table.rowCount())]
+
+    # ------------------------------------------------------------------ controls
+
+    def set_metric(self, metric: str) -> None:
+        if metric == self.metric_field:
+            return
+        self.metric_field = metric
+        index = self.metric_combo.findData(metric)
+        if index != self.metric_combo.currentIndex():
+            self.metric_combo.setCurrentIndex(index)
+        self.curve_chart.set_smoothing(0.0 if metric in UNSMOOTHED else self.smoothing_slider.value() / 100)
+        self._draw_curves()
+
+    def set_x_axis(self, axis: str) -> None:
+        if axis == self.x_axis:
+            return
+        self.x_axis = axis
+        index = self.x_combo.findData(axis)
+        if index != self.x_combo.currentIndex():
+            self.x_combo.setCurrentIndex(index)
+        self._draw_curves()
+
+    def _on_smoothing_changed(self, value: int) -> None:
+        self.smoothing_label.setText(f"{value / 100:.2f}")
+        if self.metric_field not in UNSMOOTHED:
+            self.curve_chart.set_smoothing(value / 100)
+            self.curve_chart.set_show_raw(False)

@@ -1,0 +1,817 @@
+"""The live view of one run: training charts, pass@1 per checkpoint, log console, status, cancel, samples.
+
+Data arrives from a StoreWatcher (a background thread reading only what is new in the run store) as frozen
+RunBatch objects; this widget renders them and holds no logic beyond keeping the columns it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QColor, QTextCursor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMenu,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSlider,
+    QSplitter,
+    QSystemTrayIcon,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
+from app.gui.store_watch import RunBatch, StoreWatcher
+from app.gui.workers import Worker
+from core.records import RunPaths
+from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series
+from core.store import TERMINAL_STATUSES, RunRow, Store
+
+log = logging.getLogger(__name__)
+
+LOG_MAX_BLOCKS = 5000  # console lines kept (the store keeps more; the run dir keeps everything)
+DEFAULT_SMOOTHING = 0.6
+METRICS = (("loss", "Loss", "loss"), ("lr", "Learning rate", "lr"), ("grad_norm", "Gradient norm", "‖g‖"),
+           ("tokens_per_s", "Throughput", "tokens/s"))
+UNSMOOTHED = {"lr"}  # a schedule is exact: smoothing it would only lag it
+STATUS_COLORS = {"running": "#1a7f37", "completing": "#1a7f37", "pending": "#9a6700", "created": "#6e7781",
+                 "finished": "#0969da", "failed": "#cf222e", "cancelled": "#8250df", "unknown": "#6e7781"}
+BANNER_STYLES = {
+    "info": "background:#ddf4ff; color:#0a3069; border:1px solid #54aeff;",
+    "ok": "background:#dafbe1; color:#116329; border:1px solid #4ac26b;",
+    "warn": "background:#fff8c5; color:#4d2d00; border:1px solid #d4a72c;",
+    "error": "background:#ffebe9; color:#82071e; border:1px solid #ff8182;",
+}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def export_chart_dialog(parent: QWidget, chart: ChartWidget, fmt: str,
+                        write_csv: Callable[[Path], Any] | None = None) -> Path | None:
+    """Ask for a file and export `chart` as PNG, SVG or its data as CSV."""
+    title = chart.plot.titleLabel.text or "chart"
+    stem = "".join(c if c.isalnum() else "-" for c in title).strip("-").lower() or "chart"
+    filters = {"png": "PNG image (*.png)", "svg": "SVG image (*.svg)", "csv": "CSV data (*.csv)"}
+    path, _ = QFileDialog.getSaveFileName(parent, f"Export {title}", f"{stem}.{fmt}", filters[fmt])
+    if not path:
+        return None
+    out = Path(path)
+    if fmt == "csv":
+        (write_csv or chart.export_csv)(out)
+    else:
+        chart.export_image(out)
+    return out
+
+
+def add_export_actions(parent: QWidget, chart: ChartWidget, write_csv: Callable[[Path], Any] | None = None) -> None:
+    """Export entries in the chart's right-click menu (beside pyqtgraph's own)."""
+    menu = chart.plot.getViewBox().menu
+    menu.addSeparator()
+    for fmt, text in (("png", "Export chart as PNG…"), ("svg", "Export chart as SVG…"), ("csv", "Export data as CSV…")):
+        action = QAction(text, menu)
+        action.triggered.connect(lambda _c=False, f=fmt: export_chart_dialog(parent, chart, f, write_csv))
+        menu.addAction(action)
+
+
+def export_button(parent: QWidget, charts: Callable[[], Sequence[tuple[str, ChartWidget, Any]]]) -> QToolButton:
+    """An "Export" toolbar button whose menu lists every chart (PNG / SVG / CSV), rebuilt when opened."""
+    button = QToolButton(parent)
+    button.setText("Export")
+    button.setToolTip("Export a chart as PNG or SVG, or its data as CSV")
+    button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+    menu = QMenu(button)
+    button.setMenu(menu)
+
+    def rebuild() -> None:
+        menu.clear()
+        for name, chart, write_csv in charts():
+            sub = menu.addMenu(name)
+            for fmt, text in (("png", "PNG image…"), ("svg", "SVG image…"), ("csv", "Data (CSV)…")):
+                sub.addAction(text).triggered.connect(
+                    lambda _c=False, ch=chart, f=fmt, w=write_csv: export_chart_dialog(parent, ch, f, w))
+
+    menu.aboutToShow.connect(rebuild)
+    return button
+
+
+class Banner(QFrame):
+    """A dismissable in-app message strip (hang warnings, cancel results, finished/failed notices)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("banner")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(10, 6, 6, 6)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QToolButton()
+        close.setText("✕")
+        close.setAutoRaise(True)
+        close.clicked.connect(self.hide)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        self.kind = ""
+        self.hide()
+
+    def show_message(self, text: str, kind: str = "info") -> None:
+        self.kind = kind
+        self.setStyleSheet(f"QFrame#banner {{ {BANNER_STYLES[kind]} border-radius:4px; }}"
+                           f" QLabel {{ {BANNER_STYLES[kind].split(';')[1]}; border:none; background:transparent; }}")
+        self.label.setText(text)
+        self.show()
+
+    def text(self) -> str:
+        return self.label.text()
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+def _is_local(row: RunRow) -> bool:
+    return (row.backend or "") == "local" or (row.cluster or "") == "local"
+
+
+def list_sample_files(row: RunRow) -> list[str]:
+    """Names of the run's per-sample files (samples/step-N-benchmark.jsonl), oldest step first."""
+    if not row.run_dir:
+        return []
+    samples = f"{row.run_dir}/{RunPaths.SAMPLES}"
+    if _is_local(row):
+        d = Path(samples)
+        names = [p.name for p in d.glob("step-*.jsonl")] if d.is_dir() else []
+    else:
+        from remote.runs import transport_for_run
+
+        res = transport_for_run(row).run(["ls", "-1", samples], timeout=30, check=False)
+        names = [n for n in res.stdout.split() if n.startswith("step-") and n.endswith(".jsonl")] if res.rc == 0 else []
+
+    def key(name: str) -> tuple[int, str]:
+        parts = name.removesuffix(".jsonl").split("-", 2)
+        return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, name)
+
+    return sorted(names, key=key)
+
+
+def read_sample_file(row: RunRow, name: str) -> tuple[list[dict[str, Any]], int]:
+    """(sample rows, number of unreadable lines) of one per-sample file, from the run dir or over the transport."""
+    path = f"{row.run_dir}/{RunPaths.SAMPLES}/{name}"
+    if _is_local(row):
+        data = Path(path).read_bytes()
+    else:
+        from remote.runs import transport_for_run
+
+        data = transport_for_run(row).read_bytes(path)
+    rows, bad = [], 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and "task_id" in rec:
+            rows.append(rec)
+        else:
+            bad += 1
+    return rows, bad
+
+
+class SampleViewer(QWidget):
+    """Each evaluated task of a checkpoint: pass/fail, error, time; the selected one's completion below."""
+
+    loaded = Signal(str, int)  # file name, rows
+
+    def __init__(self, store: Store, run_id: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.store = store
+        self.run_id = run_id
+        self.rows: list[dict[str, Any]] = []
+        self._workers: list[Worker] = []
+        self._files: list[str] = []
+        self.file_combo = QComboBox()
+        self.file_combo.setMinimumContentsLength(24)
+        self.file_combo.setToolTip("Evaluated checkpoint and benchmark (samples/step-N-benchmark.jsonl)")
+        self.file_combo.currentTextChanged.connect(self._on_file_changed)
+        self.filter_combo = QComboBox()
+        self.filter_combo.addItems(["all tasks", "passed", "failed"])
+        self.filter_combo.currentIndexChanged.connect(self._fill_table)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self.refresh)
+        self.summary_label = QLabel("No evaluated checkpoints yet.")
+        self.summary_label.setObjectName("samples_summary")
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Checkpoint:"))
+        top.addWidget(self.file_combo)
+        top.addWidget(self.filter_combo)
+        top.addWidget(self.refresh_button)
+        top.addStretch(1)
+        top.addWidget(self.summary_label)
+
+        self.table = QTableWidget(0, 6)
+        self.table.setHorizontalHeaderLabels(["Task", "Subset", "Sample", "Result", "Error", "Seconds"])
+        self.table.verticalHeader().hide()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        self.table.horizontalHeader().setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.table.itemSelectionChanged.connect(self._on_selection)
+        self.detail = QPlainTextEdit()
+        self.detail.setReadOnly(True)
+        self.detail.setPlaceholderText("Select a task to see its completion and error.")
+        from app.gui.app import monospace_font
+
+        self.detail.setFont(monospace_font())
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.table)
+        split.addWidget(self.detail)
+        split.setSizes([520, 480])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(top)
+        layout.addWidget(split, 1)
+
+    def refresh(self) -> None:
+        """List the sample files again (off the UI thread), keeping the current choice."""
+        row = self.store.get_run(self.run_id)
+        if row is None:
+            return
+        worker = Worker(lambda _ctx: list_sample_files(row))
+        worker.signals.finished.connect(lambda _rid, names: self._on_listed(names))
+        worker.signals.failed.connect(lambda _rid, msg: self.summary_label.setText(f"Cannot list samples: {msg}"))
+        self._start(worker)
+
+    def _start(self, worker: Worker) -> None:
+        self._workers = [w for w in self._workers if not w.done.is_set()]
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_listed(self, names: list[str]) -> None:
+        if names == self._files:
+            return
+        current = self.file_combo.currentText()
+        self._files = list(names)
+        self.file_combo.blockSignals(True)
+        self.file_combo.clear()
+        self.file_combo.addItems(names)
+        self.file_combo.blockSignals(False)
+        if not names:
+            self.summary_label.setText("No evaluated checkpoints yet.")
+            return
+        self.file_combo.setCurrentText(current if current in names else names[-1])
+        self._on_file_changed(self.file_combo.currentText())
+
+    def _on_file_changed(self, name: str) -> None:
+        row = self.store.get_run(self.run_id)
+        if not name or row is None:
+            return
+        worker = Worker(lambda _ctx: read_sample_file(row, name))
+        worker.signals.finished.connect(lambda _rid, result: self._on_read(name, *result))
+        worker.signals.failed.connect(lambda _rid, msg: self.summary_label.setText(f"Cannot read {name}: {msg}"))
+        self._start(worker)
+
+    def _on_read(self, name: str, rows: list[dict[str, Any]], bad: int) -> None:
+        if name != self.file_combo.currentText():
+            return  # a stale reply: another file was chosen meanwhile
+        self.rows = rows
+        passed = sum(1 for r in rows if r.get("passed"))
+        text = f"{passed}/{len(rows)} samples passed"
+        if bad:
+            text += f" ({bad} unreadable lines skipped)"
+        self.summary_label.setText(text)
+        self._fill_table()
+        self.loaded.emit(name, len(rows))
+
+    def visible_rows(self) -> list[dict[str, Any]]:
+        mode = self.filter_combo.currentIndex()
+        return [r for r in self.rows if mode == 0 or bool(r.get("passed")) == (mode == 1)]
+
+    def _fill_table(self) -> None:
+        rows = self.visible_rows()
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(rows))
+        for i, r in enumerate(rows):
+            ok = bool(r.get("passed"))
+            cells = [str(r.get("task_id", "")), str(r.get("subset", "")), str(r.get("sample", 0)),
+                     "pass" if ok else "fail", str(r.get("error") or ""), f"{r.get('seconds', 0) or 0:.2f}"]
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, i)
+                if j == 3:
+                    item.setForeground(QColor("#1a7f37" if ok else "#cf222e"))
+                self.table.setItem(i, j, item)
+        self.table.resizeColumnsToContents()
+        self.table.horizontalHeader().setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.detail.clear()
+
+    def _on_selection(self) -> None:
+        items = self.table.selectedItems()
+        if not items:
+            return
+        r = self.visible_rows()[items[0].data(Qt.ItemDataRole.UserRole)]
+        parts = [f"# {r.get('task_id')}  ({'passed' if r.get('passed') else 'failed'})", "", r.get("completion", "")]
+        if r.get("error"):
+            parts += ["", f"# error: {r['error']}"]
+        if r.get("stderr_tail"):
+            parts += ["", "# stderr (tail)", r["stderr_tail"]]
+        self.detail.setPlainText("\n".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------- run view
+
+
+@dataclass
+class _Columns:
+    """One attempt's metric columns as received, in chunks (concatenated only when the x-axis changes)."""
+
+    chunks: list[dict[str, np.ndarray]]
+
+    def column(self, name: str) -> np.ndarray:
+        return np.concatenate([c[name] for c in self.chunks]) if self.chunks else np.empty(0)
+
+
+class RunView(QWidget):
+    """Live view of one run; main_window opens it as `RunView(store, run_id, parent)` and calls attach_events."""
+
+    notified = Signal(str, str)  # title, message (finished / failed), also shown in the banner
+    batch_applied = Signal(int)  # metric rows added by the batch just rendered
+
+    def __init__(self, store: Store, run_id: str, parent: QWidget | None = None, *,
+                 watcher: StoreWatcher | None = None):
+        super().__init__(parent)
+        self.setObjectName("run_view")
+        self.store = store
+        self.run_id = run_id
+        self.run: RunRow | None = None
+        self.loaded = False
+        self.x_axis = "step"
+        self.t0: float | None = None
+        self._columns: dict[int, _Columns] = {}
+        self._evals: tuple[dict[str, Any], ...] = ()
+        self.notifications: list[tuple[str, str]] = []
+        self._workers: list[Worker] = []
+        self._tray: QSystemTrayIcon | None = None
+        self.cancel_box: QMessageBox | None = None
+        self.cancel_result: Any = None
+
+        self._build()
+        self._own_watcher = watcher is None
+        self.watcher = watcher if watcher is not None else StoreWatcher(store, parent=self)
+        self.watcher.batch.connect(self._on_batch)
+        self.watcher.failed.connect(self._on_watch_failed)
+        self._sub_id = self.watcher.watch(run_id)
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        self.title_label = QLabel(self.run_id)
+        self.title_label.setObjectName("run_title")
+        font = self.title_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.35)
+        font.setBold(True)
+        self.title_label.setFont(font)
+        self.status_label = QLabel("loading…")
+        self.status_label.setObjectName("run_status")
+        self.status_label.setTextFormat(Qt.TextFormat.RichText)
+        self.info_label = QLabel("")
+        self.info_label.setObjectName("run_info")
+        self.info_label.setStyleSheet("color: palette(placeholder-text);")
+        self.cancel_button = QPushButton("Cancel run…")
+        self.cancel_button.setObjectName("cancel_button")
+        self.cancel_button.setToolTip("Stop the job on its cluster (asks first) and confirm it is gone")
+        self.cancel_button.clicked.connect(self.request_cancel)
+        self.cancel_button.setEnabled(False)
+        header = QHBoxLayout()
+        header.addWidget(self.title_label)
+        header.addSpacing(12)
+        header.addWidget(self.status_label)
+        header.addStretch(1)
+        header.addWidget(self.info_label)
+        header.addSpacing(12)
+        header.addWidget(self.cancel_button)
+
+        self.banner = Banner(self)
+        self.hang_banner = Banner(self)
+        self.hang_banner.setObjectName("banner")
+
+        # controls
+        self.x_combo = QComboBox()
+        for axis in X_AXES:
+            self.x_combo.addItem(X_LABELS[axis], axis)
+        self.x_combo.setToolTip("What the training charts are plotted against")
+        self.x_combo.currentIndexChanged.connect(lambda _i: self.set_x_axis(self.x_combo.currentData()))
+        self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing_slider.setRange(0, 99)
+        self.smoothing_slider.setValue(int(DEFAULT_SMOOTHING * 100))
+        self.smoothing_slider.setFixedWidth(160)
+        self.smoothing_slider.setToolTip("Exponential moving average weight (0: raw only; TensorBoard's smoothing)")
+        self.smoothing_label = QLabel(f"{DEFAULT_SMOOTHING:.2f}")
+        self.smoothing_label.setMinimumWidth(34)
+        self.smoothing_slider.valueChanged.connect(self._on_smoothing_changed)
+        self.raw_check = QCheckBox("Show raw")
+        self.raw_check.setChecked(True)
+        self.raw_check.toggled.connect(self._on_raw_toggled)
+        self.refs_button = QToolButton()
+        self.refs_button.setText("Reference lines")
+        self.refs_button.setToolTip("Published pass@1 numbers drawn on the pass@1 charts")
+        self.refs_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.refs_menu = QMenu(self.refs_button)
+        self.refs_menu.aboutToShow.connect(self._rebuild_refs_menu)
+        self.refs_button.setMenu(self.refs_menu)
+        self.export_button = export_button(self, self.exportable_charts)
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("X axis:"))
+        controls.addWidget(self.x_combo)
+        controls.addSpacing(16)
+        controls.addWidget(QLabel("Smoothing:"))
+        controls.addWidget(self.smoothing_slider)
+        controls.addWidget(self.smoothing_label)
+        controls.addWidget(self.raw_check)
+        controls.addStretch(1)
+        controls.addWidget(self.refs_button)
+        controls.addWidget(self.export_button)
+
+        # training charts (2 x 2) and pass@1 charts (one per benchmark, created when evals appear)
+        self.charts: dict[str, MetricChart] = {}
+        grid_host = QWidget()
+        grid = QGridLayout(grid_host)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(6)
+        for i, (field_name, title, y_label) in enumerate(METRICS):
+            chart = MetricChart(title, y_label)
+            chart.set_x_label(X_LABELS["step"])
+            chart.setMinimumSize(260, 180)
+            if field_name in UNSMOOTHED:
+                chart.set_smoothing(0.0)
+            else:
+                chart.set_smoothing(DEFAULT_SMOOTHING)
+            add_export_actions(self, chart)
+            self.charts[field_name] = chart
+            grid.addWidget(chart, i // 2, i % 2)
+        self.pass_charts: dict[str, PassAtOneChart] = {}
+        self.pass_host = QWidget()
+        self.pass_layout = QVBoxLayout(self.pass_host)
+        self.pass_layout.setContentsMargins(0, 0, 0, 0)
+        self.pass_placeholder = QLabel("pass@1 appears here once a checkpoint has been evaluated.")
+        self.pass_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.pass_placeholder.setWordWrap(True)
+        self.pass_placeholder.setStyleSheet("color: palette(placeholder-text); border: 1px dashed palette(mid);"
+                                            " border-radius: 6px; padding: 16px;")
+        self.pass_layout.addWidget(self.pass_placeholder)
+        charts_split = QSplitter(Qt.Orientation.Horizontal)
+        charts_split.addWidget(grid_host)
+        charts_split.addWidget(self.pass_host)
+        charts_split.setStretchFactor(0, 2)
+        charts_split.setStretchFactor(1, 1)
+        charts_split.setSizes([860, 420])
+
+        # bottom: log console and sample viewer
+        self.console = QPlainTextEdit()
+        self.console.setObjectName("log_console")
+        self.console.setReadOnly(True)
+        self.console.setMaximumBlockCount(LOG_MAX_BLOCKS)
+        self.console.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.console.setPlaceholderText("The job's stdout appears here as it is streamed.")
+        from app.gui.app import monospace_font
+
+        self.console.setFont(monospace_font())
+        self.samples = SampleViewer(self.store, self.run_id)
+        self.bottom_tabs = QTabWidget()
+        self.bottom_tabs.setDocumentMode(True)
+        self.bottom_tabs.addTab(self.console, "Log")
+        self.bottom_tabs.addTab(self.samples, "Samples")
+        self.bottom_tabs.currentChanged.connect(self._on_bottom_tab)
+
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(charts_split)
+        self.splitter.addWidget(self.bottom_tabs)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([600, 240])
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 8, 10, 8)
+        layout.addLayout(header)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.hang_banner)
+        layout.addLayout(controls)
+        layout.addWidget(self.splitter, 1)
+
+    def exportable_charts(self) -> list[tuple[str, ChartWidget, Any]]:
+        out: list[tuple[str, ChartWidget, Any]] = [(title, self.charts[f], None) for f, title, _ in METRICS]
+        out += [(f"{b} pass@1", c, None) for b, c in self.pass_charts.items()]
+        return out
+
+    def attach_events(self, events: Any) -> None:
+        """Hook the main window's StreamManager signals: new records wake the watcher, hangs show a banner."""
+        events.updated.connect(self._on_stream_updated)
+        events.hang.connect(self.show_hang_warning)
+
+    # ------------------------------------------------------------------ data in
+
+    def _on_stream_updated(self, run_id: str, _file_name: str, _n_new: int) -> None:
+        if run_id == self.run_id:
+            self.watcher.wake()
+
+    def _on_watch_failed(self, run_id: str, message: str) -> None:
+        if run_id == self.run_id:
+            self.banner.show_message(f"Reading this run from the store failed: {message}", "error")
+
+    def _on_batch(self, batch: RunBatch) -> None:
+        if batch.sub_id != self._sub_id:
+            return
+        if batch.run is not None:
+            self._set_run(batch.run, announce=not batch.first)
+        if batch.replace:
+            self._columns.clear()
+        for cols in batch.metrics:
+            held = self._columns.setdefault(cols.attempt, _Columns([]))
+            held.chunks.append(cols.data)
+        if batch.replace or batch.first:
+            self._recompute_t0()
+            self._redraw_metrics()
+        elif batch.metrics:
+            if self.t0 is None:
+                self._recompute_t0()
+            self._append_metrics(batch.metrics)
+        if batch.evals is not None:
+            self._evals = batch.evals
+            self._draw_pass_at_1()
+            if batch.evals and not batch.first:
+                self.samples.refresh()
+        if batch.log_reset:
+            self.console.clear()
+        if batch.log_text:
+            self._append_log(batch.log_text)
+        if batch.first:
+            self.loaded = True
+            self.samples.refresh()
+        self._update_info()
+        self.batch_applied.emit(batch.n_metric_rows)
+
+    def _recompute_t0(self) -> None:
+        starts = [float(np.nanmin(c.column("t"))) for c in self._columns.values() if c.chunks and c.column("t").size]
+        self.t0 = min(starts) if starts else None
+
+    def _x(self, data: dict[str, np.ndarray]) -> np.ndarray:
+        if self.x_axis == "wall_time":
+            return data["t"] - (self.t0 or 0.0)
+        return data[self.x_axis]
+
+    def _append_metrics(self, batch: Sequence[Any]) -> None:
+        for cols in batch:
+            x = self._x(cols.data)
+            for field_name, chart in self.charts.items():
+                chart.append(self.run_id, cols.attempt, x, cols.data[field_name], label=self._label(),
+                             color=RUN_COLORS[0])
+
+    def _redraw_metrics(self) -> None:
+        for field_name, chart in self.charts.items():
+            segs = []
+            for attempt in sorted(self._columns):
+                held = self._columns[attempt]
+                data = {name: held.column(name) for name in ("step", "tokens", "samples", "t", field_name)}
+                segs.append(Segment(attempt, self._x(data), data[field_name]))
+            chart.set_run(self.run_id, self._label(), RUN_COLORS[0], segs)
+            chart.set_x_label(X_LABELS[self.x_axis])
+
+    def _label(self) -> str:
+        return self.run.name if self.run is not None else self.run_id
+
+    def point_count(self) -> int:
+        """Metric rows shown (after latest-attempt-wins)."""
+        return sum(sum(c["step"].size for c in held.chunks) for held in self._columns.values())
+
+    def steps_shown(self) -> np.ndarray:
+        """Every step on the charts, attempt by attempt (for checks that nothing is missing or doubled)."""
+        return np.concatenate([self._columns[a].column("step") for a in sorted(self._columns)]) \
+            if self._columns else np.empty(0)
+
+    def _draw_pass_at_1(self) -> None:
+        benchmarks = sorted({e["benchmark"] for e in self._evals})
+        for bench in benchmarks:
+            chart = self.pass_charts.get(bench)
+            if chart is None:
+                chart = PassAtOneChart(bench)
+                chart.setMinimumHeight(180)
+                add_export_actions(self, chart)
+                self.pass_charts[bench] = chart
+                self.pass_layout.addWidget(chart, 1)
+            for subset in ("all", "clean", "contaminated"):
+                steps, values = pass_at_1_series(self._evals, bench, subset)
+                if steps.size:
+                    chart.set_subset(self.run_id, "", subset, steps, values, color=SUBSET_COLORS[subset])
+        self.pass_placeholder.setVisible(not benchmarks)
+
+    def _append_log(self, text: str) -> None:
+        bar = self.console.verticalScrollBar()
+        at_bottom = bar.value() >= bar.maximum() - 2
+        cursor = QTextCursor(self.console.document())
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.insertText(text)
+        if at_bottom:
+            bar.setValue(bar.maximum())
+
+    # ------------------------------------------------------------------ status and notifications
+
+    def _set_run(self, row: RunRow, announce: bool) -> None:
+        previous = self.run
+        self.run = row
+        self.title_label.setText(row.name)
+        self.title_label.setToolTip(f"{row.run_id}\n{row.cluster or '?'} ({row.backend or '?'}) {row.run_dir or ''}")
+        color = STATUS_COLORS.get(row.status, "#6e7781")
+        reason = f" — {row.status_reason}" if row.status_reason else ""
+        self.status_label.setText(f"<span style='color:{color}; font-weight:600'>● {row.status}</span>"
+                                  f"<span style='color:palette(placeholder-text)'>{_escape(reason)}</span>")
+        self.status_label.setToolTip(row.status_reason or row.status)
+        self.cancel_button.setEnabled(row.status not in TERMINAL_STATUSES and bool(row.job_id))
+        if row.status in TERMINAL_STATUSES:
+            self.hang_banner.hide()
+        was_terminal = previous is not None and previous.status in TERMINAL_STATUSES
+        if announce and row.status in ("finished", "failed") and not was_terminal:
+            title = f"Run {row.name} {row.status}"
+            self.notify(title, row.status_reason or ("training and evaluation done" if row.status == "finished"
+                                                     else "see the log for the error"),
+                        "ok" if row.status == "finished" else "error")
+
+    def notify(self, title: str, message: str, kind: str = "info") -> None:
+        """A desktop notification when the system has a tray, and always the in-app banner."""
+        self.notifications.append((title, message))
+        self.banner.show_message(f"<b>{_escape(title)}</b>: {_escape(message)}", kind)
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            if self._tray is None:
+                from app.gui.app import app_icon
+
+                self._tray = QSystemTrayIcon(app_icon(), self)
+                self._tray.show()
+            icon = (QSystemTrayIcon.MessageIcon.Information if kind != "error"
+                    else QSystemTrayIcon.MessageIcon.Critical)
+            self._tray.showMessage(title, message, icon, 10_000)
+        self.notified.emit(title, message)
+
+    def show_hang_warning(self, warning: Any) -> None:
+        if getattr(warning, "run_id", self.run_id) != self.run_id:
+            return
+        tail = (getattr(warning, "stdout_tail", "") or "").strip().splitlines()[-3:]
+        text = (f"<b>Suspected hang</b>: no new metrics for {warning.silent_s:.0f} s "
+                f"(median step {warning.median_step_s:.1f} s, last step {warning.last_step}). "
+                "The job is still running; check the log below.")
+        if tail:
+            text += "<br><code>" + "<br>".join(_escape(t) for t in tail) + "</code>"
+        self.hang_banner.show_message(text, "warn")
+
+    def _update_info(self) -> None:
+        n = self.point_count()
+        last = None
+        for held in self._columns.values():
+            for chunk in held.chunks:
+                if chunk["step"].size:
+                    last = max(last or 0, int(np.nanmax(chunk["step"])))
+        started = self.run.started_at if self.run is not None else None
+        parts = [f"step {last}" if last is not None else "no steps yet", f"{n} points"]
+        if self.run is not None and started and self.run.status not in TERMINAL_STATUSES:
+            parts.append(f"running {_duration(time.time() - started)}")
+        self.info_label.setText(" · ".join(parts))
+
+    # ------------------------------------------------------------------ controls
+
+    def set_x_axis(self, axis: str) -> None:
+        if axis not in X_AXES or axis == self.x_axis:
+            return
+        self.x_axis = axis
+        index = self.x_combo.findData(axis)
+        if index != self.x_combo.currentIndex():
+            self.x_combo.setCurrentIndex(index)
+        self._redraw_metrics()
+
+    def _on_smoothing_changed(self, value: int) -> None:
+        weight = value / 100
+        self.smoothing_label.setText(f"{weight:.2f}")
+        for field_name, chart in self.charts.items():
+            if field_name not in UNSMOOTHED:
+                chart.set_smoothing(weight)
+
+    def _on_raw_toggled(self, show: bool) -> None:
+        for field_name, chart in self.charts.items():
+            if field_name not in UNSMOOTHED:
+                chart.set_show_raw(show)
+
+    def _rebuild_refs_menu(self) -> None:
+        self.refs_menu.clear()
+        if not self.pass_charts:
+            self.refs_menu.addAction("No pass@1 chart yet").setEnabled(False)
+        for bench, chart in self.pass_charts.items():
+            self.refs_menu.addSection(bench)
+            shown = set(chart.visible_references())
+            for model, ref in chart.references.items():
+                action = self.refs_menu.addAction(f"{model} ({ref.pass_at_1:g})")
+                action.setCheckable(True)
+                action.setChecked(model in shown)
+                action.setToolTip(ref.source)
+                action.toggled.connect(lambda on, c=chart, m=model: c.set_reference_visible(m, on))
+
+    def _on_bottom_tab(self, index: int) -> None:
+        if self.bottom_tabs.widget(index) is self.samples:
+            self.samples.refresh()
+
+    # ------------------------------------------------------------------ cancel
+
+    def request_cancel(self) -> QMessageBox:
+        """Ask for confirmation (a window-modal box, answered asynchronously), then cancel in the background."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "Cancel run",
+                          f"Cancel run {self._label()}?\n\nThe job is stopped on {self.run.cluster if self.run else '?'}"
+                          " and TuneDeck checks that it is gone. Checkpoints already written stay.",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.button(QMessageBox.StandardButton.Yes).setText("Cancel run")
+        box.button(QMessageBox.StandardButton.No).setText("Keep running")
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.finished.connect(lambda result: self._on_cancel_answer(result))
+        self.cancel_box = box
+        box.open()
+        return box
+
+    def _on_cancel_answer(self, result: int) -> None:
+        self.cancel_box = None
+        if result != QMessageBox.StandardButton.Yes:
+            return
+        self.cancel_button.setEnabled(False)
+        self.banner.show_message(f"Cancelling {self._label()}…", "info")
+        store, run_id = self.store, self.run_id
+
+        def work(_ctx: Any) -> Any:
+            from remote.runs import cancel
+
+            return cancel(run_id, store)
+
+        worker = Worker(work)
+        worker.signals.finished.connect(lambda _rid, res: self._on_cancelled(res))
+        worker.signals.failed.connect(lambda _rid, msg: self._on_cancel_failed(msg))
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_cancelled(self, result: Any) -> None:
+        self.cancel_result = result
+        if result.confirmed_gone:
+            self.banner.show_message(f"<b>Cancelled</b>: the job is confirmed gone. {_escape(result.detail)}", "ok")
+        else:
+            self.banner.show_message("<b>Cancel sent, but the job is NOT confirmed gone</b>: "
+                                     f"{_escape(result.detail)}", "error")
+            self.cancel_button.setEnabled(True)
+        self.watcher.wake()
+
+    def _on_cancel_failed(self, message: str) -> None:
+        self.cancel_result = message
+        self.banner.show_message(f"<b>Cancel failed</b>: {_escape(message)}", "error")
+        self.cancel_button.setEnabled(True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def closeEvent(self, event: Any) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop feeding this view (the watcher thread ends if this view owns it)."""
+        self.watcher.unwatch(self._sub_id)
+        if self._own_watcher:
+            self.watcher.stop()
+        if self._tray is not None:
+            self._tray.hide()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+

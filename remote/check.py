@@ -1,0 +1,268 @@
+"""Cluster check: probe a profile's training environment in one remote call and say how to fix gaps.
+
+One `bash -c` over the transport runs the profile's env_setup, then the profile's python with a
+standard-library probe (package versions from their metadata, torch's CUDA build from its version file,
+so nothing heavy is imported), nvidia-smi, sbatch/sinfo and the free disk of the work root. The result
+is a CheckReport of CheckItems, each with the install command that would fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from remote.transport import ChangedHostKeyError, CommandTimeout, ConnectError, HostKeyError, Transport
+
+# The torch build we test with; a fix pins it so that pip does not pull another torch for deepspeed.
+RECOMMENDED_TORCH = "2.13.0"
+MIN_PYTHON = (3, 10)
+MIN_FREE_DISK_GB = 20.0
+REQUIRED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "deepspeed", "datasets")
+OPTIONAL_PACKAGES = ("flash_attn", "vllm")
+_DIST_NAMES = {"flash_attn": "flash-attn"}
+_MARK = "TUNEDECK-CHECK "
+
+# Runs on the cluster with the environment's python: standard library only, Python 3.8 syntax.
+PROBE = r'''
+import json, os, platform, shutil, subprocess, sys
+out = {"python": platform.python_version(), "python_path": sys.executable, "packages": {}}
+try:
+    from importlib import metadata
+except ImportError:
+    metadata = None
+def dist_version(name):
+    if metadata is None:
+        return None
+    try:
+        return metadata.version(name)
+    except Exception:
+        return None
+for mod, dist in json.loads(sys.argv[3]).items():
+    out["packages"][mod] = dist_version(dist)
+cuda = None
+try:
+    import importlib.util
+    spec = importlib.util.find_spec("torch")
+    if spec and spec.origin:
+        ns = {}
+        with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as f:
+            exec(compile(f.read(), "torch/version.py", "exec"), ns)
+        cuda = ns.get("cuda")
+except Exception as exc:
+    cuda = "unknown (%s)" % exc
+out["torch_cuda"] = cuda
+def run(argv):
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+        return p.returncode, p.stdout.strip(), p.stderr.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, "", str(exc)
+gpus = []
+if shutil.which("nvidia-smi"):
+    rc, so, se = run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"])
+    gpus = [l.strip() for l in so.splitlines() if l.strip()] if rc == 0 else []
+    out["nvidia_smi_error"] = None if rc == 0 else (se or so)
+out["nvidia_smi"] = shutil.which("nvidia-smi")
+out["gpus"] = gpus
+out["sbatch"] = shutil.which("sbatch")
+if out["sbatch"]:
+    out["sbatch_version"] = run(["sbatch", "--version"])[1]
+    part = sys.argv[2]
+    argv = ["sinfo", "-h", "-o", "%P %a %D %G"] + (["-p", part] if part else [])
+    rc, so, se = run(argv)
+    out["sinfo"] = so if rc == 0 else None
+    out["sinfo_error"] = None if rc == 0 else se
+root = os.path.expanduser(sys.argv[1])
+probe = root
+while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+    probe = os.path.dirname(probe)
+usage = shutil.disk_usage(probe)
+out["work_root"] = root
+out["work_root_exists"] = os.path.isdir(root)
+out["work_root_writable"] = os.access(probe, os.W_OK)
+out["disk_free_gb"] = usage.free / 1e9
+print("TUNEDECK-CHECK " + json.dumps(out))
+'''
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    """One probed fact: whether it is fine, what was found, and how to fix it when not."""
+
+    name: str
+    ok: bool
+    value: str
+    fix: str | None = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    profile: str
+    items: list[CheckItem] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing required is missing (warnings allowed)."""
+        return all(i.ok for i in self.items if i.required)
+
+    @property
+    def missing(self) -> list[CheckItem]:
+        return [i for i in self.items if i.required and not i.ok]
+
+    @property
+    def warnings(self) -> list[CheckItem]:
+        return [i for i in self.items if not i.required and not i.ok]
+
+    def item(self, name: str) -> CheckItem:
+        for i in self.items:
+            if i.name == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def install_command(self) -> str | None:
+        """One pip command installing every missing required package (torch pinned), or None."""
+        pkgs = [i.name for i in self.missing if i.name in REQUIRED_PACKAGES and i.name != "torch"]
+        torch_missing = any(i.name == "torch" for i in self.missing)
+        if not pkgs and not torch_missing:
+            return None
+        torch_v = (self.raw.get("packages") or {}).get("torch")
+        return _pip(torch_v.split("+")[0] if torch_v else None, *(_DIST_NAMES.get(p, p) for p in pkgs))
+
+    def format(self) -> str:
+        """A plain-text table, then the fixes."""
+        width = max((len(i.name) for i in self.items), default=4)
+        lines = [f"cluster check: {self.profile}"]
+        for i in self.items:
+            mark = "ok" if i.ok else ("MISSING" if i.required else "warn")
+            lines.append(f"  {i.name.ljust(width)}  {mark:<7}  {i.value}")
+        fixes = [i for i in self.items if not i.ok and i.fix]
+        if fixes:
+            lines.append("to fix:")
+            lines.extend(f"  {i.name}: {i.fix}" for i in fixes)
+        if self.install_command:
+            lines.append(f"install the missing packages (after env_setup): {self.install_command}")
+        lines.append("all required parts present" if self.ok else
+                     f"missing: {', '.join(i.name for i in self.missing)}")
+        return "\n".join(lines)
+
+
+def probe_script(profile) -> str:
+    """The one shell script the check runs (env_setup, then the probe; every value quoted)."""
+    packages = {m: _DIST_NAMES.get(m, m) for m in (*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES)}
+    argv = [profile.python, "-c", PROBE, profile.effective_work_root, profile.partition or "", json.dumps(packages)]
+    setup = (profile.env_setup or "").strip()
+    # env_setup is the user's own shell text for their cluster (like a line in ~/.bashrc): run as written.
+    guard = f"{{ {setup}\n}} || {{ echo 'env_setup failed' >&2; exit 97; }}\n" if setup else ""
+    return f"{guard}exec {shlex.join(argv)}\n"
+
+
+def _pip(torch_version: str | None, *packages: str) -> str:
+    pinned = f"torch=={torch_version or RECOMMENDED_TORCH}"
+    return shlex.join(["pip", "install", pinned, *packages])
+
+
+def build_report(profile, data: dict[str, Any]) -> CheckReport:
+    """Turn the probe's JSON into items (pure: tested without a cluster)."""
+    items: list[CheckItem] = []
+    py = data.get("python", "?")
+    try:
+        py_ok = tuple(int(x) for x in py.split(".")[:2]) >= MIN_PYTHON
+    except ValueError:
+        py_ok = False
+    items.append(CheckItem("python", py_ok, f"{py} ({data.get('python_path', '?')})",
+                           None if py_ok else f"use Python >= {'.'.join(map(str, MIN_PYTHON))} "
+                                              "(set the profile's python or env_setup)"))
+    pkgs = data.get("packages", {})
+    torch_v = pkgs.get("torch")
+    gpus: list[str] = data.get("gpus") or []
+    cuda = data.get("torch_cuda")
+    if torch_v:
+        build = f"CUDA {cuda}" if cuda else "CPU build"
+        torch_item = CheckItem("torch", True, f"{torch_v} ({build})")
+        if gpus and not cuda:
+            torch_item = CheckItem("torch", False, f"{torch_v} (CPU build, but {len(gpus)} GPUs here)",
+                                   shlex.join(["pip", "install", "--force-reinstall", f"torch=={torch_v}",
+                                               "--index-url", "https://download.pytorch.org/whl/cu126"]))
+        items.append(torch_item)
+    else:
+        items.append(CheckItem("torch", False, "not installed", _pip(None)))
+    pinned_torch = torch_v.split("+")[0] if torch_v else None
+    for mod in REQUIRED_PACKAGES[1:]:
+        v = pkgs.get(mod)
+        items.append(CheckItem(mod, bool(v), v or "not installed",
+                               None if v else _pip(pinned_torch, _DIST_NAMES.get(mod, mod))))
+    has_cuda = bool(gpus) or bool(cuda)
+    fa = pkgs.get("flash_attn")
+    if fa:
+        items.append(CheckItem("flash_attn", True, fa, required=False))
+    elif has_cuda:
+        items.append(CheckItem("flash_attn", False, "not installed (sdpa attention will be used)",
+                               "pip install flash-attn --no-build-isolation", required=False))
+    else:
+        items.append(CheckItem("flash_attn", True, "not installed (needs CUDA; sdpa attention is used)",
+                               required=False))
+    vllm = pkgs.get("vllm")
+    items.append(CheckItem("vllm", True, vllm or "not installed (optional: faster evaluation)", required=False))
+    if gpus:
+        items.append(CheckItem("gpus", True, f"{len(gpus)} x {gpus[0]}", required=False))
+    else:
+        why = data.get("nvidia_smi_error") or ("nvidia-smi not found" if not data.get("nvidia_smi") else "none")
+        note = "; Slurm allocates GPUs on compute nodes" if profile.backend == "slurm" else "; training runs on CPU"
+        items.append(CheckItem("gpus", True, f"0 ({why}{note})", required=False))
+    if profile.backend == "slurm":
+        sbatch = data.get("sbatch")
+        items.append(CheckItem("sbatch", bool(sbatch), f"{sbatch} ({data.get('sbatch_version', '')})" if sbatch
+                               else "not found on PATH",
+                               None if sbatch else "load Slurm's client tools in env_setup (e.g. `module load slurm`)"))
+        if sbatch:
+            sinfo = data.get("sinfo")
+            part = profile.partition or "(default)"
+            ok = bool(sinfo)
+            items.append(CheckItem("partition", ok, f"{part}: {sinfo}" if ok else
+                                   f"{part}: {data.get('sinfo_error') or 'not found'}",
+                                   None if ok else "set --partition to one listed by `sinfo -s`"))
+    free = float(data.get("disk_free_gb", 0.0))
+    root = data.get("work_root", profile.effective_work_root)
+    items.append(CheckItem("disk", free >= MIN_FREE_DISK_GB, f"{free:.1f} GB free at {root}",
+                           None if free >= MIN_FREE_DISK_GB else
+                           f"free space or choose another --work-root (checkpoints need >= {MIN_FREE_DISK_GB:g} GB)",
+                           required=False))
+    writable = bool(data.get("work_root_writable"))
+    items.append(CheckItem("work_root", writable, root + ("" if data.get("work_root_exists") else " (will be created)"),
+                           None if writable else "choose a writable --work-root"))
+    return CheckReport(profile.name, items, data)
+
+
+def check_cluster(profile, transport: Transport | None = None, *, timeout: float = 120) -> CheckReport:
+    """Probe the profile's machine (over its transport) and report what is there and what is missing."""
+    if transport is None:
+        from remote.profiles import transport_for
+
+        transport = transport_for(profile)
+    try:
+        result = transport.run_shell(probe_script(profile), timeout=timeout, check=False)
+    except (HostKeyError, ConnectError, CommandTimeout) as exc:
+        return CheckReport(profile.name, [CheckItem("connection", False, str(exc), _connection_fix(exc))])
+    line = next((ln for ln in reversed(result.stdout.splitlines()) if ln.startswith(_MARK)), None)
+    if line is None:
+        stderr = result.stderr.strip()[-1500:] or "(no output)"
+        if result.rc == 97:
+            return CheckReport(profile.name, [CheckItem("env_setup", False, f"`{profile.env_setup}` failed: {stderr}",
+                                                        "fix the profile's env_setup command")])
+        return CheckReport(profile.name, [CheckItem(
+            "python", False, f"`{profile.python}` did not run the probe (exit {result.rc}): {stderr}",
+            "install Python >= 3.10 or set the profile's python / env_setup")])
+    return build_report(profile, json.loads(line[len(_MARK):]))
+
+
+def _connection_fix(exc: Exception) -> str:
+    if isinstance(exc, ChangedHostKeyError):
+        return "do not trust it blindly: ask the cluster admins whether the host key changed"
+    if isinstance(exc, HostKeyError):
+        return "check the fingerprint, then `tunedeck cluster trust NAME`"
+    return "check the host, user, port and keys (ssh-agent or --identity-file)"

@@ -1,0 +1,111 @@
+"""`tunedeck eval`: scoring a samples file, evaluating a model, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from app.cli import build_parser, main, subparsers_names
+from core.evalsets import load_humaneval
+from core.records import read_records
+
+
+@pytest.fixture
+def problem_subset(tmp_path: Path) -> Path:
+    rows = [json.loads(x) for x in gzip.decompress(Path(load_humaneval().path).read_bytes()).splitlines()][:6]
+    path = tmp_path / "he6.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _samples(tmp_path: Path, problem_subset: Path) -> Path:
+    rows = [json.loads(x) for x in problem_subset.read_text().splitlines()]
+    out = tmp_path / "samples.jsonl"
+    lines = []
+    for i, r in enumerate(rows):
+        good = r["canonical_solution"] if i % 2 == 0 else "    return None\n"
+        lines.append(json.dumps({"task_id": r["task_id"], "completion": good}))
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_eval_is_registered_in_the_cli() -> None:
+    assert "eval" in subparsers_names(build_parser())
+
+
+def test_eval_scores_a_samples_file_and_prints_a_summary(tmp_path: Path, problem_subset: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    samples = _samples(tmp_path, problem_subset)
+    out = tmp_path / "out"
+    code = main(["eval", "--samples", str(samples), "--bench", f"humaneval={problem_subset}", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "humaneval" in printed and "50.0%" in printed
+    records, _ = read_records(out / "evals.jsonl", "evals")
+    assert [(r["subset"], r["n_tasks"], r["pass@1"]) for r in records] == [("all", 6, 0.5)]
+    rows = [json.loads(x) for x in (out / "samples" / "step-0-humaneval.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [True, False] * 3
+
+
+def test_eval_with_a_contamination_report_adds_clean_and_contaminated_rows(tmp_path: Path, problem_subset: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    samples = _samples(tmp_path, problem_subset)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"clean": [], "contaminated": ["HumanEval/0", "HumanEval/2"]}))
+    out = tmp_path / "out"
+    assert main(["eval", "--samples", str(samples), "--bench", f"humaneval={problem_subset}", "--out", str(out),
+                 "--contamination", str(report)]) == 0
+    records, _ = read_records(out / "evals.jsonl", "evals")
+    got = {r["subset"]: (r["n_tasks"], r["pass@1"]) for r in records}
+    assert got == {"all": (6, 0.5), "contaminated": (2, 1.0), "clean": (4, 0.25)}
+    assert "contaminated" in capsys.readouterr().out
+
+
+def test_eval_generates_with_a_model_and_scores_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.job.test_evaluate import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(model), "--bench", "humaneval", "--limit", "2", "--max-new-tokens", "8",
+                 "--n", "2", "--temperature", "0.7", "--out", str(out)]) == 0
+    records, _ = read_records(out / "evals.jsonl", "evals")
+    assert len(records) == 1 and records[0]["n_tasks"] == 2 and "pass@2" in records[0]
+    assert records[0]["pass@1"] <= 0.5  # random weights
+    assert len((out / "samples" / "step-0-humaneval.jsonl").read_text().splitlines()) == 4
+    assert "pass@1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bench", "nosuch"], "unknown eval set 'nosuch'"),
+        (["--bench", "mbpp"], "needs a path"),
+        (["--bench", "humaneval", "--bench", "humaneval"], "exactly one --bench"),
+    ],
+)
+def test_eval_rejects_bad_benchmark_specs(argv: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    pass\n"}) + "\n")
+    code = main(["eval", "--samples", str(samples), "--out", str(tmp_path / "o"), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_reports_the_file_and_line_of_a_bad_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    pass\n"}) + "\n{not json\n")
+    code = main(["eval", "--samples", str(samples), "--bench", "humaneval", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert f"{samples}:2:" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "evals.jsonl").exists()
+
+
+def test_eval_reports_an_unknown_task_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/999", "completion": "x"}) + "\n")
+    assert main(["eval", "--samples", str(samples), "--bench", "humaneval", "--out", str(tmp_path / "o")]) == 2
+    assert "HumanEval/999" in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""The New run page: a form generated from the config schema, driven through its widgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from PySide6.QtCore import Qt
+
+from app.gui.config_form import ConfigPage
+from core.config import load_config
+from core.presets import load_preset
+
+
+@pytest.fixture
+def page(qtbot):
+    page = ConfigPage()
+    qtbot.addWidget(page)
+    page.resize(1300, 900)
+    page.show()
+    return page
+
+
+def _type_into(qtbot, page, path: str, text: str) -> None:
+    edit = page.form.rows[path].editor.edit
+    edit.selectAll()
+    qtbot.keyClick(edit, Qt.Key.Key_Delete)
+    qtbot.keyClicks(edit, text)
+
+
+def _choose(page, path: str, text: str) -> None:
+    combo = page.form.rows[path].editor.combo
+    combo.setCurrentIndex(combo.findText(text))
+    combo.activated.emit(combo.currentIndex())
+
+
+def test_preset_builds_a_valid_config_shown_in_form_and_yaml(page):
+    page.load_preset("codellama-7b-python")
+    expected = load_preset("codellama-7b-python")
+    assert page.problems == []
+    assert page.config == expected
+    assert yaml.safe_load(page.yaml_edit.toPlainText()) == expected.model_dump(mode="json", exclude_none=True)
+    assert page.form.rows["model.name_or_path"].editor.edit.text() == expected.model.name_or_path
+    assert page.form.rows["deepspeed.zero_stage"].editor.combo.currentText() == str(expected.deepspeed.zero_stage)
+    assert page.banner.text().startswith("✓")
+    assert page.launch_button.isEnabled()
+
+
+def test_type_error_shows_schema_message_under_field_and_clears_when_fixed(page, qtbot):
+    page.load_preset("tiny-demo")
+    error = page.form.rows["training.learning_rate"].error
+    assert error.isHidden()
+    _type_into(qtbot, page, "training.learning_rate", "3e-4x")
+    assert not error.isHidden()
+    assert "valid number" in error.text() and "3e-4x" in error.text()
+    assert page.config is None and not page.launch_button.isEnabled()
+    assert "1 problem" in page.banner.text()
+    assert page.field_value("training.learning_rate") == "3e-4x"  # UI -> model, verbatim
+    _type_into(qtbot, page, "training.learning_rate", "3e-4")
+    assert error.isHidden() and error.text() == ""
+    assert page.config is not None and page.config.training.learning_rate == pytest.approx(3e-4)
+    assert page.launch_button.isEnabled()
+
+
+def test_cross_field_rule_message_appears_at_its_field(page, qtbot):
+    page.load_preset("tiny-demo")  # max_steps 40
+    _type_into(qtbot, page, "training.save_steps", "100")
+    error = page.form.rows["training.save_steps"].error
+    assert not error.isHidden()
+    assert "exceeds training.max_steps (40)" in error.text() and "check_save_within_run" in error.text()
+    _type_into(qtbot, page, "training.save_steps", "20")
+    assert error.isHidden()
+    assert page.problems == []
+
+
+def test_required_section_field_left_empty_reports_missing(page, qtbot):
+    page.load_preset("tiny-demo")
+    _type_into(qtbot, page, "model.architecture.hidden_size", "")
+    error = page.form.rows["model.architecture.hidden_size"].error
+    assert not error.isHidden() and "required" in error.text().lower()
+    # unchecking the optional section removes it: the rule that random init needs a shape speaks up
+    page.form.groups["model.architecture"].setChecked(False)
+    assert "architecture" not in page.data["model"]
+    assert "needs its shape" in page.form.group_errors["model.architecture"].text()
+
+
+def test_yaml_edit_updates_the_form_and_form_edit_updates_the_yaml(page, qtbot):
+    page.load_preset("tiny-demo")
+    text = page.yaml_edit.toPlainText().replace("micro_batch_size: 4", "micro_batch_size: 8")
+    page.yaml_edit.setPlainText(text)
+    qtbot.waitUntil(lambda: page.form.rows["training.micro_batch_size"].editor.edit.text() == "8", timeout=3000)
+    assert page.config is not None and page.config.training.micro_batch_size == 8
+
+    _type_into(qtbot, page, "training.learning_rate", "0.001")
+    data = yaml.safe_load(page.yaml_edit.toPlainText())
+    assert data["training"]["learning_rate"] == 0.001
+    assert data["training"]["micro_batch_size"] == 8
+
+    # YAML that does not parse leaves the form as it was and says where
+    page.yaml_edit.setPlainText(text.replace("training:", "training: [", 1))
+    qtbot.waitUntil(lambda: "does not parse" in page.yaml_status.text(), timeout=3000)
+    assert "line" in page.yaml_status.text()
+    assert page.form.rows["training.learning_rate"].editor.edit.text() == "0.001"
+
+    # a value the schema rejects, typed in YAML, shows up in the form with its message
+    page.yaml_edit.setPlainText(text.replace("zero_stage: 3", "zero_stage: 5"))
+    qtbot.waitUntil(lambda: not page.form.rows["deepspeed.zero_stage"].error.isHidden(), timeout=3000)
+    assert page.form.rows["deepspeed.zero_stage"].editor.combo.currentText() == "5"
+    assert "0, 1, 2 or 3" in page.form.rows["deepspeed.zero_stage"].error.text()
+
+
+def test_zero3_knobs_show_only_for_zero3_and_sampling_knobs_only_when_sampling(page):
+    page.load_preset("tiny-demo")
+    zero3 = ("deepspeed.offload_param", "deepspeed.stage3_prefetch_bucket_size", "deepspeed.stage3_max_live_parameters")
+    assert all(page.form.is_field_visible(p) for p in zero3)
+    _choose(page, "deepspeed.zero_stage", "2")
+    assert page.data["deepspeed"]["zero_stage"] == 2
+    assert not any(page.form.is_field_visible(p) for p in zero3)
+    assert page.form.is_field_visible("deepspeed.offload_optimizer")
+    _choose(page, "deepspeed.zero_stage", "3")
+    assert all(page.form.is_field_visible(p) for p in zero3)
+
+    sampling = ("evaluation.temperature", "evaluation.top_p", "evaluation.n_samples")
+    assert not any(page.form.is_field_visible(p) for p in sampling)
+    _choose(page, "evaluation.decoding", "sampled")
+    assert all(page.form.is_field_visible(p) for p in sampling)
+
+
+def test_previews_show_ds_config_slurm_script_hostfile_and_estimate(page, qtbot):
+    page.load_preset("codellama-34b-python")
+    ds = page.previews["ds_config.json"]
+    qtbot.waitUntil(lambda: ds.toPlainText().startswith("{"), timeout=5000)
+    assert json.loads(ds.toPlainText())["zero_optimization"]["stage"] == 3
+    assert "#SBATCH" in page.previews["Slurm script"].toPlainText()
+    assert "slots=" in page.previews["hostfile"].toPlainText()
+    estimate = page.previews["Estimate"].toPlainText()
+    assert "Memory per GPU" in estimate
+    _choose(page, "deepspeed.zero_stage", "2")
+    qtbot.waitUntil(lambda: json.loads(ds.toPlainText())["zero_optimization"]["stage"] == 2, timeout=5000)
+
+
+def test_save_and_open_round_trip_through_yaml_files(page, qtbot, tmp_path):
+    page.load_preset("phind-codellama-34b-v1")
+    _type_into(qtbot, page, "name", "my phind run")
+    path = tmp_path / "run.yaml"
+    with qtbot.waitSignal(page.file_saved):
+        page.save_file(path)
+    saved = load_config(path)
+    assert saved.name == "my phind run" and saved == page.config
+
+    other = ConfigPage()
+    qtbot.addWidget(other)
+    with qtbot.waitSignal(other.file_opened):
+        other.open_file(path)
+    assert other.config == saved
+    assert other.form.rows["name"].editor.edit.text() == "my phind run"
+
+
+def test_setting_a_field_from_outside_updates_form_and_yaml(page):
+    page.load_preset("tiny-demo")
+    page.set_field("data.contamination_report", "/tmp/report.json")
+    assert page.form.rows["data.contamination_report"].editor.edit.text() == "/tmp/report.json"
+    assert yaml.safe_load(page.yaml_edit.toPlainText())["data"]["contamination_report"] == "/tmp/report.json"
+    assert page.config is not None and page.config.data.contamination_report == "/tmp/report.json"
+
+
+def test_field_descriptions_are_tooltips(page):
+    from core.config import field_help
+
+    for path in ("training.learning_rate", "deepspeed.zero_stage", "evaluation.decoding", "model.architecture.hidden_size"):
+        assert page.form.rows[path].editor.toolTip() == field_help(path)
+        assert page.form.rows[path].label.toolTip() == field_help(path)

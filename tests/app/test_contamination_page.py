@@ -1,0 +1,161 @@
+"""The Contamination page on the demo data: the planted items are flagged, highlights are the report's spans,
+the check cancels, and the UI thread never stalls while it runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QElapsedTimer, Qt, QTimer
+
+from app.gui.contamination_page import ContaminationPage, highlighted_texts
+from core.decontam.normalize import process
+
+STALL_LIMIT_MS = 100
+CHECK_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def page(qtbot):
+    page = ContaminationPage()
+    qtbot.addWidget(page)
+    page.resize(1400, 900)
+    page.show()
+    return page
+
+
+def _run(page, qtbot, timeout=CHECK_TIMEOUT_MS):
+    with qtbot.waitSignal(page.check_finished, timeout=timeout) as blocker:
+        page.start_check()
+    return blocker.args[0]
+
+
+def _big_corpus(path: Path, demo_path: Path, megabytes: int) -> Path:
+    """`megabytes` of demo rows repeated (ids made unique), the planted rows included each round."""
+    rows = [json.loads(line) for line in demo_path.read_text(encoding="utf-8").splitlines()]
+    target = megabytes << 20
+    size, n = 0, 0
+    with open(path, "w", encoding="utf-8") as fh:
+        while size < target:
+            for row in rows:
+                line = json.dumps({**row, "id": f"{row['id']}-{n}"}) + "\n"
+                fh.write(line)
+                size += len(line)
+            n += 1
+    return path
+
+
+def test_demo_data_flags_exactly_the_planted_items_with_highlights_equal_to_the_matched_text(page, qtbot, demo_dataset):
+    page.set_train_paths([str(demo_dataset.path)])
+    result = _run(page, qtbot)
+    flagged = {i["task_id"] for i in result.report["items"] if i["contaminated"]}
+    assert flagged == set(demo_dataset.planted_task_ids) and len(flagged) == 3
+    assert f"{len(flagged)}</b> of 164" in page.summary_label.text()
+
+    page.contaminated_only.setChecked(True)
+    assert page.proxy.rowCount() == len(flagged)
+    for task_id in sorted(flagged):
+        assert page.select_item("humaneval", task_id)
+        item = next(i for i in result.report["items"] if i["task_id"] == task_id)
+        assert item["matches"], task_id
+        assert page.matches_list.count() >= 1
+        for index, match in enumerate(item["matches"]):
+            page.matches_list.setCurrentRow(index)
+            row_text = result.rows[match["train_index"]][match["field"]]
+            es, ee = match["eval_span"]
+            ts, te = match["train_span"]
+            raw_eval, raw_train = item["question"][es:ee], row_text[ts:te]
+            # the strong highlight (the selected match) is exactly the report's raw spans, in both views
+            strong_eval = [t for t, sel in zip(highlighted_texts(page.eval_view), page.eval_view.extraSelections(), strict=True)
+                           if sel.cursor.selectionStart() == es and sel.cursor.selectionEnd() == ee]
+            strong_train = [t for t, sel in zip(highlighted_texts(page.train_view), page.train_view.extraSelections(), strict=True)
+                            if sel.cursor.selectionStart() == ts and sel.cursor.selectionEnd() == te]
+            assert strong_eval and strong_eval[0] == raw_eval.replace("\r", " ")
+            assert strong_train and strong_train[0] == raw_train.replace("\r", " ")
+            assert process(strong_eval[0]) == process(strong_train[0]) == process(raw_eval)
+            assert len(process(raw_eval)) >= 50
+        assert page.windows_list.count() == len(item["windows"]) == 3
+        assert "Training row" in page.train_title.text() and item["matches"][0]["field"] in page.train_title.text()
+
+
+def test_filter_and_contaminated_only_narrow_the_table(page, qtbot, demo_dataset):
+    page.set_train_paths([str(demo_dataset.path)])
+    _run(page, qtbot)
+    assert page.proxy.rowCount() == 164
+    qtbot.keyClicks(page.filter_edit, "HumanEval/1")  # HumanEval/1, /10-/19, /100-/163
+    assert page.proxy.rowCount() == 1 + 10 + 64
+    page.filter_edit.clear()
+    qtbot.keyClicks(page.filter_edit, "factorize")  # question text
+    assert page.proxy.rowCount() == 1
+    page.filter_edit.clear()
+    page.contaminated_only.setChecked(True)
+    assert page.proxy.rowCount() == 3
+    page.contaminated_only.setChecked(False)
+    assert page.proxy.rowCount() == 164
+
+
+def test_cancel_stops_a_running_check(page, qtbot, demo_dataset, tmp_path):
+    corpus = _big_corpus(tmp_path / "big.jsonl", demo_dataset.path, 40)
+    page.set_train_paths([str(corpus)])
+    page.mode_combo.setCurrentText("exhaustive")
+    with qtbot.waitSignal(page.check_cancelled, timeout=30_000):
+        page.start_check()
+        qtbot.waitUntil(lambda: page.progress.value() > 0, timeout=20_000)
+        assert page.running and page.cancel_button.isEnabled()
+        qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+    assert not page.running
+    assert page.progress.format() == "cancelled"
+    assert page.run_button.isEnabled() and page.result is None
+
+
+def test_attach_report_sets_it_on_the_new_run_form(main_window, qtbot, demo_dataset):
+    from core.decontam import load_report
+
+    page = main_window.contamination_page
+    page.set_train_paths([str(demo_dataset.path)])
+    _run(page, qtbot)
+    qtbot.mouseClick(page.attach_button, Qt.MouseButton.LeftButton)
+    path = main_window.config_page.field_value("data.contamination_report")
+    assert path and Path(path).is_file()
+    assert load_report(path)["items"] == page.result.report["items"]
+    assert main_window.config_page.config.data.contamination_report == path
+    assert main_window.tabs.currentWidget() is main_window.config_page
+
+
+def test_write_clean_removes_exactly_the_flagged_rows(page, qtbot, demo_dataset, tmp_path):
+    page.set_train_paths([str(demo_dataset.path)])
+    _run(page, qtbot)
+    out = tmp_path / "clean.jsonl"
+    worker = page.write_clean(out)
+    with qtbot.waitSignal(worker.signals.finished, timeout=20_000):
+        pass
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(kept) == demo_dataset.n_rows - 3
+    assert not any(r["planted_task_id"] for r in kept)
+
+
+@pytest.mark.slow
+def test_ui_thread_never_stalls_over_100ms_while_a_50mb_check_runs(page, qtbot, demo_dataset, tmp_path):
+    corpus = _big_corpus(tmp_path / "big.jsonl", demo_dataset.path, 50)
+    page.set_train_paths([str(corpus)])
+    gaps: list[float] = []
+    clock = QElapsedTimer()
+    timer = QTimer(interval=5)
+
+    def tick() -> None:
+        gaps.append(clock.restart())
+
+    timer.timeout.connect(tick)
+    clock.start()
+    timer.start()
+    started = time.monotonic()
+    result = _run(page, qtbot, timeout=120_000)
+    elapsed = time.monotonic() - started
+    timer.stop()
+    assert result.report["items"]
+    worst = max(gaps[1:])
+    print(f"\n50 MB check: {elapsed:.1f} s, {len(gaps)} ticks, longest UI-thread gap {worst:.0f} ms")
+    assert len(gaps) > elapsed * 1000 / 5 / 4  # the timer really ticked throughout
+    assert worst < STALL_LIMIT_MS

