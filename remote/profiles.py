@@ -196,8 +196,10 @@ def get_profile(name: str | None = None) -> ClusterProfile:
 
 def _dump(profile: ClusterProfile) -> dict[str, Any]:
     body = profile.model_dump(exclude={"name"}, exclude_defaults=True)
-    body["backend"] = profile.backend  # always explicit, even where it is a default some day
-    return body
+    if profile.name == LOCAL:  # only what differs from the built-in local profile
+        builtin = local_profile()
+        body = {k: v for k, v in body.items() if getattr(builtin, k) != v}
+    return {"backend": profile.backend, **body}  # backend always explicit
 
 
 def save_profile(profile: ClusterProfile) -> Path:
@@ -205,7 +207,7 @@ def save_profile(profile: ClusterProfile) -> Path:
     with _lock:
         raw = _read_raw()
         raw[profile.name] = _dump(profile)
-        if profile.name == LOCAL and profile == local_profile():
+        if profile.name == LOCAL and raw[LOCAL] == {"backend": "local"}:
             del raw[LOCAL]  # the built-in default needs no entry
         path = profiles_path()
         atomic_write_text(path, _HEADER + yaml.safe_dump({"clusters": raw}, sort_keys=False, allow_unicode=True),

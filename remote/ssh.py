@@ -17,6 +17,7 @@ import contextlib
 import errno
 import getpass
 import hashlib
+import io
 import logging
 import os
 import posixpath
@@ -29,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, NoReturn
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry, HostKeys
@@ -53,6 +55,7 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 # Waits between connection attempts (refused, reset, timed out); host key and auth errors never retry.
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 STATUS_WAIT_S = 10.0
+LARGE_UPLOAD_BYTES = 4 << 20  # bigger uploads use their own SFTP session
 MAX_EXTRA_CONNECTIONS = 8  # beyond the main one, for servers with a low MaxSessions  # after EOF, how long the exit status may lag behind
 _CHUNK = 65536
 _PID_MARK = b"tunedeck-pid "
@@ -361,10 +364,11 @@ class SshStreamProcess:
             self._pump_stderr()
             with contextlib.suppress(*_LINK_ERRORS):
                 self._chan.close()
-        # Closing the channel ends `tail -F`; other commands may not notice, so kill the pid too.
+        # Closing the channel ends `tail -F`; other commands may not notice, so kill them too. sshd starts
+        # each session's command as a session (and process group) leader: the group holds its children.
         if running and self.pid is not None and self._conn.active():
             with contextlib.suppress(TransportError):
-                self._owner.run(["kill", "-TERM", str(self.pid)], check=False, timeout=10)
+                self._owner.run(["kill", "-TERM", "--", f"-{self.pid}"], check=False, timeout=10)
 
 
 class SshTransport:
@@ -415,9 +419,13 @@ class SshTransport:
             for h in hops:
                 h.get_transport().set_keepalive(max(1, int(self.keepalive_s)))
             client = _connect_hop(target, sock, timeout=self.connect_timeout_s, secret=secret)
-        except paramiko.AuthenticationException as exc:
+        except (paramiko.AuthenticationException, paramiko.SSHException) as exc:
             for h in hops:
                 h.close()
+            # paramiko says "No authentication methods available" (a plain SSHException) when it has no
+            # key at all: an auth failure too, not worth retrying.
+            if not isinstance(exc, paramiko.AuthenticationException) and "authentication" not in str(exc).lower():
+                raise
             hint = "" if secret else (" (if the key needs a passphrase, save it to the keyring: "
                                       "tunedeck cluster add ... --save-password)")
             raise AuthenticationFailed(f"{self.target_label}: authentication failed for {target}: {exc}{hint}") from None
@@ -618,12 +626,17 @@ class SshTransport:
                     conn.sftp = conn.client.open_sftp()
                 return fn(conn.sftp)
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            if isinstance(exc, OSError) and exc.errno is not None and conn.active():
-                raise  # a file error (ENOENT, EACCES...) on a healthy link
-            if conn.active() and not isinstance(exc, EOFError | socket.timeout):
-                raise TransportError(f"{self.target_label}: {what} failed: {exc}") from exc
-            self._drop(conn)
-            raise ConnectionLost(f"{self.target_label}: connection lost during {what}: {exc}") from exc
+            self._raise_sftp_failure(conn, what, exc)
+
+    def _raise_sftp_failure(self, conn: _Connection, what: str, exc: BaseException) -> NoReturn:
+        """File errors on a healthy link pass through (FileNotFoundError...); a dead link becomes
+        ConnectionLost and is dropped so that the next call reconnects."""
+        if isinstance(exc, OSError) and exc.errno is not None and conn.active():
+            raise exc
+        if conn.active() and not isinstance(exc, EOFError | socket.timeout):
+            raise TransportError(f"{self.target_label}: {what} failed: {exc}") from exc
+        self._drop(conn)
+        raise ConnectionLost(f"{self.target_label}: connection lost during {what}: {exc}") from exc
 
     def home(self) -> str:
         if self._home is None:
@@ -634,7 +647,8 @@ class SshTransport:
         path = str(path)
         return expand_home(path, self.home()) if path.startswith("~") else path
 
-    def put_bytes(self, data: bytes, path: str, mode: int | None = None) -> None:
+    def _put(self, source: BinaryIO, size: int, path: str, mode: int | None) -> None:
+        """Write to a temp name beside `path`, then rename over it: readers never see half a file."""
         target = self._path(path)
         tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex[:8]}.tmp")
 
@@ -647,20 +661,40 @@ class SshTransport:
             try:
                 with f:
                     f.set_pipelined(True)
-                    f.write(data)
+                    while block := source.read(1 << 20):
+                        f.write(block)
                 if mode is not None:
                     sftp.chmod(tmp, mode)
                 sftp.posix_rename(tmp, target)
             except BaseException:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(*_LINK_ERRORS):
                     sftp.remove(tmp)
                 raise
 
-        self._sftp_call(f"put {target}", put)
+        if size <= LARGE_UPLOAD_BYTES:
+            self._sftp_call(f"put {target}", put)
+            return
+        # A big upload gets its own SFTP session so that small reads (streams, status) are not held up.
+        conn = self._connection()
+        try:
+            sftp = conn.client.open_sftp()
+        except _LINK_ERRORS as exc:
+            self._drop(conn)
+            raise ConnectionLost(f"{self.target_label}: connection lost opening SFTP: {exc}") from exc
+        try:
+            put(sftp)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self._raise_sftp_failure(conn, f"put {target}", exc)
+        finally:
+            with contextlib.suppress(*_LINK_ERRORS):
+                sftp.close()
+
+    def put_bytes(self, data: bytes, path: str, mode: int | None = None) -> None:
+        self._put(io.BytesIO(data), len(data), path, mode)
 
     def put_file(self, local: Path, path: str, mode: int | None = None) -> None:
-        # Files we ship are small (configs, code, datasets up to some MB): one read is fine.
-        self.put_bytes(Path(local).read_bytes(), path, mode)
+        with open(local, "rb") as source:
+            self._put(source, Path(local).stat().st_size, path, mode)
 
     def read_bytes(self, path: str, offset: int = 0, max_bytes: int | None = None) -> bytes:
         target = self._path(path)

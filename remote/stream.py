@@ -404,7 +404,16 @@ class StreamManager:
 
     def step(self) -> list[str]:
         """Poll statuses, start streamers for active runs, drain and stop ended ones; returns active ids."""
-        for row in self.poller.poll().values():
+        changed = self.poller.poll()
+        for row in changed.values():
+            if row.status in TERMINAL_STATUSES and row.run_id not in self.streamers and row.cluster:
+                # Ended before we followed it: one final read so nothing written before the end is missed.
+                try:
+                    self.streamers[row.run_id] = Streamer(self.store, self.transport(row.cluster), row.run_id,
+                                                          row.run_dir, on_update=self.on_update,
+                                                          use_tail=self.use_tail)
+                except Exception as exc:  # noqa: BLE001 -- an unknown profile: report, keep the others going
+                    self.errors[row.cluster] = str(exc)
             if self.on_status is not None:
                 try:
                     self.on_status(row)

@@ -120,7 +120,11 @@ class StreamProcess(Protocol):
     """A long-running command whose stdout arrives incrementally."""
 
     def read(self, timeout: float) -> bytes | None:
-        """Bytes that arrived (b"" when nothing came within `timeout`); None at EOF."""
+        """Bytes that arrived (b"" when nothing came within `timeout`); None at EOF (the command ended).
+
+        Over SSH, a link that drops (or stays silent past the transport's idle probe) raises
+        ConnectionLost instead: start the command again from the stored offset; the transport reconnects.
+        """
         ...
 
     def close(self) -> None:

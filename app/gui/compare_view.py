@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.charts import ChartWidget, MetricChart, run_color
+from app.gui.charts import RUN_COLORS, ChartWidget, MetricChart
 from app.gui.run_view import DEFAULT_SMOOTHING, METRICS, UNSMOOTHED, add_export_actions, export_button
 from app.gui.store_watch import MetricColumns, metric_columns
 from app.gui.workers import Worker
@@ -76,9 +76,17 @@ def load_compare_data(store: Store, run_ids: list[str], request_id: int = 0) -> 
         if row is None:
             missing.append(run_id)
             continue
-        runs.append(RunData(run_id, row.name, row.status, run_color(i), row.config(), store.summary(run_id),
+        runs.append(RunData(run_id, row.name, row.status, compare_color(i), row.config(), store.summary(run_id),
                             metric_columns(store.metrics(run_id)), tuple(store.evals(run_id))))
     return CompareData(request_id, tuple(runs), tuple(missing))
+
+
+def compare_color(index: int) -> str:
+    """The palette's colours first, then evenly spaced hues: no two compared runs share a colour."""
+    if index < len(RUN_COLORS):
+        return RUN_COLORS[index]
+    k = index - len(RUN_COLORS)
+    return QColor.fromHsvF((0.11 + 0.618034 * k) % 1.0, 0.7 - 0.15 * (k % 3) / 2, 0.85 - 0.1 * (k % 2)).name()
 
 
 def _swatch(color: str) -> QIcon:
@@ -396,9 +404,8 @@ class CompareView(QWidget):
             bars = pg.BarGraphItem(x=xs, height=heights, width=width * 0.92, brush=QBrush(QColor(run.color)),
                                    pen=pg.mkPen(None))
             plot.addItem(bars)
-            # the legend needs a plot item to draw a sample: a square marker with no data
-            key = plot.plot([], [], pen=None, symbol="s", symbolBrush=run.color, symbolPen=None, name=run.name)
-            self._bar_items += [bars, key]
+            self.bar_chart.legend.addItem(bars, run.name)  # pyqtgraph's legend draws a bar item as a filled box
+            self._bar_items.append(bars)
         axis = plot.getAxis("bottom")
         axis.setTicks([[(i, f"{b}\n{s}") for i, (b, s) in enumerate(categories)]])
         plot.setXRange(-0.6, max(0.6, len(categories) - 0.4), padding=0)

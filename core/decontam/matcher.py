@@ -209,8 +209,7 @@ class SubstringMatcher:
                 for text, sid in zip(parts, ids, strict=True):
                     for k in self.tiny:
                         self._find_tiny(k, text, sid, found)
-        return self._hits(found, seg_meta, {sid: t for parts, ids in ((ascii_parts, ascii_ids), (uni_parts, uni_ids))
-                                            for t, sid in zip(parts, ids, strict=True)})
+        return self._hits(found, seg_meta)
 
     def _find_tiny(self, k: int, text, sid: int, found) -> None:
         """A pattern whose min length is below TINY (short windows or questions): plain `find`.
@@ -286,7 +285,7 @@ class SubstringMatcher:
                     del found[sid][old_key]
                 found.setdefault(sid, {}).setdefault((k, diag), []).append((a, b, p - s0 - left))
 
-    def _hits(self, found, seg_meta, processed) -> list[Hit]:
+    def _hits(self, found, seg_meta) -> list[Hit]:
         hits: list[Hit] = []
         for sid in sorted(found):
             row, fname, raw = seg_meta[sid]

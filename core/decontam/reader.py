@@ -68,7 +68,8 @@ def check_path(path: str) -> tuple[Path, str]:
     return p, detect_format(p)
 
 
-def plan_units(file_index: int, path: str, unit_bytes: int = UNIT_BYTES) -> list[Unit]:
+def plan_units(file_index: int, path: str, unit_bytes: int | None = None) -> list[Unit]:
+    unit_bytes = unit_bytes or UNIT_BYTES
     p, fmt = check_path(path)
     if fmt != "jsonl":
         return [Unit(file_index, path, fmt)]

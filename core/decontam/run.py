@@ -54,18 +54,21 @@ class Spec:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(spec: Spec) -> None:
+def _build_state(spec: Spec) -> dict[str, Any]:
     items = prepare_items(list(spec.tasks), mode=spec.mode, seed=spec.seed, window=spec.window,
                           casefold=spec.casefold)
-    _STATE.update(spec=spec, items=items,
-                  matcher=make_matcher(items, mode=spec.mode, window=spec.window, casefold=spec.casefold))
+    return {"spec": spec, "matcher": make_matcher(items, mode=spec.mode, window=spec.window, casefold=spec.casefold)}
 
 
-def process_unit(unit: Unit, on_progress: Callable[[int], None] | None = None,
+def _init_worker(spec: Spec) -> None:
+    _STATE.update(_build_state(spec))
+
+
+def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int], None] | None = None,
                  cancel: threading.Event | None = None) -> dict[str, Any]:
     """Match one unit: row count, capped matches and distinct matching rows per item (rows local to the unit)."""
-    spec: Spec = _STATE["spec"]
-    matcher = _STATE["matcher"]
+    spec: Spec = state["spec"]
+    matcher = state["matcher"]
     sampled = spec.mode == "sampled"
     fields = list(spec.fields) if spec.fields else None
     hits: dict[int, list[dict[str, Any]]] = {}
@@ -126,7 +129,7 @@ def process_unit(unit: Unit, on_progress: Callable[[int], None] | None = None,
 
 
 def _unit_in_pool(unit: Unit) -> dict[str, Any]:
-    return process_unit(unit)
+    return process_unit(unit, _STATE)
 
 
 def _load_evals(eval_specs: list[str] | list[EvalSet], question_with_tests: bool) -> list[EvalSet]:
@@ -199,10 +202,10 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
     if progress:
         progress(0, total)
     if jobs == 1 or len(units) == 1:
-        _init_worker(spec)
+        state = _build_state(spec)  # local: several checks may run at once in threads (the GUI)
         for unit, size in zip(units, sizes, strict=True):
             results.append(process_unit(
-                unit, (lambda d, base=done_before: progress(base + d, total)) if progress else None, cancel))
+                unit, state, (lambda d, base=done_before: progress(base + d, total)) if progress else None, cancel))
             done_before += size
             if progress:
                 progress(done_before, total)

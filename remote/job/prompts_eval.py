@@ -145,18 +145,19 @@ def solution_code(task: EvalTask, completion: str, kind: str) -> str:
 
 
 _PLUS_REFERENCE = """
-import copy as _copy, json as _json, sys as _sys
+import copy as _copy, json as _json, marshal as _marshal, sys as _sys
 _out = []
 for _args in _json.loads({inputs!r}):
     _out.append({entry}(*_copy.deepcopy(_args)))
-_sys.stdout.write("\\n" + {marker!r} + repr(_out) + "\\n")
+# marshal, not repr: exact types (tuple vs list, nan, inf) and linear time for huge ints (HumanEval/83)
+_sys.stdout.write("\\n" + {marker!r} + _marshal.dumps(_out).hex() + "\\n")
 """
 PLUS_MARKER = "@@tunedeck-expected@@"
 
 _PLUS_CHECK = """
-import copy as _copy, json as _json, math as _math
+import copy as _copy, json as _json, marshal as _marshal, math as _math
 _atol = {atol!r}
-_exp_all = eval({expected!r}, {{"inf": float("inf"), "nan": float("nan"), "__builtins__": {{"set": set, "frozenset": frozenset, "float": float}}}})
+_exp_all = _marshal.loads(bytes.fromhex({expected!r}))
 def _close(out, exp):
     if isinstance(exp, float) or (isinstance(out, float) and isinstance(exp, int) and not isinstance(exp, bool)):
         if not isinstance(out, (int, float)) or isinstance(out, bool):
@@ -185,7 +186,7 @@ def _plus_inputs(task: EvalTask) -> str:
 
 
 def plus_reference_program(task: EvalTask) -> str:
-    """Runs the canonical solution on every EvalPlus input and prints repr(outputs) after PLUS_MARKER."""
+    """Runs the canonical solution on every EvalPlus input and prints its outputs (marshal, hex) after PLUS_MARKER."""
     return task.reference + "\n" + _PLUS_REFERENCE.format(inputs=_plus_inputs(task), entry=task.entry_point, marker=PLUS_MARKER)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def test_password_from_stdin_goes_to_the_keyring_not_the_file(monkeypatch, capsy
     backend = MemoryKeyring()
     keyring.set_keyring(backend)
     try:
-        monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("s3cret-Passphrase\n"))
+        monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret-Passphrase\n"))
         assert main(["cluster", "add", "k", "--backend", "slurm", "--host", "h", "--user", "u",
                      "--password-stdin"]) == 0
         assert backend.store == {("tunedeck", "k:u@h"): "s3cret-Passphrase"}

@@ -82,6 +82,15 @@ def build_corpus(path: Path, mb: float) -> list[str]:
     return [t.task_id for t in planted[: N_PLANTED - len(todo)]]
 
 
+def _peak_rss_mb() -> float:
+    """VmHWM (this process image's peak); ru_maxrss survives exec on Linux, so it would count the parent's."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in a fresh process; prints JSON."""
     from core.decontam import run_check
@@ -116,8 +125,7 @@ def child(args: argparse.Namespace) -> None:
         report = run_check([args.corpus], evals, mode=args.child, jobs=args.jobs)
         result = {"bytes": os.path.getsize(args.corpus),
                   "found": sorted(i["task_id"] for i in report["items"] if i["contaminated"])}
-    result.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, peak_rss_mb=_peak_rss_mb())
     print(json.dumps(result))
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def run_config(arch: dict[str, Any], args: argparse.Namespace, attention: str, packing: bool) -> dict[str, Any]:
+def run_config(arch: dict[str, Any], args: argparse.Namespace, attention: str, packing: bool) -> tuple[dict[str, Any], Any]:
     from core.config import resolved_dict, validate_data
     from core.presets import load_preset
 

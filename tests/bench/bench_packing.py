@@ -33,11 +33,7 @@ def synthetic_lengths(n: int, seq: int, seed: int = 0) -> list[int]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        r, acc = rng.random(), 0.0
-        for weight, median, sigma in MIX:
-            acc += weight
-            if r <= acc:
-                break
+        _weight, median, sigma = rng.choices(MIX, weights=[m[0] for m in MIX])[0]
         out.append(max(16, min(seq, round(rng.lognormvariate(0.0, sigma) * median))))
     return out
 

@@ -7,8 +7,10 @@ torchrun and resumes to the end. ~2 minutes on 2 cores, most of it process start
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 60
 SAVE_STEPS = 20
 PREEMPT_AFTER_STEP = 12
+INCOMPLETE_STEP = 50
 # The preset's 40 steps at lr 3e-3 over 256 examples take the loss only to ~0.8x its start (measured
 # 0.78-0.84); 60 steps at 6e-3 over 64 examples reach ~0.70x, a margin worth asserting.
 TRAINING = {"max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "save_total_limit": 2, "learning_rate": 0.006}
@@ -120,22 +123,34 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = job_test_env()
     port = str(free_port())
     ranks = []
-    for rank in range(2):
-        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        log = open(paths / f"attempt1-rank{rank}.log", "wb")
-        ranks.append(subprocess.Popen([sys.executable, "-m", "remote.job.train", str(paths.root)], env=rank_env,
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    deadline = time.time() + LAUNCH_TIMEOUT_S
-    while not any(s >= PREEMPT_AFTER_STEP for s in steps_logged(paths)):
-        assert all(p.poll() is None for p in ranks), log_tail(paths / "attempt1-rank0.log")
-        assert time.time() < deadline, "attempt 1 never reached step 12"
-        time.sleep(0.05)
-    for p in ranks:  # Slurm signals every task of the step
-        p.send_signal(signal.SIGTERM)
-    preempt_rcs = [wait_for(p) for p in ranks]
+    with contextlib.ExitStack() as logs:
+        for rank in range(2):
+            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            log = logs.enter_context(open(paths / f"attempt1-rank{rank}.log", "wb"))
+            ranks.append(subprocess.Popen([sys.executable, "-m", "remote.job.train", str(paths.root)], env=rank_env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        try:
+            deadline = time.time() + LAUNCH_TIMEOUT_S
+            while not any(s >= PREEMPT_AFTER_STEP for s in steps_logged(paths)):
+                assert all(p.poll() is None for p in ranks), log_tail(paths / "attempt1-rank0.log")
+                assert time.time() < deadline, f"attempt 1 never reached step {PREEMPT_AFTER_STEP}"
+                time.sleep(0.05)
+            for p in ranks:  # Slurm signals every task of the step
+                p.send_signal(signal.SIGTERM)
+            preempt_rcs = [wait_for(p) for p in ranks]
+        finally:
+            for p in ranks:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
     after_attempt1 = {"steps": steps_logged(paths), "complete": [s for s, _ in paths.complete_checkpoints()],
                       "events": events(paths)}
+    # A later save cut short by a hard kill (SIGKILL mid-write): all files but the marker. Never resumed from,
+    # removed by the next pruning.
+    stop = after_attempt1["steps"][-1]
+    shutil.copytree(paths.checkpoint(stop), paths.checkpoint(INCOMPLETE_STEP))
+    (paths.checkpoint(INCOMPLETE_STEP) / RunPaths.COMPLETE_MARKER).unlink()
 
     with open(paths / "attempt2.log", "wb") as log:
         torchrun = subprocess.Popen(job_command(paths.root, 2), env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -160,7 +175,7 @@ def test_restart_resumes_from_checkpoint_with_attempt_2_and_continuous_steps(run
     assert run["rc2"] == 0, log_tail(paths / "attempt2.log")
     stop = run["after_attempt1"]["steps"][-1]
     resumed = events(paths, "resumed")
-    assert [(e["attempt"], e["detail"]["from_step"]) for e in resumed] == [(2, stop)]
+    assert [(e["attempt"], e["detail"]["from_step"]) for e in resumed] == [(2, stop)], "not the incomplete one"
     assert (paths / ATTEMPTS_FILE).read_text().strip() == "2"
     records, corrupt = read_records(paths.metrics, "metrics")
     assert not corrupt
@@ -199,7 +214,8 @@ def test_checkpoints_complete_pruned_and_recorded(run: dict[str, Any]) -> None:
     paths = run["paths"]
     complete = [s for s, _ in paths.complete_checkpoints()]
     assert complete == [40, 60], "save_total_limit 2 keeps the two newest complete checkpoints"
-    assert sorted(d.name for d in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-40", "checkpoint-60"]
+    assert sorted(d.name for d in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-40", "checkpoint-60"], \
+        "older complete ones and the incomplete checkpoint-50 are pruned"
     final = paths.checkpoint(MAX_STEPS)
     saved_cfg = json.loads((final / RUN_CONFIG_IN_CHECKPOINT).read_text())
     assert saved_cfg["training"]["max_steps"] == MAX_STEPS

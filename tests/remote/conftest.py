@@ -8,6 +8,7 @@ Fixtures (names are stable; the launch/stream tests use them too):
     .host "127.0.0.1", .port, .user "root", .client_key (Path, unencrypted ed25519),
     .known_hosts (Path; pins the host key for "[127.0.0.1]:PORT"; treat as read-only, copy it to modify),
     .host_key_fingerprint ("SHA256:..."), .host_key_type, .host_key_line (the known_hosts line),
+    .known_hosts_name ("[127.0.0.1]:PORT"), .host_key / .client_key (private key paths),
     .ssh_config (Path) defining Host aliases .alias ("tdtest-sshd") and .jump_alias ("tdtest-via-jump",
     the same server reached through itself with ProxyJump), .log (sshd log),
     .kill() (SIGKILL listener + live connections), .start() (same port), .restart(), .running,

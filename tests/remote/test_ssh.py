@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from remote.profiles import make_transport, trust_host_key
 from remote.ssh import SshTransport, find_known_hosts_line, resolve_target
 from remote.transport import (
+    AuthenticationFailed,
     ChangedHostKeyError,
     CommandTimeout,
     ConnectionLost,
@@ -145,6 +146,10 @@ def test_put_and_read_bytes_with_offsets_sizes_and_modes(any_transport, tmp_path
     assert any_transport.size(str(tmp_path / "absent")) is None
     with pytest.raises(FileNotFoundError):
         any_transport.read_bytes(str(tmp_path / "absent"))
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(251)) * 25_000)  # > 4 MiB: the SSH transport uses its own SFTP session
+    any_transport.put_file(big, str(tmp_path / "up" / "big.bin"))
+    assert (tmp_path / "up" / "big.bin").read_bytes() == big.read_bytes()
     any_transport.makedirs(str(tmp_path / "a" / "b" / "c"))
     assert (tmp_path / "a" / "b" / "c").is_dir()
     assert any_transport.home() == str(Path.home())
@@ -173,7 +178,8 @@ def test_start_streams_lines_as_appended_and_close_kills_the_remote_tail(any_tra
 def test_close_kills_a_stream_command_that_never_writes(ssh_transport):
     seconds = f"{random.randint(1000, 9999)}.{random.randint(0, 999999):06d}"
     marker = f"sleep {seconds}"
-    proc = ssh_transport.start(["sleep", seconds])
+    # A pipeline: the shell's children must go too, not only the process we started.
+    proc = ssh_transport.start(["sh", "-c", f"sleep {seconds} | cat; echo never"])
     assert proc.pid is not None
     assert wait_for(lambda: bool(_pgrep(marker)), 5)
     proc.close()
@@ -375,6 +381,31 @@ def test_proxy_jump_through_the_same_sshd_reaches_the_host(sshd_server, ssh_prof
         proc.close()
     finally:
         transport.close()
+
+
+def test_key_held_only_by_ssh_agent_logs_in(sshd_server, tmp_path, monkeypatch):
+    if shutil.which("ssh-agent") is None:
+        pytest.skip("ssh-agent (openssh-client) not installed")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(sock.exists, 5)
+        env = {"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"}
+        subprocess.run(["ssh-add", str(sshd_server.client_key)], env=env, check=True, capture_output=True)
+        config = tmp_path / "ssh_config"  # no IdentityFile: only the agent has the key
+        config.write_text(f"Host agent-only\n  HostName {sshd_server.host}\n  Port {sshd_server.port}\n"
+                          f"  User {sshd_server.user}\n  UserKnownHostsFile {sshd_server.known_hosts}\n")
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+        transport = SshTransport("agent", "agent-only", ssh_config=str(config))
+        assert transport.run(["echo", "agent"]).stdout == "agent\n"
+        transport.close()
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        with pytest.raises(AuthenticationFailed):
+            SshTransport("agent", "agent-only", ssh_config=str(config)).run(["true"])
+    finally:
+        agent.terminate()
+        agent.wait(5)
 
 
 def test_ssh_config_alias_resolves_hostname_user_port_identity_and_jumps(tmp_path):

@@ -1,0 +1,140 @@
+"""`tunedeck launch / runs / status / logs / sync / cancel` on this machine (the local profile).
+
+The training interpreter is a small job script (the profile's `python`) that prints, writes metric lines
+and sleeps: the CLI paths are real (detached process group, status from the group and its exit status,
+streaming into the store, TERM/KILL and confirmation), without a DeepSpeed run per test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from core.records import RunPaths
+from remote.backends import leftover_pids
+from remote.profiles import ClusterProfile, save_profile
+from remote.transport import LocalTransport
+from tests.remote.launch_support import PYTHON, fast_config
+
+JOB = """#!{python}
+# Stands in for the training interpreter: prints, writes metric lines, then sleeps SECONDS.
+import json, sys, time
+print("hello from the job", flush=True)
+with open("metrics.jsonl", "a") as f:
+    for step in range(1, 4):
+        rec = {{"t": time.time(), "attempt": 1, "step": step, "epoch": 0.1, "samples": 4, "tokens": 40,
+               "loss": 1.0 / step, "lr": 0.001, "grad_norm": 1.0, "tokens_per_s": 100.0}}
+        f.write(json.dumps(rec) + "\\n")
+        f.flush()
+        print(f"step {{step}}", flush=True)
+time.sleep({seconds})
+print("job done", flush=True)
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> str:
+    def profile(name: str, seconds: float) -> None:
+        job = tmp_path / f"job-{name}"
+        job.write_text(JOB.format(python=PYTHON, seconds=seconds))
+        job.chmod(0o755)
+        save_profile(ClusterProfile(name=name, backend="local", python=str(job)))
+
+    profile("quick", 1.0)
+    profile("slow", 600.0)
+    return "quick"
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(fast_config().to_yaml())
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def launch(capsys, config_file: Path, cluster: str) -> str:
+    rc, out, err = run_cli(capsys, "launch", str(config_file), "--cluster", cluster, "--name", "cli test")
+    assert rc == 0, err
+    return out.strip().splitlines()[-1]
+
+
+def wait_status(capsys, run_id: str, want: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        _, out, _ = run_cli(capsys, "status", run_id)
+        if out.startswith(want):
+            return out
+        time.sleep(0.3)
+    raise AssertionError(f"status never became {want}: {out}")
+
+
+def test_launch_prints_run_id_then_status_logs_sync_and_runs_report_it(capsys, cluster, config_file):
+    run_id = launch(capsys, config_file, cluster)
+    assert len(run_id.split("-")) == 3 and run_id[:8].isdigit()
+    assert wait_status(capsys, run_id, "finished").strip() == "finished: exit status 0"
+
+    rc, out, _ = run_cli(capsys, "logs", run_id)
+    assert rc == 0 and "hello from the job" in out and "job done" in out
+
+    rc, out, _ = run_cli(capsys, "sync")
+    assert rc == 0 and f"{run_id}: 3 new in metrics.jsonl" in out
+    rc, out, _ = run_cli(capsys, "sync")
+    assert rc == 0 and "new in metrics" not in out  # nothing twice
+
+    rc, out, _ = run_cli(capsys, "runs", "--json")
+    [row] = [r for r in json.loads(out) if r["run_id"] == run_id]
+    assert row["status"] == "finished" and row["cluster"] == "quick" and row["job_id"].isdigit()
+    assert row["name"] == "cli test"
+
+
+def test_logs_follow_prints_output_until_the_run_ends(capsys, cluster, config_file):
+    run_id = launch(capsys, config_file, cluster)
+    rc, out, err = run_cli(capsys, "logs", run_id, "-f")
+    assert rc == 0
+    assert out.index("hello from the job") < out.index("step 3") < out.index("job done")
+    assert "finished" in err
+
+
+def test_cancel_stops_the_run_and_confirms_its_processes_are_gone(capsys, cluster, config_file):
+    run_id = launch(capsys, config_file, "slow")
+    wait_status(capsys, run_id, "running")
+    assert leftover_pids(LocalTransport(), run_id)  # the job is there before the cancel
+
+    rc, out, err = run_cli(capsys, "cancel", run_id, "--grace", "5")
+
+    assert rc == 0, err
+    assert "confirmed gone" in out and "SIGTERM" in out
+    assert leftover_pids(LocalTransport(), run_id) == []
+    rc, out, _ = run_cli(capsys, "status", run_id)
+    assert out.strip() == "cancelled: cancelled by the user"
+    rc, out, _ = run_cli(capsys, "cancel", run_id)
+    assert rc == 0 and "already ended" in out
+
+
+def test_unknown_run_and_bad_config_fail_with_clear_errors(capsys, cluster, tmp_path):
+    rc, _, err = run_cli(capsys, "status", "no-such-run")
+    assert rc == 2 and "no run with id 'no-such-run'" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(fast_config().to_yaml().replace("max_steps: 12", "max_steps: -3"))
+    rc, _, err = run_cli(capsys, "launch", str(bad), "--cluster", cluster)
+    assert rc == 2 and "training.max_steps" in err
+    rc, _, err = run_cli(capsys, "launch", str(bad.with_name("missing.yaml")), "--cluster", cluster)
+    assert rc == 2 and "missing.yaml" in err
+
+
+def test_local_runs_live_under_the_user_data_dir(capsys, cluster, config_file, isolated_user_dirs):
+    run_id = launch(capsys, config_file, cluster)
+    wait_status(capsys, run_id, "finished")
+    run_dir = isolated_user_dirs / "data" / "runs" / run_id
+    assert (run_dir / RunPaths.CONFIG_YAML).is_file() and (run_dir / "exit_status").read_text().strip() == "0"

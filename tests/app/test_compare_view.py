@@ -1,0 +1,157 @@
+"""The compare view, offscreen, on a real store: config diff, metrics table, curves, bars, exports."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt
+
+from app.gui.compare_view import CompareView
+from core.configdiff import flatten
+from tests.app.run_feed import StoreFeeder, create_run, evals_at, metric
+
+WAIT_MS = 10_000
+
+
+def base_config() -> dict:
+    return {"model": {"name": "codellama/CodeLlama-7b-hf", "max_seq_len": 4096},
+            "training": {"learning_rate": 2e-5, "epochs": 3, "warmup_steps": 10, "seed": 1},
+            "deepspeed": {"zero_stage": 3, "offload_optimizer": False},
+            "cluster": {"hosts": ["node1", "node2"]}}
+
+
+def open_compare(qtbot, store, run_ids) -> CompareView:
+    view = CompareView(store, run_ids)
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    qtbot.waitUntil(lambda: view.data is not None, timeout=WAIT_MS)
+    return view
+
+
+def test_differences_only_shows_exactly_the_differing_fields(qtbot, store):
+    a = base_config()
+    b = base_config()
+    b["training"]["learning_rate"] = 1e-5
+    b["cluster"]["hosts"] = ["node1", "node3"]
+    c = base_config()
+    c["deepspeed"]["offload_optimizer"] = True
+    c["evaluation"] = {"n_samples": 10}  # a section only one run has
+    for run_id, cfg in (("a", a), ("b", b), ("c", c)):
+        create_run(store, run_id, config=cfg, status="finished")
+    view = open_compare(qtbot, store, ["a", "b", "c"])
+    assert view.diff_only_check.isChecked()
+    assert view.diff_paths() == ["cluster.hosts", "deepspeed.offload_optimizer", "evaluation.n_samples",
+                                 "training.learning_rate"]
+    table = view.diff_table
+    row = view.diff_paths().index("training.learning_rate")
+    assert [table.item(row, j).text() for j in (1, 2, 3)] == ["2e-05", "1e-05", "2e-05"]
+    row = view.diff_paths().index("evaluation.n_samples")
+    assert [table.item(row, j).text() for j in (1, 2, 3)] == ["", "", "10"]
+    assert view.diff_count_label.text() == "4 differing settings"
+    view.diff_only_check.setChecked(False)
+    every = sorted(set(flatten(a)) | set(flatten(b)) | set(flatten(c)))
+    assert view.diff_paths() == every
+    view.diff_only_check.setChecked(True)
+    assert len(view.diff_paths()) == 4
+
+
+def test_metrics_table_matches_the_summary_computed_from_the_records(qtbot, store):
+    feeds = {}
+    for run_id in ("a", "b"):
+        create_run(store, run_id, name=f"run {run_id}", status="finished")
+        feeds[run_id] = StoreFeeder(store, run_id)
+    feeds["a"].metrics(range(1, 61))
+    feeds["a"].metrics(range(41, 91), attempt=2)  # resumed: step 90 of attempt 2 is the last
+    feeds["a"].evals(30, {"all": 0.25, "clean": 0.2, "contaminated": 0.5})
+    feeds["a"].evals(60, {"all": 0.375, "clean": 0.35, "contaminated": 0.45})
+    feeds["b"].metrics(range(1, 41))
+    feeds["b"].evals(40, {"all": 0.1})
+    view = open_compare(qtbot, store, ["a", "b"])
+
+    # independently, from the records written
+    records_a = [metric(s) for s in range(1, 61)] + [metric(s, 2) for s in range(41, 91)]
+    expected = {
+        "a": {"Steps": 90, "Final loss": metric(90, 2)["loss"], "Tokens": metric(90, 2)["tokens"],
+              "Wall time": max(r["t"] for r in records_a) - min(r["t"] for r in records_a),
+              "humaneval all\npass@1 (%)": 0.375, "humaneval clean\npass@1 (%)": 0.35,
+              "humaneval contaminated\npass@1 (%)": 0.5},
+        "b": {"Steps": 40, "Final loss": metric(40)["loss"], "Tokens": metric(40)["tokens"],
+              "Wall time": metric(40)["t"] - metric(1)["t"], "humaneval all\npass@1 (%)": 0.1,
+              "humaneval clean\npass@1 (%)": None, "humaneval contaminated\npass@1 (%)": None},
+    }
+    table = view.metrics_table
+    headers = [table.horizontalHeaderItem(j).text() for j in range(table.columnCount())]
+    assert headers[:6] == ["Run", "Status", "Steps", "Final loss", "Tokens", "Wall time"]
+    for i, run_id in enumerate(("a", "b")):
+        summary = store.summary(run_id)
+        for header, want in expected[run_id].items():
+            got = table.item(i, headers.index(header)).data(Qt.ItemDataRole.UserRole)
+            assert got == pytest.approx(want), (run_id, header)
+        assert table.item(i, headers.index("Final loss")).text() == f"{summary['final_loss']:.4f}"
+        assert table.item(i, headers.index("Steps")).data(Qt.ItemDataRole.UserRole) == summary["steps"]
+    assert table.item(0, headers.index("humaneval all\npass@1 (%)")).text() == "37.5"
+    assert table.item(1, headers.index("humaneval clean\npass@1 (%)")).text() == "—"
+    assert sorted(view.bar_values()) == sorted([
+        ("a", "humaneval", "all", 37.5), ("a", "humaneval", "clean", 35.0), ("a", "humaneval", "contaminated", 50.0),
+        ("b", "humaneval", "all", 10.0)])
+
+
+def test_curves_overlay_every_run_smoothed_only_with_one_colour_each(qtbot, store):
+    run_ids = [f"r{i:02d}" for i in range(12)]  # more runs than the palette has colours: no cap
+    for i, run_id in enumerate(run_ids):
+        create_run(store, run_id, name=f"run {i}", status="finished")
+        StoreFeeder(store, run_id).metrics(range(1, 21 + i))
+    view = open_compare(qtbot, store, run_ids)
+    chart = view.curve_chart
+    smooth = {k[0]: chart._curves[k] for k in chart.curve_keys() if k[2] == "smooth"}
+    assert sorted(smooth) == run_ids
+    assert all(not chart._curves[k].isVisible() for k in chart.curve_keys() if k[2] == "raw")
+    colors = {item.opts["pen"].color().name() for item in smooth.values()}
+    assert len(colors) == 12
+    assert len(chart.legend.items) == 12
+    np.testing.assert_array_equal(smooth["r03"].xData, np.arange(1, 24))
+    # hide one run from the legend list: its curve goes
+    item = view.legend_list.item(3)
+    item.setCheckState(Qt.CheckState.Unchecked)
+    assert "r03" not in {k[0] for k in chart.curve_keys()}
+    view.metric_combo.setCurrentIndex(view.metric_combo.findData("lr"))
+    lr = chart._curves[("r00", 1, "smooth")]
+    np.testing.assert_allclose(lr.yData, [metric(s)["lr"] for s in range(1, 21)])  # lr is never smoothed
+
+
+def test_live_updates_of_a_compared_run_reload_the_view(qtbot, store):
+    from app.gui.main_window import StoreEvents
+
+    create_run(store, "a", status="running")
+    feed = StoreFeeder(store, "a")
+    feed.metrics(range(1, 11))
+    view = open_compare(qtbot, store, ["a"])
+    events = StoreEvents()
+    view.attach_events(events)
+    assert view.data.runs[0].summary["steps"] == 10
+    feed.metrics(range(11, 31))
+    feed.ingest("evals.jsonl", evals_at(30, {"all": 0.5}))
+    events.updated.emit("a", "metrics.jsonl", 20)
+    qtbot.waitUntil(lambda: view.data.runs[0].summary["steps"] == 30, timeout=WAIT_MS)
+    assert view.bar_values() == [("a", "humaneval", "all", 50.0)]
+
+
+def test_exports_write_the_bars_and_curves_data(qtbot, store, tmp_path):
+    for run_id, value in (("a", 0.25), ("b", 0.5)):
+        create_run(store, run_id, name=f"run {run_id}", status="finished")
+        feed = StoreFeeder(store, run_id)
+        feed.metrics(range(1, 11))
+        feed.evals(10, {"all": value})
+    view = open_compare(qtbot, store, ["a", "b"])
+    rows = list(csv.DictReader(view.export_bars_csv(tmp_path / "bars.csv").open()))
+    assert [(r["run"], r["benchmark"], r["subset"], float(r["pass@1"])) for r in rows] == [
+        ("run a", "humaneval", "all", 25.0), ("run b", "humaneval", "all", 50.0)]
+    curves = list(csv.DictReader(view.curve_chart.export_csv(tmp_path / "curves.csv").open()))
+    assert {r["series"] for r in curves} == {"run a", "run b"}
+    assert len(curves) == 20
+    for fmt in ("png", "svg"):
+        out = view.bar_chart.export_image(tmp_path / f"bars.{fmt}")
+        assert out.stat().st_size > 1000

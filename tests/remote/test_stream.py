@@ -1,0 +1,167 @@
+"""Streamer and StreamManager on this machine (LocalTransport, real `tail -F`, real SQLite store)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from core.records import JsonlWriter, RunPaths, event_record, metric_record
+from core.store import Store
+from remote.stream import HangWarning, Streamer, StreamManager, sync_all
+from remote.transport import LocalTransport, wait_for
+
+
+def metric(step: int, t: float | None = None) -> dict:
+    return metric_record(step=step, attempt=1, epoch=step / 100, samples=step * 4, tokens=step * 400,
+                         loss=1.0 / step, lr=1e-3, grad_norm=0.5, tokens_per_s=1000.0, t=t)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "store.sqlite3") as s:
+        yield s
+
+
+@pytest.fixture
+def run(store: Store, tmp_path: Path) -> tuple[str, Path]:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    store.create_run("r1", "stream test", None, None, cluster="here", backend="local", run_dir=str(run_dir),
+                     status="running")
+    store.update_run("r1", job_id="999999")
+    return "r1", run_dir
+
+
+def steps_in_store(store: Store, run_id: str) -> list[int]:
+    return [m["step"] for m in store.metrics(run_id)]
+
+
+def test_partial_last_line_is_held_back_until_its_newline_arrives(store, run):
+    run_id, run_dir = run
+    data = (b'{"t":1,"attempt":1,"step":1,"epoch":0,"samples":4,"tokens":10,"loss":1,"lr":0.1,'
+            b'"grad_norm":1,"tokens_per_s":5}\n')
+    half = len(data) // 2
+    (run_dir / RunPaths.METRICS).write_bytes(data[:half])
+    s = Streamer(store, LocalTransport("here"), run_id, str(run_dir))
+    assert s.drain()[RunPaths.METRICS] == 0
+    assert store.offset(run_id, RunPaths.METRICS) == (0, 0)
+    with open(run_dir / RunPaths.METRICS, "ab") as f:
+        f.write(data[half:])
+    assert s.drain()[RunPaths.METRICS] == 1
+    assert store.offset(run_id, RunPaths.METRICS) == (len(data), 1)
+
+
+def test_new_streamer_resumes_at_stored_offset_so_each_record_arrives_once(store, run):
+    run_id, run_dir = run
+    with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+        for step in range(1, 6):
+            w.write(metric(step))
+    Streamer(store, LocalTransport("here"), run_id, str(run_dir)).drain()
+    with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+        for step in range(6, 11):
+            w.write(metric(step))
+    # A fresh streamer (an app restart) starts from the store's offset, not from byte 0.
+    again = Streamer(store, LocalTransport("here"), run_id, str(run_dir))
+    assert again.drain()[RunPaths.METRICS] == 5
+    assert steps_in_store(store, run_id) == list(range(1, 11))
+    assert store.stream_state(run_id, RunPaths.METRICS)["duplicate_count"] == 0
+
+
+def test_tail_follower_delivers_appended_lines_and_stdout_text(store, run):
+    run_id, run_dir = run
+    seen: list[tuple[str, int]] = []
+    s = Streamer(store, LocalTransport("here"), run_id, str(run_dir), on_update=lambda r, f, n: seen.append((f, n)))
+    s.start()
+    try:
+        with JsonlWriter(run_dir / RunPaths.METRICS) as w, open(run_dir / RunPaths.STDOUT, "a") as out:
+            for step in range(1, 21):
+                w.write(metric(step))
+                out.write(f"step {step} ünïcode\n")
+                out.flush()
+                time.sleep(0.01)
+        assert wait_for(lambda: len(store.metrics(run_id)) == 20, 15)
+        assert wait_for(lambda: store.log_tail(run_id).count("\n") == 20, 15)
+    finally:
+        s.stop()
+    assert steps_in_store(store, run_id) == list(range(1, 21))
+    assert store.log_tail(run_id) == (run_dir / RunPaths.STDOUT).read_text()
+    assert any(f == RunPaths.METRICS for f, _ in seen)
+
+
+def test_truncated_file_is_detected_and_read_again_from_the_start(store, run):
+    run_id, run_dir = run
+    path = run_dir / RunPaths.STDOUT
+    path.write_text("first line that is long\nsecond line\n")
+    s = Streamer(store, LocalTransport("here"), run_id, str(run_dir))
+    s.drain()
+    path.write_text("new\n")  # rewritten shorter than what was consumed
+    s.drain()
+    assert store.log_tail(run_id) == "new\n"
+    assert store.offset(run_id, RunPaths.STDOUT) == (4, 1)
+
+
+def test_drain_racing_the_tail_never_ingests_a_line_twice(store, run):
+    run_id, run_dir = run
+    s = Streamer(store, LocalTransport("here"), run_id, str(run_dir))
+    s.start()
+    try:
+        with JsonlWriter(run_dir / RunPaths.EVENTS) as w:
+            for i in range(50):
+                w.write(event_record("warning", 1, {"message": f"m{i}"}, t=1000.0 + i))
+                if i % 7 == 0:
+                    s.drain()
+        assert wait_for(lambda: len(store.events(run_id)) == 50, 15)
+    finally:
+        s.stop()
+    assert [e["detail"]["message"] for e in store.events(run_id)] == [f"m{i}" for i in range(50)]
+    assert store.stream_state(run_id, RunPaths.EVENTS)["duplicate_count"] == 0
+
+
+def test_hang_watchdog_warns_once_after_k_median_steps_with_stdout_tail(store, run):
+    run_id, run_dir = run
+    (run_dir / RunPaths.STDOUT).write_text("loading...\nNCCL WARN stuck in all_reduce\n")
+    with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+        for step in range(1, 6):
+            w.write(metric(step, t=100.0 + 2.0 * step))  # 2 s per step
+    s = Streamer(store, LocalTransport("here"), run_id, str(run_dir))
+    s.drain()
+    assert s.median_step_s() == pytest.approx(2.0)
+    last = s.last_metric_at
+    assert s.check_hang(k=5, min_s=1, now=last + 9.0) is None  # 9 s < 5 x 2 s
+    warning = s.check_hang(k=5, min_s=1, now=last + 11.0)
+    assert isinstance(warning, HangWarning)
+    assert warning.last_step == 5 and "stuck in all_reduce" in warning.stdout_tail
+    assert s.check_hang(k=5, min_s=1, now=last + 30.0) is None  # reported once per silence
+    fresh = Streamer(store, LocalTransport("here"), run_id, str(run_dir))
+    fresh._saw_metrics([metric(1, t=0.0), metric(2, t=2.0)])
+    assert fresh.check_hang(k=5, min_s=60, now=fresh.last_metric_at + 30.0) is None  # below the 60 s floor
+
+
+def test_stream_manager_streams_active_runs_and_drains_them_when_they_end(store, run):
+    run_id, run_dir = run
+    updates: list[tuple[str, str, int]] = []
+    manager = StreamManager(store, poll_s=0.2, transports={"here": LocalTransport("here")},
+                            on_update=lambda *a: updates.append(a))
+    # No process group 999999 exists: the first poll marks the run failed (no exit status), so the manager
+    # does its final drain and stops following.
+    with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+        for step in range(1, 4):
+            w.write(metric(step))
+    assert manager.run_until_idle(timeout=30)
+    row = store.get_run(run_id)
+    assert row.status == "failed" and "no exit status" in row.status_reason
+    assert steps_in_store(store, run_id) == [1, 2, 3]
+    assert (run_id, RunPaths.METRICS, 3) in updates
+
+
+def test_sync_all_pulls_new_records_of_every_run(store, run, tmp_path):
+    run_id, run_dir = run
+    (run_dir / "exit_status").write_text("0\n")
+    with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+        w.write(metric(1))
+    result = sync_all(store, transports={"here": LocalTransport("here")})
+    assert result[run_id][RunPaths.METRICS] == 1
+    assert store.get_run(run_id).status == "finished"
+    assert sync_all(store, transports={"here": LocalTransport("here")})[run_id][RunPaths.METRICS] == 0
