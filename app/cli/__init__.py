@@ -16,8 +16,9 @@ COMMAND_MODULES = (
     "app.cli.decontam_cmds",  # decontaminate, decontaminate merge, data download
     "app.cli.eval_cmds",  # eval
     "app.cli.cluster_cmds",  # cluster add/list/check/remove/trust
-    "app.cli.remote_cmds",  # cluster, launch, runs, status, logs, cancel, sync
+    "app.cli.remote_cmds",  # launch, runs, status, logs, cancel, sync
     "app.cli.gui_cmds",  # gui
+    "app.cli.demo_cmds",  # demo (the newcomer's path without a screen)
 )
 
 

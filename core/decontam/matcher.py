@@ -100,7 +100,8 @@ class _Tier:
 
     def __init__(self, q: int, m_min: int, patterns: list[tuple[int, str]]):
         self.q, self.stride = q, m_min - q + 1
-        self.grams: dict[int, dict[int, list[tuple[int, int]]]] = {1: {}, 4: {}}
+        # gram hash -> pattern k << 32 | offset, or a tuple of those
+        self.grams: dict[int, dict[int, int | tuple[int, ...]]] = {1: {}, 4: {}}
         key_arrays = []
         for itemsize in (1, 4):
             grams = self.grams[itemsize]
@@ -112,12 +113,12 @@ class _Tier:
             hashes = arr.tolist()
             start = 0
             for k, text in members:
+                base = k << 32
                 for off, h in enumerate(hashes[start: start + len(text) - q + 1]):
                     entries = grams.get(h)
-                    if entries is None:
-                        grams[h] = [(k, off)]
-                    else:
-                        entries.append((k, off))
+                    # ints and tuples of ints: the dict holds no GC-tracked objects, so collections skip it
+                    grams[h] = base | off if entries is None else (
+                        (entries, base | off) if type(entries) is int else (*entries, base | off))
                 start += len(text)
         keys = np.concatenate(key_arrays)
         bits = min(26, max(16, (len(keys) * 64).bit_length()))
@@ -263,7 +264,8 @@ class SubstringMatcher:
             if p + Q > s1:
                 continue  # the gram crosses into the next segment
             sid = ids[si]
-            for k, off in entries:
+            for entry in (entries,) if type(entries) is int else entries:
+                k, off = entry >> 32, entry & 0xFFFFFFFF
                 _, _, ptext, _, need = self.patterns[k]
                 pat = self.pat_bytes[k] if is_bytes else ptext
                 if pat is None or buf[p: p + Q] != pat[off: off + Q]:
