@@ -83,6 +83,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("    pass@1 per checkpoint (HumanEval; a tiny random model scores near 0, which is the honest result):")
         for step in sorted({e["step"] for e in evals}):
             cells = {e["subset"]: e["pass@1"] for e in evals if e["step"] == step and e["benchmark"] == "humaneval"}
-            print("      step {:>4}: ".format(step) + "  ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(cells.items())))
+            print(f"      step {step:>4}: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(cells.items())))
     print(f"Open it in the app: tunedeck gui   (run {run_id})")
     return 0 if row.status == "finished" else 1
