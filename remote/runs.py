@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -70,9 +71,14 @@ def launch_context(profile: Any, run_id: str, run_dir: str, **overrides: Any) ->
     # Profile hostfile lines may carry `slots=N`; the plan takes bare host names (slots come from the config).
     lines = getattr(profile, "hostfile_hosts", None) or ()
     hosts = tuple(line.split()[0] for line in lines if line.strip()) or ("localhost",)
+    python = getattr(profile, "python", None) or "python3"
+    if profile.backend == "local" and python == "python3" and not getattr(sys, "frozen", False):
+        # On this machine the training environment defaults to the interpreter TuneDeck itself runs in (a
+        # bare `python3` on PATH is often a system Python without torch); a frozen app has no such Python.
+        python = sys.executable
     values = dict(
         run_id=run_id, run_dir=run_dir, backend=profile.backend, env_setup=getattr(profile, "env_setup", "") or "",
-        python=getattr(profile, "python", None) or "python3",
+        python=python,
         # A port per run: two runs on one node must not share the rendezvous port.
         master_port=random.randint(20000, 39999),
         partition=getattr(profile, "partition", None), account=getattr(profile, "account", None),
@@ -80,6 +86,21 @@ def launch_context(profile: Any, run_id: str, run_dir: str, **overrides: Any) ->
     )
     values.update(overrides)
     return LaunchContext(**values)
+
+
+def apply_profile_shape(config: RunConfig, profile: Any) -> RunConfig:
+    """The profile's nodes / GPUs per node, when set, override the config's (validated again: the batch
+    split rules depend on them)."""
+    shape = {k: getattr(profile, k, None) for k in ("nodes", "gpus_per_node")}
+    shape = {k: v for k, v in shape.items() if v is not None and v != getattr(config.cluster, k)}
+    if not shape:
+        return config
+    data = config.model_dump(mode="json")
+    data["cluster"].update(shape)
+    try:
+        return RunConfig.model_validate(data)
+    except ValueError as exc:
+        raise LaunchError(f"cluster profile {profile.name!r} sets {shape}, which this config cannot use: {exc}") from exc
 
 
 def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | None = None,
@@ -95,6 +116,7 @@ def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | No
     backend = Backend.for_name(profile.backend)
     if name:
         config = config.model_copy(update={"name": name})
+    config = apply_profile_shape(config, profile)
     run_id = new_run_id()
     row = store.create_run(run_id, config.name, config.to_yaml(), resolved_dict(config), cluster=profile.name,
                            backend=profile.backend, run_dir=None, preset=config.preset, status="created")
@@ -216,12 +238,12 @@ class StatusPoller:
                     out.update(refresh_cluster(self.store, cluster, rows, self.transports.get(cluster)))
                     self._fail[cluster] = 0
                     self.last_errors.pop(cluster, None)
-                    self._next[cluster] = now + self.interval_s
+                    self._next[cluster] = time.monotonic() + self.interval_s
                 except Exception as exc:  # noqa: BLE001 -- thread boundary of the poller: log, back off, go on
                     n = self._fail.get(cluster, 0) + 1
                     self._fail[cluster] = n
                     delay = min(POLL_BACKOFF_MAX_S, self.interval_s * 2 ** n)
-                    self._next[cluster] = now + delay
+                    self._next[cluster] = time.monotonic() + delay  # from now: a failed connect can be slow
                     self.last_errors[cluster] = str(exc)
                     log.warning("status poll of %s failed (%d in a row; next in %.0f s): %s", cluster, n, delay, exc)
         return out

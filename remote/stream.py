@@ -35,6 +35,7 @@ UpdateCallback = Callable[[str, str, int], None]  # (run_id, file_name, n_new)
 
 SIZE_CHECK_S = 5.0  # how often a tail-followed file's size is compared with the offset (truncation)
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+FILE_WAIT_S = 0.5  # how often a follower checks whether a file the job has not written yet exists
 LOG_CHUNK_MAX = 64 << 10  # stdout without a newline is ingested in pieces this large
 HANG_K = 5.0
 HANG_MIN_S = 60.0
@@ -266,6 +267,12 @@ class Streamer:
         """Run one `tail -F` from the committed offset until its channel ends; True if bytes arrived."""
         st.rewind()
         st.need_restart = False
+        # GNU tail -F on a file that does not exist yet falls back to polling once a second when it appears
+        # (measured: ~0.5 s median latency instead of < 1 ms with inotify), so wait for the file first.
+        while not self._stop.is_set() and self.transport.size(st.path) is None:
+            self._stop.wait(FILE_WAIT_S)
+        if self._stop.is_set():
+            return False
         start = st.committed
         proc = self.transport.start(["tail", "-c", f"+{start + 1}", "-F", st.path])
         with self._procs_lock:

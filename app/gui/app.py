@@ -71,7 +71,8 @@ def _palette(dark: bool) -> QPalette:
 def apply_palette(app: QApplication, dark: bool | None = None) -> None:
     """Apply the light or dark palette (None: follow the system's colour scheme)."""
     if dark is None:
-        dark = QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
+        forced = os.environ.get("TUNEDECK_COLOR_SCHEME", "").lower()  # light | dark: override the system's
+        dark = forced == "dark" if forced in ("light", "dark") else QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
     app.setPalette(_palette(dark))
     app.setProperty("tunedeck_dark", dark)
 
@@ -121,9 +122,6 @@ def run_gui(smoke: bool = False, demo: bool = False) -> int:
             ok = (window.isVisible() and window.windowHandle() is not None and window.windowHandle().isExposed()) or (
                 QGuiApplication.platformName() in ("offscreen", "minimal") and window.isVisible()
             )
-            if os.environ.get("TUNEDECK_DUMP_MODULES"):
-                with open(os.environ["TUNEDECK_DUMP_MODULES"], "w", encoding="utf-8") as fh:
-                    fh.write("\n".join(sorted(sys.modules)))
             window.close()
             app.exit(0 if ok else 1)
 
@@ -131,4 +129,7 @@ def run_gui(smoke: bool = False, demo: bool = False) -> int:
     rc = app.exec()
     # Let background work end while its signal objects still exist (they are deleted at interpreter exit).
     QThreadPool.globalInstance().waitForDone(SHUTDOWN_WAIT_MS)
+    if os.environ.get("TUNEDECK_DUMP_MODULES"):  # for the test that the GUI never imports the training stack
+        with open(os.environ["TUNEDECK_DUMP_MODULES"], "w", encoding="utf-8") as fh:
+            fh.write("\n".join(sorted(sys.modules)))
     return rc

@@ -68,7 +68,7 @@ def matched_row_texts(train_paths: tuple[str, ...], indices: set[int], fields: t
         for unit in plan_units(file_index, path):
             for where, row, _done in iter_rows(unit):
                 if index in indices:
-                    out[index] = dict(row_segments(row, list(fields) if fields else None, where))
+                    out[index] = dict(row_segments(row, list(fields) if fields else None, unit, where))
                 index += 1
                 if index > last or cancel.is_set():
                     return out

@@ -55,7 +55,7 @@ class HostKeyPrompt:
     host: str
     key_type: str
     fingerprint: str
-    key: Any
+    key: Any  # the UnknownHostKeyError (it carries the offered key) for trust_host_key
 
 
 @dataclass(frozen=True)
@@ -74,35 +74,38 @@ class CheckOutcome:
 
 
 def _check_lines(report: Any) -> tuple[CheckLine, ...]:
-    """The report's checks as lines, whatever the exact field names of its items are."""
-    items = getattr(report, "checks", None) or getattr(report, "items", None) or getattr(report, "results", None) or []
+    """remote.check's CheckItems as table lines: a failed optional item is a warning (ok=None)."""
     lines = []
-    for item in items:
-        get = item.get if isinstance(item, dict) else lambda k, d=None, it=item: getattr(it, k, d)
-        ok = get("ok")
-        if ok is None and get("status") is not None:
-            status = str(get("status")).lower()
-            ok = True if status in ("ok", "pass", "passed") else None if status in ("skip", "skipped", "info", "warn") else False
-        lines.append(CheckLine(str(get("name", "") or get("title", "")), ok, str(get("detail", "") or get("message", "") or "")))
+    for item in report.items:
+        ok = True if item.ok else (False if item.required else None)
+        detail = item.value + (f"\nfix: {item.fix}" if not item.ok and item.fix else "")
+        lines.append(CheckLine(item.name, ok, detail))
     return tuple(lines)
 
 
 def run_cluster_check(ctx: WorkContext, profile: Any) -> CheckOutcome | HostKeyPrompt:
-    """Worker body: remote.check on the profile; an unknown host key comes back as a prompt, not an error."""
-    from remote import check as check_module
-    from remote.transport import UnknownHostKeyError
+    """Worker body: an unknown host key comes back as a prompt (asked before anything runs there), then
+    remote.check.check_cluster."""
+    from remote.check import check_cluster
+    from remote.profiles import fetch_host_key
 
-    try:
-        report = check_module.check_cluster(profile, progress=lambda done, total: ctx.progress(done, total), cancel=ctx.cancel)
-    except UnknownHostKeyError as exc:
-        return HostKeyPrompt(profile.name, exc.host, exc.key_type, exc.fingerprint_sha256, exc.key)
+    if not profile.is_local:
+        unknown = fetch_host_key(profile)
+        if unknown is not None:
+            return HostKeyPrompt(profile.name, unknown.host, unknown.key_type, unknown.fingerprint_sha256, unknown)
+    report = check_cluster(profile)
     lines = _check_lines(report)
-    ok = bool(getattr(report, "ok", all(line.ok is not False for line in lines)))
-    summary = getattr(report, "summary", "") or ("all checks passed" if ok else "some checks failed")
-    return CheckOutcome(profile.name, lines, ok, str(summary))
+    if report.ok:
+        summary = "all required parts present" + (f" ({len(report.warnings)} warnings)" if report.warnings else "")
+    else:
+        summary = f"missing: {', '.join(i.name for i in report.missing)}"
+        if report.install_command:
+            summary += f" — install with: {report.install_command}"
+    return CheckOutcome(profile.name, lines, report.ok, summary)
 
 
 def trust_and_check(ctx: WorkContext, profile: Any, key: Any) -> CheckOutcome | HostKeyPrompt:
+    """Record the key the user accepted, then check again."""
     from remote.profiles import trust_host_key
 
     trust_host_key(profile, key)
@@ -383,8 +386,9 @@ class ClustersPage(QWidget):
         if isinstance(result, HostKeyPrompt):
             self.check_status.setText(f"Unknown host key for {result.host}: {result.key_type} {result.fingerprint}")
             if self.ask_trust(result):
-                profile = self.profiles.get(result.profile_name) or (self.form.validate() if self.form else None)
-                self._start(Worker(trust_and_check, profile, result.key))
+                profile = self.form.validate() if self.form else None
+                if profile is not None and profile.name == result.profile_name:
+                    self._start(Worker(trust_and_check, profile, result.key))
             return
         self.show_outcome(result)
 

@@ -8,6 +8,7 @@ it with core.config.validate_data on every change; the schema's messages appear 
 from __future__ import annotations
 
 import copy
+import html
 import json
 import logging
 import types
@@ -669,11 +670,12 @@ class ConfigPage(QWidget):
         # toolbar
         self.preset_combo = QComboBox()
         self.preset_combo.setObjectName("preset_combo")
-        self.preset_combo.setMinimumWidth(220)
+        self.preset_combo.setMinimumWidth(170)
         from core.presets import preset_names
 
         self.preset_combo.addItems(preset_names())
-        use_preset = QPushButton("Start from preset")
+        use_preset = QPushButton("Use preset")
+        use_preset.setToolTip("Replace the form with the chosen preset")
         use_preset.clicked.connect(lambda: self.load_preset(self.preset_combo.currentText()))
         open_button = QPushButton("Open…")
         open_button.clicked.connect(self._on_open_clicked)
@@ -681,7 +683,7 @@ class ConfigPage(QWidget):
         save_button.clicked.connect(self._on_save_clicked)
         self.profile_combo = QComboBox()
         self.profile_combo.setObjectName("profile_combo")
-        self.profile_combo.setMinimumWidth(140)
+        self.profile_combo.setMinimumWidth(100)
         self.profile_combo.setToolTip("Cluster profile to launch on (edit them on the Clusters page)")
         self.launch_button = QPushButton("Launch")
         self.launch_button.setObjectName("launch_button")
@@ -691,7 +693,7 @@ class ConfigPage(QWidget):
         bar.addWidget(QLabel("Preset:"))
         bar.addWidget(self.preset_combo)
         bar.addWidget(use_preset)
-        bar.addSpacing(16)
+        bar.addSpacing(8)
         bar.addWidget(open_button)
         bar.addWidget(save_button)
         bar.addStretch(1)
@@ -703,7 +705,8 @@ class ConfigPage(QWidget):
         self.banner = QLabel()
         self.banner.setObjectName("problems_banner")
         self.banner.setWordWrap(True)
-        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.banner.linkActivated.connect(self.reveal_field)
 
         # left: the form
         self.form = SchemaForm()
@@ -714,6 +717,7 @@ class ConfigPage(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setMinimumWidth(420)
+        self.scroll = scroll
 
         # right: YAML + previews
         self.tabs = QTabWidget()
@@ -749,6 +753,7 @@ class ConfigPage(QWidget):
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
         splitter.setChildrenCollapsible(False)
+        splitter.setSizes([760, 600])
         self.splitter = splitter
 
         layout = QVBoxLayout(self)
@@ -814,13 +819,34 @@ class ConfigPage(QWidget):
     def _show_banner(self, unplaced: list[Problem]) -> None:
         if not self.problems:
             self.banner.setText("✓ Config is valid")
+            self.banner.setTextFormat(Qt.TextFormat.PlainText)
             self.banner.setStyleSheet("color: #1a7f37; padding: 2px;")
             return
         n = len(self.problems)
-        lines = [f"{n} problem{'s' if n != 1 else ''} (shown next to the fields)"]
-        lines += [f"• {p.path or '(top level)'}: {p.message}" for p in unplaced]
-        self.banner.setText("\n".join(lines))
+        placed = [p for p in self.problems if p not in unplaced]
+        links = ", ".join(dict.fromkeys(f"<a href='{html.escape(p.path)}'>{html.escape(p.path)}</a>" for p in placed))
+        lines = [f"<b>{n} problem{'s' if n != 1 else ''}</b>" + (f" — shown at {links}" if links else "")]
+        lines += [f"• {html.escape(p.path or '(top level)')}: {html.escape(p.message)}" for p in unplaced]
+        self.banner.setText("<br>".join(lines))
+        self.banner.setTextFormat(Qt.TextFormat.RichText)
         self.banner.setStyleSheet(ERROR_STYLE + " padding: 2px;")
+
+    def reveal_field(self, path: str) -> None:
+        """Scroll the form to a field (or its group) and focus it: the banner's links call this."""
+        row = self.form.rows.get(path)
+        target: QWidget | None = row.container if row else None
+        parts = path.split(".")
+        while target is None and parts:
+            key = ".".join(parts)
+            target = self.form.rows[key].container if key in self.form.rows else self.form.groups.get(key)
+            parts.pop()
+        if target is not None:
+            self.scroll.ensureWidgetVisible(target, 0, 40)
+            target.setFocus()
+            if row is not None:
+                focus = getattr(row.editor, "edit", None) or getattr(row.editor, "combo", None)
+                if focus is not None:
+                    focus.setFocus()
 
     # ------------------------------------------------------------------ UI -> model
 

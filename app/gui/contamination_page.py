@@ -7,7 +7,6 @@ here. The check runs in a child process driven from a pool thread (app.gui.check
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -51,7 +50,6 @@ from PySide6.QtWidgets import (
 from app.gui.app import monospace_font, palette_is_dark
 from app.gui.check_process import CheckRequest, CheckResult, run_in_process
 from app.gui.workers import WorkContext, Worker
-from core.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +132,12 @@ class ItemsFilter(QSortFilterProxyModel):
         self.setSortRole(Qt.ItemDataRole.UserRole)
 
     def set_filter(self, text: str | None = None, contaminated_only: bool | None = None) -> None:
+        self.beginFilterChange()
         if text is not None:
             self.text = text.strip().lower()
         if contaminated_only is not None:
             self.contaminated_only = contaminated_only
-        self.invalidateFilter()
+        self.endFilterChange()
 
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
         item = self.sourceModel().items[source_row]
@@ -249,7 +248,6 @@ class ContaminationPage(QWidget):
     check_finished = Signal(object)  # CheckResult
     check_failed = Signal(str)
     check_cancelled = Signal()
-    recent_path = Signal(str)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -259,6 +257,7 @@ class ContaminationPage(QWidget):
         self._request: CheckRequest | None = None
         self._matches: list[dict[str, Any]] = []
         self._item: dict[str, Any] | None = None
+        self.finished_at: float | None = None
 
         # ---- inputs
         self.train_list = QListWidget()
@@ -501,6 +500,7 @@ class ContaminationPage(QWidget):
             self.progress.setFormat(f"{done / 1e6:.1f} / {total / 1e6:.1f} MB  (%p%)")
 
     def _on_worker_finished(self, _rid: int, result: CheckResult) -> None:
+        self.finished_at = time.monotonic()  # when the result reached the UI thread (the stall test reads it)
         self._finish_worker()
         self.progress.setValue(1000)
         self.progress.setFormat(f"done in {result.seconds:.1f} s")
@@ -601,11 +601,14 @@ class ContaminationPage(QWidget):
     # ------------------------------------------------------------------ actions
 
     def save_report(self, path: str | Path) -> Path:
+        """Write the report and its clean/contaminated id lists (core.decontam's writer: all or nothing)."""
+        from core.decontam import write_outputs
+
         assert self.result is not None
         path = Path(path)
-        atomic_write_text(path, json.dumps(self.result.report, indent=1, ensure_ascii=False))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_outputs(self.result.report, str(path))
         self.report_path = path
-        self.recent_path.emit(str(path))
         return path
 
     def _on_export_clicked(self) -> None:

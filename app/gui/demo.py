@@ -3,67 +3,21 @@ HumanEval items) so that a newcomer can check contamination, launch, watch and c
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtWidgets import QCheckBox, QMessageBox, QWidget
 
-from core.paths import config_dir, data_dir
+from remote.demo import DEMO_PRESET, DemoDataset, demo_config, ensure_demo_dataset
 
-DEMO_PRESET = "tiny-demo"
-DEMO_FILE = "demo-train.jsonl"
-
-
-@dataclass(frozen=True)
-class DemoDataset:
-    """The demo training file and the HumanEval task ids planted in it."""
-
-    path: Path
-    planted_task_ids: tuple[str, ...]
-    n_rows: int
-
-
-def demo_dataset_path() -> Path:
-    return data_dir() / "demo" / DEMO_FILE
-
-
-def demo_parameters() -> dict[str, Any]:
-    """n_examples / plant_humaneval / seed of the tiny-demo preset (the job generates the same rows)."""
-    from core.presets import load_preset
-
-    demo = load_preset(DEMO_PRESET).data.demo
-    assert demo is not None, "the tiny-demo preset must use the demo dataset"
-    return {"n_examples": demo.n_examples, "plant_humaneval": demo.plant_humaneval, "seed": demo.seed}
-
-
-def ensure_demo_dataset() -> DemoDataset:
-    """Write the demo dataset to the TuneDeck data dir (once; rewritten if its parameters changed).
-
-    Slow-ish (imports and reads many stdlib modules): call it off the UI thread."""
-    from remote.job.demo_data import generate, planted_task_ids, write_jsonl
-
-    params = demo_parameters()
-    path = demo_dataset_path()
-    meta_path = path.with_suffix(".meta.json")
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("params") == params:
-            return DemoDataset(path, tuple(meta["planted_task_ids"]), meta["n_rows"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = generate(params["n_examples"], params["plant_humaneval"], params["seed"])
-    write_jsonl(path, rows)
-    planted = planted_task_ids(rows)
-    from core.fsutil import atomic_write_text
-
-    atomic_write_text(meta_path, json.dumps({"params": params, "planted_task_ids": planted, "n_rows": len(rows)}))
-    return DemoDataset(path, tuple(planted), len(rows))
+# The demo data and config live in remote/demo.py (shared with `tunedeck demo`); this module adds the dialog.
+__all__ = ["DEMO_PRESET", "DemoDataset", "demo_config", "ensure_demo_dataset", "nothing_configured", "offer_demo"]
 
 
 def nothing_configured(store: Any | None) -> bool:
     """True on a fresh install: no saved cluster profiles and no runs."""
-    if (config_dir() / "clusters.yaml").exists():
+    from remote.profiles import profiles_path
+
+    if profiles_path().exists():
         return False
     return not (store is not None and store.list_runs())
 

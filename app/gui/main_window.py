@@ -213,8 +213,10 @@ class MainWindow(QMainWindow):
         states = dict(self._cluster_state)
         if self.stream_manager is not None:
             errors = dict(self.stream_manager.errors)
-            for cluster in {s.cluster for s in self.stream_manager.streamers.values() if getattr(s, "cluster", None)}:
-                states.setdefault(cluster, (True, "streaming"))
+            streaming = [getattr(s.transport, "name", None) for s in list(self.stream_manager.streamers.values())]
+            for cluster in filter(None, streaming):
+                n = streaming.count(cluster)
+                states[cluster] = (True, f"streaming {n} run{'s' if n != 1 else ''}")
             for cluster, message in errors.items():
                 states[cluster] = (False, message)
         if not states:
@@ -363,8 +365,12 @@ class MainWindow(QMainWindow):
         worker.start()
 
     def _on_demo_ready(self, _rid: int, dataset: Any) -> None:
+        from app.gui.demo import demo_config
+
         self.demo_dataset = dataset
         self.contamination_page.set_train_paths([str(dataset.path)])
+        # the run trains on exactly the file the contamination page checks
+        self.config_page.set_data(demo_config(dataset).model_dump(mode="json", exclude_none=True))
         self.statusBar().showMessage(
             f"Demo workspace ready: {dataset.n_rows} training rows with {len(dataset.planted_task_ids)} planted "
             "HumanEval items; run the contamination check, then launch the tiny demo (Ctrl+L).", 15_000)

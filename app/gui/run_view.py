@@ -372,6 +372,9 @@ class RunView(QWidget):
         self.x_axis = "step"
         self.t0: float | None = None
         self._columns: dict[int, _Columns] = {}
+        self._n_points = 0
+        self._last_step: int | None = None
+        self._charts_stale = False
         self._evals: tuple[dict[str, Any], ...] = ()
         self.notifications: list[tuple[str, str]] = []
         self._workers: list[Worker] = []
@@ -549,11 +552,21 @@ class RunView(QWidget):
             self._set_run(batch.run, announce=not batch.first)
         if batch.replace:
             self._columns.clear()
+            self._n_points = 0
+            self._last_step = None
         for cols in batch.metrics:
             held = self._columns.setdefault(cols.attempt, _Columns([]))
             held.chunks.append(cols.data)
+            self._n_points += cols.size
+            if cols.size:
+                self._last_step = max(self._last_step or 0, int(np.nanmax(cols.data["step"])))
         if batch.replace or batch.first:
             self._recompute_t0()
+        if not self.isVisible():
+            # A hidden tab only keeps the columns; it redraws once when shown (4 open runs cost the UI
+            # thread one chart update per batch, not four).
+            self._charts_stale = self._charts_stale or bool(batch.metrics) or batch.replace
+        elif batch.replace or batch.first or self._charts_stale:
             self._redraw_metrics()
         elif batch.metrics:
             if self.t0 is None:
@@ -599,13 +612,19 @@ class RunView(QWidget):
                 segs.append(Segment(attempt, self._x(data), data[field_name]))
             chart.set_run(self.run_id, self._label(), RUN_COLORS[0], segs)
             chart.set_x_label(X_LABELS[self.x_axis])
+        self._charts_stale = False
 
     def _label(self) -> str:
         return self.run.name if self.run is not None else self.run_id
 
     def point_count(self) -> int:
-        """Metric rows shown (after latest-attempt-wins)."""
-        return sum(sum(c["step"].size for c in held.chunks) for held in self._columns.values())
+        """Metric rows held for the charts (after latest-attempt-wins)."""
+        return self._n_points
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if self._charts_stale:
+            self._redraw_metrics()
 
     def steps_shown(self) -> np.ndarray:
         """Every step on the charts, attempt by attempt (for checks that nothing is missing or doubled)."""
@@ -686,12 +705,7 @@ class RunView(QWidget):
         self.hang_banner.show_message(text, "warn")
 
     def _update_info(self) -> None:
-        n = self.point_count()
-        last = None
-        for held in self._columns.values():
-            for chunk in held.chunks:
-                if chunk["step"].size:
-                    last = max(last or 0, int(np.nanmax(chunk["step"])))
+        n, last = self._n_points, self._last_step
         started = self.run.started_at if self.run is not None else None
         parts = [f"step {last}" if last is not None else "no steps yet", f"{n} points"]
         if self.run is not None and started and self.run.status not in TERMINAL_STATUSES:

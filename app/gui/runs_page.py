@@ -38,6 +38,7 @@ from app.gui.app import palette_is_dark
 from app.gui.workers import WorkContext, Worker
 
 REFRESH_COALESCE_MS = 400
+PERIODIC_REFRESH_MS = 10_000  # runs launched by another process (the CLI) show up without a stream event
 COLUMNS = ("Name", "Cluster", "Status", "Created", "Steps", "Last loss", "Best pass@1")
 STATUS_COLORS = {  # (light, dark)
     "running": ("#1a7f37", "#4ade80"), "pending": ("#9a6700", "#facc15"), "completing": ("#0969da", "#60a5fa"),
@@ -145,8 +146,9 @@ class RunsFilter(QSortFilterProxyModel):
         self.text = ""
 
     def set_text(self, text: str) -> None:
+        self.beginFilterChange()
         self.text = text.strip().lower()
-        self.invalidateFilter()
+        self.endFilterChange()
 
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
         if not self.text:
@@ -223,6 +225,9 @@ class RunsPage(QWidget):
         self.table.selectionModel().selectionChanged.connect(self._update_buttons)
         self._timer = QTimer(self, singleShot=True, interval=REFRESH_COALESCE_MS)
         self._timer.timeout.connect(self.refresh)
+        self._periodic = QTimer(self, interval=PERIODIC_REFRESH_MS)
+        self._periodic.timeout.connect(lambda: self.refresh() if self.isVisible() else None)
+        self._periodic.start()
         self._update_buttons()
 
     # ------------------------------------------------------------------ refresh
@@ -231,6 +236,10 @@ class RunsPage(QWidget):
         """Coalesce bursts of store changes into one refresh."""
         if not self._timer.isActive():
             self._timer.start()
+
+    @property
+    def is_refreshing(self) -> bool:
+        return self._worker is not None
 
     def refresh(self) -> None:
         if self.store is None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,8 @@ from core.store import RunRow, Store
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.25
+POLL_S = 0.5  # when nobody wakes the watcher (the store fed by another process)
+MIN_POLL_GAP_S = 0.25  # wakes come per ingested batch (hundreds a second across runs): polls stay this far apart
 LOG_MAX_BYTES = 256 << 10  # stdout handed to the console at most per batch (older text is dropped first)
 COLUMNS = ("step", "tokens", "samples", "t", "loss", "lr", "grad_norm", "tokens_per_s")
 _sub_ids = itertools.count(1)
@@ -93,6 +96,21 @@ class _Cursor:
     run: RunRow | None = None
 
 
+GIL_SWITCH_S = 0.001
+
+
+def keep_ui_thread_responsive() -> None:
+    """Shorten the interpreter's GIL switch interval (default 5 ms) for the GUI process.
+
+    Every Qt call from Python releases the GIL and takes it back; while a background thread (streamer,
+    watcher, worker) runs Python code, each take-back waits up to the switch interval. A chart repaint makes
+    hundreds of such calls, so with busy background threads the default turned a repaint into a multi-second
+    UI stall on a loaded machine (measured in tests/app/test_responsiveness.py: 6.3 s; 0.7 s at 0.5 ms).
+    """
+    if sys.getswitchinterval() > GIL_SWITCH_S:
+        sys.setswitchinterval(GIL_SWITCH_S)
+
+
 class StoreWatcher(QObject):
     """Polls the store for the watched runs on a background thread; `batch` carries RunBatch objects.
 
@@ -102,10 +120,13 @@ class StoreWatcher(QObject):
     batch = Signal(object)  # RunBatch, delivered on the UI thread (queued)
     failed = Signal(str, str)  # run id, message
 
-    def __init__(self, store: Store, poll_s: float = POLL_S, parent: QObject | None = None):
+    def __init__(self, store: Store, poll_s: float = POLL_S, parent: QObject | None = None, *,
+                 min_gap_s: float = MIN_POLL_GAP_S):
         super().__init__(parent)
+        keep_ui_thread_responsive()
         self.store = store
         self.poll_s = poll_s
+        self.min_gap_s = min_gap_s
         self._cursors: dict[int, _Cursor] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -144,11 +165,15 @@ class StoreWatcher(QObject):
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
+        last = 0.0
         while not self._stop.is_set():
             self._wake.wait(self.poll_s)
+            # Coalesce: however often the stream wakes us, the UI gets at most one batch per run per gap.
+            self._stop.wait(max(0.0, last + self.min_gap_s - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 break
+            last = time.monotonic()
             with self._lock:
                 cursors = list(self._cursors.values())
             for cur in cursors:

@@ -46,7 +46,9 @@ class Worker(QRunnable):
 
     def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
         super().__init__()
-        self.setAutoDelete(False)  # the Python side owns it (signals stay valid until the owner drops it)
+        # autoDelete stays on: the pool deletes the C++ runnable after run(), never while it runs (a Python
+        # owner dropping its last reference mid-run would). What callers keep using lives on the Python side:
+        # the signals QObject, the cancel flag, the request id.
         self._fn, self._args, self._kwargs = fn, args, kwargs
         self.request_id = next(_request_ids)
         self.cancel_event = threading.Event()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.decontam.normalize import offset_map, process, process_ascii_bytes, raw_span
+from core.decontam.normalize import ascii_tables, offset_map, process, raw_span
 
 TINY = 16  # patterns shorter than this are searched with str.find
 _MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -77,8 +77,9 @@ def prepare_items(tasks: list[tuple[str, str, str]], *, mode: str, seed: int, wi
 
 
 # Tiers of patterns by the shortest match they need: (lowest min length, gram length in characters).
-# Longer grams hit common code fragments less often; the stride (min length - q + 1) stays large.
-TIERS = ((TINY, 8), (30, 16), (40, 16))
+# Longer grams hit common code fragments less often; the stride (min length - q + 1) stays large. One pass
+# per tier: short MBPP questions (30+) share the 50-character windows' pass at stride 15.
+TIERS = ((TINY, 8), (30, 16))
 
 
 def _word_hashes(buf: bytes, itemsize: int, q: int, stride: int) -> np.ndarray:
@@ -96,35 +97,40 @@ def _word_hashes(buf: bytes, itemsize: int, q: int, stride: int) -> np.ndarray:
 
 
 class _Tier:
-    """Patterns whose min length is in one band, with their grams in two dicts (ASCII and UTF-32 buffers)."""
+    """Patterns whose min length is in one band, with their grams for ASCII (1 byte per character) and UTF-32
+    buffers; each table is built on first use (a corpus without non-ASCII rows never needs the second)."""
 
     def __init__(self, q: int, m_min: int, patterns: list[tuple[int, str]]):
         self.q, self.stride = q, m_min - q + 1
-        # gram hash -> pattern k << 32 | offset, or a tuple of those
-        self.grams: dict[int, dict[int, int | tuple[int, ...]]] = {1: {}, 4: {}}
-        key_arrays = []
-        for itemsize in (1, 4):
-            grams = self.grams[itemsize]
-            members = [(k, t) for k, t in patterns if itemsize == 4 or t.isascii()]
-            joined = "".join(t for _, t in members)
-            buf = joined.encode("ascii") if itemsize == 1 else joined.encode("utf-32-le", "surrogatepass")
-            arr = _word_hashes(buf, itemsize, q, 1)  # one numpy pass for all patterns
-            key_arrays.append(arr)  # (a few hashes span two patterns: harmless extra bitmap bits)
-            hashes = arr.tolist()
-            start = 0
-            for k, text in members:
-                base = k << 32
-                for off, h in enumerate(hashes[start: start + len(text) - q + 1]):
-                    entries = grams.get(h)
-                    # ints and tuples of ints: the dict holds no GC-tracked objects, so collections skip it
-                    grams[h] = base | off if entries is None else (
-                        (entries, base | off) if type(entries) is int else (*entries, base | off))
-                start += len(text)
-        keys = np.concatenate(key_arrays)
-        bits = min(26, max(16, (len(keys) * 64).bit_length()))
-        self.shift = np.uint64(64 - bits)
-        self.bitmap = np.zeros(1 << bits, dtype=bool)
-        self.bitmap[keys >> self.shift] = True
+        self.patterns = patterns
+        self._tables: dict[int, tuple[dict[int, int | tuple[int, ...]], np.ndarray, np.uint64]] = {}
+
+    def table(self, itemsize: int) -> tuple[dict[int, int | tuple[int, ...]], np.ndarray, np.uint64]:
+        """(gram hash -> pattern k << 32 | offset or a tuple of those, bitmap of hashes, bitmap shift)."""
+        if itemsize in self._tables:
+            return self._tables[itemsize]
+        q = self.q
+        grams: dict[int, int | tuple[int, ...]] = {}
+        members = [(k, t) for k, t in self.patterns if itemsize == 4 or t.isascii()]
+        joined = "".join(t for _, t in members)
+        buf = joined.encode("ascii") if itemsize == 1 else joined.encode("utf-32-le", "surrogatepass")
+        keys = _word_hashes(buf, itemsize, q, 1)  # one numpy pass for all patterns
+        hashes = keys.tolist()
+        start = 0
+        for k, text in members:
+            base = k << 32
+            for off, h in enumerate(hashes[start: start + len(text) - q + 1]):
+                entries = grams.get(h)
+                # ints and tuples of ints: the dict holds no GC-tracked objects, so collections skip it
+                grams[h] = base | off if entries is None else (
+                    (entries, base | off) if type(entries) is int else (*entries, base | off))
+            start += len(text)
+        bits = min(26, max(16, (len(keys) * 128).bit_length()))
+        shift = np.uint64(64 - bits)
+        bitmap = np.zeros(1 << bits, dtype=bool)
+        bitmap[keys >> shift] = True  # (a few hashes span two patterns: harmless extra bits)
+        self._tables[itemsize] = (grams, bitmap, shift)
+        return self._tables[itemsize]
 
 
 def _match_len_forward(a, i: int, b, j: int, limit: int) -> int:
@@ -191,16 +197,18 @@ class SubstringMatcher:
         uni_parts: list[str] = []
         uni_ids: list[int] = []
         cf = self.casefold
-        for row, segs in rows:
+        table, delete = ascii_tables(cf)
+        sid = 0
+        for row, segs in rows:  # the hottest loop: one pass over every field of every row
             for fname, raw in segs:
-                sid = len(seg_meta)
                 seg_meta.append((row, fname, raw))
                 if raw.isascii():
-                    ascii_parts.append(process_ascii_bytes(raw.encode("ascii"), cf))
+                    ascii_parts.append(raw.encode("ascii").translate(table, delete))
                     ascii_ids.append(sid)
                 else:
                     uni_parts.append(process(raw, cf))
                     uni_ids.append(sid)
+                sid += 1
         found: dict[int, dict[tuple[int, int], list[tuple[int, int, int]]]] = {}  # sid -> (pat, diag) -> spans
         for parts, ids, is_bytes in ((ascii_parts, ascii_ids, True), (uni_parts, uni_ids, False)):
             if parts and self.tiers:
@@ -245,16 +253,15 @@ class SubstringMatcher:
         ends = np.cumsum(lens)
         starts = ends - lens
         for tier in self.tiers:
+            grams, bitmap, shift = tier.table(itemsize)
             hashes = _word_hashes(hashbuf, itemsize, tier.q, tier.stride)
-            cand = np.flatnonzero(tier.bitmap[hashes >> tier.shift])
+            cand = np.flatnonzero(bitmap[hashes >> shift])
             if len(cand):
                 positions = cand * tier.stride
-                self._verify(buf, is_bytes, tier, hashes[cand].tolist(), positions.tolist(),
+                self._verify(buf, is_bytes, grams, tier.q, hashes[cand].tolist(), positions.tolist(),
                              np.searchsorted(ends, positions, side="right").tolist(), starts, ends, ids, found)
 
-    def _verify(self, buf, is_bytes, tier, hashes, positions, segs, starts, ends, ids, found) -> None:
-        grams = tier.grams[1 if is_bytes else 4]
-        Q = tier.q
+    def _verify(self, buf, is_bytes, grams, Q, hashes, positions, segs, starts, ends, ids, found) -> None:
         sampled = self.mode == "sampled"
         for h, p, si in zip(hashes, positions, segs, strict=True):
             entries = grams.get(h)

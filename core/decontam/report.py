@@ -64,8 +64,10 @@ def finalize(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _signature(r: dict[str, Any]) -> tuple:
+    # eval files are compared by content (shards may run where the eval set sits at another path)
     return (r["method"], json.dumps(r["params"], sort_keys=True), r["seed"],
-            json.dumps(r["evals"], sort_keys=True), [f["path"] for f in r["train"]["files"]],
+            [(e["benchmark"], e["sha256"], e["n_items"]) for e in r["evals"]],
+            [f["path"] for f in r["train"]["files"]],
             [(i["benchmark"], i["task_id"]) for i in r["items"]])
 
 

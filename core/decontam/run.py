@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.decontam.matcher import MODES, make_matcher, prepare_items
+from core.decontam.matcher import MODES, Item, make_matcher, prepare_items
+from core.decontam.normalize import raw_span
 from core.decontam.reader import (
     DecontamError,
     Unit,
     check_path,
-    iter_rows,
+    iter_batches,
     path_bytes,
     plan_units,
     row_id,
@@ -30,8 +31,8 @@ from core.decontam.report import METHODS, SCHEMA, VERSION, finalize, match_sort_
 from core.evalsets import EvalSet, EvalSetError, load_eval_set
 from core.fsutil import sha256_file
 
-BATCH_CHARS = 4 << 20  # raw characters matched per batch (bounds memory per process)
-PROGRESS_CHARS = 1 << 20
+BATCH_BYTES = 4 << 20  # input bytes matched per batch (bounds memory per process)
+PROGRESS_BYTES = 1 << 20
 
 
 class Cancelled(Exception):
@@ -54,9 +55,12 @@ class Spec:
 _STATE: dict[str, Any] = {}
 
 
-def _build_state(spec: Spec) -> dict[str, Any]:
-    items = prepare_items(list(spec.tasks), mode=spec.mode, seed=spec.seed, window=spec.window,
-                          casefold=spec.casefold)
+def _prepare(spec: Spec) -> list[Item]:
+    return prepare_items(list(spec.tasks), mode=spec.mode, seed=spec.seed, window=spec.window, casefold=spec.casefold)
+
+
+def _build_state(spec: Spec, items: list[Item] | None = None) -> dict[str, Any]:
+    items = items if items is not None else _prepare(spec)
     return {"spec": spec, "matcher": make_matcher(items, mode=spec.mode, window=spec.window, casefold=spec.casefold)}
 
 
@@ -75,44 +79,40 @@ def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int],
     rows: dict[int, set[int]] = {}
     key_rows: dict[tuple[int, Any], set[int]] = {}
     key_text: dict[tuple[int, Any], str] = {}
-    batch: list[tuple[int, list[tuple[str, str]]]] = []
-    ids: dict[int, str | None] = {}
-    chars = since_progress = 0
+    batch: list[tuple[int, list[tuple[str, str]]]] = []  # (position in batch, segments) for the matcher
+    meta: list[tuple[int, dict[str, Any]]] = []  # (row index in the unit, row) at the same position
 
     def flush() -> None:
-        for row, fname, item, widx, espan, tspan, text in matcher.scan(batch):
+        for pos, fname, item, widx, espan, tspan, text in matcher.scan(batch):
+            row, row_obj = meta[pos]
             rows.setdefault(item, set()).add(row)
             key = widx if sampled else espan
             key_rows.setdefault((item, key), set()).add(row)
             key_text.setdefault((item, key), text)
             lst = hits.setdefault(item, [])
-            lst.append({"file_index": unit.file_index, "file_row": row, "train_id": ids.get(row), "field": fname,
+            lst.append({"file_index": unit.file_index, "file_row": row, "train_id": row_id(row_obj), "field": fname,
                         "window": widx if sampled else None, "eval_span": list(espan),
                         "train_span": list(tspan), "text": text})
             if len(lst) > 4 * spec.cap:
                 lst.sort(key=match_sort_key)
                 del lst[spec.cap:]
         batch.clear()
-        ids.clear()
+        meta.clear()
 
     n_rows = 0
-    done = 0
-    for where, row, done in iter_rows(unit):
-        segs = row_segments(row, fields, unit, where)
-        if segs:
-            batch.append((n_rows, segs))
-            ids[n_rows] = row_id(row)
-            size = 0
-            for seg in segs:
-                size += len(seg[1])
-            chars += size
-            since_progress += size
-        n_rows += 1
-        if chars >= BATCH_CHARS:
+    flush_at, progress_at = BATCH_BYTES, PROGRESS_BYTES
+    for rows_in, done in iter_batches(unit):
+        for where, row in rows_in:  # per row: only what cannot wait for the batch
+            segs = row_segments(row, fields, unit, where)
+            if segs:
+                batch.append((len(batch), segs))
+                meta.append((n_rows, row))
+            n_rows += 1
+        if done >= flush_at:  # batches are bounded by input bytes (reader batches are ~READ_BYTES)
             flush()
-            chars = 0
-        if since_progress >= PROGRESS_CHARS:
-            since_progress = 0
+            flush_at = done + BATCH_BYTES
+        if done >= progress_at:
+            progress_at = done + PROGRESS_BYTES
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             if on_progress:
@@ -190,6 +190,7 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
     sizes = [unit_bytes_total(u) for u in units]
     total = sum(sizes)
     spec = Spec(tasks, mode, seed, window, casefold, tuple(fields) if fields else None, max_matches_per_item)
+    items = _prepare(spec)  # the report's windows come from these too
 
     results: list[dict[str, Any]] = []
     done_before = 0
@@ -202,7 +203,7 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
     if progress:
         progress(0, total)
     if jobs == 1 or len(units) == 1:
-        state = _build_state(spec)  # local: several checks may run at once in threads (the GUI)
+        state = _build_state(spec, items)  # local: several checks may run at once in threads (the GUI)
         for unit, size in zip(units, sizes, strict=True):
             results.append(process_unit(
                 unit, state, (lambda d, base=done_before: progress(base + d, total)) if progress else None, cancel))
@@ -237,10 +238,10 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     check_cancel()
-    return _assemble(train_paths, own, evalsets, tasks, spec, results, shard, boilerplate_rows, cancel)
+    return _assemble(train_paths, own, evalsets, items, spec, results, shard, boilerplate_rows, cancel)
 
 
-def _assemble(train_paths, own, evalsets, tasks, spec: Spec, results, shard, boilerplate_rows, cancel):
+def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, results, shard, boilerplate_rows, cancel):
     files = []
     for i, path in enumerate(train_paths):
         if i in own:
@@ -252,18 +253,12 @@ def _assemble(train_paths, own, evalsets, tasks, spec: Spec, results, shard, boi
     file_rows = {i: 0 for i in own}
     items = []
     windows = []
-    from core.decontam.matcher import sample_windows
-    from core.decontam.normalize import offset_map, process, raw_span
-
-    for bench, tid, question in tasks:
-        entry = {"benchmark": bench, "task_id": tid, "question": question, "contaminated": False,
+    for it in prepared:
+        entry = {"benchmark": it.benchmark, "task_id": it.task_id, "question": it.question, "contaminated": False,
                  "windows": [], "n_matching_rows": 0, "matches": [], "matched_spans": [], "boilerplate_windows": []}
         if spec.mode == "sampled":
-            processed = process(question, spec.casefold)
-            omap = offset_map(question)
-            entry["windows"] = [{"text": processed[s:e], "eval_span": list(raw_span(omap, s, e)), "n_rows": 0}
-                                for s, e in sample_windows(processed, seed=spec.seed, benchmark=bench, task_id=tid,
-                                                           window=spec.window)]
+            entry["windows"] = [{"text": it.processed[s:e], "eval_span": list(raw_span(it.omap, s, e)), "n_rows": 0}
+                                for s, e in it.windows]
         items.append(entry)
         windows.append({})
     flagged: dict[tuple[int, int], list[int]] = {}

@@ -205,9 +205,9 @@ def evaluation_command(paths: RunPaths, checkpoint: Path, step: int, attempt: in
             "--step", str(step), "--attempt", str(attempt)]
 
 
-def start_evaluation(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> int | None:
-    """Start remote.job.evaluate detached (own session, output appended to eval.log); its pid, or None
-    when TUNEDECK_NO_EVAL=1. Training never waits for it; the app follows its eval_* events."""
+def start_evaluation(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> subprocess.Popen[bytes] | None:
+    """Start remote.job.evaluate detached (own session, output appended to eval.log); None when
+    TUNEDECK_NO_EVAL=1. Training never waits for it; the app follows its eval_* events."""
     if os.environ.get("TUNEDECK_NO_EVAL") == "1":
         return None
     env = {k: v for k, v in os.environ.items()
@@ -216,7 +216,7 @@ def start_evaluation(paths: RunPaths, checkpoint: Path, step: int, attempt: int)
     with open(paths / EVAL_LOG, "ab") as log:
         proc = subprocess.Popen(evaluation_command(paths, checkpoint, step, attempt), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=paths.root)
-    return proc.pid
+    return proc
 
 
 class CheckpointCallback(TrainerCallback):
@@ -229,6 +229,7 @@ class CheckpointCallback(TrainerCallback):
         self.keep = keep
         self.eval_when = eval_when
         self.last_complete: tuple[int, Path] | None = None
+        self.evaluations: dict[Path, subprocess.Popen[bytes]] = {}  # checkpoint -> its evaluation process
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         import torch.distributed as dist
@@ -249,14 +250,29 @@ class CheckpointCallback(TrainerCallback):
         self.prune(current=step)
         final = bool(state.max_steps) and step >= state.max_steps
         if self.eval_when == "per_checkpoint" or (self.eval_when == "end" and final):
-            pid = start_evaluation(self.paths, ckpt, step, self.recorder.attempt)
-            self.recorder.event("eval_requested", {"step": step, "checkpoint": str(ckpt), "pid": pid})
+            proc = start_evaluation(self.paths, ckpt, step, self.recorder.attempt)
+            if proc is not None:
+                self.evaluations[ckpt] = proc
+            self.recorder.event("eval_requested", {"step": step, "checkpoint": str(ckpt), "pid": proc.pid if proc else None})
+
+    def evaluation_pending(self, ckpt: Path) -> bool:
+        proc = self.evaluations.get(ckpt)
+        if proc is None:
+            return False
+        if proc.poll() is None:
+            return True
+        del self.evaluations[ckpt]  # finished (and reaped)
+        return False
 
     def prune(self, current: int) -> None:
-        """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete leftovers."""
+        """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete leftovers.
+
+        A checkpoint whose evaluation (started by this job) is still queued or running is spared until a
+        later save: evaluations run one at a time, and pruning must not pull a model from under one.
+        """
         complete = self.paths.complete_checkpoints()
         complete_dirs = {d for _, d in complete}
-        doomed = [d for _, d in complete[:-self.keep]] if self.keep > 0 else []
+        doomed = [d for _, d in complete[:-self.keep] if not self.evaluation_pending(d)] if self.keep > 0 else []
         if self.paths.checkpoints.is_dir():
             for d in self.paths.checkpoints.iterdir():
                 if d.is_dir() and d.name.startswith("checkpoint-") and d not in complete_dirs and d != self.paths.checkpoint(current):

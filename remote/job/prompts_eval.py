@@ -145,17 +145,20 @@ def solution_code(task: EvalTask, completion: str, kind: str) -> str:
 
 
 _PLUS_REFERENCE = """
-import copy as _copy, json as _json, marshal as _marshal, sys as _sys
+import copy as _copy, hashlib as _hashlib, json as _json, marshal as _marshal, sys as _sys
 _out = []
 for _args in _json.loads({inputs!r}):
-    _out.append({entry}(*_copy.deepcopy(_args)))
+    _v = {entry}(*_copy.deepcopy(_args))
+    _b = _marshal.dumps(_v, 2)
+    # a huge output (HumanEval/15 makes megabyte strings) is checked by digest instead of carried whole
+    _out.append(("h", _hashlib.sha256(_b).hexdigest()) if len(_b) > 65536 else ("v", _v))
 # marshal, not repr: exact types (tuple vs list, nan, inf) and linear time for huge ints (HumanEval/83)
 _sys.stdout.write("\\n" + {marker!r} + _marshal.dumps(_out).hex() + "\\n")
 """
 PLUS_MARKER = "@@tunedeck-expected@@"
 
 _PLUS_CHECK = """
-import copy as _copy, json as _json, marshal as _marshal, math as _math
+import copy as _copy, hashlib as _hashlib, json as _json, marshal as _marshal, math as _math
 _atol = {atol!r}
 _exp_all = _marshal.loads(bytes.fromhex({expected!r}))
 def _close(out, exp):
@@ -172,8 +175,14 @@ for _i, _args in enumerate(_json.loads({inputs!r})):
     _out = {entry}(*_copy.deepcopy(_args))
     if {entry!r} == "find_zero":
         assert abs(_poly(_args[0], _out)) <= _atol, "plus input %d" % _i
+    elif _exp_all[_i][0] == "h":
+        try:
+            _d = _hashlib.sha256(_marshal.dumps(_out, 2)).hexdigest()
+        except ValueError:
+            _d = None
+        assert _d == _exp_all[_i][1], "plus input %d" % _i
     else:
-        assert _close(_out, _exp_all[_i]), "plus input %d" % _i
+        assert _close(_out, _exp_all[_i][1]), "plus input %d" % _i
 """
 
 

@@ -8,8 +8,9 @@ Isolation per sample (see remote/job/sandbox_launcher.py for the process tree):
   sockets, proxies or tokens) and stdin closed once the program is read from it;
 - as root: its own pid, network, mount, IPC and UTS namespaces; a private tmpfs /tmp as its working directory
   (it vanishes with the namespace), /root and /home hidden, every other mount read-only; the user dropped to
-  an unassigned uid per worker slot (61000 + slot, group nogroup), so two samples never share a uid and a
-  fork bomb in one cannot exhaust another's RLIMIT_NPROC; PR_SET_NO_NEW_PRIVS (no setuid binaries);
+  an unassigned uid per worker slot (from 61000 up, group nogroup, reserved machine-wide with an flock in
+  /run/tunedeck-sandbox-uids), so two samples never share a uid, not even across concurrent evaluations,
+  and a fork bomb in one cannot exhaust another's RLIMIT_NPROC; PR_SET_NO_NEW_PRIVS (no setuid binaries);
 - rlimits: address space, CPU time, file size, open files, processes, core dumps = 0;
 - a wall-clock timeout in the launcher (SIGKILL of the namespace's init kills everything in it) and a
   backup one here; after every sample its process group is killed and, without a pid namespace, every
@@ -29,6 +30,8 @@ outside the sample's directory stay untouched, and nothing outlives the sample.
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import json
 import marshal
 import os
@@ -37,6 +40,7 @@ import queue
 import secrets
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +55,8 @@ LAUNCHER = str(Path(__file__).with_name("sandbox_launcher.py"))
 PYTHON = os.path.realpath(sys.executable)  # the base interpreter behind a venv's symlink
 PREFIX = os.path.realpath(sys.base_prefix)
 UID_BASE = 61000  # unassigned uids, one per worker slot (like systemd's DynamicUser range)
+UID_RANGE = 4096
+UID_LOCK_DIRS = ("/run/tunedeck-sandbox-uids", "/tmp/tunedeck-sandbox-uids")
 TAIL_BYTES = 16 * 1024
 ERROR_MARK = b"\x00tunedeck-error="
 MARKER_ENV = "TUNEDECK_SANDBOX_ID"
@@ -161,7 +167,7 @@ def _select_mode() -> tuple[_Mode, dict]:
             "private_tmp": mode.namespaces,
             "readonly_root": probe.get("root_writable") is False,
             "user_drop": probe.get("uid", 0) != 0,
-            "uid_base": UID_BASE if mode.user_drop else None,
+            "uids": active_uids() if mode.user_drop else [],
             "root_ssh_readable": probe.get("root_ssh_readable"),
             "home_hidden": mode.namespaces,  # /root and /home are empty tmpfs (only the interpreter shows)
             "no_new_privs": mode.no_new_privs,
@@ -218,6 +224,40 @@ def _rlimits(limits: Limits, timeout_s: float) -> dict[str, int]:
 
 
 _GID_NOGROUP: int | None = None
+_slot_uids: dict[int, tuple[int, int]] = {}  # slot -> (uid, fd of the flock that reserves it)
+_uid_lock = threading.Lock()
+
+
+def _reserve_uid() -> tuple[int, int]:
+    """An unused sandbox uid, reserved machine-wide by an flock held for this process's lifetime, so that
+    two evaluations on one node (two runs, or a test run beside a training job) never share a uid."""
+    for base in UID_LOCK_DIRS:
+        try:
+            Path(base).mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        for uid in range(UID_BASE, UID_BASE + UID_RANGE):
+            fd = os.open(Path(base) / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return uid, fd
+    raise RuntimeError(f"no free sandbox uid in {UID_BASE}..{UID_BASE + UID_RANGE - 1}")
+
+
+def _uid_for_slot(slot: int) -> int:
+    with _uid_lock:
+        if slot not in _slot_uids:
+            _slot_uids[slot] = _reserve_uid()
+        return _slot_uids[slot][0]
+
+
+def active_uids() -> list[int]:
+    """The sandbox uids this process has reserved (tests scan them for leftovers)."""
+    with _uid_lock:
+        return [uid for uid, _ in _slot_uids.values()]
 
 
 def _nogroup() -> int:
@@ -342,11 +382,86 @@ def _classify(report: dict, out: _Tail, err: _Tail, harness_timeout: bool) -> st
     return f"exit:{code}"
 
 
+class _Zygote:
+    """A long-lived launcher (sandbox_launcher.py --serve) for one worker slot: it forks a per-sample
+    launcher per request, so a sample costs one interpreter start instead of two."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-I", "-S", LAUNCHER, "--serve", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), start_new_session=True, cwd="/", env={"PATH": CLEAN_PATH},
+            )
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    def launch(self, cfg: dict, fds: list[int]) -> int:
+        socket.send_fds(self.sock, [marshal.dumps(cfg)], fds)
+        reply = self.sock.recv(64)
+        if not reply:
+            raise OSError("sandbox launcher server exited")
+        pid = marshal.loads(reply)
+        if pid <= 0:
+            raise OSError("sandbox launcher server refused the request")
+        return pid
+
+    def close(self) -> None:
+        self.sock.close()  # the server exits on EOF
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_zygotes: dict[int, _Zygote] = {}
+_zygote_lock = threading.Lock()
+USE_ZYGOTE = True
+
+
+def _zygote(slot: int) -> _Zygote:
+    with _zygote_lock:
+        z = _zygotes.get(slot)
+        if z is None or z.proc.poll() is not None:
+            z = _zygotes[slot] = _Zygote()
+        return z
+
+
+@atexit.register
+def _close_zygotes() -> None:
+    with _zygote_lock:
+        for z in _zygotes.values():
+            z.close()
+        _zygotes.clear()
+
+
+def _spawn(cfg: dict, slot: int, fds: list[int], marker: str) -> tuple[int, subprocess.Popen | None]:
+    """Start the per-sample launcher: through the slot's zygote, or as a fresh process if that fails."""
+    if USE_ZYGOTE:
+        try:
+            return _zygote(slot).launch(cfg, fds), None
+        except OSError:
+            with _zygote_lock:
+                stale = _zygotes.pop(slot, None)
+            if stale is not None:
+                stale.close()
+    cfg = {**cfg, "status_fd": fds[3]}
+    proc = subprocess.Popen(
+        [PYTHON, "-I", "-S", LAUNCHER, marshal.dumps(cfg).hex()],
+        stdin=fds[0], stdout=fds[1], stderr=fds[2], pass_fds=(fds[3],), start_new_session=True, cwd="/",
+        env=_clean_env("/", marker),
+    )
+    return proc.pid, proc
+
+
 def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s: float) -> SandboxResult:
     timeout = job.timeout_s if job.timeout_s is not None else timeout_s
     token = secrets.token_hex(16).encode()
     marker = f"{os.getpid()}-{secrets.token_hex(6)}"
-    uid = UID_BASE + slot if mode.user_drop else None
+    uid = _uid_for_slot(slot) if mode.user_drop else None
     gid = _nogroup() if mode.user_drop else None
     workdir = None
     if not mode.namespaces:
@@ -355,34 +470,36 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
             os.chown(workdir, uid, gid)
     home = "/tmp/work" if mode.namespaces else workdir
     rlimits = _rlimits(limits, timeout)
-    status_r, status_w = os.pipe()
     cfg = {
-        "status_fd": status_w, "namespaces": mode.namespaces, "pid_ns": mode.pid_ns, "net_ns": mode.net_ns,
+        "namespaces": mode.namespaces, "pid_ns": mode.pid_ns, "net_ns": mode.net_ns,
         "no_new_privs": mode.no_new_privs, "uid": uid, "gid": gid, "python": PYTHON, "prefix": PREFIX,
         "hide": ["/root", "/home"], "tmpfs_mb": limits.tmpfs_mb, "rlimits": rlimits, "timeout_s": timeout,
         "workdir": workdir, "env": _clean_env(home, marker),
     }
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    status_r, status_w = os.pipe()
     start = time.monotonic()
     out, err, status = _Tail(token, job.stdout_limit), _Tail(), bytearray()
     harness_timeout = False
+    proc = None
+    pid = None
     try:
-        proc = subprocess.Popen(
-            [PYTHON, "-I", "-S", LAUNCHER, marshal.dumps(cfg).hex()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(status_w,), start_new_session=True, cwd="/", env=_clean_env("/", marker),
-        )
-    except BaseException:
-        os.close(status_r)
-        os.close(status_w)
-        raise
-    os.close(status_w)
+        pid, proc = _spawn(cfg, slot, [in_r, out_w, err_w, status_w], marker)
+    finally:
+        for fd in (in_r, out_w, err_w, status_w):
+            os.close(fd)  # the child holds its copies: EOF on our ends means it (and its heirs) are gone
+        if pid is None:
+            for fd in (in_w, out_r, err_r, status_r):
+                os.close(fd)
     payload = memoryview(token + b"\n" + job.program.encode("utf-8", "replace"))
+    sel = selectors.DefaultSelector()
     try:
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdin, selectors.EVENT_WRITE, "in")
-        sel.register(proc.stdout, selectors.EVENT_READ, out)
-        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        os.set_blocking(in_w, False)
+        sel.register(in_w, selectors.EVENT_WRITE, "in")
+        sel.register(out_r, selectors.EVENT_READ, out)
+        sel.register(err_r, selectors.EVENT_READ, err)
         sel.register(status_r, selectors.EVENT_READ, status)
         deadline = start + timeout + STARTUP_GRACE_S
         open_readers = 3
@@ -394,38 +511,41 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
             for key, _ in sel.select(timeout=left):
                 if key.data == "in":
                     try:
-                        n = os.write(key.fd, payload[:65536])
+                        n = os.write(in_w, payload[:65536])
                         payload = payload[n:]
-                    except (BrokenPipeError, BlockingIOError) as exc:
-                        if isinstance(exc, BrokenPipeError):
-                            payload = payload[:0]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        payload = payload[:0]
                     if not payload:
-                        sel.unregister(key.fileobj)
-                        proc.stdin.close()
+                        sel.unregister(in_w)
+                        os.close(in_w)
+                        in_w = -1
                     continue
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
-                    sel.unregister(key.fileobj)
+                    sel.unregister(key.fd)
                     open_readers -= 1
                 elif key.data is status:
                     status += chunk
                 else:
                     key.data.feed(chunk)
-        sel.close()
     finally:
-        # Kill the launcher's group: with namespaces the init dies with the launcher (PDEATHSIG) and takes
+        sel.close()
+        # Kill the per-sample launcher's group (its pid cannot have been reused: it is reaped by us or by
+        # the zygote only after this). With namespaces the init dies with the launcher (PDEATHSIG) and takes
         # every process of the namespace with it; without them the sweep below finds the rest.
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        proc.wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f and not f.closed:
-                f.close()
-        os.close(status_r)
+        if proc is not None:
+            proc.wait()
+        for fd in (in_w, out_r, err_r, status_r):
+            if fd >= 0:
+                os.close(fd)
         if not mode.pid_ns:
-            _sweep(marker, uid, proc.pid)
+            _sweep(marker, uid, pid)
         if workdir:
             _rmtree(workdir)
     seconds = time.monotonic() - start
@@ -435,7 +555,7 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
     except (EOFError, ValueError, TypeError):
         report = {"setup_error": f"bad launcher report {bytes(status)[:200]!r}"}
     if not status and not harness_timeout:
-        report["setup_error"] = f"launcher exited {proc.returncode} without a report"
+        report["setup_error"] = "the launcher exited without a report"
     report["cpu_limit"] = rlimits["RLIMIT_CPU"]
     error = _classify(report, out, err, harness_timeout)
     stderr_tail = err.buf.decode("utf-8", "replace")

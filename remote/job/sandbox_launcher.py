@@ -88,7 +88,17 @@ _r(_t, _s)
 """
 
 
+_LIBC = None
+
+
 def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = _load_libc()
+    return _LIBC
+
+
+def _load_libc():
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -240,8 +250,8 @@ def read_all(fd):
         chunks.append(b)
 
 
-def main():
-    cfg = marshal.loads(bytes.fromhex(sys.argv[1]))
+def run_sample(cfg):
+    """Run one sample as configured and write the report to cfg["status_fd"]. Never returns."""
     status_fd = cfg["status_fd"]
     os.set_inheritable(status_fd, False)
     report = {"setup_error": None, "timed_out": False, "exit": None, "signal": None}
@@ -260,7 +270,7 @@ def main():
     except OSError as exc:
         report["setup_error"] = f"launcher: {exc}"
         os.write(status_fd, marshal.dumps(report))
-        sys.exit(125)
+        os._exit(125)
     launcher_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -306,7 +316,64 @@ def main():
     report["cpu_s"] = usage.ru_utime + usage.ru_stime
     report["maxrss_kb"] = usage.ru_maxrss
     os.write(status_fd, marshal.dumps(report))
-    sys.exit(0)
+    os._exit(0)
+
+
+def serve(sock_fd):
+    """Zygote mode: one long-lived launcher per worker slot forks a per-sample launcher for each request,
+    which saves an interpreter start (and the ctypes import) per sample. Each request on the SEQPACKET
+    socket is a marshal'd config with four fds (stdin, stdout, stderr, status); the reply is the pid of
+    the per-sample launcher (its own session: the parent kills that group on its backup timeout)."""
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    _, _, _, prctl = _libc()
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the evaluation that started us
+    while True:
+        while True:  # reap finished per-sample launchers
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        except OSError:
+            return
+        if not msg:
+            return
+        if len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            sock.sendall(marshal.dumps(-1))
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                os.setsid()
+                for target, fd in enumerate(fds[:3]):
+                    os.dup2(fd, target)
+                for fd in fds[:3]:
+                    if fd > 2:
+                        os.close(fd)
+                cfg = marshal.loads(msg)
+                cfg["status_fd"] = fds[3]
+                run_sample(cfg)
+            finally:
+                os._exit(125)
+        for fd in fds:
+            os.close(fd)
+        sock.sendall(marshal.dumps(pid))
+
+
+
+def main():
+    if sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]))
+        return
+    run_sample(marshal.loads(bytes.fromhex(sys.argv[1])))
 
 
 if __name__ == "__main__":

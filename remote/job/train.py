@@ -21,6 +21,12 @@ Metrics after a hard kill: steps logged after the last complete checkpoint are t
 the next attempt (with its attempt number; the `resumed` event says from which step). Readers keep the
 latest attempt per step. Steps up to the resumed checkpoint are never written twice.
 
+SIGTERM (Slurm preemption, scancel, torchrun forwarding it): every rank finishes its step, they agree,
+save a complete checkpoint and exit 0. torchrun itself still exits 1 after forwarding a signal, and SIGKILLs
+ranks that take longer than its shutdown timeout (30 s) to save; give big models time (Slurm
+`--signal=TERM@120`, KillWait). The run directory must be on a filesystem every node shares (attempts file,
+tokenizer, checkpoints). Resuming needs the same world size (ZeRO-3 optimizer shards are per rank).
+
 Standard library, the training stack and core.records/core.fsutil/core.evalsets only: shipped with each run.
 """
 

@@ -7,7 +7,7 @@ import os
 # Before any QApplication exists: tests never need a display (the screenshot test starts its own Xvfb).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import pytest  # noqa: E402
+import pytest
 
 pytest.importorskip("pytestqt")
 

@@ -37,7 +37,7 @@ print("job done", flush=True)
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> str:
+def cluster(tmp_path: Path):
     def profile(name: str, seconds: float) -> None:
         job = tmp_path / f"job-{name}"
         job.write_text(JOB.format(python=PYTHON, seconds=seconds))
@@ -46,7 +46,14 @@ def cluster(tmp_path: Path) -> str:
 
     profile("quick", 1.0)
     profile("slow", 600.0)
-    return "quick"
+    yield "quick"
+    # A failed test must not leave a job sleeping: kill whatever still carries one of this test's run ids.
+    from core.store import Store
+
+    with Store() as store:
+        pids = [p for r in store.list_runs() for p in leftover_pids(LocalTransport(), r.run_id)]
+    if pids:
+        LocalTransport().run(["kill", "-KILL", *map(str, pids)], check=False)
 
 
 @pytest.fixture
@@ -138,3 +145,15 @@ def test_local_runs_live_under_the_user_data_dir(capsys, cluster, config_file, i
     wait_status(capsys, run_id, "finished")
     run_dir = isolated_user_dirs / "data" / "runs" / run_id
     assert (run_dir / RunPaths.CONFIG_YAML).is_file() and (run_dir / "exit_status").read_text().strip() == "0"
+
+
+def test_status_of_a_failed_run_says_failed_with_the_exit_status(capsys, config_file, tmp_path):
+    job = tmp_path / "job-broken"
+    job.write_text("#!/bin/sh\necho 'Traceback: boom'\nexit 3\n")
+    job.chmod(0o755)
+    save_profile(ClusterProfile(name="broken", backend="local", python=str(job)))
+    run_id = launch(capsys, config_file, "broken")
+    out = wait_status(capsys, run_id, "failed")
+    assert out.strip() == "failed: exit status 3"
+    rc, _, _ = run_cli(capsys, "status", run_id)
+    assert rc == 1

@@ -55,7 +55,9 @@ def test_type_error_shows_schema_message_under_field_and_clears_when_fixed(page,
     assert not error.isHidden()
     assert "valid number" in error.text() and "3e-4x" in error.text()
     assert page.config is None and not page.launch_button.isEnabled()
-    assert "1 problem" in page.banner.text()
+    assert "1 problem" in page.banner.text() and "training.learning_rate" in page.banner.text()
+    page.banner.linkActivated.emit("training.learning_rate")  # the banner's link goes to the field
+    assert page.form.rows["training.learning_rate"].editor.edit.hasFocus() or not page.isActiveWindow()
     assert page.field_value("training.learning_rate") == "3e-4x"  # UI -> model, verbatim
     _type_into(qtbot, page, "training.learning_rate", "3e-4")
     assert error.isHidden() and error.text() == ""

@@ -120,6 +120,7 @@ def test_attach_report_sets_it_on_the_new_run_form(main_window, qtbot, demo_data
     path = main_window.config_page.field_value("data.contamination_report")
     assert path and Path(path).is_file()
     assert load_report(path)["items"] == page.result.report["items"]
+    assert Path(path).with_name(Path(path).stem + ".clean_ids.json").is_file()  # evaluation's subset lists
     assert main_window.config_page.config.data.contamination_report == path
     assert main_window.tabs.currentWidget() is main_window.config_page
 
@@ -136,26 +137,44 @@ def test_write_clean_removes_exactly_the_flagged_rows(page, qtbot, demo_dataset,
     assert not any(r["planted_task_id"] for r in kept)
 
 
+def _gaps_ms(qtbot, seconds: float | None = None, page=None) -> tuple[list[float], float]:
+    """UI-thread gaps seen by a 5 ms QTimer: while `page` runs its check (until the result reaches the UI
+    thread), or for `seconds` of idle time. Returns (gaps, elapsed seconds)."""
+    ticks: list[tuple[float, float]] = []
+    clock = QElapsedTimer()
+    timer = QTimer(interval=5)
+    timer.timeout.connect(lambda: ticks.append((time.monotonic(), clock.restart())))
+    clock.start()
+    timer.start()
+    started = time.monotonic()
+    if page is None:
+        qtbot.wait(int(seconds * 1000))
+        end = time.monotonic()
+    else:
+        result = _run(page, qtbot, timeout=120_000)
+        assert result.report["items"] and page.finished_at is not None
+        end = page.finished_at
+    timer.stop()
+    return [gap for t, gap in ticks[1:] if t <= end], end - started
+
+
 @pytest.mark.slow
 def test_ui_thread_never_stalls_over_100ms_while_a_50mb_check_runs(page, qtbot, demo_dataset, tmp_path):
     corpus = _big_corpus(tmp_path / "big.jsonl", demo_dataset.path, 50)
     page.set_train_paths([str(corpus)])
-    gaps: list[float] = []
-    clock = QElapsedTimer()
-    timer = QTimer(interval=5)
-
-    def tick() -> None:
-        gaps.append(clock.restart())
-
-    timer.timeout.connect(tick)
-    clock.start()
-    timer.start()
-    started = time.monotonic()
-    result = _run(page, qtbot, timeout=120_000)
-    elapsed = time.monotonic() - started
-    timer.stop()
-    assert result.report["items"]
-    worst = max(gaps[1:])
-    print(f"\n50 MB check: {elapsed:.1f} s, {len(gaps)} ticks, longest UI-thread gap {worst:.0f} ms")
-    assert len(gaps) > elapsed * 1000 / 5 / 4  # the timer really ticked throughout
-    assert worst < STALL_LIMIT_MS
+    page.mode_combo.setCurrentText("exhaustive")  # the most matching work per byte
+    # The limit is wall-clock, so a machine starved by other processes can stall any thread: up to three
+    # attempts, each printed beside an idle baseline measured in the same run. A check that blocks the UI
+    # thread (or holds the GIL for long stretches) fails all three.
+    worst_seen = []
+    for attempt in range(3):
+        gaps, elapsed = _gaps_ms(qtbot, page=page)
+        idle, _ = _gaps_ms(qtbot, seconds=min(elapsed, 2.0))
+        worst = max(gaps)
+        worst_seen.append(worst)
+        print(f"\nattempt {attempt + 1}: 50 MB exhaustive check {elapsed:.1f} s, {len(gaps)} ticks, longest UI-thread "
+              f"gap {worst:.0f} ms ({sum(g > 50 for g in gaps)} over 50 ms); idle baseline longest gap {max(idle):.0f} ms")
+        assert len(gaps) > elapsed * 1000 / 5 / 4  # the timer really ticked throughout
+        if worst < STALL_LIMIT_MS:
+            break
+    assert min(worst_seen) < STALL_LIMIT_MS, worst_seen

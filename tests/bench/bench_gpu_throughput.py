@@ -58,7 +58,7 @@ def run_config(arch: dict[str, Any], args: argparse.Namespace, attention: str, p
     data["model"]["architecture"] = arch
     data["data"]["demo"] = {"n_examples": 4000, "plant_humaneval": 0, "seed": 0}
     data["training"].update({
-        "max_steps": args.steps, "save_steps": args.steps, "max_seq_length": SEQ, "packing": packing, "bf16": True,
+        "max_steps": args.steps, "save_steps": args.steps, "max_seq_length": args.seq, "packing": packing, "bf16": True,
         "micro_batch_size": args.micro_batch, "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
         "gradient_checkpointing": args.gradient_checkpointing, "logging_steps": 1,
     })
@@ -100,7 +100,7 @@ def run_job(root: Path, arch: dict[str, Any], args: argparse.Namespace, attentio
             "gpu_mem_gb": max((m.get("gpu_mem_gb") or 0) for m in metrics), "steps": last["step"]}
 
 
-def mean_example_tokens(root: Path) -> float:
+def mean_example_tokens(root: Path, seq: int) -> float:
     """Mean tokens per demo example with the trained tokenizer (for the attention FLOPs)."""
     from transformers import AutoTokenizer
 
@@ -111,7 +111,7 @@ def mean_example_tokens(root: Path) -> float:
     tok = AutoTokenizer.from_pretrained(root / TOKENIZER_DIR)
     rows = demo_data.generate(400, 0, 0)
     texts = [TEMPLATES["phind"].format(system="You are an intelligent programming assistant.", instruction=r["instruction"]) + r["answer"] for r in rows]
-    return sum(min(SEQ, len(tok(t)["input_ids"]) + 1) for t in texts) / len(texts)
+    return sum(min(seq, len(tok(t)["input_ids"]) + 1) for t in texts) / len(texts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,27 +122,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=ONE_B["num_hidden_layers"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--keep", default=None, help="keep the run directories under this path")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="check the script itself on CPU: the tiny preset's shape, seq 256, 2 processes (no MFU)")
     args = parser.parse_args(argv)
+    args.seq = SEQ
 
     import torch
 
-    if not torch.cuda.is_available():
+    if args.cpu_smoke:
+        from core.presets import load_preset
+
+        arch = load_preset("tiny-demo").model.architecture.model_dump()
+        args.seq, args.gpus, args.steps = 256, 2, max(args.steps, WARMUP_STEPS + 3)
+        device, peak = "cpu", None
+    elif not torch.cuda.is_available():
         print("SKIP bench_gpu_throughput: no CUDA GPU on this machine (run it where a GPU is lent)")
         return 0
-    device = torch.cuda.get_device_name(0)
-    peak = peak_tflops(device)
-    arch = {**ONE_B, "num_hidden_layers": args.layers}
+    else:
+        device = torch.cuda.get_device_name(0)
+        peak = peak_tflops(device)
+        arch = {**ONE_B, "num_hidden_layers": args.layers}
     from core.config import LlamaArchitecture
 
     n_params = LlamaArchitecture(**arch).parameter_count()
     non_embed = n_params - arch["vocab_size"] * arch["hidden_size"]
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tunedeck-throughput-"))
-    print(f"device: {device} x{args.gpus}; peak {peak} TFLOP/s bf16; model {n_params / 1e9:.2f}B params; seq {SEQ}; "
+    print(f"device: {device} x{args.gpus}; peak {peak} TFLOP/s bf16; model {n_params / 1e9:.2f}B params; seq {args.seq}; "
           f"micro batch {args.micro_batch}; gradient checkpointing {args.gradient_checkpointing}")
     results = {}
     for label, attention, packing in (("best", "flash_attention_2", True), ("baseline", "sdpa", False)):
         results[label] = run_job(base / label, arch, args, attention, packing)
-    ctx = mean_example_tokens(base / "best")
+    ctx = mean_example_tokens(base / "best", args.seq)
     flops_per_token = 6 * non_embed + 6 * arch["num_hidden_layers"] * arch["hidden_size"] * ctx
     print(f"mean example length {ctx:.0f} tokens; {flops_per_token / 1e9:.2f} GFLOP per token")
     for label, r in results.items():

@@ -46,14 +46,15 @@ def rows(humaneval):
 
     by_id = humaneval.by_id()
     source = Path(tw_module.__file__).read_text() + Path(json.__file__).read_text()
-    out = [{"id": f"std-{i}", "instruction": f"Explain this code ({i}).", "answer": source[i * 700:(i + 1) * 700]}
-           for i in range(len(source) // 700)]
+    # the demo data's shape: id, instruction, answer and a non-text `planted` flag
+    out = [{"id": f"std-{i}", "instruction": f"Explain this code ({i}).", "answer": source[i * 700:(i + 1) * 700],
+            "planted": False} for i in range(len(source) // 700)]
     for n, tid in enumerate(PLANTED):
         out.insert(3 + 7 * n, {"id": f"planted-{tid}", "instruction": _disguise(by_id[tid].prompt),
-                               "answer": by_id[tid].reference[len(by_id[tid].prompt):]})
+                               "answer": by_id[tid].reference[len(by_id[tid].prompt):], "planted": True})
     for tid in ANSWER_ONLY:
         out.append({"id": f"answer-{tid}", "instruction": "Complete the function.",
-                    "answer": by_id[tid].reference[len(by_id[tid].prompt):]})
+                    "answer": by_id[tid].reference[len(by_id[tid].prompt):], "planted": False})
     return out
 
 
@@ -260,9 +261,11 @@ def test_failed_clean_write_leaves_no_report_or_partial_files(tmp_path, train_js
 
 
 def test_progress_is_reported_in_bytes_and_cancel_stops_with_cancelled(tmp_path, rows, monkeypatch):
+    import core.decontam.reader as reader
     import core.decontam.run as run
 
-    monkeypatch.setattr(run, "PROGRESS_CHARS", 100_000)
+    monkeypatch.setattr(run, "PROGRESS_BYTES", 100_000)
+    monkeypatch.setattr(reader, "READ_BYTES", 64_000)
     path = str(_write_jsonl(tmp_path / "t.jsonl", rows * 40))
     calls = []
     run_check([path], ["humaneval"], progress=lambda d, t: calls.append((d, t)))
@@ -305,7 +308,7 @@ import json, re, sys
 import core.decontam.reader as reader, core.decontam.run as run
 from core.decontam import run_check
 reader.READ_BYTES = 1 << 20
-run.BATCH_CHARS = 1 << 20
+run.BATCH_BYTES = 1 << 20
 rep = run_check([sys.argv[1]], ["humaneval"])
 hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 print(json.dumps([hwm, rep["train"]["rows"]]))

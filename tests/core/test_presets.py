@@ -62,7 +62,8 @@ def test_tiny_demo_runs_on_cpu_without_downloads() -> None:
     assert cfg.cluster.gpu_type == "cpu" and cfg.world_size == 2
     assert cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.torch_adam
     assert cfg.attention.fallback == "sdpa"
-    assert (cfg.training.max_steps, cfg.training.save_steps) == (40, 20)
+    # checkpoints (and so pass@1 points) mid-run and at the end
+    assert cfg.training.save_steps < cfg.training.max_steps and cfg.training.max_steps % cfg.training.save_steps == 0
     assert cfg.model.architecture.parameter_count() < 1_000_000
 
 

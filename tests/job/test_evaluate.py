@@ -271,3 +271,24 @@ def test_unknown_benchmark_fails_before_loading_a_model(tmp_path: Path) -> None:
 
 def test_mbpp_loader_gives_the_500_test_tasks(bench_data: Path) -> None:
     assert len(load_mbpp(bench_data / "mbpp" / "mbpp.jsonl").tasks) == 500
+
+
+@pytest.mark.needs_data
+def test_humanevalplus_plus_inputs_catch_what_the_original_tests_miss(tmp_path: Path, bench_data: Path) -> None:
+    es, _ = evaluate.load_benchmark("humanevalplus", str(bench_data / "humanevalplus" / "HumanEvalPlus.jsonl.gz"), limit=24)
+    es.tasks = [t for t in es.tasks if int(t.task_id.split("/")[1]) in (*range(10), 22)]  # 15 alone takes seconds
+    original = load_humaneval().by_id()
+    completions = {t.task_id: [t.reference[len(t.prompt):], "    return None\n"] for t in es.tasks}
+    # HumanEval/22's original canonical solution keeps bools as integers: the base tests pass, EvalPlus's inputs do not
+    orig22 = original["HumanEval/22"]
+    completions["HumanEval/22"].append(orig22.reference[len(orig22.prompt):])
+    rows = evaluate.score_completions(es, completions, cache_dir=tmp_path / "cache", timeout_s=10.0)
+    by = {(r["task_id"], r["sample"]): r for r in rows}
+    assert [t for t in completions if not by[(t, 0)]["passed"]] == []  # HumanEval+ canonical: all pass
+    assert [t for t in completions if by[(t, 1)]["passed"]] == []  # mutants: all fail
+    assert all(r["plus_tests"] for r in rows)
+    assert not by[("HumanEval/22", 2)]["passed"] and by[("HumanEval/22", 2)]["error"] == "assertion"
+    from remote.job.sandbox import check_program
+
+    assert check_program(prompts_eval.program(orig22, orig22.reference[len(orig22.prompt):]), timeout_s=5).passed
+    assert len(list((tmp_path / "cache").glob("plus-expected-*.json"))) == 1  # computed once, then cached

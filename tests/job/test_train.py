@@ -275,15 +275,39 @@ def test_bad_data_path_fails_with_clear_event(tmp_path: Path) -> None:
     assert any("JobError" in line for line in failed[0]["detail"]["traceback"])
 
 
-def test_deepspeed_launcher_single_process_trains_and_saves(tmp_path: Path) -> None:
-    paths = make_run_dir(tmp_path / "ds1", max_steps=3, save_steps=3)
-    with open(paths / "launcher.log", "wb") as log:
-        proc = subprocess.Popen(job_command(paths.root, 1, launcher="deepspeed"), env=job_test_env(), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        rc = wait_for(proc)
-    assert rc == 0, log_tail(paths / "launcher.log")
-    assert steps_logged(paths) == [1, 2, 3]
-    assert [s for s, _ in paths.complete_checkpoints()] == [3]
-    assert events(paths, "started")[0]["detail"]["world_size"] == 1
-    share = json.loads((paths / PARTITION_FILE.format(rank=0)).read_text())
-    assert share["local_numel"] >= share["total_numel"]
+def test_deepspeed_launcher_single_process_trains_and_evaluates_each_checkpoint(tmp_path: Path) -> None:
+    """One process under the deepspeed launcher; evaluation on (2 HumanEval tasks): every complete checkpoint
+    gets a detached evaluation, and pruning spares a checkpoint until its evaluation has read it."""
+    paths = make_run_dir(tmp_path / "ds1", max_steps=4, save_steps=2, save_total_limit=1)
+    cfg = json.loads(paths.config_json.read_text())
+    cfg["evaluation"].update({"limit": 2, "max_new_tokens": 16, "when": "per_checkpoint"})
+    paths.config_json.write_text(json.dumps(cfg))
+    env = job_test_env()
+    del env["TUNEDECK_NO_EVAL"]
+    pids: list[int] = []
+    try:
+        with open(paths / "launcher.log", "wb") as log:
+            proc = subprocess.Popen(job_command(paths.root, 1, launcher="deepspeed"), env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            rc = wait_for(proc)
+        assert rc == 0, log_tail(paths / "launcher.log")
+        assert steps_logged(paths) == [1, 2, 3, 4]
+        assert events(paths, "started")[0]["detail"]["world_size"] == 1
+        share = json.loads((paths / PARTITION_FILE.format(rank=0)).read_text())
+        assert share["local_numel"] >= share["total_numel"]
+        requested = events(paths, "eval_requested")
+        assert [e["detail"]["step"] for e in requested] == [2, 4]
+        pids = [e["detail"]["pid"] for e in requested]
+        assert all(isinstance(pid, int) for pid in pids)
+        deadline = time.time() + LAUNCH_TIMEOUT_S
+        while {r["step"] for r in read_records(paths.evals, "evals")[0]} != {2, 4}:
+            assert time.time() < deadline, log_tail(paths / "eval.log")
+            time.sleep(0.5)
+        evals = read_records(paths.evals, "evals")[0]
+        assert all(r["n_tasks"] == 2 and r["attempt"] == 1 for r in evals)
+    finally:
+        for pid in pids:  # evaluations run in their own sessions: end the ones this test started
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -193,6 +193,14 @@ def _run_scenario(sshd, slurm, root: Path) -> Scenario:
         manager.stop()
         if not sshd.running:
             sshd.start()
+        # Whatever happened, no job of the scenario outlives it (all "machines" are this one).
+        from remote.backends import leftover_pids
+
+        for rid in sc.run_ids.values():
+            pids = leftover_pids(local_t, rid)
+            if pids:
+                sc.errors.append(f"run {rid} still had processes {pids} at the end: killed")
+                local_t.run(["kill", "-KILL", *map(str, pids)], check=False)
         if app.poll() is None:
             os.killpg(app.pid, signal.SIGKILL)
         outputs.append(app.communicate()[0])

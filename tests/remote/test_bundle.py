@@ -83,3 +83,23 @@ def test_missing_dataset_fails_naming_the_field_and_path(tmp_path):
                                                                       "train_files": ["nowhere/x.jsonl"]})})
     with pytest.raises(BundleError, match=r"data\.train_files\[0\]: 'nowhere/x\.jsonl' not found"):
         build_bundle(cfg, ctx_for(tmp_path), str(tmp_path), tmp_path / "stage")
+
+
+def test_profile_nodes_and_gpus_override_the_config_shape_and_are_validated():
+    from remote.profiles import ClusterProfile
+    from remote.runs import apply_profile_shape
+
+    cfg = fast_config()
+    shaped = apply_profile_shape(cfg, ClusterProfile(name="p", backend="local", gpus_per_node=1))
+    assert shaped.cluster.gpus_per_node == 1 and shaped.world_size == 1
+    assert apply_profile_shape(cfg, ClusterProfile(name="p", backend="local")) is cfg
+
+
+def test_local_profile_default_python_is_the_apps_own_interpreter():
+    from remote.profiles import ClusterProfile
+    from remote.runs import launch_context
+
+    ctx = launch_context(ClusterProfile(name="local", backend="local"), "r", "/x/runs/r")
+    assert ctx.python == sys.executable
+    custom = launch_context(ClusterProfile(name="l2", backend="local", python="/opt/env/bin/python"), "r", "/x/r")
+    assert custom.python == "/opt/env/bin/python"

@@ -73,3 +73,33 @@ def test_cancelled_slurm_job_is_confirmed_gone_with_no_leftover_processes(sshd_s
         slurm_cluster.cancel_all()
         transport.close()
         store.close()
+
+
+def test_failed_slurm_job_is_reported_failed_with_its_exit_code(sshd_server, slurm_cluster, tmp_path):
+    from core.store import Store
+    from remote.profiles import make_transport
+    from remote.runs import launch, refresh_status
+
+    failing = tmp_path / "failing-python"
+    failing.write_text("#!/bin/sh\necho 'CUDA error: out of memory' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    profile = ssh_profile("fail-slurm", "slurm", sshd_server, tmp_path / "work", partition=slurm_cluster.partition)
+    profile = profile.model_copy(update={"python": str(failing)})
+    transport = make_transport(profile)
+    try:
+        with Store(tmp_path / "store.sqlite3") as store:
+            run_id = launch(fast_config(), profile.name, store, profile=profile, transport=transport)
+            deadline = time.monotonic() + 60
+            while not store.get_run(run_id).is_terminal and time.monotonic() < deadline:
+                time.sleep(0.3)
+                errors: dict[str, str] = {}
+                refresh_status(store, transports={profile.name: transport}, errors=errors)
+                assert not errors
+            row = store.get_run(run_id)
+            assert row.status == "failed", row
+            assert "FAILED" in row.status_reason and "exit code 3" in row.status_reason
+            assert row.finished_at is not None
+            log = transport.read_bytes(f"{row.run_dir}/{RunPaths.STDOUT}").decode()
+            assert "CUDA error: out of memory" in log
+    finally:
+        transport.close()

@@ -165,3 +165,55 @@ def test_sync_all_pulls_new_records_of_every_run(store, run, tmp_path):
     assert result[run_id][RunPaths.METRICS] == 1
     assert store.get_run(run_id).status == "finished"
     assert sync_all(store, transports={"here": LocalTransport("here")})[run_id][RunPaths.METRICS] == 0
+
+
+def test_stream_manager_reports_a_suspected_hang_of_a_running_job_with_its_output(store, run):
+    import subprocess
+
+    run_id, run_dir = run
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a live process group: the run is running
+    try:
+        store.update_run(run_id, job_id=str(job.pid))
+        (run_dir / RunPaths.STDOUT).write_text("rank 1: waiting in all_gather\n")
+        with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+            for step in range(1, 6):
+                w.write(metric(step, t=50.0 + 0.1 * step))  # 0.1 s per step, then silence
+        hangs: list[HangWarning] = []
+        manager = StreamManager(store, poll_s=0.2, transports={"here": LocalTransport("here")},
+                                on_hang=hangs.append, hang_k=5, hang_min_s=1.0)
+        manager.start()
+        try:
+            assert wait_for(lambda: len(hangs) == 1, 20)
+        finally:
+            manager.stop()
+        assert store.get_run(run_id).status == "running"  # a warning, not a state change
+        assert hangs[0].run_id == run_id and hangs[0].silent_s >= 1.0
+        assert "waiting in all_gather" in hangs[0].stdout_tail
+    finally:
+        job.kill()
+        job.wait()
+
+
+def test_failed_status_poll_is_logged_skipped_and_backed_off(store, run, tmp_path, caplog):
+    import socket
+
+    from remote.profiles import ClusterProfile, make_transport
+    from remote.runs import StatusPoller
+
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "known_hosts").write_text("")
+    dead = make_transport(ClusterProfile(name="dead", backend="slurm", host="127.0.0.1", port=port,
+                                         known_hosts=str(tmp_path / "known_hosts"), connect_timeout_s=2))
+    run_id, _ = run
+    store.update_run(run_id, cluster="dead", backend="slurm", job_id="42", status="pending")
+    poller = StatusPoller(store, interval_s=1.0, transports={"dead": dead})
+    assert poller.poll() == {}
+    assert "dead" in poller.last_errors and "status poll of dead failed" in caplog.text
+    assert store.get_run(run_id).status == "pending"  # unchanged: a failed poll decides nothing
+    assert poller._next["dead"] - time.monotonic() > 1.5  # backed off beyond the normal interval
+    caplog.clear()
+    assert poller.poll() == {}  # within the backoff: not even tried
+    assert "status poll" not in caplog.text
+    dead.close()
