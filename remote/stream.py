@@ -37,6 +37,8 @@ SIZE_CHECK_S = 5.0  # how often a tail-followed file's size is compared with the
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 FILE_WAIT_S = 0.5  # how often a follower checks whether a file the job has not written yet exists
 LOG_CHUNK_MAX = 64 << 10  # stdout without a newline is ingested in pieces this large
+FINAL_READ_TRIES = 5  # a run that ended is read to its end this many times before the manager gives up
+CATCH_UP_S = 24 * 3600.0  # runs that ended this recently get one final read when a manager starts
 HANG_K = 5.0
 HANG_MIN_S = 60.0
 
@@ -375,6 +377,8 @@ class StreamManager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: dict[str, str] = {}
+        self._caught_up = False
+        self._drain_failures: dict[str, int] = {}
 
     def transport(self, cluster: str) -> Transport:
         if cluster not in self.transports:
@@ -412,8 +416,17 @@ class StreamManager:
     def step(self) -> list[str]:
         """Poll statuses, start streamers for active runs, drain and stop ended ones; returns active ids."""
         changed = self.poller.poll()
-        for row in changed.values():
-            if row.status in TERMINAL_STATUSES and row.run_id not in self.streamers and row.cluster:
+        self.errors = dict(self.poller.last_errors)
+        ended = [row for row in changed.values() if row.status in TERMINAL_STATUSES]
+        if not self._caught_up:
+            # Runs that ended recently while nobody streamed them (the app was closed, `tunedeck status`
+            # saw the end): one final read each, so the charts are complete.
+            self._caught_up = True
+            recent = time.time() - CATCH_UP_S
+            ended += [row for row in self.store.list_runs() if row.is_terminal and row.run_dir and row.job_id
+                      and (row.finished_at or 0) >= recent and row.run_id not in changed]
+        for row in ended:
+            if row.run_id not in self.streamers and row.cluster:
                 # Ended before we followed it: one final read so nothing written before the end is missed.
                 try:
                     self.streamers[row.run_id] = Streamer(self.store, self.transport(row.cluster), row.run_id,
@@ -421,12 +434,12 @@ class StreamManager:
                                                           use_tail=self.use_tail)
                 except Exception as exc:  # noqa: BLE001 -- an unknown profile: report, keep the others going
                     self.errors[row.cluster] = str(exc)
+        for row in changed.values():
             if self.on_status is not None:
                 try:
                     self.on_status(row)
                 except Exception:
                     log.exception("on_status callback failed")
-        self.errors = dict(self.poller.last_errors)
         active = []
         for row in self.store.list_runs():
             if not (row.run_dir and row.job_id and row.cluster):
@@ -459,9 +472,16 @@ class StreamManager:
         streamer.stop()
         try:
             streamer.drain()
-        except Exception as exc:  # noqa: BLE001 -- the final drain is retried on the next step
-            log.warning("final read of run %s failed (will retry): %s", row.run_id, exc)
-            return
+        except Exception as exc:  # noqa: BLE001 -- the final drain is retried on the next steps
+            n = self._drain_failures.get(row.run_id, 0) + 1
+            self._drain_failures[row.run_id] = n
+            if n < FINAL_READ_TRIES:
+                log.warning("final read of run %s failed (try %d, will retry): %s", row.run_id, n, exc)
+                return
+            log.warning("final read of run %s failed %d times; giving up (`tunedeck sync` reads the rest): %s",
+                        row.run_id, n, exc)
+            self.errors[row.cluster or "?"] = str(exc)
+        self._drain_failures.pop(row.run_id, None)
         del self.streamers[row.run_id]
 
     def run_until_idle(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:

@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
-from app.gui.store_watch import RunBatch, StoreWatcher
+from app.gui.store_watch import MetricColumns, RunBatch, StoreWatcher
 from app.gui.workers import Worker
 from core.records import RunPaths
 from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series
@@ -355,6 +355,40 @@ class _Columns:
         return np.concatenate([c[name] for c in self.chunks]) if self.chunks else np.empty(0)
 
 
+class _WakeHub:
+    """One slot per StreamManager signal source that wakes the watchers of the runs it names.
+
+    The stream reports every ingested batch (hundreds a second with several fast runs); one Python slot
+    per report, instead of one per open view, keeps that traffic cheap on the UI thread."""
+
+    _hubs: dict[int, _WakeHub] = {}
+
+    def __init__(self, events: Any):
+        self.watchers: dict[str, list[StoreWatcher]] = {}
+        events.updated.connect(self._on_updated)
+
+    @classmethod
+    def for_events(cls, events: Any) -> _WakeHub:
+        hub_key = id(events)
+        hub = cls._hubs.get(hub_key)
+        if hub is None:
+            hub = cls._hubs[hub_key] = cls(events)
+            events.destroyed.connect(lambda *_a, key=hub_key: cls._hubs.pop(key, None))
+        return hub
+
+    def add(self, run_id: str, watcher: StoreWatcher) -> None:
+        self.watchers.setdefault(run_id, []).append(watcher)
+
+    def discard(self, run_id: str, watcher: StoreWatcher) -> None:
+        group = self.watchers.get(run_id, [])
+        if watcher in group:
+            group.remove(watcher)
+
+    def _on_updated(self, run_id: str, _file_name: str, _n_new: int) -> None:
+        for watcher in self.watchers.get(run_id, ()):
+            watcher.wake()
+
+
 class RunView(QWidget):
     """Live view of one run; main_window opens it as `RunView(store, run_id, parent)` and calls attach_events."""
 
@@ -375,12 +409,14 @@ class RunView(QWidget):
         self._n_points = 0
         self._last_step: int | None = None
         self._charts_stale = False
+        self._pending: list[MetricColumns] = []
         self._evals: tuple[dict[str, Any], ...] = ()
         self.notifications: list[tuple[str, str]] = []
         self._workers: list[Worker] = []
         self._tray: QSystemTrayIcon | None = None
         self.cancel_box: QMessageBox | None = None
         self.cancel_result: Any = None
+        self._events: Any = None
 
         self._build()
         self._own_watcher = watcher is None
@@ -532,14 +568,11 @@ class RunView(QWidget):
 
     def attach_events(self, events: Any) -> None:
         """Hook the main window's StreamManager signals: new records wake the watcher, hangs show a banner."""
-        events.updated.connect(self._on_stream_updated)
+        _WakeHub.for_events(events).add(self.run_id, self.watcher)
+        self._events = events
         events.hang.connect(self.show_hang_warning)
 
     # ------------------------------------------------------------------ data in
-
-    def _on_stream_updated(self, run_id: str, _file_name: str, _n_new: int) -> None:
-        if run_id == self.run_id:
-            self.watcher.wake()
 
     def _on_watch_failed(self, run_id: str, message: str) -> None:
         if run_id == self.run_id:
@@ -562,16 +595,15 @@ class RunView(QWidget):
                 self._last_step = max(self._last_step or 0, int(np.nanmax(cols.data["step"])))
         if batch.replace or batch.first:
             self._recompute_t0()
-        if not self.isVisible():
-            # A hidden tab only keeps the columns; it redraws once when shown (4 open runs cost the UI
-            # thread one chart update per batch, not four).
-            self._charts_stale = self._charts_stale or bool(batch.metrics) or batch.replace
-        elif batch.replace or batch.first or self._charts_stale:
-            self._redraw_metrics()
+        if batch.replace or batch.first:
+            self._pending.clear()
+            self._charts_stale = True
         elif batch.metrics:
-            if self.t0 is None:
-                self._recompute_t0()
-            self._append_metrics(batch.metrics)
+            self._pending.extend(batch.metrics)
+        if self.isVisible():
+            self._flush_charts()
+        # else: a hidden tab only keeps the columns and draws what it missed once shown (4 open runs cost
+        # the UI thread one chart update per batch, not four)
         if batch.evals is not None:
             self._evals = batch.evals
             self._draw_pass_at_1()
@@ -613,6 +645,7 @@ class RunView(QWidget):
             chart.set_run(self.run_id, self._label(), RUN_COLORS[0], segs)
             chart.set_x_label(X_LABELS[self.x_axis])
         self._charts_stale = False
+        self._pending.clear()
 
     def _label(self) -> str:
         return self.run.name if self.run is not None else self.run_id
@@ -623,8 +656,21 @@ class RunView(QWidget):
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
+        self._flush_charts()
+
+    def _flush_charts(self) -> None:
+        """Bring the charts up to the held columns: a full redraw after a replace, else append what is new."""
         if self._charts_stale:
             self._redraw_metrics()
+        elif self._pending:
+            if self.t0 is None:
+                self._recompute_t0()
+            merged: dict[int, list[dict[str, np.ndarray]]] = {}
+            for cols in self._pending:
+                merged.setdefault(cols.attempt, []).append(cols.data)
+            self._append_metrics([MetricColumns(a, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
+                                  for a, chunks in merged.items()])
+        self._pending.clear()
 
     def steps_shown(self) -> np.ndarray:
         """Every step on the charts, attempt by attempt (for checks that nothing is missing or doubled)."""
@@ -812,6 +858,9 @@ class RunView(QWidget):
 
     def shutdown(self) -> None:
         """Stop feeding this view (the watcher thread ends if this view owns it)."""
+        if self._events is not None:
+            _WakeHub.for_events(self._events).discard(self.run_id, self.watcher)
+            self._events = None
         self.watcher.unwatch(self._sub_id)
         if self._own_watcher:
             self.watcher.stop()

@@ -27,7 +27,7 @@ from core.store import RunRow, Store
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # when nobody wakes the watcher (the store fed by another process)
-MIN_POLL_GAP_S = 0.25  # wakes come per ingested batch (hundreds a second across runs): polls stay this far apart
+MIN_POLL_GAP_S = 0.4  # wakes come per ingested batch (hundreds a second across runs): polls stay this far apart
 LOG_MAX_BYTES = 256 << 10  # stdout handed to the console at most per batch (older text is dropped first)
 COLUMNS = ("step", "tokens", "samples", "t", "loss", "lr", "grad_norm", "tokens_per_s")
 _sub_ids = itertools.count(1)

@@ -41,6 +41,8 @@ class _Staged:
             if tmp.is_file():
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
+            # mkstemp/mkdtemp create owner-only entries; these are ordinary data files for the user's tools
+            tmp.chmod(0o755 if tmp.is_dir() else 0o644)
         for tmp, target in self.pairs:
             if tmp.is_dir() and target.exists():
                 old = target.with_name(f".{target.name}.old")

@@ -126,13 +126,14 @@ def iter_rows(unit: Unit) -> Iterator[tuple[Any, dict[str, Any], int]]:
             yield where, row, done
 
 
-def iter_batches(unit: Unit) -> Iterator[tuple[Iterable[tuple[Any, dict[str, Any]]], int]]:
+def iter_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tuple[Any, dict[str, Any]]], int]]:
     """Batches of (where, row) for the unit's rows in order, with the bytes consumed so far in the unit.
 
     `where` is a str, or for JSONL the line's number within the unit (see `where_of`: formatting it needs a
-    count of the lines before the unit, done only for an error message)."""
+    count of the lines before the unit, done only for an error message). For JSONL, `hasher` (a hashlib
+    object) is fed the unit's bytes as they are read, which spares reading the file again for its sha256."""
     if unit.fmt == "jsonl":
-        yield from _jsonl_batches(unit)
+        yield from _jsonl_batches(unit, hasher)
         return
     rows = {"json": _iter_json_array, "csv": _iter_csv, "parquet": _iter_parquet}.get(unit.fmt, _iter_saved)
     batch: list[tuple[Any, dict[str, Any]]] = []
@@ -146,7 +147,7 @@ def iter_batches(unit: Unit) -> Iterator[tuple[Iterable[tuple[Any, dict[str, Any
         yield batch, done
 
 
-def _jsonl_batches(unit: Unit) -> Iterator[tuple[Iterable[tuple[Any, dict[str, Any]]], int]]:
+def _jsonl_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tuple[Any, dict[str, Any]]], int]]:
     limit = (unit.end if unit.end is not None else Path(unit.path).stat().st_size) - unit.start
     done = 0
     local = 0  # lines of this unit before the block
@@ -156,6 +157,8 @@ def _jsonl_batches(unit: Unit) -> Iterator[tuple[Iterable[tuple[Any, dict[str, A
         remaining = limit
         while remaining > 0:
             block = f.read(min(READ_BYTES, remaining))
+            if hasher is not None:
+                hasher.update(block)
             remaining = remaining - len(block) if block else 0  # (a file that shrank ends here)
             # split the block itself and glue only the partial lines at its edges (no block-sized copies)
             lines = block.split(b"\n")

@@ -7,6 +7,7 @@ assembled in do not depend on `jobs`, so the report is identical for any number 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import multiprocessing
 import threading
 from collections.abc import Callable
@@ -69,7 +70,7 @@ def _init_worker(spec: Spec) -> None:
 
 
 def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int], None] | None = None,
-                 cancel: threading.Event | None = None) -> dict[str, Any]:
+                 cancel: threading.Event | None = None, hasher: Any = None) -> dict[str, Any]:
     """Match one unit: row count, capped matches and distinct matching rows per item (rows local to the unit)."""
     spec: Spec = state["spec"]
     matcher = state["matcher"]
@@ -101,7 +102,7 @@ def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int],
 
     n_rows = 0
     flush_at, progress_at = BATCH_BYTES, PROGRESS_BYTES
-    for rows_in, done in iter_batches(unit):
+    for rows_in, done in iter_batches(unit, hasher):
         for where, row in rows_in:  # per row: only what cannot wait for the batch
             segs = row_segments(row, fields, unit, where)
             if segs:
@@ -150,14 +151,13 @@ def _load_evals(eval_specs: list[str] | list[EvalSet], question_with_tests: bool
     return out
 
 
-def _file_info(path: str) -> dict[str, Any]:
+def _file_info(path: str, digest: str | None = None) -> dict[str, Any]:
+    """Path, sha256 (a directory: of its files' relative paths and hashes), bytes; `digest` if already known."""
     p = Path(path)
-    if p.is_dir():
+    if digest is None and p.is_dir():
         parts = [f"{f.relative_to(p).as_posix()}:{sha256_file(f)}" for f in sorted(p.rglob("*")) if f.is_file()]
-        import hashlib
-
         digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
-    else:
+    elif digest is None:
         digest = sha256_file(p)
     return {"path": path, "sha256": digest, "rows": None, "bytes": path_bytes(p)}
 
@@ -193,6 +193,7 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
     items = _prepare(spec)  # the report's windows come from these too
 
     results: list[dict[str, Any]] = []
+    hashers: dict[int, Any] = {}
     done_before = 0
 
     def check_cancel() -> None:
@@ -204,9 +205,14 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
         progress(0, total)
     if jobs == 1 or len(units) == 1:
         state = _build_state(spec, items)  # local: several checks may run at once in threads (the GUI)
+        # JSONL units of a file run in order here, so the file's sha256 is taken from the bytes as they are read
+        for u in units:
+            if u.fmt == "jsonl":
+                hashers.setdefault(u.file_index, hashlib.sha256())
         for unit, size in zip(units, sizes, strict=True):
             results.append(process_unit(
-                unit, state, (lambda d, base=done_before: progress(base + d, total)) if progress else None, cancel))
+                unit, state, (lambda d, base=done_before: progress(base + d, total)) if progress else None, cancel,
+                hashers.get(unit.file_index)))
             done_before += size
             if progress:
                 progress(done_before, total)
@@ -238,16 +244,18 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     check_cancel()
-    return _assemble(train_paths, own, evalsets, items, spec, results, shard, boilerplate_rows, cancel)
+    digests = {fi: h.hexdigest() for fi, h in hashers.items()}
+    return _assemble(train_paths, own, evalsets, items, spec, results, shard, boilerplate_rows, cancel, digests)
 
 
-def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, results, shard, boilerplate_rows, cancel):
+def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, results, shard, boilerplate_rows, cancel,
+              digests: dict[int, str]):
     files = []
     for i, path in enumerate(train_paths):
         if i in own:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            files.append(_file_info(path))
+            files.append(_file_info(path, digests.get(i)))
         else:
             files.append({"path": path, "sha256": None, "rows": None, "bytes": None})
     file_rows = {i: 0 for i in own}

@@ -62,6 +62,7 @@ ERROR_MARK = b"\x00tunedeck-error="
 MARKER_ENV = "TUNEDECK_SANDBOX_ID"
 STARTUP_GRACE_S = 5.0  # the parent's backup timeout allows for interpreter start and namespace setup
 CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
+DRAIN_S = 0.25  # how long stdout/stderr are still read after the launcher's report
 
 
 @dataclass(frozen=True)
@@ -503,10 +504,11 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
         sel.register(status_r, selectors.EVENT_READ, status)
         deadline = start + timeout + STARTUP_GRACE_S
         open_readers = 3
+        status_done = False
         while open_readers:
             left = deadline - time.monotonic()
             if left <= 0:
-                harness_timeout = True
+                harness_timeout = not status_done
                 break
             for key, _ in sel.select(timeout=left):
                 if key.data == "in":
@@ -526,6 +528,11 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
                 if not chunk:
                     sel.unregister(key.fd)
                     open_readers -= 1
+                    if key.data is status:
+                        # The launcher has reported: what the sample wrote is in the pipes already. Escaped
+                        # children (no pid namespace) may hold the pipes open: drain briefly, then sweep.
+                        status_done = True
+                        deadline = min(deadline, time.monotonic() + DRAIN_S)
                 elif key.data is status:
                     status += chunk
                 else:

@@ -327,8 +327,9 @@ def serve(sock_fd):
     import socket
 
     sock = socket.socket(fileno=sock_fd)
-    _, _, _, prctl = _libc()
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the evaluation that started us
+    _libc()  # loaded once here, inherited by every per-sample fork
+    # No PDEATHSIG here: it fires when the *thread* that started us exits (a pool thread, after each
+    # batch). The evaluation's death closes its end of the socket instead, and recv_fds returns EOF.
     while True:
         while True:  # reap finished per-sample launchers
             try:

@@ -350,3 +350,52 @@ def test_sample_directory_is_private_and_writable(caps: dict) -> None:
         uid = int(r.stdout_tail.split("UID ")[1].split()[0])
         assert uid in active_uids() and UID_BASE <= uid < UID_BASE + 4096
     assert stat.S_IMODE(0o700) == 0o700
+
+
+def test_fallback_without_namespaces_still_kills_detached_children_by_marker_and_session() -> None:
+    """Where namespaces are unavailable (not root), the sweep by session and marker must catch escapes."""
+    from remote.job.sandbox import Limits, _Mode, _run_one
+
+    mode = _Mode(namespaces=False, pid_ns=False, net_ns=False, user_drop=False, no_new_privs=True)
+    prog = ("import os, subprocess, time\nsubprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+            "if os.fork() == 0:\n    os.setsid()\n    time.sleep(300)\ntime.sleep(0.3)\n")
+    r = _run_one(SandboxJob(prog), slot=7, mode=mode, limits=Limits(), timeout_s=10)
+    assert r.passed, r.stderr_tail
+    time.sleep(0.05)
+    assert find_processes(marker=r.marker) == []
+    r = _run_one(SandboxJob("import sys\nsys.exit(0)\nassert False\n"), slot=7, mode=mode, limits=Limits(), timeout_s=5)
+    assert r.error == "early_exit"
+
+
+def test_launcher_servers_exit_when_the_evaluation_process_dies(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("from remote.job.sandbox import run_samples\nimport os, time\nrun_samples(['assert 1'] * 2, workers=2)\n"
+            "print(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        servers = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == pid]
+        assert len(servers) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{p}").exists() and _state(p) != "Z" for p in servers):
+        assert time.monotonic() < deadline, "launcher servers outlived the evaluation"
+        time.sleep(0.05)
+
+
+def _ppid(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"

@@ -217,3 +217,15 @@ def test_failed_status_poll_is_logged_skipped_and_backed_off(store, run, tmp_pat
     assert poller.poll() == {}  # within the backoff: not even tried
     assert "status poll" not in caplog.text
     dead.close()
+
+
+def test_manager_start_reads_the_rest_of_runs_that_ended_while_nobody_streamed(store, run):
+    run_id, run_dir = run
+    with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+        for step in range(1, 4):
+            w.write(metric(step))
+    # `tunedeck status` (or a previous app) saw the end but nobody read the records.
+    store.update_run(run_id, status="finished", finished_at=time.time())
+    manager = StreamManager(store, poll_s=0.2, transports={"here": LocalTransport("here")})
+    assert manager.run_until_idle(timeout=30)
+    assert steps_in_store(store, run_id) == [1, 2, 3]
