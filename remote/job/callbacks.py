@@ -207,7 +207,8 @@ def evaluation_command(paths: RunPaths, checkpoint: Path, step: int, attempt: in
 
 def start_evaluation(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> subprocess.Popen[bytes] | None:
     """Start remote.job.evaluate detached (own session, output appended to eval.log); None when
-    TUNEDECK_NO_EVAL=1. Training never waits for it; the app follows its eval_* events."""
+    TUNEDECK_NO_EVAL=1. Training goes on while it runs (the app follows its eval_* events); only at its
+    end does the job wait for its evaluations (CheckpointCallback.wait_for_evaluations)."""
     if os.environ.get("TUNEDECK_NO_EVAL") == "1":
         return None
     env = {k: v for k, v in os.environ.items()
@@ -263,6 +264,18 @@ class CheckpointCallback(TrainerCallback):
             return True
         del self.evaluations[ckpt]  # finished (and reaped)
         return False
+
+    def wait_for_evaluations(self, timeout_s: float) -> list[str]:
+        """Block until the evaluations this job started have ended (at most timeout_s); returns the
+        checkpoints whose evaluation is still running then."""
+        deadline = time.monotonic() + timeout_s
+        for ckpt, proc in list(self.evaluations.items()):
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                continue
+            self.evaluations.pop(ckpt, None)
+        return [str(c) for c in self.evaluations]
 
     def prune(self, current: int) -> None:
         """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete leftovers.

@@ -329,6 +329,13 @@ def train(paths: RunPaths, cfg: dict[str, Any], recorder: Any, preemption: Any) 
     if preemption.stopped_at is not None:
         recorder.event("preempted", {"step": final_step, "checkpoint": str(last[1]) if last else None})
         return 0
+    # The job ends when the evaluations of its checkpoints have ended too: a finished run then has all its
+    # records, and Slurm (which kills a job's leftover processes at its end) never cuts the last one short.
+    # The ranks leave the process group first so the others need not wait with rank 0.
+    shutdown_distributed()
+    unfinished = checkpoints.wait_for_evaluations(float(os.environ.get("TUNEDECK_EVAL_WAIT_S", 6 * 3600)))
+    if unfinished:
+        recorder.event("warning", {"message": f"evaluations still running at exit: {unfinished}"})
     recorder.event("finished", {"step": final_step, "checkpoint": str(last[1]) if last else None,
                                 "train_loss": result.training_loss, "runtime_s": result.metrics.get("train_runtime")})
     return 0
