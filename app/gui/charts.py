@@ -214,7 +214,11 @@ class MetricChart(ChartWidget):
             self._push(run_key, attempt)
 
     def set_show_raw(self, show: bool) -> None:
+        was = self.show_raw
         self.show_raw = show
+        if show and not was:  # hidden raw curves were not kept up to date (see _push): refresh them
+            for run_key, attempt in list(self._buffers):
+                self._push(run_key, attempt)
         for key, item in self._curves.items():
             if len(key) == 3 and key[2] == "raw":
                 item.setVisible(show and self.smoothing > 0)
@@ -258,7 +262,8 @@ class MetricChart(ChartWidget):
         name = label if first else None
         if self.smoothing > 0:
             raw = self.curve((run_key, attempt, "raw"), name=None, color=color, width=1, alpha=70)
-            raw.setData(buf.x[: buf.n], buf.y[: buf.n], connect="finite")
+            if self.show_raw:  # a hidden curve's setData would still cost bounds and downsampling per update
+                raw.setData(buf.x[: buf.n], buf.y[: buf.n], connect="finite")
             raw.setVisible(self.show_raw)
             smooth = self.curve((run_key, attempt, "smooth"), name=name, color=color, width=1)
             smooth.setData(buf.x[: buf.n], buf.s[: buf.n], connect="finite")

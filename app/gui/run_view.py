@@ -351,6 +351,11 @@ class _Columns:
 
     chunks: list[dict[str, np.ndarray]]
 
+    def append(self, data: dict[str, np.ndarray]) -> None:
+        self.chunks.append(data)
+        if len(self.chunks) >= 64:  # live batches are tiny: merge them so that per-array overhead stays bounded
+            self.chunks = [{k: np.concatenate([c[k] for c in self.chunks]) for k in data}]
+
     def column(self, name: str) -> np.ndarray:
         return np.concatenate([c[name] for c in self.chunks]) if self.chunks else np.empty(0)
 
@@ -589,7 +594,7 @@ class RunView(QWidget):
             self._last_step = None
         for cols in batch.metrics:
             held = self._columns.setdefault(cols.attempt, _Columns([]))
-            held.chunks.append(cols.data)
+            held.append(cols.data)
             self._n_points += cols.size
             if cols.size:
                 self._last_step = max(self._last_step or 0, int(np.nanmax(cols.data["step"])))

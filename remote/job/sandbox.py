@@ -5,7 +5,9 @@ Standard library only (runs on the cluster next to training, and on the user's m
 Isolation per sample (see remote/job/sandbox_launcher.py for the process tree):
 - a fresh `python -I -S` of the same interpreter as this process (its base installation: the sample sees the
   standard library, not the training stack), with a clean environment (minimal PATH, HOME=cwd, no agent
-  sockets, proxies or tokens) and stdin closed once the program is read from it;
+  sockets, proxies or tokens) and stdin closed once the program is read from it; the isolation around it
+  is set up by a per-sample launcher forked from a long-lived launcher server per worker slot (a zygote:
+  one interpreter start per sample instead of two; it exits when this process closes its socket);
 - as root: its own pid, network, mount, IPC and UTS namespaces; a private tmpfs /tmp as its working directory
   (it vanishes with the namespace), /root and /home hidden, every other mount read-only; the user dropped to
   an unassigned uid per worker slot (from 61000 up, group nogroup, reserved machine-wide with an flock in
@@ -458,6 +460,19 @@ def _spawn(cfg: dict, slot: int, fds: list[int], marker: str) -> tuple[int, subp
     return proc.pid, proc
 
 
+def _drain_nonblocking(fd: int, tail: _Tail, max_s: float = 1.0) -> None:
+    os.set_blocking(fd, False)
+    end = time.monotonic() + max_s
+    while time.monotonic() < end:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        tail.feed(chunk)
+
+
 def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s: float) -> SandboxResult:
     timeout = job.timeout_s if job.timeout_s is not None else timeout_s
     token = secrets.token_hex(16).encode()
@@ -537,6 +552,12 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
                     status += chunk
                 else:
                     key.data.feed(chunk)
+        if status_done:
+            # Whatever the worker wrote before it exited is in the pipes now: read it without blocking (a
+            # loaded machine may have descheduled us past the drain deadline before we read the token).
+            for key in list(sel.get_map().values()):
+                if key.data in (out, err):
+                    _drain_nonblocking(key.fd, key.data)
     finally:
         sel.close()
         # Kill the per-sample launcher's group (its pid cannot have been reused: it is reaped by us or by
@@ -565,7 +586,8 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
         report["setup_error"] = "the launcher exited without a report"
     report["cpu_limit"] = rlimits["RLIMIT_CPU"]
     error = _classify(report, out, err, harness_timeout)
-    stderr_tail = err.buf.decode("utf-8", "replace")
+    cut = err.buf.rfind(b"\n" + ERROR_MARK)
+    stderr_tail = bytes(err.buf[: cut if cut >= 0 else len(err.buf)]).decode("utf-8", "replace")
     if report.get("setup_error"):
         stderr_tail += "\n[sandbox] " + str(report["setup_error"])
     return SandboxResult(

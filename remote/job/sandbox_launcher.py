@@ -2,12 +2,15 @@
 # ruff: noqa: PTH102, PTH103, PTH106, PTH112
 """The sandbox launcher: sets up isolation for ONE sample, runs it, reports how it ended.
 
-Run by remote/job/sandbox.py as `python -I -S sandbox_launcher.py CONFIG` (CONFIG: marshal, hex) (standard library only and
-imports kept minimal: it starts once per sample). Process tree, when namespaces are available (root):
+Standard library only, imports kept minimal (marshal and _signal, not json and signal). Two ways in:
+`python -I -S sandbox_launcher.py CONFIG` (CONFIG: marshal, hex) runs one sample; `--serve FD` is the
+zygote that remote/job/sandbox.py keeps per worker slot: it forks a per-sample launcher for each request
+(config + stdin/stdout/stderr/status fds over a SEQPACKET socket), saving one interpreter start per sample.
+Process tree per sample, when namespaces are available (root):
 
-    launcher (host namespaces, root)       enforces the wall-clock timeout, reports status on a pipe
-      └─ init   (pid 1 of new pid/net/mount/ipc/uts namespaces, root, dies with the launcher)
-           └─ worker (pid 2, unprivileged uid, rlimits, no_new_privs) = `python -I -S -c STAGE2`
+    per-sample launcher (host namespaces, root, own session)   wall-clock timeout, report on the status pipe
+      └─ init   (pid 1 of new pid/net/mount/ipc/uts namespaces, root, dies with the launcher: PDEATHSIG)
+           └─ worker (pid 2, unprivileged uid, rlimits, no_new_privs) = a fresh `python -I -S -c STAGE2`
 
 When init exits the kernel kills every process left in its pid namespace, so nothing a sample starts
 (setsid, double fork) outlives it. The mount namespace gives the sample a private tmpfs /tmp (its cwd),

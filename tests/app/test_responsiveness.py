@@ -94,6 +94,11 @@ def test_ui_thread_never_stalls_over_100ms_while_4_runs_stream_into_open_views(q
         assert all(v is not None for v in views)
         qtbot.waitUntil(lambda: all(v.loaded for v in views), timeout=10_000)
 
+        idle = StallMeter()  # the same window, nothing streaming: what the machine alone costs
+        idle.start()
+        qtbot.wait(1500)
+        idle.stop()
+
         written = [0] * N_RUNS
         thread = threading.Thread(target=writer, args=(run_dirs, stop, written), daemon=True)
         meter = StallMeter()
@@ -111,10 +116,12 @@ def test_ui_thread_never_stalls_over_100ms_while_4_runs_stream_into_open_views(q
             qtbot.wait(20)
             chart_steps = view.charts["loss"]._curves[(view.run_id, 1, "raw")].xData
             assert list(chart_steps) == list(range(1, written[views.index(view)] + 1))
-        print(f"longest UI-thread stall {meter.worst_ms:.1f} ms over {STREAM_S:.0f} s "
-              f"({meter.ticks} ticks; {sum(written)} records into {N_RUNS} views)")
+        report = (f"longest UI-thread stall {meter.worst_ms:.1f} ms over {STREAM_S:.0f} s of streaming "
+                  f"({meter.ticks} ticks; {sum(written)} records into {N_RUNS} views); idle baseline "
+                  f"{idle.worst_ms:.1f} ms; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(report)
         assert written[0] >= RECORDS_PER_S * STREAM_S * 0.5  # the writer really streamed
-        assert meter.worst_ms < MAX_STALL_MS, f"the UI thread stalled {meter.worst_ms:.1f} ms"
+        assert meter.worst_ms < MAX_STALL_MS, report
         for i, view in enumerate(views):
             assert list(view.steps_shown()) == list(range(1, written[i] + 1))  # no gap, no duplicate
             assert f"step {written[i]} " in view.console.toPlainText()
