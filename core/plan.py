@@ -153,7 +153,7 @@ def _check_no_control(what: str, value: str) -> None:
 _SBATCH_PLAIN = re.compile(r"[A-Za-z0-9._:/@+=,%-]+")
 
 
-def _sbatch_value(what: str, value: str, *, filename: bool = False) -> str:
+def sbatch_value(what: str, value: str, *, filename: bool = False) -> str:
     """Quote a value for an #SBATCH line (no shell reads it: sbatch's own parser does).
 
     Measured with Slurm 22.05's sbatch: an argument ends at unquoted whitespace (a backslash-escaped space
@@ -177,7 +177,6 @@ def _sbatch_value(what: str, value: str, *, filename: bool = False) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-sbatch_value = _sbatch_value  # public name for other #SBATCH writers (remote/decontam_array.py)
 
 
 # DeepSpeed's launcher re-quotes .deepspeed_env values and user arguments for the remote shell naively
@@ -335,7 +334,7 @@ def slurm_directives(config: RunConfig, ctx: LaunchContext) -> list[tuple[str, s
     c = config.cluster
     job_name = ctx.job_name if ctx.job_name is not None else slurm_job_name(f"tunedeck-{ctx.run_id}")
     opts: list[tuple[str, str]] = [
-        ("job-name", _sbatch_value("job_name", job_name)),
+        ("job-name", sbatch_value("job_name", job_name)),
         ("nodes", str(c.nodes)),
         ("ntasks-per-node", "1"),  # one torchrun per node; it starts the per-GPU ranks
     ]
@@ -346,10 +345,10 @@ def slurm_directives(config: RunConfig, ctx: LaunchContext) -> list[tuple[str, s
         opts.append(("cpus-per-task", str(int(cpus))))
     for name, value in (("partition", ctx.partition), ("account", ctx.account), ("qos", ctx.qos), ("time", ctx.time_limit)):
         if value:
-            opts.append((name, _sbatch_value(name if name != "time" else "time_limit", value)))
+            opts.append((name, sbatch_value(name if name != "time" else "time_limit", value)))
     opts += [
-        ("chdir", _sbatch_value("run_dir", ctx.run_dir)),
-        ("output", _sbatch_value("run_dir", ctx.path(RunPaths.STDOUT), filename=True)),
+        ("chdir", sbatch_value("run_dir", ctx.run_dir)),
+        ("output", sbatch_value("run_dir", ctx.path(RunPaths.STDOUT), filename=True)),
         ("open-mode", "append"),
         # SIGTERM to the batch shell (exec'd into srun, which forwards it to torchrun and the ranks) some
         # time before the kill, so the job can save a checkpoint and exit cleanly.

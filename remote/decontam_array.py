@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.fsutil import atomic_write_text
-from core.plan import _sbatch_value, slurm_job_name
+from core.plan import sbatch_value, slurm_job_name
 from core.records import RunPaths
 from core.store import Store
 from remote.backends import Backend
@@ -80,17 +80,17 @@ def render_array_script(run_id: str, run_dir: str, count: int, *, python: str = 
     """launch.slurm for the array: one task per shard, all appending to stdout.log."""
     q = shlex.quote
     header = [
-        f"--job-name={_sbatch_value('job_name', slurm_job_name(f'tunedeck-decontam-{run_id}'))}",
+        f"--job-name={sbatch_value('job_name', slurm_job_name(f'tunedeck-decontam-{run_id}'))}",
         f"--array=0-{count - 1}",
         "--ntasks=1",
         "--cpus-per-task=1",
-        f"--chdir={_sbatch_value('run_dir', run_dir)}",
-        f"--output={_sbatch_value('run_dir', f'{run_dir}/{RunPaths.STDOUT}', filename=True)}",
+        f"--chdir={sbatch_value('run_dir', run_dir)}",
+        f"--output={sbatch_value('run_dir', f'{run_dir}/{RunPaths.STDOUT}', filename=True)}",
         "--open-mode=append",
     ]
     for name, value in (("partition", partition), ("account", account), ("qos", qos), ("time", time_limit)):
         if value:
-            header.append(f"--{name}={_sbatch_value(name, value)}")
+            header.append(f"--{name}={sbatch_value(name, value)}")
     lines = ["#!/bin/bash", f"# TuneDeck contamination check {run_id}: {count} shards as a job array."]
     lines += [f"#SBATCH {h}" for h in header]
     lines += ["set -euo pipefail", f"cd {q(run_dir)}"]

@@ -9,6 +9,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The loopback sshd + Slurm fixtures, registered here (not in tests/remote/conftest.py) so tests anywhere
+# share ONE session-wide set of daemons.
+pytest_plugins = ("tests.remote.fixtures",)
+
 
 def bench_data_path() -> Path:
     """../shared/data beside the checkout, or $TUNEDECK_BENCH_DATA (set by .ci/run)."""

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from app.gui.charts import MetricChart, PassAtOneChart  # noqa: E402
-from core.series import Segment, ema  # noqa: E402
+from app.gui.charts import MetricChart, PassAtOneChart
+from core.series import Segment, ema
 
 
 def test_live_appends_update_existing_curves_and_smooth_only_new_points(qtbot):
@@ -55,7 +55,8 @@ def test_csv_export_holds_the_full_data_not_the_downsampled_view(qtbot, tmp_path
     chart.resize(400, 300)
     chart.show()
     qtbot.waitExposed(chart)
-    rows = list(csv.reader(open(chart.export_csv(tmp_path / "loss.csv"), encoding="utf-8")))
+    with open(chart.export_csv(tmp_path / "loss.csv"), encoding="utf-8") as f:
+        rows = list(csv.reader(f))
     data = [r for r in rows[1:] if r[0] == "big run"]
     assert len(data) == n
     assert float(data[-1][1]) == n - 1 and float(data[-1][2]) == 2 * (n - 1)

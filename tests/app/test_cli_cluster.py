@@ -13,7 +13,6 @@ import yaml
 
 from app.cli import main
 from remote.profiles import get_profile, load_profiles, profiles_path
-from tests.remote.conftest import daemons, slurm_cluster, sshd_server  # noqa: F401  (shared daemon fixtures)
 from tests.remote.test_profiles import MemoryKeyring
 
 
@@ -84,7 +83,7 @@ def test_check_local_prints_the_report_and_exits_0(capsys):
     assert "torch" in out and "deepspeed" in out and "all required parts present" in out
 
 
-def test_check_over_ssh_exits_1_and_prints_the_fix_when_packages_are_missing(sshd_server, capsys, tmp_path):  # noqa: F811
+def test_check_over_ssh_exits_1_and_prints_the_fix_when_packages_are_missing(sshd_server, capsys, tmp_path):
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     args = _ssh_args(sshd_server)
@@ -101,7 +100,7 @@ def test_check_over_ssh_exits_1_and_prints_the_fix_when_packages_are_missing(ssh
     assert report["ok"] is True and {i["name"] for i in report["items"]} >= {"torch", "sbatch", "partition"}
 
 
-def test_trust_shows_the_fingerprint_and_records_it_only_after_confirmation(sshd_server, capsys, monkeypatch, tmp_path):  # noqa: F811
+def test_trust_shows_the_fingerprint_and_records_it_only_after_confirmation(sshd_server, capsys, monkeypatch, tmp_path):
     known = tmp_path / "known_hosts"
     assert main(["cluster", "add", "new", "--backend", "slurm", *_ssh_args(sshd_server, known)]) == 0
     assert main(["cluster", "check", "new"]) == 1
@@ -119,7 +118,7 @@ def test_trust_shows_the_fingerprint_and_records_it_only_after_confirmation(sshd
     assert "is known" in capsys.readouterr().out
 
 
-def test_trust_refuses_a_changed_key_loudly(sshd_server, capsys, tmp_path):  # noqa: F811
+def test_trust_refuses_a_changed_key_loudly(sshd_server, capsys, tmp_path):
     known = tmp_path / "known_hosts"
     forged = tmp_path / "forged"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(forged)], check=True)

@@ -8,7 +8,6 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.gui.clusters_page import ClustersPage
-from tests.remote.conftest import daemons, sshd_server  # noqa: F401  (real sshd fixtures)
 
 
 @pytest.fixture
@@ -64,7 +63,7 @@ def test_new_profile_shows_schema_messages_and_saves(page, qtbot):
     assert page.list.currentItem().text() == "gpu-cluster"
 
 
-def test_unknown_host_key_asks_with_fingerprint_and_trusting_records_it(page, qtbot, sshd_server, tmp_path):  # noqa: F811
+def test_unknown_host_key_asks_with_fingerprint_and_trusting_records_it(page, qtbot, sshd_server, tmp_path):
     from remote.profiles import ClusterProfile, save_profile
 
     known_hosts = tmp_path / "known_hosts"

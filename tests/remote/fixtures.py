@@ -15,7 +15,7 @@ Fixtures (names are stable; the launch/stream tests use them too):
     .connection_pids(). Remote commands get SLURM_CONF of the test cluster (sshd SetEnv).
   A test that kills sshd must leave it running (use `sshd_running_after` or call .start() in finally).
 - `slurm_cluster` (session): SlurmCluster with .slurm_conf (Path), .env (os.environ + SLURM_CONF),
-    .partition ("debug"), .node ("tdnode"), .gpus (8 fake GPUs: `--gres=gpu:N` sets CUDA_VISIBLE_DEVICES),
+    .partition ("debug"), .node (this machine's hostname when it resolves, else "tdnode": the torchrun rendezvous needs a resolvable name), .gpus (8 fake GPUs: `--gres=gpu:N` sets CUDA_VISIBLE_DEVICES),
     .cpus (16), .scontrol(*args), .cancel_all(), .logs(). Finished jobs stay in `squeue -t all` for 1 h.
 - `ssh_profile_slurm`, `ssh_profile_hostfile` (function): ClusterProfile objects (not saved) reaching
   sshd_server through its alias, with a fresh work_root under the test's tmp dir (absolute path),
