@@ -82,7 +82,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if evals:
         print("    pass@1 per checkpoint (HumanEval; a tiny random model scores near 0, which is the honest result):")
         for step in sorted({e["step"] for e in evals}):
-            cells = {e["subset"]: e["pass@1"] for e in evals if e["step"] == step and e["benchmark"] == "humaneval"}
-            print(f"      step {step:>4}: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(cells.items())))
+            cells = {e["subset"]: (e["pass@1"], e["n_tasks"]) for e in evals if e["step"] == step and e["benchmark"] == "humaneval"}
+            print(f"      step {step:>4}: " + "  ".join(
+                f"{k} {'n/a' if v is None else f'{100 * v:.1f}%'} (n={n})" for k, (v, n) in sorted(cells.items())))
     print(f"Open it in the app: tunedeck gui   (run {run_id})")
     return 0 if row.status == "finished" else 1
