@@ -98,11 +98,13 @@ class ChartWidget(QWidget):
             self._lines[key] = line
         line.setValue(x)
 
-    def hline(self, key: tuple, y: float, label: str, color: str, visible: bool = True) -> pg.InfiniteLine:
+    def hline(self, key: tuple, y: float, label: str, color: str, visible: bool = True,
+              label_position: float = 0.02) -> pg.InfiniteLine:
         line = self._lines.get(key)
         if line is None:
             line = pg.InfiniteLine(pos=y, angle=0, movable=False, pen=pg.mkPen(color, width=1, style=Qt.PenStyle.DashLine),
-                                   label=label, labelOpts={"position": 0.02, "color": color, "anchors": [(0, 1), (0, 1)]})
+                                   label=label, labelOpts={"position": label_position, "color": color,
+                                                           "anchors": [(0, 1), (0, 1)]})
             self.plot.addItem(line, ignoreBounds=True)
             self._lines[key] = line
         line.setVisible(visible)
@@ -284,10 +286,12 @@ class PassAtOneChart(ChartWidget):
         self.benchmark = benchmark
         self.plot.setYRange(0, 100)
         self.references: dict[str, Reference] = {}
-        for ref in references_for(benchmark):
+        # Labels alternate between the left and the middle in value order, so close numbers (GPT-4 67.0,
+        # Phind 67.6) do not print over each other.
+        for i, ref in enumerate(sorted(references_for(benchmark), key=lambda r: r.pass_at_1)):
             self.references[ref.model] = ref
             self.hline(("ref", ref.model), ref.pass_at_1, f"{ref.model} {ref.pass_at_1:g}", "#888888",
-                       visible=ref.model in DEFAULT_SHOWN)
+                       visible=ref.model in DEFAULT_SHOWN, label_position=0.02 if i % 2 == 0 else 0.5)
 
     def set_reference_visible(self, model: str, visible: bool) -> None:
         self._lines[("ref", model)].setVisible(visible)

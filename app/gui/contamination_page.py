@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
     QSortFilterProxyModel,
@@ -49,6 +48,7 @@ from PySide6.QtWidgets import (
 
 from app.gui.app import monospace_font, palette_is_dark
 from app.gui.check_process import CheckRequest, CheckResult, run_in_process
+from app.gui.table_model import RowTableModel
 from app.gui.workers import WorkContext, Worker
 
 log = logging.getLogger(__name__)
@@ -72,33 +72,15 @@ def run_check_job(ctx: WorkContext, request: CheckRequest) -> CheckResult:
 COLUMNS = ("Benchmark", "Task", "Contaminated", "Rows")
 
 
-class ItemsModel(QAbstractTableModel):
+class ItemsModel(RowTableModel):
     """The report's eval items as rows."""
 
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.items: list[dict[str, Any]] = []
-
-    def set_items(self, items: list[dict[str, Any]]) -> None:
-        self.beginResetModel()
-        self.items = items
-        self.endResetModel()
-
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.items)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
+    COLUMNS = COLUMNS
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
-        item = self.items[index.row()]
+        item = self.rows[index.row()]
         col = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return (
@@ -140,7 +122,7 @@ class ItemsFilter(QSortFilterProxyModel):
         self.endFilterChange()
 
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
-        item = self.sourceModel().items[source_row]
+        item = self.sourceModel().rows[source_row]
         if self.contaminated_only and not item["contaminated"]:
             return False
         if self.text:
@@ -526,7 +508,7 @@ class ContaminationPage(QWidget):
         self.result = result
         self.report_path = None
         items = result.report.get("items", [])
-        self.model.set_items(items)
+        self.model.set_rows(items)
         n_bad = sum(1 for i in items if i["contaminated"])
         per_bench: dict[str, list[int]] = {}
         for i in items:
@@ -542,7 +524,7 @@ class ContaminationPage(QWidget):
 
     def select_item(self, benchmark: str, task_id: str) -> bool:
         for row in range(self.proxy.rowCount()):
-            item = self.model.items[self.proxy.mapToSource(self.proxy.index(row, 0)).row()]
+            item = self.model.rows[self.proxy.mapToSource(self.proxy.index(row, 0)).row()]
             if item["benchmark"] == benchmark and item["task_id"] == task_id:
                 self.table.selectRow(row)
                 return True
@@ -551,7 +533,7 @@ class ContaminationPage(QWidget):
     def _on_table_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         if not current.isValid():
             return
-        item = self.model.items[self.proxy.mapToSource(current).row()]
+        item = self.model.rows[self.proxy.mapToSource(current).row()]
         self._item = item
         self._matches = item.get("matches", [])
         title = f"{BENCHMARK_TITLES.get(item['benchmark'], item['benchmark'])} {item['task_id']}"

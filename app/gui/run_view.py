@@ -514,6 +514,7 @@ class RunView(QWidget):
                 chart.set_smoothing(0.0)
             else:
                 chart.set_smoothing(DEFAULT_SMOOTHING)
+            chart.legend.hide()  # one run per view: the title names the metric, the header the run
             add_export_actions(self, chart)
             self.charts[field_name] = chart
             grid.addWidget(chart, i // 2, i % 2)

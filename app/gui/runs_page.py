@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QItemSelectionModel,
     QModelIndex,
     QPersistentModelIndex,
@@ -35,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.app import palette_is_dark
+from app.gui.table_model import RowTableModel
 from app.gui.workers import WorkContext, Worker
 
 REFRESH_COALESCE_MS = 400
@@ -85,26 +85,10 @@ def read_runs(ctx: WorkContext, store: Any) -> RunsSnapshot:
     return RunsSnapshot(ctx.request_id, tuple(rows))
 
 
-class RunsModel(QAbstractTableModel):
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.rows: list[RunSummaryRow] = []
+class RunsModel(RowTableModel):
+    """One row per run (RunSummaryRow)."""
 
-    def set_rows(self, rows: list[RunSummaryRow]) -> None:
-        self.beginResetModel()
-        self.rows = rows
-        self.endResetModel()
-
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
+    COLUMNS = COLUMNS
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():

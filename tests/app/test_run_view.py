@@ -241,3 +241,42 @@ def test_chart_export_writes_the_file_with_the_charts_data(qtbot, store, tmp_pat
         assert [float(r["x"]) for r in raw] == list(range(1, 31))
         np.testing.assert_allclose([float(r["y"]) for r in raw], [metric(s)["loss"] for s in range(1, 31)])
     close_view(view)
+
+
+@pytest.mark.slow
+def test_launch_tiny_preset_locally_from_the_gui_and_watch_it_to_pass_at_1(qtbot, store):
+    """End to end: New run page -> Launch on the local backend -> the run tab fills live until the run
+    finishes and pass@1 of its checkpoints appears (real DeepSpeed ZeRO-3 on CPU, real evaluation)."""
+    from app.gui.main_window import MainWindow
+
+    window = MainWindow(store, offer_demo=False, stream=True)
+    qtbot.addWidget(window)
+    window.resize(1360, 880)
+    window.show()
+    try:
+        page = window.config_page
+        page.load_preset("tiny-demo")
+        page.set_field("training.max_steps", 6)
+        page.set_field("training.save_steps", 3)
+        page.set_field("evaluation.limit", 4)
+        assert page.config is not None, page.problems
+        page.profile_combo.setCurrentText("local")
+        with qtbot.waitSignal(page.launched, timeout=180_000) as launched:
+            window.launch()
+        run_id = launched.args[0]
+        view = window.run_tabs[run_id]
+        assert window.tabs.currentWidget() is view
+        qtbot.waitUntil(lambda: view.point_count() > 0, timeout=600_000)
+        first_points = view.point_count()
+        qtbot.waitUntil(lambda: view.run is not None and view.run.status in ("finished", "failed", "cancelled"),
+                        timeout=900_000)
+        assert view.run.status == "finished", (view.run.status_reason, view.console.toPlainText()[-3000:])
+        qtbot.waitUntil(lambda: view.point_count() == 6 and "humaneval" in view.pass_charts, timeout=120_000)
+        assert first_points <= 6
+        np.testing.assert_array_equal(view.steps_shown(), np.arange(1, 7))
+        steps = view.pass_charts["humaneval"]._curves[(run_id, "all")].xData
+        assert list(steps) == [3.0, 6.0]
+        assert view.notifications and view.notifications[-1][0].endswith("finished")
+        assert view.console.toPlainText().strip()
+    finally:
+        window.close()

@@ -143,8 +143,9 @@ def test_missing_average_uses_the_stated_default() -> None:
 
 
 def test_max_steps_caps_steps_and_tokens() -> None:
-    est = estimate(load_preset("tiny-demo"))
-    assert est.total_steps == 40
+    cfg = load_preset("tiny-demo")
+    est = estimate(cfg)
+    assert est.total_steps == cfg.training.max_steps
     assert est.training_tokens < est.tokens_per_epoch
 
 
