@@ -129,6 +129,7 @@ class CompareView(QWidget):
         self._workers: list[Worker] = []
         self._request = 0
         self._bar_items: list[Any] = []
+        self._closed = False
         self._reload_timer = QTimer(self, singleShot=True, interval=RELOAD_DELAY_MS)
         self._reload_timer.timeout.connect(self.reload)
         self._build()
@@ -249,6 +250,11 @@ class CompareView(QWidget):
         layout.addLayout(header)
         layout.addWidget(body, 1)
 
+    def closeEvent(self, event: Any) -> None:
+        self._closed = True
+        self._reload_timer.stop()
+        super().closeEvent(event)
+
     def exportable_charts(self) -> list[tuple[str, ChartWidget, Any]]:
         return [(self.curve_chart.plot.titleLabel.text or "Curves", self.curve_chart, None),
                 ("pass@1 bars", self.bar_chart, self.export_bars_csv)]
@@ -276,8 +282,8 @@ class CompareView(QWidget):
         worker.start()
 
     def _on_loaded(self, data: CompareData) -> None:
-        if data.request_id != self._request:
-            return
+        if data.request_id != self._request or self._closed:
+            return  # a stale reply, or the tab was closed while the runs were read
         self.data = data
         text = f"{len(data.runs)} runs"
         if data.missing:
@@ -372,7 +378,7 @@ class CompareView(QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 table.setItem(i, j, item)
         table.resizeColumnsToContents()
-        table.horizontalHeader().setStretchLastSection(True)
+        table.horizontalHeader().setStretchLastSection(False)
 
     def bar_values(self) -> list[tuple[str, str, str, float]]:
         """(run id, benchmark, subset, best pass@1 in %) for every visible run and subset."""

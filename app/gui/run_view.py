@@ -213,6 +213,7 @@ class SampleViewer(QWidget):
         self.rows: list[dict[str, Any]] = []
         self._workers: list[Worker] = []
         self._files: list[str] = []
+        self.closed = False  # set by the run view on close: late worker replies are dropped
         self.file_combo = QComboBox()
         self.file_combo.setMinimumContentsLength(24)
         self.file_combo.setToolTip("Evaluated checkpoint and benchmark (samples/step-N-benchmark.jsonl)")
@@ -272,7 +273,7 @@ class SampleViewer(QWidget):
         worker.start()
 
     def _on_listed(self, names: list[str]) -> None:
-        if names == self._files:
+        if self.closed or names == self._files:
             return
         current = self.file_combo.currentText()
         self._files = list(names)
@@ -296,7 +297,7 @@ class SampleViewer(QWidget):
         self._start(worker)
 
     def _on_read(self, name: str, rows: list[dict[str, Any]], bad: int) -> None:
-        if name != self.file_combo.currentText():
+        if self.closed or name != self.file_combo.currentText():
             return  # a stale reply: another file was chosen meanwhile
         self.rows = rows
         passed = sum(1 for r in rows if r.get("passed"))
@@ -422,6 +423,7 @@ class RunView(QWidget):
         self.cancel_box: QMessageBox | None = None
         self.cancel_result: Any = None
         self._events: Any = None
+        self._closed = False
 
         self._build()
         self._own_watcher = watcher is None
@@ -585,7 +587,7 @@ class RunView(QWidget):
             self.banner.show_message(f"Reading this run from the store failed: {message}", "error")
 
     def _on_batch(self, batch: RunBatch) -> None:
-        if batch.sub_id != self._sub_id:
+        if batch.sub_id != self._sub_id or self._closed:
             return
         if batch.run is not None:
             self._set_run(batch.run, announce=not batch.first)
@@ -843,6 +845,8 @@ class RunView(QWidget):
 
     def _on_cancelled(self, result: Any) -> None:
         self.cancel_result = result
+        if self._closed:
+            return
         if result.confirmed_gone:
             self.banner.show_message(f"<b>Cancelled</b>: the job is confirmed gone. {_escape(result.detail)}", "ok")
         else:
@@ -853,6 +857,8 @@ class RunView(QWidget):
 
     def _on_cancel_failed(self, message: str) -> None:
         self.cancel_result = message
+        if self._closed:
+            return
         self.banner.show_message(f"<b>Cancel failed</b>: {_escape(message)}", "error")
         self.cancel_button.setEnabled(True)
 
@@ -864,6 +870,8 @@ class RunView(QWidget):
 
     def shutdown(self) -> None:
         """Stop feeding this view (the watcher thread ends if this view owns it)."""
+        self._closed = True
+        self.samples.closed = True
         if self._events is not None:
             _WakeHub.for_events(self._events).discard(self.run_id, self.watcher)
             self._events = None

@@ -4,6 +4,10 @@ Run explicitly: `.venv/bin/python tests/bench/bench_chart_frame.py [points]` (or
 tests/bench/bench_chart_frame.py`). Target: <= 16 ms per frame with TuneDeck's chart (peak downsampling,
 clip-to-view, 1 px pens), printed beside the same plot without downsampling, measured in the same run.
 
+TuneDeck's chart draws a long curve from an incrementally updated min/max envelope while the whole run is in
+view (app.gui.charts._Envelope), so a frame costs what the new points cost; the variant with pyqtgraph's
+peak downsampling alone is printed too.
+
 A frame is what a live compare view does when every run has logged one more step: append one point to each
 of the 8 runs (MetricChart.append: only the new point is smoothed; setData on the grown buffers), then
 repaint the plot widget synchronously (QWidget.repaint: pyqtgraph's whole paint path, offscreen platform).
@@ -28,10 +32,11 @@ FRAMES = 30
 TARGET_MS = 16.0
 
 
-def build(chart_cls, downsample: bool, n_points: int):
+def build(chart_cls, downsample: bool, n_points: int, envelope: bool = True):
     from app.gui.charts import MetricChart
 
     chart = MetricChart("Loss", "loss")
+    chart.use_envelope = envelope and downsample
     if not downsample:  # the same plot without downsampling or clipping (pyqtgraph's defaults)
         chart.plot.setDownsampling(auto=False, ds=1)
         chart.plot.setClipToView(False)
@@ -74,8 +79,10 @@ def run(n_points: int = N_POINTS, frames: int = FRAMES) -> dict[str, float]:
 
     create_app()
     out = {}
-    for name, downsample, n in (("tunedeck", True, frames), ("no-downsampling", False, max(3, frames // 6))):
-        chart = build(MetricChart, downsample, n_points)
+    variants = (("tunedeck", True, True, frames), ("peak-only", True, False, max(5, frames // 3)),
+                ("no-downsampling", False, False, max(3, frames // 6)))
+    for name, downsample, envelope, n in variants:
+        chart = build(MetricChart, downsample, n_points, envelope)
         times = frame_times(chart, n_points, n)
         out[name] = statistics.median(times)
         out[f"{name}_p90"] = sorted(times)[int(0.9 * (len(times) - 1))]
@@ -88,7 +95,8 @@ def report(result: dict[str, float], n_points: int) -> str:
     ratio = result["no-downsampling"] / result["tunedeck"]
     return (f"chart frame (append 1 point to each of {N_RUNS} runs x {n_points:,} points, then paint): "
             f"TuneDeck {result['tunedeck']:.1f} ms median (p90 {result['tunedeck_p90']:.1f}), "
-            f"without downsampling {result['no-downsampling']:.1f} ms median -> {ratio:.1f}x faster; "
+            f"without downsampling {result['no-downsampling']:.1f} ms median -> {ratio:.1f}x faster "
+            f"(pyqtgraph's peak downsampling alone, no envelope: {result['peak-only']:.1f} ms); "
             f"target <= {TARGET_MS:g} ms: {'met' if result['tunedeck'] <= TARGET_MS else 'NOT met'}")
 
 
