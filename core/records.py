@@ -43,6 +43,13 @@ class RunPaths:
     LOCAL_SCRIPT = "launch.sh"
     JOB_CODE = "code"  # the shipped job code (core/ + remote/job/) lives here
     COMPLETE_MARKER = "COMPLETE"  # written last into a checkpoint directory
+    ATTEMPTS = "attempts"  # how many times the job has started in this run directory
+    TOKENIZER = "tokenizer"  # a tokenizer trained at start (train:bpe), reused on resume
+    EVAL_LOG = "eval.log"  # stdout/stderr of the evaluation subprocesses
+    EVAL_EVENTS = "eval_events.jsonl"  # the evaluation processes' own events (events.jsonl has one writer)
+    EVAL_LOCK = ".eval.lock"  # evaluations of one run take turns on this lock
+    PGID = "pgid"  # process group of a detached hostfile/local job
+    EXIT_STATUS = "exit_status"  # the launch script's exit status, written by the detach wrapper
 
     STREAMED = (METRICS, EVALS, EVENTS, STDOUT)
 

@@ -303,7 +303,7 @@ class Store:
             raise
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: the queries inside see one consistent snapshot."""
         conn = self._conn()
         conn.execute("BEGIN")
@@ -672,7 +672,7 @@ class Store:
         tokens: the tokens count at the last step; wall_time_s: last t - first t over all metric records;
         best_pass_at_1: {benchmark: {subset: best pass@1 over all checkpoints}}.
         """
-        with self._read() as conn:
+        with self.snapshot() as conn:
             latest = conn.execute(
                 "SELECT m.step, m.loss, m.tokens FROM metrics m"
                 " JOIN (SELECT step, MAX(attempt) AS attempt FROM metrics WHERE run_id = ? GROUP BY step) l"

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 # Files the detach wrapper writes into the run directory (hostfile/local backends).
 DETACH_SCRIPT = "tunedeck-detach.sh"
-PGID_FILE = "pgid"
-EXIT_FILE = "exit_status"
+PGID_FILE = RunPaths.PGID
+EXIT_FILE = RunPaths.EXIT_STATUS
 RUN_ID_ENV = "TUNEDECK_RUN_ID"  # exported by every launch script; used to find a run's leftover processes
 
 # How long a just-started wrapper may take to record its process group.

@@ -233,7 +233,7 @@ class StoreWatcher(QObject):
         store = self.store
         # One read snapshot: the offset and the text must describe the same ingested bytes, or a chunk
         # ingested between the two queries would be shown twice.
-        with store._read():
+        with store.snapshot():
             offset = store.stream_state(cur.run_id, RunPaths.STDOUT)["offset"]
             if offset == cur.log_offset:
                 return "", False

@@ -29,9 +29,9 @@ from core.fsutil import atomic_write_text
 from core.records import JsonlWriter, RunPaths, event_record, metric_record, touch_heartbeat
 
 # Files of a run directory that only the job uses (beside RunPaths' shared layout).
-ATTEMPTS_FILE = "attempts"  # how many times the job has started in this run directory
-TOKENIZER_DIR = "tokenizer"  # a tokenizer trained at start (train:bpe), reused on resume
-EVAL_LOG = "eval.log"  # stdout/stderr of the evaluation subprocesses
+ATTEMPTS_FILE = RunPaths.ATTEMPTS  # how many times the job has started in this run directory
+TOKENIZER_DIR = RunPaths.TOKENIZER  # a tokenizer trained at start (train:bpe), reused on resume
+EVAL_LOG = RunPaths.EVAL_LOG  # stdout/stderr of the evaluation subprocesses
 RUN_CONFIG_IN_CHECKPOINT = "tunedeck_config.json"  # the resolved run config, saved with every checkpoint
 PARTITION_FILE = "partition-rank{rank}.json"  # TUNEDECK_DEBUG_PARTITION=1: each rank's share of the params
 HEARTBEAT_S = float(os.environ.get("TUNEDECK_HEARTBEAT_S", "5"))

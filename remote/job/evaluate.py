@@ -34,8 +34,8 @@ from core.records import JsonlWriter, RunPaths, eval_record, event_record
 from remote.job import prompts_eval
 from remote.job.sandbox import SandboxJob, run_samples, sandbox_capabilities
 
-EVAL_EVENTS = "eval_events.jsonl"
-EVAL_LOCK = ".eval.lock"
+EVAL_EVENTS = RunPaths.EVAL_EVENTS
+EVAL_LOCK = RunPaths.EVAL_LOCK
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
