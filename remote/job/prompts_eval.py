@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.evalsets import EvalTask
+from remote.job.templates import chat_messages, format_prompt
 
 BASE_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 MBPP_STOPS = ("[DONE]",)
@@ -77,23 +78,12 @@ def instruction(task: EvalTask) -> str:
 
 
 def apply_template(template: str, system: str, user: str, chat_template: Callable[[list[dict]], str] | None = None) -> str:
-    """Wrap a user message in a prompt template (the same shapes the training data uses)."""
-    if template == "phind":
-        return f"### System Prompt\n{system}\n\n### User Message\n{user}\n\n### Assistant\n"
-    if template == "codellama-instruct":
-        sys_part = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system else ""
-        return f"[INST] {sys_part}{user.strip()} [/INST]"
-    if template == "alpaca":
-        return ("Below is an instruction that describes a task. Write a response that appropriately completes "
-                f"the request.\n\n### Instruction:\n{user}\n\n### Response:\n")
+    """Wrap a user message in the run's prompt template (remote.job.templates: the training format)."""
     if template == "chat-template":
         if chat_template is None:
             raise ValueError("prompt template 'chat-template' needs a tokenizer with a chat template")
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return chat_template(messages)
-    if template == "raw":
-        return user
-    raise ValueError(f"unknown prompt template {template!r}")
+        return chat_template(chat_messages(user, system))
+    return format_prompt(template, user, system)
 
 
 def build_prompt(task: EvalTask, kind: str, template: str = "raw", system: str = "",

@@ -42,13 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from core.records import RunPaths
+from remote.job.templates import chat_messages, format_completion, format_prompt
 
-TEMPLATES = {
-    "phind": "### System Prompt\n{system}\n\n### User Message\n{instruction}\n\n### Assistant\n",
-    "codellama-instruct": "[INST] {instruction} [/INST]",
-    "alpaca": "### Instruction:\n{instruction}\n\n### Response:\n",
-    "raw": "{instruction}\n",
-}
 PACKING_BEHAVIOUR = {
     "flash_attention_2": "padding-free bfd packing; example boundaries passed to FlashAttention-2 as cu_seq_lens "
                          "(from position ids): no attention across packed examples",
@@ -177,13 +172,9 @@ def to_prompt_completion(ds: Any, data: dict[str, Any], tokenizer: Any | None) -
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         system = (row.get(sys_field) if sys_field else None) or default_system
         if template == "chat-template":
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": row[inst]}]
-            return {"prompt": messages, "completion": [{"role": "assistant", "content": row[ans]}]}
-        prompt = TEMPLATES[template].format(system=system, instruction=row[inst])
-        completion = row[ans]
-        if template == "codellama-instruct":
-            completion = " " + completion.lstrip()
-        return {"prompt": prompt, "completion": completion}
+            return {"prompt": chat_messages(row[inst], system),
+                    "completion": [{"role": "assistant", "content": row[ans]}]}
+        return {"prompt": format_prompt(template, row[inst], system), "completion": format_completion(template, row[ans])}
 
     if template == "chat-template" and (tokenizer is None or not getattr(tokenizer, "chat_template", None)):
         raise JobError("data.prompt_template is 'chat-template' but the tokenizer has no chat template")

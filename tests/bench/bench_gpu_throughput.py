@@ -106,11 +106,11 @@ def mean_example_tokens(root: Path, seq: int) -> float:
 
     from remote.job import demo_data
     from remote.job.callbacks import TOKENIZER_DIR
-    from remote.job.train import TEMPLATES
+    from remote.job.templates import format_prompt
 
     tok = AutoTokenizer.from_pretrained(root / TOKENIZER_DIR)
     rows = demo_data.generate(400, 0, 0)
-    texts = [TEMPLATES["phind"].format(system="You are an intelligent programming assistant.", instruction=r["instruction"]) + r["answer"] for r in rows]
+    texts = [format_prompt("phind", r["instruction"], "You are an intelligent programming assistant.") + r["answer"] for r in rows]
     return sum(min(seq, len(tok(t)["input_ids"]) + 1) for t in texts) / len(texts)
 
 

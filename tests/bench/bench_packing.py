@@ -42,10 +42,10 @@ def demo_lengths(seq: int, n: int = 4000) -> list[int]:
     import tempfile
 
     from remote.job import demo_data, tiny_model
-    from remote.job.train import TEMPLATES
+    from remote.job.templates import format_prompt
 
     rows = demo_data.generate(n, plant_humaneval=3, seed=0)
-    texts = [TEMPLATES["phind"].format(system="You are an intelligent programming assistant.", instruction=r["instruction"]) + r["answer"]
+    texts = [format_prompt("phind", r["instruction"], "You are an intelligent programming assistant.") + r["answer"]
              for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
         tok = tiny_model.train_bpe_tokenizer(texts, 1024, Path(tmp) / "tok")
