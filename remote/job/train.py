@@ -287,6 +287,7 @@ def train(paths: RunPaths, cfg: dict[str, Any], recorder: Any, preemption: Any) 
         report_to="none",
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (else a warning per epoch)
         disable_tqdm=True,  # stdout.log gets one line per log instead of a redrawn bar
         log_level="warning",
     )
