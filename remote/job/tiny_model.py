@@ -25,7 +25,12 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Pa
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # A newline is always a token of its own, as in Code Llama's tokenizer (byte 0x0A). Byte-level BPE's
+    # regex would merge it with the indentation that follows ("\n   " + " def"), so a prompt ending in
+    # "\n" would tokenize differently alone than followed by its answer, and the model would train on a
+    # context it never sees at inference.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

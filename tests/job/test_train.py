@@ -195,9 +195,28 @@ def test_metrics_validate_and_loss_falls(run: dict[str, Any]) -> None:
         assert rec["tokens"] > 0 and rec["tokens_per_s"] > 0 and rec["grad_norm"] is not None
     losses = [json.loads(line)["loss"] for line in lines]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.75 * first, f"loss fell from {first:.3f} to only {last:.3f}"
+    # Seeded, this run ends near 0.60x its start here (an uninterrupted run too). Float reduction order still
+    # differs between machines, and a loss spike on one batch (step ~12) amplifies it: unseeded runs
+    # measured 0.61-0.71x here and one reached 0.77x on CI. 0.85x is a fall no stalled or diverged run makes.
+    assert last < 0.85 * first, f"loss fell from {first:.3f} to only {last:.3f}"
     for rec in events(paths):
         assert validate_record("events", rec) == []
+
+
+def test_learning_rate_follows_one_schedule_across_the_preemption(run: dict[str, Any]) -> None:
+    """The resumed attempt restores the scheduler: every step's lr is the uninterrupted cosine schedule's."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    cfg = json.loads(run["paths"].config_json.read_text())["training"]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg["learning_rate"])
+    schedule = get_cosine_schedule_with_warmup(optimizer, cfg["warmup_steps"], MAX_STEPS).lr_lambdas[0]
+    records, _ = read_records(run["paths"].metrics, "metrics")
+    got = [(r["step"], r["lr"]) for r in records]
+    want = [(step, cfg["learning_rate"] * schedule(step)) for step in range(1, MAX_STEPS + 1)]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    for (step, lr), (_, expected) in zip(got, want, strict=True):
+        assert lr == pytest.approx(expected, rel=1e-6, abs=1e-12), f"step {step}"
 
 
 def test_parameters_are_partitioned_across_the_two_ranks(run: dict[str, Any]) -> None:
