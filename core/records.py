@@ -7,6 +7,7 @@ metrics.jsonl  t, attempt, step, epoch, samples, tokens, loss, lr, grad_norm, to
 evals.jsonl    t, attempt, step, checkpoint, benchmark, subset, n_tasks, samples_per_task, temperature,
                pass@1 [, pass@10, ...]
 events.jsonl   t, attempt, event, detail
+eval_events.jsonl  the same, written by the evaluation processes (eval_started / eval_finished / eval_failed)
 NaN and infinities are written as null.
 """
 
@@ -51,7 +52,7 @@ class RunPaths:
     PGID = "pgid"  # process group of a detached hostfile/local job
     EXIT_STATUS = "exit_status"  # the launch script's exit status, written by the detach wrapper
 
-    STREAMED = (METRICS, EVALS, EVENTS, STDOUT)
+    STREAMED = (METRICS, EVALS, EVENTS, EVAL_EVENTS, STDOUT)  # followed into the run store by byte offset
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -140,7 +141,8 @@ EVENT_KINDS = (
     "warning",
 )
 KIND_REQUIRED = {"metrics": METRIC_REQUIRED, "evals": EVAL_REQUIRED, "events": EVENT_REQUIRED}
-FILE_KIND = {RunPaths.METRICS: "metrics", RunPaths.EVALS: "evals", RunPaths.EVENTS: "events"}
+FILE_KIND = {RunPaths.METRICS: "metrics", RunPaths.EVALS: "evals", RunPaths.EVENTS: "events",
+             RunPaths.EVAL_EVENTS: "events"}
 
 _NUMBER = (int, float)
 

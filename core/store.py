@@ -520,6 +520,8 @@ class Store:
 
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, run_id: str, records: Sequence[dict[str, Any]]) -> int:
+        # Both events files land here; their keys (attempt, t, event) cannot collide, since only the evaluation
+        # processes write eval_started / eval_finished / eval_failed and only training writes the rest.
         rows = [(run_id, rec["t"], rec["attempt"], rec["event"], _json(rec["detail"])) for rec in records]
         before = conn.total_changes
         conn.executemany("INSERT OR IGNORE INTO events (run_id, t, attempt, event, detail) VALUES (?, ?, ?, ?, ?)",
@@ -598,10 +600,14 @@ class Store:
             out.append(rec)
         return out
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        """Event records in the order they were ingested."""
-        rows = self._conn().execute("SELECT seq, t, attempt, event, detail FROM events WHERE run_id = ? ORDER BY seq",
-                                    (run_id,)).fetchall()
+    def events(self, run_id: str, since_seq: int = 0) -> list[dict[str, Any]]:
+        """Event records of events.jsonl and eval_events.jsonl (the evaluation processes' eval_* events), in
+        time order. Each carries its `seq`, which grows in ingest order (the two files stream independently,
+        so a late-ingested event may be older than one already seen): a poller asks for `since_seq` = the
+        largest seq it has seen to get only the events ingested since."""
+        rows = self._conn().execute(
+            "SELECT seq, t, attempt, event, detail FROM events WHERE run_id = ? AND seq > ? ORDER BY t, seq",
+            (run_id, since_seq)).fetchall()
         return [{"seq": r["seq"], "t": r["t"], "attempt": r["attempt"], "event": r["event"],
                  "detail": json.loads(r["detail"])} for r in rows]
 

@@ -1,7 +1,9 @@
 """Streaming a run's record files into the store: exactly once, across drops, restarts and sleeps.
 
-Each streamed file (metrics.jsonl, evals.jsonl, events.jsonl, stdout.log) is followed by byte offset. The
-store keeps the offset just past the last complete line ingested, in the SAME transaction as the records
+Each streamed file (RunPaths.STREAMED: metrics.jsonl, evals.jsonl, events.jsonl, eval_events.jsonl,
+stdout.log) is followed by byte offset; eval_events.jsonl is the evaluation processes' own events file
+(events.jsonl has one writer, rank 0 of training) and lands in the same events table. The store keeps
+the offset just past the last complete line ingested, in the SAME transaction as the records
 (Store.ingest), so whoever resumes (after a dropped connection, an app restart, a laptop sleep) starts
 there and every record arrives once. A partial last line is held back until its newline arrives.
 

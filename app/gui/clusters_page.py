@@ -1,9 +1,11 @@
 """The Clusters page: list and edit cluster profiles (a form generated from remote.profiles.ClusterProfile),
-run the cluster check in a worker, and ask before trusting an unknown SSH host key."""
+run the cluster check in a worker, ask before trusting an unknown SSH host key, and save or forget a key
+passphrase / password in the OS keyring (never in a file)."""
 
 from __future__ import annotations
 
 import copy
+import html
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -13,11 +15,14 @@ from pydantic_core import PydanticUndefined
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QListWidget,
     QMessageBox,
     QPushButton,
@@ -112,7 +117,69 @@ def trust_and_check(ctx: WorkContext, profile: Any, key: Any) -> CheckOutcome | 
     return run_cluster_check(ctx, profile)
 
 
+def store_secret(ctx: WorkContext, profile: Any, secret: str) -> str | None:
+    """Worker body (a DBus keyring can block): save the secret in the OS keyring. Returns None when saved,
+    else why not, for the user; the keyring's own failure is turned into that message here so that no
+    traceback is logged from this call."""
+    from keyring.errors import KeyringError, NoKeyringError
+
+    from remote.profiles import set_secret
+
+    try:
+        set_secret(profile, secret)
+    except NoKeyringError:
+        return ("No usable OS keyring on this machine, so nothing was saved. Install and unlock a Secret Service "
+                "(GNOME Keyring or KWallet) and try again, or load the key into ssh-agent (`ssh-add KEY`) instead.")
+    except KeyringError as exc:  # e.g. a locked collection, or the user dismissed the unlock prompt
+        return (f"The OS keyring refused the passphrase ({type(exc).__name__}: {exc}); nothing was saved. Unlock "
+                "your keyring and try again, or load the key into ssh-agent (`ssh-add KEY`) instead.")
+    log.info("saved the passphrase of cluster profile %s in the OS keyring", profile.name)
+    return None
+
+
+def forget_secrets(ctx: WorkContext, profiles: list[Any]) -> None:
+    """Worker body: delete the keyring entries of these profiles (missing entries are fine)."""
+    from remote.profiles import delete_secret
+
+    for profile in profiles:
+        delete_secret(profile)
+    log.info("forgot the saved passphrase of cluster profile(s) %s", ", ".join(sorted({p.name for p in profiles})))
+
+
 # ------------------------------------------------------------------------------------------ widgets
+
+
+def secret_dialog(parent: QWidget, profile: Any) -> str | None:
+    """Ask for the key passphrase / SSH password of a profile; None when cancelled. The typed text is
+    cleared from the widget before the dialog goes."""
+    dialog = QDialog(parent)
+    dialog.setObjectName("secret_dialog")
+    dialog.setWindowTitle("Save password / passphrase")
+    layout = QVBoxLayout(dialog)
+    text = QLabel(
+        f"Passphrase of the SSH key (or the SSH password) for profile <b>{html.escape(profile.name)}</b> "
+        f"({html.escape(profile.describe())}).<br><br>It is stored in your operating system's keyring (Secret Service, "
+        "macOS Keychain or Windows Credential Manager), never in a file, and TuneDeck reads it when it connects."
+    )
+    text.setWordWrap(True)
+    text.setTextFormat(Qt.TextFormat.RichText)
+    layout.addWidget(text)
+    edit = QLineEdit()
+    edit.setObjectName("secret_edit")
+    edit.setEchoMode(QLineEdit.EchoMode.Password)
+    layout.addWidget(edit)
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    layout.addWidget(buttons)
+    edit.setFocus()
+    try:
+        accepted = dialog.exec() == QDialog.DialogCode.Accepted
+        secret = edit.text()
+    finally:
+        edit.clear()
+        dialog.deleteLater()
+    return secret if accepted and secret else None
 
 
 def host_key_dialog(parent: QWidget, prompt: HostKeyPrompt) -> bool:
@@ -213,11 +280,13 @@ class ClustersPage(QWidget):
 
     profiles_changed = Signal()
     check_done = Signal(object)  # CheckOutcome
+    secret_done = Signal(str)  # the status message after saving / forgetting a passphrase
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.profiles: dict[str, Any] = {}
         self._worker: Worker | None = None
+        self._secret_worker: Worker | None = None
         self._current: str | None = None
 
         self.list = QListWidget()
@@ -243,6 +312,14 @@ class ClustersPage(QWidget):
         self.save_button = QPushButton("Save profile")
         self.save_button.setObjectName("save_profile_button")
         self.save_button.clicked.connect(self.save_current)
+        self.secret_button = QPushButton("Save password / passphrase…")
+        self.secret_button.setObjectName("save_secret_button")
+        self.secret_button.setToolTip("Save the SSH key passphrase or password in the OS keyring (never in a file)")
+        self.secret_button.clicked.connect(self.save_secret)
+        self.forget_button = QPushButton("Forget saved password")
+        self.forget_button.setObjectName("forget_secret_button")
+        self.forget_button.setToolTip("Delete the saved passphrase / password from the OS keyring")
+        self.forget_button.clicked.connect(self.forget_secret)
         self.check_button = QPushButton("Run cluster check")
         self.check_button.setObjectName("check_button")
         self.check_button.setToolTip("Connect, check the scheduler, Python, the training stack, GPUs and the work root")
@@ -271,6 +348,8 @@ class ClustersPage(QWidget):
         rl.addWidget(scroll, 3)
         buttons = QHBoxLayout()
         buttons.addWidget(self.save_button)
+        buttons.addWidget(self.secret_button)
+        buttons.addWidget(self.forget_button)
         buttons.addStretch(1)
         buttons.addWidget(self.check_button)
         rl.addLayout(buttons)
@@ -297,6 +376,12 @@ class ClustersPage(QWidget):
 
         if self.form is None:
             self.form = ModelForm(ClusterProfile)
+            self.form.edited.connect(self._update_secret_buttons)
+            # The flag follows the keyring: only the Save / Forget buttons set it, so that it never claims a
+            # secret that is not there, nor leaves one behind when unticked.
+            flag = self.form.editors["save_password_in_keyring"]
+            flag.setEnabled(False)
+            flag.setToolTip("Set by “Save password / passphrase…” and cleared by “Forget saved password”.")
             self.form_layout.addWidget(self.form)
         self.profiles = load_profiles()
         current = select or self._current or next(iter(self.profiles), None)
@@ -317,6 +402,7 @@ class ClustersPage(QWidget):
         self.delete_button.setEnabled(name != "local")
         self.results.setRowCount(0)
         self.check_status.clear()
+        self._update_secret_buttons()
 
     def new_profile(self) -> None:
         assert self.form is not None
@@ -329,6 +415,7 @@ class ClustersPage(QWidget):
         self.list.clearSelection()
         self.form_box.setTitle("Profile — new")
         self.form.load({"name": name, "backend": "slurm", "host": ""})
+        self._update_secret_buttons()
 
     def save_current(self) -> Any | None:
         from remote.profiles import save_profile
@@ -354,6 +441,92 @@ class ClustersPage(QWidget):
         self._current = None
         self.reload()
         self.profiles_changed.emit()
+
+    # ------------------------------------------------------------------ saved passphrase (OS keyring)
+
+    def _update_secret_buttons(self) -> None:
+        data = self.form.data if self.form is not None else {}
+        remote = data.get("backend", "local") != "local"
+        idle = self._secret_worker is None
+        self.secret_button.setEnabled(remote and idle)
+        self.forget_button.setEnabled(remote and idle and bool(data.get("save_password_in_keyring")))
+
+    def ask_secret(self, profile: Any) -> str | None:
+        """The passphrase dialog (a method so that tests can answer it); None when cancelled."""
+        return secret_dialog(self, profile)
+
+    def save_secret(self) -> None:
+        """Ask for the passphrase, store it in the OS keyring off the UI thread, then save the profile with
+        save_password_in_keyring set (only once the keyring took it)."""
+        assert self.form is not None
+        profile = self.form.validate()
+        if profile is None or profile.is_local or self._secret_worker is not None:
+            return
+        secret = self.ask_secret(profile)
+        if not secret:
+            return
+        worker = Worker(store_secret, profile, secret)
+        del secret
+        worker.signals.finished.connect(lambda _rid, error: self._on_secret_stored(profile, error))
+        worker.signals.failed.connect(self._on_secret_failed)
+        self._start_secret(worker, "Saving the passphrase in the OS keyring…")
+
+    def forget_secret(self) -> None:
+        """Delete the saved passphrase from the keyring, clear the flag and save the profile."""
+        assert self.form is not None
+        profile = self.form.validate()
+        if profile is None or profile.is_local or self._secret_worker is not None:
+            return
+        # the entry under the saved settings too, in case user/host/name were edited since
+        saved = self.profiles.get(self._current or "")
+        targets = [p for p in (saved, profile) if p is not None and not p.is_local]
+        worker = Worker(forget_secrets, targets)
+        worker.signals.finished.connect(lambda _rid, _result: self._on_secret_forgotten(profile))
+        worker.signals.failed.connect(self._on_secret_failed)
+        self._start_secret(worker, "Removing the saved passphrase from the OS keyring…")
+
+    def _start_secret(self, worker: Worker, message: str) -> None:
+        self._secret_worker = worker
+        self._update_secret_buttons()
+        self.check_status.setStyleSheet("")
+        self.check_status.setText(message)
+        worker.start()
+
+    def _end_secret(self, ok: bool, message: str) -> None:
+        self._secret_worker = None
+        self._update_secret_buttons()
+        self.check_status.setStyleSheet("color: #1a7f37;" if ok else ERROR_STYLE)
+        self.check_status.setText(message)
+        self.secret_done.emit(message)
+
+    def _on_secret_stored(self, profile: Any, error: str | None) -> None:
+        if error is not None:
+            self._end_secret(False, error)
+            return
+        profile = profile.model_copy(update={"save_password_in_keyring": True})
+        if self._save_flag(profile):
+            self._end_secret(True, f"{profile.name}: passphrase saved in the OS keyring; TuneDeck uses it to connect.")
+
+    def _save_flag(self, profile: Any) -> bool:
+        """Save the profile with its new keyring flag; a file that cannot be written is shown, not raised."""
+        from remote.profiles import ProfileError, save_profile
+
+        try:
+            save_profile(profile)
+        except (ProfileError, OSError) as exc:
+            self._end_secret(False, f"{profile.name}: cannot save the profile: {exc}")
+            return False
+        self.reload(select=profile.name)
+        self.profiles_changed.emit()
+        return True
+
+    def _on_secret_forgotten(self, profile: Any) -> None:
+        profile = profile.model_copy(update={"save_password_in_keyring": False})
+        if self._save_flag(profile):
+            self._end_secret(True, f"{profile.name}: saved passphrase removed from the OS keyring.")
+
+    def _on_secret_failed(self, _rid: int, message: str) -> None:
+        self._end_secret(False, f"Keyring: {message}")
 
     # ------------------------------------------------------------------ check
 

@@ -64,6 +64,8 @@ BANNER_STYLES = {
     "warn": "background:#fff8c5; color:#4d2d00; border:1px solid #d4a72c;",
     "error": "background:#ffebe9; color:#82071e; border:1px solid #ff8182;",
 }
+EVAL_COLOR = "#9a6700"
+EVAL_FAILURES_SHOWN = 3  # the eval-failure strip lists this many (newest steps); older ones are counted
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -417,6 +419,9 @@ class RunView(QWidget):
         self._charts_stale = False
         self._pending: list[MetricColumns] = []
         self._evals: tuple[dict[str, Any], ...] = ()
+        # From the evaluation processes' events, keyed (attempt, step): started and not yet ended, and failed.
+        self._evaluating: dict[tuple[int, int], dict[str, Any]] = {}
+        self._eval_failures: dict[tuple[int, int], str] = {}
         self.notifications: list[tuple[str, str]] = []
         self._workers: list[Worker] = []
         self._tray: QSystemTrayIcon | None = None
@@ -464,6 +469,7 @@ class RunView(QWidget):
         self.banner = Banner(self)
         self.hang_banner = Banner(self)
         self.hang_banner.setObjectName("banner")
+        self.eval_banner = Banner(self)  # failed evaluations: stays until dismissed, whatever else is announced
 
         # controls
         self.x_combo = QComboBox()
@@ -566,6 +572,7 @@ class RunView(QWidget):
         layout.addLayout(header)
         layout.addWidget(self.banner)
         layout.addWidget(self.hang_banner)
+        layout.addWidget(self.eval_banner)
         layout.addLayout(controls)
         layout.addWidget(self.splitter, 1)
 
@@ -591,6 +598,8 @@ class RunView(QWidget):
             return
         if batch.run is not None:
             self._set_run(batch.run, announce=not batch.first)
+        if batch.events:
+            self._apply_events(batch.events, announce=not batch.first)
         if batch.replace:
             self._columns.clear()
             self._n_points = 0
@@ -717,11 +726,7 @@ class RunView(QWidget):
         self.run = row
         self.title_label.setText(row.name)
         self.title_label.setToolTip(f"{row.run_id}\n{row.cluster or '?'} ({row.backend or '?'}) {row.run_dir or ''}")
-        color = STATUS_COLORS.get(row.status, "#6e7781")
-        reason = f" — {row.status_reason}" if row.status_reason else ""
-        self.status_label.setText(f"<span style='color:{color}; font-weight:600'>● {row.status}</span>"
-                                  f"<span style='color:palette(placeholder-text)'>{_escape(reason)}</span>")
-        self.status_label.setToolTip(row.status_reason or row.status)
+        self._render_status()
         self.cancel_button.setEnabled(row.status not in TERMINAL_STATUSES and bool(row.job_id))
         if row.status in TERMINAL_STATUSES:
             self.hang_banner.hide()
@@ -732,18 +737,92 @@ class RunView(QWidget):
                                                      else "see the log for the error"),
                         "ok" if row.status == "finished" else "error")
 
-    def notify(self, title: str, message: str, kind: str = "info") -> None:
-        """A desktop notification when the system has a tray, and always the in-app banner."""
+    def _render_status(self) -> None:
+        """The status line: the run's state with its reason, then any evaluation in progress."""
+        row = self.run
+        if row is None:
+            return
+        color = STATUS_COLORS.get(row.status, "#6e7781")
+        reason = f" — {row.status_reason}" if row.status_reason else ""
+        text = (f"<span style='color:{color}; font-weight:600'>● {row.status}</span>"
+                f"<span style='color:palette(placeholder-text)'>{_escape(reason)}</span>")
+        tip = row.status_reason or row.status
+        steps = self.evaluating_steps()
+        if steps:
+            plural = "s" if len(steps) > 1 else ""
+            label = f"evaluating step{plural} {', '.join(map(str, steps))}…"
+            if row.status in TERMINAL_STATUSES:  # e.g. cancelled mid-evaluation: its process is gone too
+                label = f"evaluation of step{plural} {', '.join(map(str, steps))} ended without a result"
+            text += f"<span style='color:{EVAL_COLOR}'> · {_escape(label)}</span>"
+            for (_attempt, step), detail in sorted(self._evaluating.items(), key=lambda kv: kv[0][1]):
+                tip += (f"\nstep {step}: evaluating {detail.get('checkpoint', '?')}"
+                        f" on {', '.join(map(str, detail.get('benchmarks') or [])) or '?'}"
+                        f" ({detail.get('backend', '?')})")
+        self.status_label.setText(text)
+        self.status_label.setToolTip(tip)
+
+    def evaluating_steps(self) -> list[int]:
+        """Steps whose evaluation started (eval_started) and has not ended (eval_finished / eval_failed)."""
+        return sorted({step for _attempt, step in self._evaluating})
+
+    def _apply_events(self, events: Sequence[dict[str, Any]], announce: bool) -> None:
+        """Follow the evaluation processes' events (time order): what is being evaluated, what failed."""
+        failed_now: list[tuple[int, int]] = []
+        failures_before = dict(self._eval_failures)
+        for e in events:
+            name = e["event"]
+            if name not in ("eval_started", "eval_finished", "eval_failed"):
+                continue
+            detail = e.get("detail") or {}
+            step = detail.get("step")
+            if not isinstance(step, int) or isinstance(step, bool):
+                log.warning("run %s: %s event without an integer step: %r", self.run_id, name, detail)
+                continue
+            key = (int(e["attempt"]), step)
+            if name == "eval_started":
+                self._evaluating[key] = detail
+                continue
+            self._evaluating.pop(key, None)
+            if name == "eval_finished":
+                self._eval_failures.pop(key, None)  # a later evaluation of the same checkpoint succeeded
+            else:
+                self._eval_failures[key] = str(detail.get("error") or "no error text recorded")
+                failed_now.append(key)
+        self._render_status()
+        if self._eval_failures != failures_before:  # else leave the strip as it is (shown, or dismissed)
+            self._render_eval_failures()
+        if announce:
+            for attempt, step in failed_now:
+                if (attempt, step) in self._eval_failures:
+                    self.notify(f"Run {self._label()}: evaluation of step {step} failed",
+                                self._eval_failures[(attempt, step)], "warn", banner=False)
+
+    def _render_eval_failures(self) -> None:
+        if not self._eval_failures:
+            self.eval_banner.hide()
+            return
+        failures = sorted(self._eval_failures.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        shown = failures[-EVAL_FAILURES_SHOWN:]
+        lines = [f"<b>Evaluation of step {step} failed</b>: {_escape(error)}" for (_attempt, step), error in shown]
+        if len(failures) > len(shown):
+            lines.append(f"(and {len(failures) - len(shown)} earlier failed evaluations)")
+        lines.append("Their pass@1 will not appear; eval.log in the run directory has the details.")
+        self.eval_banner.show_message("<br>".join(lines), "warn")
+
+    def notify(self, title: str, message: str, kind: str = "info", *, banner: bool = True) -> None:
+        """A desktop notification when the system has a tray, and the in-app banner (unless `banner` is False:
+        the caller shows the message in its own strip)."""
         self.notifications.append((title, message))
-        self.banner.show_message(f"<b>{_escape(title)}</b>: {_escape(message)}", kind)
+        if banner:
+            self.banner.show_message(f"<b>{_escape(title)}</b>: {_escape(message)}", kind)
         if QSystemTrayIcon.isSystemTrayAvailable():
             if self._tray is None:
                 from app.gui.app import app_icon
 
                 self._tray = QSystemTrayIcon(app_icon(), self)
                 self._tray.show()
-            icon = (QSystemTrayIcon.MessageIcon.Information if kind != "error"
-                    else QSystemTrayIcon.MessageIcon.Critical)
+            icon = {"error": QSystemTrayIcon.MessageIcon.Critical,
+                    "warn": QSystemTrayIcon.MessageIcon.Warning}.get(kind, QSystemTrayIcon.MessageIcon.Information)
             self._tray.showMessage(title, message, icon, 10_000)
         self.notified.emit(title, message)
 

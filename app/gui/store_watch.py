@@ -217,9 +217,9 @@ class StoreWatcher(QObject):
         evals_changed = evals_key != cur.evals_key
         cur.evals_key = evals_key
 
-        events = [e for e in store.events(run_id) if e["seq"] > cur.event_seq]
+        events = store.events(run_id, since_seq=cur.event_seq)  # in time order, so the largest seq may not be last
         if events:
-            cur.event_seq = events[-1]["seq"]
+            cur.event_seq = max(e["seq"] for e in events)
 
         log_text, log_reset = self._read_log(cur)
         cur.first = False

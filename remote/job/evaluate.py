@@ -460,6 +460,9 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
             events.write(event_record(event, attempt, detail))
 
         try:
+            if not (ckpt / "config.json").is_file():  # else transformers calls the path a malformed hub repo id
+                raise FileNotFoundError(f"{ckpt}: no checkpoint there (config.json missing: pruned, moved, or "
+                                        "never completely written)")
             return evaluate_model(
                 str(ckpt), benchmarks, paths.root, kind=model.get("kind", "base"),
                 template=data.get("prompt_template", "raw"), system_prompt=data.get("system_prompt", ""),

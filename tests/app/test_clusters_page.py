@@ -1,13 +1,19 @@
-"""The Clusters page: profiles edited through a generated form, the cluster check run in a worker, and the
-trust-this-host dialog against a real sshd with an unknown host key."""
+"""The Clusters page: profiles edited through a generated form, the cluster check run in a worker, the
+trust-this-host dialog against a real sshd with an unknown host key, and a passphrase saved to / forgotten from
+the OS keyring through the real `keyring` API (an in-memory store, and keyring's real "no backend" backend)."""
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import pytest
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication, QDialog, QDialogButtonBox, QLineEdit, QMessageBox
 
 from app.gui.clusters_page import ClustersPage
+from tests.remote.test_profiles import MemoryKeyring
 
 
 @pytest.fixture
@@ -94,3 +100,132 @@ def test_unknown_host_key_asks_with_fingerprint_and_trusting_records_it(page, qt
     assert known_hosts.read_text().strip(), "the trusted key was recorded"
     connection = [line for line in blocker.args[0].lines if line.name == "connection"]
     assert not connection or connection[0].ok  # got past the host key: the probe ran
+
+
+# ------------------------------------------------------------------ saved passphrase (OS keyring)
+
+SECRET = "Qz7#vK!p9@Lw"
+
+
+@pytest.fixture
+def use_keyring():
+    """Install a keyring backend for the test (the real `keyring` API; the OS store is swapped) and restore."""
+    import keyring
+
+    previous = keyring.get_keyring()
+    yield keyring.set_keyring
+    keyring.set_keyring(previous)
+
+
+def _remote_profile(**update):
+    from remote.profiles import ClusterProfile, save_profile
+
+    profile = ClusterProfile(name="gpu", backend="slurm", host="login.example.org", user="alice", **update)
+    save_profile(profile)
+    return profile
+
+
+def _files_hold_no_part_of_the_secret() -> None:
+    home = Path(os.environ["TUNEDECK_HOME"])
+    files = [p for p in home.rglob("*") if p.is_file()]
+    assert files, "the profile file was written"
+    parts = {SECRET[i:i + 4].encode() for i in range(len(SECRET) - 3)}
+    for path in files:
+        data = path.read_bytes()
+        assert not [part for part in parts if part in data], path
+
+
+def test_saving_a_passphrase_puts_it_only_in_the_keyring_and_sets_the_flag(page, qtbot, use_keyring, caplog):
+    from remote.profiles import KEYRING_SERVICE, load_profiles, profiles_path
+
+    caplog.set_level(logging.DEBUG)
+    backend = MemoryKeyring()
+    use_keyring(backend)
+    _remote_profile()
+    page.reload(select="local")
+    assert not page.secret_button.isEnabled() and not page.forget_button.isEnabled()  # local: no SSH secret
+    page.reload(select="gpu")
+    assert page.secret_button.isEnabled() and not page.forget_button.isEnabled()
+
+    seen: dict[str, object] = {}
+
+    def answer() -> None:
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QDialog) or dialog.objectName() != "secret_dialog":
+            QTimer.singleShot(50, answer)
+            return
+        edit = dialog.findChild(QLineEdit, "secret_edit")
+        seen["echo"] = edit.echoMode()
+        qtbot.keyClicks(edit, SECRET)
+        dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok).click()
+
+    QTimer.singleShot(50, answer)
+    with qtbot.waitSignal(page.secret_done, timeout=30_000) as blocker:
+        qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
+    assert seen["echo"] == QLineEdit.EchoMode.Password
+    assert not [w for w in QApplication.allWidgets() if isinstance(w, QLineEdit) and SECRET in w.text()]
+    assert backend.store == {(KEYRING_SERVICE, "gpu:alice@login.example.org"): SECRET}
+    assert load_profiles()["gpu"].save_password_in_keyring is True
+    assert "save_password_in_keyring: true" in profiles_path().read_text()
+    _files_hold_no_part_of_the_secret()
+    assert "keyring" in blocker.args[0] and "keyring" in page.check_status.text()
+    assert page.form.editors["save_password_in_keyring"].check.isChecked()
+    assert not page.form.editors["save_password_in_keyring"].isEnabled(), "only the buttons set the flag"
+    assert page.forget_button.isEnabled()
+    assert "gpu" in caplog.text and SECRET not in caplog.text  # logged, but never the secret
+
+
+def test_cancelling_the_passphrase_dialog_saves_nothing(page, qtbot, use_keyring, monkeypatch):
+    from remote.profiles import load_profiles
+
+    backend = MemoryKeyring()
+    use_keyring(backend)
+    _remote_profile()
+    page.reload(select="gpu")
+    asked = []
+    monkeypatch.setattr(page, "ask_secret", lambda profile: asked.append(profile.name))  # returns None: cancel
+    qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
+    assert asked == ["gpu"]
+    assert backend.store == {} and load_profiles()["gpu"].save_password_in_keyring is False
+    assert page.secret_button.isEnabled()
+
+
+def test_forgetting_removes_the_secret_and_clears_the_flag(page, qtbot, use_keyring):
+    from remote.profiles import load_profiles, set_secret
+
+    backend = MemoryKeyring()
+    use_keyring(backend)
+    set_secret(_remote_profile(save_password_in_keyring=True), SECRET)
+    backend.store[("tunedeck", "other:bob@elsewhere")] = "unrelated"
+    page.reload(select="gpu")
+    assert page.forget_button.isEnabled()
+    with qtbot.waitSignal(page.secret_done, timeout=30_000):
+        qtbot.mouseClick(page.forget_button, Qt.MouseButton.LeftButton)
+    assert backend.store == {("tunedeck", "other:bob@elsewhere"): "unrelated"}
+    assert load_profiles()["gpu"].save_password_in_keyring is False
+    assert not page.form.editors["save_password_in_keyring"].check.isChecked()
+    assert not page.forget_button.isEnabled() and page.secret_button.isEnabled()
+    assert "removed" in page.check_status.text()
+
+
+def test_without_a_keyring_backend_the_page_says_so_and_the_flag_stays_off(page, qtbot, use_keyring, monkeypatch,
+                                                                          caplog):
+    from keyring.backends.fail import Keyring as NoKeyring
+
+    from remote.profiles import load_profiles
+
+    caplog.set_level(logging.DEBUG)
+    use_keyring(NoKeyring())
+    _remote_profile()
+    page.reload(select="gpu")
+    monkeypatch.setattr(page, "ask_secret", lambda profile: SECRET)
+    with qtbot.waitSignal(page.secret_done, timeout=30_000):
+        qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
+    status = page.check_status.text()
+    assert "No usable OS keyring" in status and "nothing was saved" in status
+    assert "Secret Service" in status and "ssh-agent" in status
+    assert load_profiles()["gpu"].save_password_in_keyring is False
+    assert not page.form.editors["save_password_in_keyring"].check.isChecked()
+    assert not page.forget_button.isEnabled() and page.secret_button.isEnabled()
+    _files_hold_no_part_of_the_secret()
+    assert SECRET not in caplog.text

@@ -10,7 +10,7 @@ import pytest
 from PySide6.QtWidgets import QMessageBox
 
 from app.gui.run_view import RunView
-from core.records import RunPaths
+from core.records import RunPaths, event_record
 from core.series import ema
 from core.store import Store
 from tests.app.run_feed import TOKENS_PER_STEP, StoreFeeder, create_run, metric, start_process_group
@@ -166,6 +166,54 @@ def test_hang_warning_from_the_watchdog_shows_a_banner_for_this_run_only(qtbot, 
     events.hang.emit(HangWarning("r1", 312, 2.5, 57, "NCCL watchdog waiting\nallreduce timeout"))
     assert view.hang_banner.isVisibleTo(view)
     assert "312 s" in view.hang_banner.text() and "allreduce timeout" in view.hang_banner.text()
+    close_view(view)
+
+
+def test_eval_started_shows_evaluating_in_the_status_and_eval_failed_warns_with_its_error(qtbot, store):
+    create_run(store, "r1", name="demo", job_id="4242")
+    feed = StoreFeeder(store, "r1")
+    feed.event("checkpoint_saved", {"step": 40})
+    view = open_view(qtbot, store, "r1")
+    assert "evaluating" not in view.status_label.text()
+    ckpt = "/runs/r1/checkpoints/checkpoint-40"
+    # The evaluation process's own file, ingested as the streamer ingests eval_events.jsonl.
+    feed.ingest(RunPaths.EVAL_EVENTS, [event_record("eval_started", 1, {"step": 40, "checkpoint": ckpt,
+                                                                         "backend": "transformers",
+                                                                         "benchmarks": ["humaneval"]})])
+    qtbot.waitUntil(lambda: "evaluating step 40…" in view.status_label.text(), timeout=WAIT_MS)
+    assert "running" in view.status_label.text() and ckpt in view.status_label.toolTip()
+    assert view.evaluating_steps() == [40]
+    assert not view.eval_banner.isVisibleTo(view) and view.notifications == []
+    error = "RuntimeError: CUDA out of memory <tried 2 GiB>"
+    feed.ingest(RunPaths.EVAL_EVENTS, [event_record("eval_failed", 1, {"step": 40, "checkpoint": ckpt, "error": error})])
+    qtbot.waitUntil(lambda: view.eval_banner.isVisibleTo(view), timeout=WAIT_MS)
+    assert "evaluating" not in view.status_label.text() and view.evaluating_steps() == []
+    assert "Evaluation of step 40 failed" in view.eval_banner.text()
+    assert "CUDA out of memory &lt;tried 2 GiB&gt;" in view.eval_banner.text()
+    assert view.notifications == [("Run demo: evaluation of step 40 failed", error)]
+    # The run's own end takes the general banner; the evaluation failure stays in view beside it.
+    store.update_run("r1", status="finished", status_reason="exit status 0")
+    qtbot.waitUntil(lambda: len(view.notifications) == 2, timeout=WAIT_MS)
+    assert view.banner.isVisibleTo(view) and "finished" in view.banner.text()
+    assert view.eval_banner.isVisibleTo(view) and "step 40 failed" in view.eval_banner.text()
+    close_view(view)
+    # Opened again later: the failure is shown from the stored events, without a second notification.
+    again = open_view(qtbot, store, "r1")
+    assert again.eval_banner.isVisibleTo(again) and "step 40 failed" in again.eval_banner.text()
+    assert again.notifications == [] and again.evaluating_steps() == []
+    close_view(again)
+
+
+def test_an_evaluation_cut_short_by_the_end_of_its_run_is_not_shown_as_still_running(qtbot, store):
+    create_run(store, "r1", name="demo", job_id="4242")
+    feed = StoreFeeder(store, "r1")
+    feed.ingest(RunPaths.EVAL_EVENTS, [event_record("eval_started", 1, {"step": 20, "checkpoint": "c"})])
+    view = open_view(qtbot, store, "r1")
+    qtbot.waitUntil(lambda: "evaluating step 20…" in view.status_label.text(), timeout=WAIT_MS)
+    store.update_run("r1", status="cancelled", status_reason="cancelled by the user")
+    qtbot.waitUntil(lambda: "cancelled" in view.status_label.text(), timeout=WAIT_MS)
+    assert "evaluating step 20…" not in view.status_label.text()
+    assert "evaluation of step 20 ended without a result" in view.status_label.text()
     close_view(view)
 
 

@@ -169,6 +169,34 @@ def test_evals_events_and_logs_round_trip(store):
     assert store.log_tail("r1", 100) == ""
 
 
+def test_eval_events_are_ingested_once_beside_training_events_and_read_back_in_time_order(store):
+    _new_run(store)
+    training = [event_record("started", 0, t=1.0), event_record("checkpoint_saved", 0, {"step": 20}, t=3.0),
+                event_record("eval_requested", 0, {"step": 20}, t=3.5), event_record("finished", 0, t=9.0)]
+    evaluation = [event_record("eval_started", 0, {"step": 20, "checkpoint": "checkpoint-20"}, t=4.0),
+                  event_record("eval_failed", 0, {"step": 20, "checkpoint": "checkpoint-20",
+                                                  "error": "RuntimeError: out of memory"}, t=6.0)]
+    store.ingest("r1", RunPaths.EVENTS, training, 400, 4)
+    seen = max(e["seq"] for e in store.events("r1"))
+    # The evaluation process's file streams on its own: ingested after the training events, yet older.
+    store.ingest("r1", RunPaths.EVAL_EVENTS, evaluation, 250, 2, expect_offset=0)
+    assert store.offset("r1", RunPaths.EVAL_EVENTS) == (250, 2)
+    assert store.offset("r1", RunPaths.EVENTS) == (400, 4)
+    order = ["started", "checkpoint_saved", "eval_requested", "eval_started", "eval_failed", "finished"]
+    assert [e["event"] for e in store.events("r1")] == order
+    assert store.events("r1")[4]["detail"]["error"] == "RuntimeError: out of memory"
+    # A poller that saw the training batch gets exactly the two later-ingested events, though they are older.
+    assert [e["event"] for e in store.events("r1", since_seq=seen)] == ["eval_started", "eval_failed"]
+
+    # eval_events.jsonl rewritten (or a stream reset): read again from byte 0, nothing doubled.
+    store.reset_stream("r1", RunPaths.EVAL_EVENTS)
+    res = store.ingest("r1", RunPaths.EVAL_EVENTS, evaluation, 250, 2)
+    assert (res.inserted, res.duplicates) == (0, 2)
+    assert [e["event"] for e in store.events("r1")] == order
+    assert store.stream_state("r1", RunPaths.EVAL_EVENTS)["duplicate_count"] == 2
+    assert store.stream_state("r1", RunPaths.EVENTS)["duplicate_count"] == 0
+
+
 def test_log_keeps_only_the_newest_bytes_per_run(tmp_path):
     with Store(tmp_path / "s.db", log_keep_bytes=1000) as store:
         _new_run(store, "a")

@@ -228,6 +228,7 @@ def test_failed_evaluation_is_recorded_as_an_eval_failed_event(tmp_path: Path, t
         evaluate.evaluate_checkpoint(run, tmp_path / "no-such-checkpoint", step=3)
     events, _ = read_records(run / "eval_events.jsonl", "events")
     assert events[-1]["event"] == "eval_failed" and "no-such-checkpoint" in events[-1]["detail"]["checkpoint"]
+    assert "no checkpoint there" in events[-1]["detail"]["error"]  # not transformers' "repo id" message
 
 
 def test_evaluate_module_runs_from_the_shipped_code_directory(tmp_path: Path, tiny_model: Path, repo_root: Path) -> None:

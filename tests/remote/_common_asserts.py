@@ -17,7 +17,9 @@ def assert_streamed_exactly_once(store, run_id: str, run_dir: str, steps: int) -
     key = ("attempt", "step", "loss", "lr", "grad_norm", "tokens", "t")
     assert [tuple(r[k] for k in key) for r in store.metrics(run_id)] == [tuple(r[k] for k in key) for r in file_metrics]
     file_events, _ = read_records(Path(run_dir) / RunPaths.EVENTS, "events")
-    assert [(e["event"], e["t"]) for e in store.events(run_id)] == [(e["event"], e["t"]) for e in file_events]
+    eval_events, _ = read_records(Path(run_dir) / RunPaths.EVAL_EVENTS, "events")  # empty with TUNEDECK_NO_EVAL
+    both = sorted(file_events + eval_events, key=lambda e: e["t"])
+    assert [(e["event"], e["t"]) for e in store.events(run_id)] == [(e["event"], e["t"]) for e in both]
     assert file_events[-1]["event"] == "finished"
     started = [e for e in file_events if e["event"] == "started"]
     assert started and started[0]["detail"]["world_size"] == 2  # two training processes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.records import JsonlWriter, RunPaths, event_record, metric_record
+from core.records import JsonlWriter, RunPaths, encode_record, event_record, metric_record
 from core.store import Store
 from remote.stream import HangWarning, Streamer, StreamManager, sync_all
 from remote.transport import LocalTransport, wait_for
@@ -117,6 +117,45 @@ def test_drain_racing_the_tail_never_ingests_a_line_twice(store, run):
         s.stop()
     assert [e["detail"]["message"] for e in store.events(run_id)] == [f"m{i}" for i in range(50)]
     assert store.stream_state(run_id, RunPaths.EVENTS)["duplicate_count"] == 0
+
+
+def test_eval_events_file_is_followed_beside_events_each_record_once_across_restart_and_rewrite(store, run):
+    run_id, run_dir = run
+    seen: list[tuple[str, int]] = []
+    s = Streamer(store, LocalTransport("here"), run_id, str(run_dir), on_update=lambda r, f, n: seen.append((f, n)))
+    s.start()  # eval_events.jsonl does not exist yet: the evaluation process creates it later
+    try:
+        with JsonlWriter(run_dir / RunPaths.EVENTS) as train, JsonlWriter(run_dir / RunPaths.EVAL_EVENTS) as ev:
+            train.write(event_record("started", 1, t=100.0))
+            for i, step in enumerate((20, 40, 60)):
+                t = 110.0 + 10 * i
+                train.write(event_record("checkpoint_saved", 1, {"step": step}, t=t))
+                ev.write(event_record("eval_started", 1, {"step": step, "checkpoint": f"checkpoint-{step}"}, t=t + 1))
+                s.drain()  # a polling pass racing the tail
+                end = ("eval_failed", {"step": step, "error": "boom"}) if step == 40 else ("eval_finished", {"step": step})
+                ev.write(event_record(end[0], 1, end[1], t=t + 5))
+        assert wait_for(lambda: len(store.events(run_id)) == 10, 15)
+    finally:
+        s.stop()
+    eval_file = run_dir / RunPaths.EVAL_EVENTS
+    state = store.stream_state(run_id, RunPaths.EVAL_EVENTS)
+    assert state["offset"] == eval_file.stat().st_size and state["line_no"] == 6 and state["duplicate_count"] == 0
+    assert any(f == RunPaths.EVAL_EVENTS and n > 0 for f, n in seen)
+    expected = ["started"] + ["checkpoint_saved", "eval_started", "eval_finished"] * 3
+    expected[6] = "eval_failed"  # step 40
+    assert [e["event"] for e in store.events(run_id)] == expected
+
+    # An app restart: a new streamer resumes at the stored offset and gets only what was appended since.
+    with JsonlWriter(eval_file) as ev:
+        ev.write(event_record("eval_started", 1, {"step": 80}, t=150.0))
+    assert Streamer(store, LocalTransport("here"), run_id, str(run_dir)).drain()[RunPaths.EVAL_EVENTS] == 1
+    # The file rewritten shorter than the stored offset: read again from byte 0, old records not doubled.
+    eval_file.write_bytes(encode_record(event_record("eval_started", 1, {"step": 80}, t=150.0))
+                          + encode_record(event_record("eval_finished", 1, {"step": 80}, t=160.0)))
+    assert Streamer(store, LocalTransport("here"), run_id, str(run_dir)).drain()[RunPaths.EVAL_EVENTS] == 1
+    assert [e["event"] for e in store.events(run_id)][-2:] == ["eval_started", "eval_finished"]
+    assert len(store.events(run_id)) == 12
+    assert store.offset(run_id, RunPaths.EVAL_EVENTS) == (eval_file.stat().st_size, 2)
 
 
 def test_hang_watchdog_warns_once_after_k_median_steps_with_stdout_tail(store, run):
