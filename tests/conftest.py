@@ -20,6 +20,23 @@ def bench_data_path() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def benchmark_data_left_untouched():
+    """The shared benchmark data is read, never written: a test that writes there (say, `tunedeck data
+    download` following TUNEDECK_BENCH_DATA) would corrupt it for every later test and run. Checked at the end."""
+    root = bench_data_path()
+    before = _snapshot(root) if root.is_dir() else {}
+    yield
+    after = _snapshot(root) if root.is_dir() else {}
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests changed the shared benchmark data in {root}: {changed}"
+
+
 @pytest.fixture
 def bench_data() -> Path:
     path = bench_data_path()

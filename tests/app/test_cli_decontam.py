@@ -103,6 +103,9 @@ def test_data_download_verifies_sha256_and_keeps_nothing_on_mismatch(tmp_path, f
     import core.evalsets as evalsets
 
     root, base = file_server
+    # The default destination follows TUNEDECK_BENCH_DATA, which .ci/run points at the shared benchmark data:
+    # this fake MBPP+ must land in a folder of its own.
+    monkeypatch.setenv("TUNEDECK_BENCH_DATA", str(tmp_path / "bench-data"))
     payload = gzip.compress(b'{"task_id": "Mbpp/2", "prompt": "x"}\n')
     (root / "MbppPlus.jsonl.gz").write_bytes(payload)
     good = {"url": f"{base}/MbppPlus.jsonl.gz", "file": "mbppplus/MbppPlus.jsonl.gz",
@@ -112,6 +115,7 @@ def test_data_download_verifies_sha256_and_keeps_nothing_on_mismatch(tmp_path, f
     from core.paths import bench_data_dir
 
     target = bench_data_dir() / "mbppplus" / "MbppPlus.jsonl.gz"
+    assert target == tmp_path / "bench-data" / "mbppplus" / "MbppPlus.jsonl.gz"
     assert target.read_bytes() == payload
     assert "already verified" not in capsys.readouterr().out
     assert main(["data", "download"]) == 0 and "already verified" in capsys.readouterr().out
