@@ -241,11 +241,11 @@ def plus_expected(
     workers: int | None = None,
     cancel: threading.Event | None = None,
 ) -> dict[str, tuple[str, float]]:
-    """HumanEval+ canonical outputs per task (marshal hex, canonical seconds), computed in the sandbox once
-    and cached in CACHE_DIR/plus-expected-{sha256 of the data file}.json."""
+    """EvalPlus (HumanEval+, MBPP+) canonical outputs per task (marshal hex, canonical seconds), computed in the sandbox once
+    and cached in CACHE_DIR/plus-expected-v2-{sha256 of the data file}.json (v2: with the input conversion)."""
     tasks = es.by_id()
     wanted = [t for t in task_ids if prompts_eval.has_plus_inputs(tasks[t])]
-    cache_file = cache_dir / f"plus-expected-{es.sha256[:16]}.json" if cache_dir else None
+    cache_file = cache_dir / f"plus-expected-v2-{es.sha256[:16]}.json" if cache_dir else None
     cached: dict[str, list] = {}
     if cache_file is not None and cache_file.is_file():
         try:
@@ -256,10 +256,22 @@ def plus_expected(
     if missing:
         jobs = [SandboxJob(prompts_eval.plus_reference_program(tasks[t]), t, timeout_s=120.0, stdout_limit=256 << 20)
                 for t in missing]
-        for t, res in zip(missing, run_samples(jobs, workers=workers, cancel=cancel), strict=True):
+        # Twice, in fresh interpreters (so with other string hash seeds): where the canonical solution returns
+        # its answer in a different order from run to run (a tuple built from a set), the order is no part of
+        # the answer, and outputs are then compared as sets (prompts_eval.reconcile_runs).
+        first = run_samples(jobs, workers=workers, cancel=cancel)
+        again = run_samples([j for j, r in zip(jobs, first, strict=True) if r.passed], workers=workers, cancel=cancel)
+        second = iter(again)
+        for t, res in zip(missing, first, strict=True):
             expected = prompts_eval.parse_plus_expected(res.stdout_tail) if res.passed else None
-            # A canonical solution that cannot be run on its inputs (or whose output marshal cannot carry)
-            # leaves that task with its original tests only; its sample rows say plus_tests: false.
+            if res.passed:
+                other = next(second)
+                other_expected = prompts_eval.parse_plus_expected(other.stdout_tail) if other.passed else None
+                if expected is not None and other_expected != expected:
+                    expected = prompts_eval.reconcile_runs(expected, other_expected) if other_expected else None
+            # A canonical solution that cannot be run on its inputs (or whose output marshal cannot carry, or
+            # whose outputs differ between runs beyond their order) leaves that task with its original tests
+            # only; its sample rows say plus_tests: false.
             cached[t] = [expected, res.seconds]
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)

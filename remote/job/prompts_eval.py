@@ -9,8 +9,11 @@ Standard library + core.evalsets only (shipped to the cluster).
   input is compared with the canonical solution's (floats with the task's atol and rel 1e-7; find_zero by
   |poly(x)| <= atol, as EvalPlus does). The canonical outputs are computed once per task, in the sandbox
   (evaluate.plus_expected); the completion then gets max(timeout, 4 x canonical time + 1 s), like
-  EvalPlus's time limits. MBPP+: the original asserts only (EvalPlus's per-task input conversions, e.g.
-  lists to tuples, are not reproduced).
+  EvalPlus's time limits. MBPP+: its original asserts, then its EvalPlus inputs the same way. EvalPlus
+  stores inputs as JSON (tuples become lists): the task's own input contract decides which lists go back
+  to tuples, and the task's example assertion decides how outputs compare (as sets for `set(f(...)) ==`,
+  by truth value for `assert f(...)`). Where the canonical solution cannot run on its inputs, the task
+  keeps its original asserts only and its sample rows say plus_tests: false.
 - instruct models get the run's prompt template (phind, codellama-instruct, alpaca, the tokenizer's chat
   template, or raw) around an instruction, and the code is taken from the answer's first ```python block.
 """
@@ -134,37 +137,101 @@ def solution_code(task: EvalTask, completion: str, kind: str) -> str:
     return task.prompt + completion
 
 
+# Shared by the reference and the check programs. EvalPlus stores inputs as JSON, which turns tuples into
+# lists; the task's own input contract (its `contract` field: `assert isinstance(t, tuple)` and the like)
+# tells which lists were tuples. The reference program picks, per argument, the fewest list -> tuple
+# conversions (at nesting depth 0, 1 or 2) under which every input satisfies the contract, and hands that
+# choice to the check program, so both run on the same inputs.
+_PLUS_PRELUDE = """
+import builtins as _b, copy as _copy, hashlib as _hashlib, inspect as _inspect, itertools as _itertools
+import json as _json, marshal as _marshal, math as _math, sys as _sys, textwrap as _textwrap
+# Builtins through _b: a solution may define its own `sum` or `set` (MBPP's tasks do).
+_OPTIONS = ((), (0,), (1,), (0, 1), (2,), (1, 2), (0, 2), (0, 1, 2), (-1,))  # -1: lists at every depth
+def _to_tuples(x, depth):
+    if depth == -1:
+        return _b.tuple(_to_tuples(e, -1) for e in x) if _b.isinstance(x, (_b.list, _b.tuple)) else x
+    if depth == 0:
+        return _b.tuple(x) if _b.isinstance(x, _b.list) else x
+    if _b.isinstance(x, (_b.list, _b.tuple)):
+        return _b.type(x)(_to_tuples(e, depth - 1) for e in x)
+    return x
+def _convert(conv, args):
+    if conv is None:
+        return _b.list(args)
+    out = []
+    for a, depths in _b.zip(args, conv):
+        for d in _b.sorted(depths, reverse=True):
+            a = _to_tuples(a, d)
+        out.append(a)
+    return out
+def _plain(v, mode):
+    # what is compared: a truth value in "truthy" mode; a dict subclass (Counter, defaultdict) as a dict
+    if mode == "truthy":
+        return _b.bool(v)
+    if _b.isinstance(v, _b.dict) and _b.type(v) is not _b.dict:
+        return _b.dict(v)
+    return v
+"""
+
 _PLUS_REFERENCE = """
-import copy as _copy, hashlib as _hashlib, json as _json, marshal as _marshal, sys as _sys
+_raw = _json.loads({inputs!r})
+_contract_src = {contract!r}
+_conv = None
+if _contract_src.strip() and _raw:
+    _params = _b.list(_inspect.signature({entry}).parameters)
+    exec("def _tunedeck_contract(" + ", ".join(_params) + "):\\n" + _textwrap.indent(_textwrap.dedent(_contract_src), "    ")
+         + "\\n    return True\\n", _b.globals())
+    def _satisfied(conv):
+        for _args in _raw:
+            try:
+                _tunedeck_contract(*_convert(conv, _copy.deepcopy(_args)))
+            except Exception:
+                return False
+        return True
+    _n = _b.len(_raw[0])
+    _choices = _itertools.product(_OPTIONS, repeat=_n) if _n <= 3 else (_b.tuple([o] * _n) for o in _OPTIONS)
+    for _c in _b.sorted(_choices, key=lambda c: _b.sum(_b.len(d) if -1 not in d else 9 for d in c)):
+        if _satisfied(_c):
+            _conv = _c if _b.any(_c) else None
+            break
 _out = []
-for _args in _json.loads({inputs!r}):
-    _v = {entry}(*_copy.deepcopy(_args))
-    _b = _marshal.dumps(_v, 2)
+for _args in _raw:
+    _v = _plain({entry}(*_convert(_conv, _copy.deepcopy(_args))), {mode!r})
+    _m = _marshal.dumps(_v, 2)
     # a huge output (HumanEval/15 makes megabyte strings) is checked by digest instead of carried whole
-    _out.append(("h", _hashlib.sha256(_b).hexdigest()) if len(_b) > 65536 else ("v", _v))
+    _out.append(("h", _hashlib.sha256(_m).hexdigest()) if _b.len(_m) > 65536 else ("v", _v))
 # marshal, not repr: exact types (tuple vs list, nan, inf) and linear time for huge ints (HumanEval/83)
-_sys.stdout.write("\\n" + {marker!r} + _marshal.dumps(_out).hex() + "\\n")
+_sys.stdout.write("\\n" + {marker!r} + _marshal.dumps((_conv, _out)).hex() + "\\n")
 """
 PLUS_MARKER = "@@tunedeck-expected@@"
 
 _PLUS_CHECK = """
-import copy as _copy, hashlib as _hashlib, json as _json, marshal as _marshal, math as _math
 _atol = {atol!r}
-_exp_all = _marshal.loads(bytes.fromhex({expected!r}))
+_payload = _marshal.loads(_b.bytes.fromhex({expected!r}))
+_conv, _exp_all = _payload[0], _payload[1]
+_mode = _payload[2] if _b.len(_payload) > 2 else {mode!r}  # "set" when the canonical order varies by run
 def _close(out, exp):
-    if isinstance(exp, float) or (isinstance(out, float) and isinstance(exp, int) and not isinstance(exp, bool)):
-        if not isinstance(out, (int, float)) or isinstance(out, bool):
+    if _b.isinstance(exp, _b.float) or (_b.isinstance(out, _b.float) and _b.isinstance(exp, _b.int) and not _b.isinstance(exp, _b.bool)):
+        if not _b.isinstance(out, (_b.int, _b.float)) or _b.isinstance(out, _b.bool):
             return False
         return (_math.isnan(out) and _math.isnan(exp)) or _math.isclose(out, exp, rel_tol=1e-7, abs_tol=_atol)
-    if isinstance(exp, (list, tuple)) and type(out) is type(exp) and any(isinstance(x, float) for x in exp):
-        return len(out) == len(exp) and all(_close(o, e) for o, e in zip(out, exp))
+    if _b.isinstance(exp, (_b.list, _b.tuple)) and _b.type(out) is _b.type(exp) and _b.any(_b.isinstance(x, _b.float) for x in exp):
+        return _b.len(out) == _b.len(exp) and _b.all(_close(o, e) for o, e in _b.zip(out, exp))
     return out == exp
+def _same(out, exp):
+    if _mode == "set":
+        try:
+            return _b.set(out) == _b.set(exp)
+        except TypeError:
+            return False
+    return _close(out, exp)
 def _poly(xs, x):
-    return sum(coeff * x ** i for i, coeff in enumerate(xs))
-for _i, _args in enumerate(_json.loads({inputs!r})):
-    _out = {entry}(*_copy.deepcopy(_args))
+    return _b.sum(coeff * x ** i for i, coeff in _b.enumerate(xs))
+for _i, _args in _b.enumerate(_json.loads({inputs!r})):
+    _args = _convert(_conv, _args)
+    _out = _plain({entry}(*_copy.deepcopy(_args)), _mode)
     if {entry!r} == "find_zero":
-        assert abs(_poly(_args[0], _out)) <= _atol, "plus input %d" % _i
+        assert _b.abs(_poly(_args[0], _out)) <= _atol, "plus input %d" % _i
     elif _exp_all[_i][0] == "h":
         try:
             _d = _hashlib.sha256(_marshal.dumps(_out, 2)).hexdigest()
@@ -172,12 +239,47 @@ for _i, _args in enumerate(_json.loads({inputs!r})):
             _d = None
         assert _d == _exp_all[_i][1], "plus input %d" % _i
     else:
-        assert _close(_out, _exp_all[_i][1]), "plus input %d" % _i
+        assert _same(_out, _exp_all[_i][1]), "plus input %d" % _i
 """
+
+PLUS_BENCHMARKS = ("humanevalplus", "mbppplus")
 
 
 def has_plus_inputs(task: EvalTask) -> bool:
-    return task.benchmark == "humanevalplus" and bool(task.entry_point) and "plus_input" in task.meta
+    return task.benchmark in PLUS_BENCHMARKS and bool(task.entry_point) and "plus_input" in task.meta
+
+
+def output_mode(task: EvalTask) -> str:
+    """How a completion's outputs are compared with the canonical ones, read off the task's own example
+    assertion (MBPP+ prompts hold one): "set" when it compares `set(f(...))` (the order is not part of the
+    answer), "truthy" when it asserts `f(...)` or `not f(...)` (any true or false value will do, a
+    match object included), else "eq" (equal; floats within the task's atol)."""
+    import ast
+
+    if task.benchmark != "mbppplus":
+        return "eq"
+    src = task.prompt.strip().strip('"').strip()
+    for line in src.splitlines():
+        line = line.strip()
+        if not line.startswith("assert "):
+            continue
+        try:
+            test = ast.parse(line).body[0].test  # type: ignore[attr-defined]
+        except (SyntaxError, IndexError, AttributeError):
+            return "eq"
+
+        def calls_entry(node: ast.AST) -> bool:
+            return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == task.entry_point
+
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            test = test.operand
+        if calls_entry(test):
+            return "truthy"
+        if (isinstance(test, ast.Compare) and isinstance(test.left, ast.Call) and isinstance(test.left.func, ast.Name)
+                and test.left.func.id == "set" and test.left.args and calls_entry(test.left.args[0])):
+            return "set"
+        return "eq"
+    return "eq"
 
 
 def _plus_inputs(task: EvalTask) -> str:
@@ -185,8 +287,11 @@ def _plus_inputs(task: EvalTask) -> str:
 
 
 def plus_reference_program(task: EvalTask) -> str:
-    """Runs the canonical solution on every EvalPlus input and prints its outputs (marshal, hex) after PLUS_MARKER."""
-    return task.reference + "\n" + _PLUS_REFERENCE.format(inputs=_plus_inputs(task), entry=task.entry_point, marker=PLUS_MARKER)
+    """Runs the canonical solution on every EvalPlus input and prints (conversion, outputs) (marshal, hex)
+    after PLUS_MARKER."""
+    return (task.reference + "\n" + _PLUS_PRELUDE
+            + _PLUS_REFERENCE.format(inputs=_plus_inputs(task), entry=task.entry_point, marker=PLUS_MARKER,
+                                     contract=task.meta.get("contract") or "", mode=output_mode(task)))
 
 
 def parse_plus_expected(stdout: str) -> str | None:
@@ -194,12 +299,29 @@ def parse_plus_expected(stdout: str) -> str | None:
     return None if i < 0 else stdout[i + len(PLUS_MARKER):].split("\n", 1)[0]
 
 
+def reconcile_runs(first: str, second: str) -> str | None:
+    """Two runs of a canonical solution (payloads of PLUS_MARKER) that differ: the first with outputs to be
+    compared as sets when every difference is one of order only, else None (not checkable: no plus tests)."""
+    import marshal
+
+    try:  # the canonical solution's own output, as the sandboxed reference program wrote it
+        a, b = marshal.loads(bytes.fromhex(first)), marshal.loads(bytes.fromhex(second))
+        if a[0] != b[0] or len(a[1]) != len(b[1]):
+            return None
+        for (ka, va), (kb, vb) in zip(a[1], b[1], strict=True):
+            if (ka, va) != (kb, vb) and not (ka == kb == "v" and set(va) == set(vb)):
+                return None
+    except (ValueError, EOFError, TypeError):
+        return None
+    return marshal.dumps((a[0], a[1], "set")).hex()
+
+
 def plus_check(task: EvalTask, expected: str | None) -> str:
-    """HumanEval+'s extra checks against the canonical outputs (empty without EvalPlus inputs)."""
+    """EvalPlus's extra checks against the canonical outputs (empty without EvalPlus inputs)."""
     if not has_plus_inputs(task) or expected is None:
         return ""
-    return _PLUS_CHECK.format(atol=float(task.meta.get("atol") or 0.0), expected=expected,
-                              inputs=_plus_inputs(task), entry=task.entry_point)
+    return _PLUS_PRELUDE + _PLUS_CHECK.format(atol=float(task.meta.get("atol") or 0.0), expected=expected,
+                                              inputs=_plus_inputs(task), entry=task.entry_point, mode=output_mode(task))
 
 
 def program(task: EvalTask, completion: str, kind: str = "base", plus_expected: str | None = None) -> str:

@@ -293,3 +293,47 @@ def test_humanevalplus_plus_inputs_catch_what_the_original_tests_miss(tmp_path: 
 
     assert check_program(prompts_eval.program(orig22, orig22.reference[len(orig22.prompt):]), timeout_s=5).passed
     assert len(list((tmp_path / "cache").glob("plus-expected-*.json"))) == 1  # computed once, then cached
+
+
+# MBPP+ tasks that each exercise one part of the plus-input check: tuples restored from the input contract
+# (2, 580 at every depth), outputs compared as sets (2: its example asserts `set(f(...)) ==`), a canonical
+# order that varies from run to run (579, 769), a Counter output (88), a solution shadowing `sum` (126),
+# truth values (a task asserting `f(...)`), and plain ones.
+MBPPPLUS_TASKS = ("Mbpp/2", "Mbpp/3", "Mbpp/4", "Mbpp/88", "Mbpp/126", "Mbpp/579", "Mbpp/580", "Mbpp/769")
+
+
+def test_mbppplus_plus_inputs_restore_tuples_and_compare_as_the_task_says(tmp_path: Path, bench_data: Path) -> None:
+    es, _ = evaluate.load_benchmark("mbppplus", str(bench_data / "mbppplus" / "MbppPlus.jsonl.gz"), limit=None)
+    truthy = next(t.task_id for t in es.tasks if prompts_eval.output_mode(t) == "truthy")
+    assert prompts_eval.output_mode(es.by_id()["Mbpp/2"]) == "set"
+    es.tasks = [t for t in es.tasks if t.task_id in (*MBPPPLUS_TASKS, truthy)]
+    assert len(es.tasks) == len(MBPPPLUS_TASKS) + 1
+    # Mbpp/2 takes two tuples (its contract says so); a solution that relies on that must pass, and one that
+    # only memorised the three examples of its original asserts must not.
+    tuples_only = "def similar_elements(a, b):\n    assert type(a) is tuple and type(b) is tuple\n    return tuple(set(a + ()) & set(b))\n"
+    memorised = ("def similar_elements(a, b):\n    return {((3, 4, 5, 6), (5, 7, 4, 10)): (4, 5), ((1, 2, 3, 4), (5, 4, 3, 7)): (3, 4),\n"
+                 "            ((11, 12, 14, 13), (17, 15, 14, 13)): (13, 14)}.get((a, b), ())\n")
+    completions = {t.task_id: [t.reference] for t in es.tasks}
+    completions["Mbpp/2"] += [tuples_only, memorised]
+    rows = evaluate.score_completions(es, completions, cache_dir=tmp_path / "cache", timeout_s=20.0)
+    by = {(r["task_id"], r["sample"]): r for r in rows}
+    assert [t for t in completions if not by[(t, 0)]["passed"]] == [], [r for r in rows if not r["passed"]]
+    assert all(r["plus_tests"] for r in rows), "every one of these tasks gets its EvalPlus inputs"
+    assert by[("Mbpp/2", 1)]["passed"]
+    assert not by[("Mbpp/2", 2)]["passed"] and by[("Mbpp/2", 2)]["error"] == "assertion"
+    from remote.job.sandbox import check_program
+
+    assert check_program(prompts_eval.program(es.by_id()["Mbpp/2"], memorised), timeout_s=5).passed, \
+        "the memorised solution does pass the original asserts: only the plus inputs catch it"
+
+
+def test_two_canonical_runs_differing_only_in_order_compare_as_sets() -> None:
+    import marshal
+
+    def payload(outputs):
+        return marshal.dumps((None, [("v", o) for o in outputs])).hex()
+
+    merged = prompts_eval.reconcile_runs(payload([("a", "b"), (1,)]), payload([("b", "a"), (1,)]))
+    assert merged is not None and marshal.loads(bytes.fromhex(merged))[2] == "set"
+    assert prompts_eval.reconcile_runs(payload([("a", "b")]), payload([("a", "c")])) is None
+    assert prompts_eval.reconcile_runs(payload([1.0]), payload([2.0])) is None  # not even an order
