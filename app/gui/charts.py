@@ -177,6 +177,8 @@ class _Buffer:
         self.s = np.empty(1024)
         self.n = 0
         self.ema = EmaState(weight)
+        self.magnitude = 0.0  # the largest |y| so far (finite values only): what a flat curve's y-range scales to
+        self.lo, self.hi = np.inf, -np.inf  # finite y bounds so far
 
     def append(self, x: np.ndarray, y: np.ndarray) -> None:
         need = self.n + x.size
@@ -190,12 +192,20 @@ class _Buffer:
         self.y[self.n : need] = y
         self.s[self.n : need] = self.ema.extend(y)
         self.n = need
+        finite = y[np.isfinite(y)]
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+            self.magnitude = max(abs(self.lo), abs(self.hi))
 
     def reset(self, weight: float) -> None:
         self.n = 0
         self.ema = EmaState(weight)
+        self.magnitude = 0.0
+        self.lo, self.hi = np.inf, -np.inf
 
 
+FLAT_SPAN = 0.02  # the y-axis never spans less than this share of the data's magnitude (a constant lr, say)
 ENVELOPE_MIN_POINTS = 1 << 16  # longer curves are drawn from a min/max envelope while the whole run is in view
 ENVELOPE_MAX_BINS = 4096  # ~3 bins per pixel on a wide chart: the envelope draws what peak downsampling would
 ENVELOPE_ZOOM = 0.5  # zoomed in to less than this share of the run: draw the points (pyqtgraph clips and downsamples)
@@ -250,6 +260,9 @@ class MetricChart(ChartWidget):
         self._envelopes: dict[tuple, _Envelope] = {}
         self._zoomed = False
         self.use_envelope = True  # False: always hand pyqtgraph every point (the benchmark's baseline)
+        self.log_y = log_y
+        self._min_y_range = 0.0
+        self._y_clamp: tuple[float | None, float | None] = (None, None)
         if log_y:
             self.plot.setLogMode(y=True)
         self.plot.getViewBox().sigXRangeChanged.connect(self._on_x_range_changed)
@@ -358,6 +371,32 @@ class MetricChart(ChartWidget):
             self._set_curve(line, (run_key, attempt, "smooth"), buf.x[: buf.n], buf.y[: buf.n])
         if not first and buf.n:
             self.vline((run_key, attempt, "resume"), float(buf.x[0]), f"attempt {attempt}", color)
+        self._keep_flat_curves_readable()
+
+    def _keep_flat_curves_readable(self) -> None:
+        """A curve that hardly varies (a constant learning rate, a throughput steady to the last digit) would
+        make autorange zoom into float noise (ticks like 1.000000000000003) or, exactly flat, pad it by +-0.5
+        whatever its scale (a 3e-3 learning rate drawn on +-0.5). The y-range is kept at least FLAT_SPAN of the
+        data's magnitude (0.01 decade on a log axis), and a flat curve is framed by that span around it."""
+        if self.log_y:
+            wanted, clamp = 0.01, (None, None)
+        else:
+            bufs = [b for b in self._buffers.values() if b.hi >= b.lo]
+            lo = min((b.lo for b in bufs), default=0.0)
+            hi = max((b.hi for b in bufs), default=0.0)
+            magnitude = max(abs(lo), abs(hi))
+            wanted = FLAT_SPAN * magnitude if magnitude > 0 else 1e-9
+            clamp = (None, None)
+            if bufs and hi - lo < wanted:
+                old_lo, old_hi = self._y_clamp
+                if old_lo is not None and old_hi is not None and old_lo <= lo and hi <= old_hi:
+                    clamp = self._y_clamp  # still inside the frame: leave it
+                else:
+                    mid = (lo + hi) / 2
+                    clamp = (mid - wanted, mid + wanted)
+        if clamp != self._y_clamp or not (0.8 * self._min_y_range <= wanted <= 1.25 * self._min_y_range):
+            self._min_y_range, self._y_clamp = wanted, clamp
+            self.plot.getViewBox().setLimits(minYRange=wanted, yMin=clamp[0], yMax=clamp[1])
 
 
 class PassAtOneChart(ChartWidget):

@@ -160,7 +160,7 @@ class CompareView(QWidget):
         self.legend_list.setObjectName("compare_runs")
         self.legend_list.setToolTip("Untick a run to hide it from the charts")
         self.legend_list.itemChanged.connect(self._on_legend_item_changed)
-        self.legend_list.setMaximumWidth(260)
+        self.legend_list.setMaximumWidth(340)  # wide enough for a run id (20261125-230816-ab4d2e) beside its status
 
         # curves
         self.metric_combo = QComboBox()
@@ -244,7 +244,7 @@ class CompareView(QWidget):
         body.addWidget(self.legend_list)
         body.addWidget(self.tabs)
         body.setStretchFactor(1, 1)
-        body.setSizes([220, 1100])
+        body.setSizes([300, 1100])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 8)
         layout.addLayout(header)
@@ -305,6 +305,7 @@ class CompareView(QWidget):
         for run in self.data.runs:
             item = QListWidgetItem(_swatch(run.color), f"{run.name}\n{run.status} · {run.run_id}")
             item.setData(Qt.ItemDataRole.UserRole, run.run_id)
+            item.setToolTip(f"{run.name}\n{run.status} · {run.run_id}")
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Unchecked if run.run_id in self.hidden else Qt.CheckState.Checked)
             self.legend_list.addItem(item)

@@ -10,10 +10,11 @@ Standard library + core.evalsets only (shipped to the cluster).
   |poly(x)| <= atol, as EvalPlus does). The canonical outputs are computed once per task, in the sandbox
   (evaluate.plus_expected); the completion then gets max(timeout, 4 x canonical time + 1 s), like
   EvalPlus's time limits. MBPP+: its original asserts, then its EvalPlus inputs the same way. EvalPlus
-  stores inputs as JSON (tuples become lists): the task's own input contract decides which lists go back
-  to tuples, and the task's example assertion decides how outputs compare (as sets for `set(f(...)) ==`,
-  by truth value for `assert f(...)`). Where the canonical solution cannot run on its inputs, the task
-  keeps its original asserts only and its sample rows say plus_tests: false.
+  stores inputs as JSON (tuples become lists, complex numbers strings): the task's own input contract
+  decides which lists go back to tuples and which strings back to numbers, and the task's example
+  assertion decides how outputs compare (as sets for `set(f(...)) ==`, by truth value for
+  `assert f(...)`). Where the canonical solution cannot run on its inputs, the task keeps its original
+  asserts only and its sample rows say plus_tests: false.
 - instruct models get the run's prompt template (phind, codellama-instruct, alpaca, the tokenizer's chat
   template, or raw) around an instruction, and the code is taken from the answer's first ```python block.
 """
@@ -146,8 +147,17 @@ _PLUS_PRELUDE = """
 import builtins as _b, copy as _copy, hashlib as _hashlib, inspect as _inspect, itertools as _itertools
 import json as _json, marshal as _marshal, math as _math, sys as _sys, textwrap as _textwrap
 # Builtins through _b: a solution may define its own `sum` or `set` (MBPP's tasks do).
-_OPTIONS = ((), (0,), (1,), (0, 1), (2,), (1, 2), (0, 2), (0, 1, 2), (-1,))  # -1: lists at every depth
+# -1: lists at every depth; -2: a number written as a string (EvalPlus stores complex numbers so) back to one
+_OPTIONS = ((), (0,), (1,), (0, 1), (2,), (1, 2), (0, 2), (0, 1, 2), (-1,), (-2,))
 def _to_tuples(x, depth):
+    if depth == -2:
+        if _b.isinstance(x, _b.str):
+            for _f in (_b.int, _b.float, _b.complex):
+                try:
+                    return _f(x)
+                except ValueError:
+                    pass
+        return x
     if depth == -1:
         return _b.tuple(_to_tuples(e, -1) for e in x) if _b.isinstance(x, (_b.list, _b.tuple)) else x
     if depth == 0:
@@ -190,7 +200,7 @@ if _contract_src.strip() and _raw:
         return True
     _n = _b.len(_raw[0])
     _choices = _itertools.product(_OPTIONS, repeat=_n) if _n <= 3 else (_b.tuple([o] * _n) for o in _OPTIONS)
-    for _c in _b.sorted(_choices, key=lambda c: _b.sum(_b.len(d) if -1 not in d else 9 for d in c)):
+    for _c in _b.sorted(_choices, key=lambda c: _b.sum(_b.len(d) if d[:1] not in ((-1,), (-2,)) else 9 for d in c)):
         if _satisfied(_c):
             _conv = _c if _b.any(_c) else None
             break

@@ -78,3 +78,33 @@ def test_pass_at_one_reference_lines_toggle(qtbot):
     mbpp = PassAtOneChart("mbpp")
     qtbot.addWidget(mbpp)
     assert mbpp.references["Code Llama-34B"].pass_at_1 == 55.0
+
+
+def _y_range(chart, qtbot) -> tuple[float, float]:
+    chart.resize(600, 400)
+    chart.show()
+    qtbot.waitExposed(chart)
+    vb = chart.plot.getViewBox()
+    vb.updateAutoRange()
+    lo, hi = vb.viewRange()[1]
+    return lo, hi
+
+
+def test_a_constant_learning_rate_is_framed_at_its_own_scale_not_plus_minus_half(qtbot):
+    chart = MetricChart("Learning rate", "lr")
+    qtbot.addWidget(chart)
+    chart.append("r", 1, np.arange(1.0, 41.0), np.full(40, 3e-3))
+    lo, hi = _y_range(chart, qtbot)
+    assert lo < 3e-3 < hi and hi - lo < 0.2 * 3e-3, (lo, hi)  # pyqtgraph alone pads a flat line by +-0.5
+    chart.append("r", 1, np.arange(41.0, 61.0), np.linspace(3e-3, 1e-3, 20))  # then the schedule decays
+    lo, hi = _y_range(chart, qtbot)
+    assert lo <= 1e-3 and hi >= 3e-3, "the frame follows data that starts to vary"
+
+
+def test_float_noise_on_a_steady_value_is_not_zoomed_into(qtbot):
+    chart = MetricChart("Throughput", "tokens/s")
+    qtbot.addWidget(chart)
+    y = 900.0 + np.random.default_rng(1).normal(0, 1e-13, 100)
+    chart.append("r", 1, np.arange(100.0), y)
+    lo, hi = _y_range(chart, qtbot)
+    assert hi - lo >= 0.02 * 900 * 0.99, (lo, hi)

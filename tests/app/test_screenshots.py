@@ -22,7 +22,7 @@ app = create_app()
 from app.gui.main_window import MainWindow
 from core.config import resolved_dict
 from core.presets import load_preset
-from core.records import RunPaths, eval_record, metric_record
+from core.records import RunPaths, eval_record, event_record, metric_record
 from core.store import Store
 
 out = Path(sys.argv[1]); scheme = sys.argv[2]
@@ -41,8 +41,16 @@ for i, (name, status, reason) in enumerate([("tiny demo lr 3e-3", "finished", No
     if recs:
         store.ingest(rid, RunPaths.METRICS, recs, offset=100 * n, line_no=n)
     if status == "finished":
-        store.ingest(rid, RunPaths.EVALS, [eval_record(step=n, attempt=1, checkpoint="checkpoint-40", benchmark="humaneval",
-                     subset="all", n_tasks=16, samples_per_task=1, temperature=0.0, pass_at={1: 0.0625})], offset=10, line_no=1)
+        evals = [eval_record(step=step, attempt=1, checkpoint=f"checkpoint-{step}", benchmark="humaneval", subset=subset,
+                             n_tasks=n_tasks, samples_per_task=1, temperature=0.0, pass_at={1: p})
+                 for step in (10, 20, 30) for subset, n_tasks, p in (("all", 164, 0.02 * step / 10),
+                                                                    ("clean", 161, 0.018 * step / 10),
+                                                                    ("contaminated", 3, step / 30))]
+        store.ingest(rid, RunPaths.EVALS, evals, offset=10 * len(evals), line_no=len(evals))
+        store.ingest(rid, RunPaths.EVAL_EVENTS, [
+            event_record("eval_started", 1, {"step": 40, "checkpoint": "checkpoint-40", "benchmarks": ["humaneval"]}),
+            event_record("eval_failed", 1, {"step": 40, "checkpoint": "checkpoint-40",
+                                            "error": "MemoryError: the sandbox's 4 GiB address-space limit"})], offset=20, line_no=2)
 
 w = MainWindow(store, demo_workspace=True, offer_demo=False, stream=False)
 w.resize(1440, 900)
@@ -84,6 +92,11 @@ cp = w.clusters_page
 checked = []
 cp.check_done.connect(lambda o: checked.append(o))
 cp.start_check(); wait(lambda: checked, 120); shot("6-clusters")
+view = w.open_run("20261125-12000-demo0")
+wait(lambda: view._n_points > 0 and view.eval_banner.isVisible()); shot("7-run-view")
+loaded = []
+cmp_view = w.open_compare(["20261125-12000-demo0", "20261125-12001-demo1"])
+cmp_view.data_loaded.connect(lambda d: loaded.append(d)); wait(lambda: loaded); shot("8-compare")
 w.close()
 QThreadPool.globalInstance().waitForDone(10000)
 '''
@@ -124,6 +137,7 @@ def test_screenshot_of_each_page_in_light_and_dark(xvfb, repo_root, tmp_path):
         proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), scheme], env=env, cwd=repo_root,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        for name in ("1-runs", "2-new-run-yaml", "3-new-run-estimate", "4-new-run-error-slurm", "5-contamination", "6-clusters"):
+        for name in ("1-runs", "2-new-run-yaml", "3-new-run-estimate", "4-new-run-error-slurm", "5-contamination", "6-clusters",
+                     "7-run-view", "8-compare"):
             png = out / f"{name}-{scheme}.png"
             assert png.stat().st_size > 10_000, png

@@ -298,8 +298,8 @@ def test_humanevalplus_plus_inputs_catch_what_the_original_tests_miss(tmp_path: 
 # MBPP+ tasks that each exercise one part of the plus-input check: tuples restored from the input contract
 # (2, 580 at every depth), outputs compared as sets (2: its example asserts `set(f(...)) ==`), a canonical
 # order that varies from run to run (579, 769), a Counter output (88), a solution shadowing `sum` (126),
-# truth values (a task asserting `f(...)`), and plain ones.
-MBPPPLUS_TASKS = ("Mbpp/2", "Mbpp/3", "Mbpp/4", "Mbpp/88", "Mbpp/126", "Mbpp/579", "Mbpp/580", "Mbpp/769")
+# numbers stored as strings (124, 252: complex), truth values (a task asserting `f(...)`), and plain ones.
+MBPPPLUS_TASKS = ("Mbpp/2", "Mbpp/3", "Mbpp/4", "Mbpp/88", "Mbpp/124", "Mbpp/126", "Mbpp/252", "Mbpp/579", "Mbpp/580", "Mbpp/769")
 
 
 def test_mbppplus_plus_inputs_restore_tuples_and_compare_as_the_task_says(tmp_path: Path, bench_data: Path) -> None:
