@@ -230,6 +230,7 @@ class ContaminationPage(QWidget):
     check_finished = Signal(object)  # CheckResult
     check_failed = Signal(str)
     check_cancelled = Signal()
+    clean_written = Signal(str)  # path of the cleaned training set, once written
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -629,8 +630,12 @@ class ContaminationPage(QWidget):
         def work(ctx: WorkContext) -> Any:
             return write_clean(list(request.train_paths), result.flagged, str(out), result.report)
 
+        def written(_rid: int, _res: Any) -> None:
+            self.progress.setFormat(f"cleaned set written to {out}")
+            self.clean_written.emit(str(out))
+
         worker = Worker(work)
-        worker.signals.finished.connect(lambda _rid, _res: self.progress.setFormat(f"cleaned set written to {out}"))
+        worker.signals.finished.connect(written)
         worker.signals.failed.connect(lambda _rid, msg: QMessageBox.critical(self, "Write cleaned training set", msg))
         self._clean_worker = worker
         return worker.start()

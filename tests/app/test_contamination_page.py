@@ -129,9 +129,10 @@ def test_write_clean_removes_exactly_the_flagged_rows(page, qtbot, demo_dataset,
     page.set_train_paths([str(demo_dataset.path)])
     _run(page, qtbot)
     out = tmp_path / "clean.jsonl"
-    worker = page.write_clean(out)
-    with qtbot.waitSignal(worker.signals.finished, timeout=20_000):
-        pass
+    # The page's own signal, connected before the work starts (a worker can finish before a test connects)
+    with qtbot.waitSignal(page.clean_written, timeout=20_000) as blocker:
+        assert page.write_clean(out) is not None
+    assert blocker.args == [str(out)]
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(kept) == demo_dataset.n_rows - 3
     assert not any(r["planted_task_id"] for r in kept)
