@@ -228,7 +228,15 @@ def delete_profile(name: str) -> None:
             atomic_write_text(profiles_path(), _HEADER + yaml.safe_dump({"clusters": raw}, sort_keys=False,
                                                                         allow_unicode=True), mode=0o600)
             if not old.is_local:
-                delete_secret(old)
+                from keyring.errors import KeyringError
+
+                try:
+                    delete_secret(old)
+                except KeyringError as exc:
+                    _forget_transport(name)
+                    raise ProfileError(f"removed cluster profile {name!r}, but its saved passphrase is still in the OS "
+                                       f"keyring ({type(exc).__name__}: {exc}): unlock the keyring and remove the "
+                                       f"entry {KEYRING_SERVICE!r} / {old.keyring_username()!r}") from exc
         _forget_transport(name)
 
 
@@ -250,15 +258,14 @@ def get_secret(profile: ClusterProfile) -> str | None:
 
 
 def delete_secret(profile: ClusterProfile) -> None:
+    """Remove the saved secret. Nothing saved, or no keyring backend at all (so nothing saved there either),
+    is fine; a keyring that refuses (locked, say) raises keyring's error: the secret is still there."""
     import keyring
-    from keyring.errors import KeyringError, PasswordDeleteError
+    from keyring.errors import NoKeyringError, PasswordDeleteError
 
     try:
         keyring.delete_password(KEYRING_SERVICE, profile.keyring_username())
-    except PasswordDeleteError:
-        pass  # nothing was saved
-    except KeyringError:
-        # No usable keyring backend at all: nothing can have been saved there either.
+    except (PasswordDeleteError, NoKeyringError):
         pass
 
 

@@ -377,7 +377,8 @@ class MetricChart(ChartWidget):
         """A curve that hardly varies (a constant learning rate, a throughput steady to the last digit) would
         make autorange zoom into float noise (ticks like 1.000000000000003) or, exactly flat, pad it by +-0.5
         whatever its scale (a 3e-3 learning rate drawn on +-0.5). The y-range is kept at least FLAT_SPAN of the
-        data's magnitude (0.01 decade on a log axis), and a flat curve is framed by that span around it."""
+        data's magnitude (0.01 decade on a log axis) while the curves are that flat, and framed by that span
+        around them; curves that vary keep pyqtgraph's own range and zoom."""
         if self.log_y:
             wanted, clamp = 0.01, (None, None)
         else:
@@ -385,9 +386,12 @@ class MetricChart(ChartWidget):
             lo = min((b.lo for b in bufs), default=0.0)
             hi = max((b.hi for b in bufs), default=0.0)
             magnitude = max(abs(lo), abs(hi))
-            wanted = FLAT_SPAN * magnitude if magnitude > 0 else 1e-9
+            flat_span = FLAT_SPAN * magnitude if magnitude > 0 else 1e-9
+            # Only a flat curve gets the floor: one that varies (a spike early on, say) stays free to zoom into
+            # detail, down to where float rounding would show.
+            wanted = flat_span if bufs and hi - lo < flat_span else 1e-9 * magnitude
             clamp = (None, None)
-            if bufs and hi - lo < wanted:
+            if bufs and hi - lo < flat_span:
                 old_lo, old_hi = self._y_clamp
                 if old_lo is not None and old_hi is not None and old_lo <= lo and hi <= old_hi:
                     clamp = self._y_clamp  # still inside the frame: leave it
@@ -396,7 +400,7 @@ class MetricChart(ChartWidget):
                     clamp = (mid - wanted, mid + wanted)
         if clamp != self._y_clamp or not (0.8 * self._min_y_range <= wanted <= 1.25 * self._min_y_range):
             self._min_y_range, self._y_clamp = wanted, clamp
-            self.plot.getViewBox().setLimits(minYRange=wanted, yMin=clamp[0], yMax=clamp[1])
+            self.plot.getViewBox().setLimits(minYRange=wanted or None, yMin=clamp[0], yMax=clamp[1])
 
 
 class PassAtOneChart(ChartWidget):

@@ -424,9 +424,23 @@ class ClustersPage(QWidget):
         profile = self.form.validate()
         if profile is None:
             return None
+        saved = self.profiles.get(self._current or "")
+        moved = (saved is not None and saved.save_password_in_keyring and not saved.is_local
+                 and saved.keyring_username() != profile.keyring_username())
+        if moved:
+            # The saved secret is filed under the old name:user@host. Rather than a flag that points at nothing,
+            # drop the old entry (off the UI thread) and ask for the secret again.
+            profile = profile.model_copy(update={"save_password_in_keyring": False})
+            self._move_worker = Worker(forget_secrets, [saved])
+            self._move_worker.signals.failed.connect(self._on_secret_failed)
+            self._move_worker.start()
         save_profile(profile)
         self.reload(select=profile.name)
         self.profiles_changed.emit()
+        if moved:
+            self.check_status.setStyleSheet(ERROR_STYLE)
+            self.check_status.setText(f"{profile.name}: the saved passphrase belonged to {saved.describe()}; it was "
+                                      "removed from the OS keyring. Save it again for the new settings.")
         return profile
 
     def _on_delete_clicked(self) -> None:
@@ -437,7 +451,12 @@ class ClustersPage(QWidget):
             return
         if QMessageBox.question(self, "Delete profile", f"Delete the cluster profile {name!r}?") != QMessageBox.StandardButton.Yes:
             return
-        delete_profile(name)
+        from remote.profiles import ProfileError
+
+        try:
+            delete_profile(name)
+        except ProfileError as exc:  # removed, but the keyring kept its secret: say where it is
+            QMessageBox.warning(self, "Delete profile", str(exc))
         self._current = None
         self.reload()
         self.profiles_changed.emit()
@@ -450,6 +469,11 @@ class ClustersPage(QWidget):
         idle = self._secret_worker is None
         self.secret_button.setEnabled(remote and idle)
         self.forget_button.setEnabled(remote and idle and bool(data.get("save_password_in_keyring")))
+        # While a keyring call runs (an unlock prompt can take a while) the profile it will save is fixed:
+        # no edits or saves in between, which its save would overwrite.
+        self.save_button.setEnabled(idle)
+        if self.form is not None:
+            self.form.setEnabled(idle)
 
     def ask_secret(self, profile: Any) -> str | None:
         """The passphrase dialog (a method so that tests can answer it); None when cancelled."""

@@ -771,6 +771,9 @@ class RunView(QWidget):
         failures_before = dict(self._eval_failures)
         for e in events:
             name = e["event"]
+            if name == "started":  # a new attempt: an evaluation an earlier one left without an end is gone
+                self._evaluating = {k: v for k, v in self._evaluating.items() if k[0] >= int(e["attempt"])}
+                continue
             if name not in ("eval_started", "eval_finished", "eval_failed"):
                 continue
             detail = e.get("detail") or {}

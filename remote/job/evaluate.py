@@ -258,17 +258,19 @@ def plus_expected(
                 for t in missing]
         # Twice, in fresh interpreters (so with other string hash seeds): where the canonical solution returns
         # its answer in a different order from run to run (a tuple built from a set), the order is no part of
-        # the answer, and outputs are then compared as sets (prompts_eval.reconcile_runs).
+        # the answer, and outputs are then compared as multisets (prompts_eval.reconcile_runs).
         first = run_samples(jobs, workers=workers, cancel=cancel)
         again = run_samples([j for j, r in zip(jobs, first, strict=True) if r.passed], workers=workers, cancel=cancel)
         second = iter(again)
         for t, res in zip(missing, first, strict=True):
+            other = next(second) if res.passed else None
+            if res.error == "cancelled" or (other is not None and other.error == "cancelled"):
+                continue  # not run to the end: no result, and nothing cached (the next evaluation runs it)
             expected = prompts_eval.parse_plus_expected(res.stdout_tail) if res.passed else None
-            if res.passed:
-                other = next(second)
-                other_expected = prompts_eval.parse_plus_expected(other.stdout_tail) if other.passed else None
-                if expected is not None and other_expected != expected:
-                    expected = prompts_eval.reconcile_runs(expected, other_expected) if other_expected else None
+            other_expected = prompts_eval.parse_plus_expected(other.stdout_tail) if other and other.passed else None
+            # (a second run that failed, say near the memory limit, tells nothing of order: the first stands)
+            if expected is not None and other_expected is not None and other_expected != expected:
+                expected = prompts_eval.reconcile_runs(expected, other_expected)
             # A canonical solution that cannot be run on its inputs (or whose output marshal cannot carry, or
             # whose outputs differ between runs beyond their order) leaves that task with its original tests
             # only; its sample rows say plus_tests: false.
@@ -276,7 +278,7 @@ def plus_expected(
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cache_file, json.dumps(cached))
-    return {t: (cached[t][0], float(cached[t][1])) for t in wanted if cached[t][0] is not None}
+    return {t: (cached[t][0], float(cached[t][1])) for t in wanted if t in cached and cached[t][0] is not None}
 
 
 def score_completions(
@@ -491,7 +493,19 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
         events.close()
 
 
+class EvaluationStopped(Exception):
+    """SIGTERM (a cancelled or preempted run, Slurm ending the job): recorded as eval_failed, not left as a
+    started evaluation that never ends."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise EvaluationStopped(f"stopped by signal {signum} (the run was cancelled, preempted or ended)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     p = argparse.ArgumentParser(prog="python -m remote.job.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", required=True)
     p.add_argument("--checkpoint", required=True)

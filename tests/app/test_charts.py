@@ -108,3 +108,16 @@ def test_float_noise_on_a_steady_value_is_not_zoomed_into(qtbot):
     chart.append("r", 1, np.arange(100.0), y)
     lo, hi = _y_range(chart, qtbot)
     assert hi - lo >= 0.02 * 900 * 0.99, (lo, hi)
+
+
+def test_one_early_spike_does_not_stop_zooming_into_the_late_curve(qtbot):
+    chart = MetricChart("Gradient norm", "|g|")
+    qtbot.addWidget(chart)
+    y = 1.5 + 0.5 * np.sin(np.arange(200.0) / 7)
+    y[3] = 1000.0  # a loss spike's gradient
+    chart.append("r", 1, np.arange(200.0), y)
+    _y_range(chart, qtbot)
+    vb = chart.plot.getViewBox()
+    vb.setYRange(1.0, 2.0, padding=0)
+    lo, hi = vb.viewRange()[1]
+    assert hi - lo < 1.5, (lo, hi)  # a floor of 2% of the spike would force a span of 20

@@ -229,3 +229,45 @@ def test_without_a_keyring_backend_the_page_says_so_and_the_flag_stays_off(page,
     assert not page.forget_button.isEnabled() and page.secret_button.isEnabled()
     _files_hold_no_part_of_the_secret()
     assert SECRET not in caplog.text
+
+
+class LockedKeyring(MemoryKeyring):
+    """A keyring that holds its entries but refuses to change them, as a locked collection does."""
+
+    def delete_password(self, service, username):
+        from keyring.errors import KeyringLocked
+
+        raise KeyringLocked("the collection is locked")
+
+
+def test_a_locked_keyring_keeps_the_flag_when_forgetting_fails(page, qtbot, use_keyring):
+    from remote.profiles import ProfileError, delete_profile, load_profiles
+
+    backend = LockedKeyring()
+    use_keyring(backend)
+    _remote_profile(save_password_in_keyring=True)
+    backend.store[("tunedeck", "gpu:alice@login.example.org")] = SECRET
+    page.reload(select="gpu")
+    with qtbot.waitSignal(page.secret_done, timeout=30_000):
+        qtbot.mouseClick(page.forget_button, Qt.MouseButton.LeftButton)
+    assert "locked" in page.check_status.text()
+    assert load_profiles()["gpu"].save_password_in_keyring is True, "the secret is still there: so is the flag"
+    with pytest.raises(ProfileError, match=r"still in the OS keyring.*gpu:alice@login\.example\.org"):
+        delete_profile("gpu")
+    assert "gpu" not in load_profiles()
+
+
+def test_changing_user_or_host_drops_the_secret_filed_under_the_old_ones(page, qtbot, use_keyring):
+    from remote.profiles import load_profiles
+
+    backend = MemoryKeyring()
+    use_keyring(backend)
+    _remote_profile(save_password_in_keyring=True)
+    backend.store[("tunedeck", "gpu:alice@login.example.org")] = SECRET
+    page.reload(select="gpu")
+    _type(qtbot, page, "user", "bob")
+    qtbot.mouseClick(page.save_button, Qt.MouseButton.LeftButton)
+    saved = load_profiles()["gpu"]
+    assert (saved.user, saved.save_password_in_keyring) == ("bob", False), "no flag pointing at no entry"
+    qtbot.waitUntil(lambda: backend.store == {}, timeout=10_000)  # the old entry is not left behind
+    assert "Save it again" in page.check_status.text()

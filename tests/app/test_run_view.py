@@ -217,6 +217,18 @@ def test_an_evaluation_cut_short_by_the_end_of_its_run_is_not_shown_as_still_run
     close_view(view)
 
 
+def test_a_new_attempt_clears_an_evaluation_its_predecessor_left_without_an_end(qtbot, store):
+    create_run(store, "r1", name="demo", job_id="4242")
+    feed = StoreFeeder(store, "r1")
+    feed.ingest(RunPaths.EVAL_EVENTS, [event_record("eval_started", 1, {"step": 40, "checkpoint": "c"})])
+    view = open_view(qtbot, store, "r1")
+    qtbot.waitUntil(lambda: view.evaluating_steps() == [40], timeout=WAIT_MS)
+    feed.ingest(RunPaths.EVENTS, [event_record("started", 2, {"world_size": 2})])  # preempted, requeued: attempt 2
+    qtbot.waitUntil(lambda: view.evaluating_steps() == [], timeout=WAIT_MS)
+    assert "evaluating" not in view.status_label.text()
+    close_view(view)
+
+
 def test_cancel_asks_first_then_stops_the_real_process_group_and_reports_it_gone(qtbot, store, tmp_path):
     proc = start_process_group()
     try:

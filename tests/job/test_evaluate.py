@@ -327,13 +327,69 @@ def test_mbppplus_plus_inputs_restore_tuples_and_compare_as_the_task_says(tmp_pa
         "the memorised solution does pass the original asserts: only the plus inputs catch it"
 
 
-def test_two_canonical_runs_differing_only_in_order_compare_as_sets() -> None:
+def test_two_canonical_runs_differing_only_in_order_compare_as_multisets() -> None:
     import marshal
 
     def payload(outputs):
         return marshal.dumps((None, [("v", o) for o in outputs])).hex()
 
-    merged = prompts_eval.reconcile_runs(payload([("a", "b"), (1,)]), payload([("b", "a"), (1,)]))
-    assert merged is not None and marshal.loads(bytes.fromhex(merged))[2] == "set"
+    merged = prompts_eval.reconcile_runs(payload([("a", "b", "a"), (1,)]), payload([("b", "a", "a"), (1,)]))
+    assert merged is not None and marshal.loads(bytes.fromhex(merged))[2] == "multiset"
     assert prompts_eval.reconcile_runs(payload([("a", "b")]), payload([("a", "c")])) is None
-    assert prompts_eval.reconcile_runs(payload([1.0]), payload([2.0])) is None  # not even an order
+    assert prompts_eval.reconcile_runs(payload([("a", "b", "a")]), payload([("a", "b", "b")])) is None  # duplicates count
+    assert prompts_eval.reconcile_runs(payload([{"k": 1}]), payload([{"k": 2}])) is None  # a dict's values are no order
+    assert prompts_eval.reconcile_runs(payload(["ab"]), payload(["ba"])) is None  # nor a string's characters
+    assert prompts_eval.reconcile_runs(payload([1.0]), payload([2.0])) is None
+
+
+def test_order_free_outputs_still_count_duplicates_and_reject_scalars() -> None:
+    import marshal
+
+    from core.evalsets import EvalTask
+    from remote.job.sandbox import check_program
+
+    task = EvalTask(benchmark="mbppplus", task_id="Mbpp/9999", question="q", prompt='"""\nq\nassert f(1) == ("a", "b", "a")\n"""\n',
+                    test="", entry_point="f", reference="", meta={"base_input": [[1]], "plus_input": [[2]]})
+    expected = marshal.dumps((None, [("v", ("a", "b", "a")), ("v", ("b", "a", "a"))], "multiset")).hex()
+
+    def run(body: str):
+        return check_program(prompts_eval.program(task, f"def f(n):\n    return {body}\n", "base", expected), timeout_s=10)
+
+    assert run('("a", "a", "b")').passed and run('("b", "a", "a")').passed
+    assert run('("a", "b")').error == "assertion", "a missing duplicate is a wrong answer"
+    assert run("0").error == "assertion", "a scalar where a tuple is expected fails the check, not the checker"
+
+
+def test_a_cancelled_reference_run_is_not_cached_as_a_task_without_plus_tests(tmp_path: Path, bench_data: Path) -> None:
+    es, _ = evaluate.load_benchmark("mbppplus", str(bench_data / "mbppplus" / "MbppPlus.jsonl.gz"), limit=3)
+    cancel = threading.Event()
+    cancel.set()
+    assert evaluate.plus_expected(es, [t.task_id for t in es.tasks], tmp_path, cancel=cancel) == {}
+    for cache in tmp_path.glob("plus-expected-*.json"):
+        assert json.loads(cache.read_text()) == {}, "a cancelled run is no result"
+    again = evaluate.plus_expected(es, [t.task_id for t in es.tasks], tmp_path)
+    assert set(again) == {t.task_id for t in es.tasks}, "the next evaluation computes them"
+
+
+def test_sigterm_ends_an_evaluation_with_an_eval_failed_event(tmp_path: Path, tiny_model: Path) -> None:
+    """A cancelled or preempted run's evaluation says it ended, so the app does not show it running forever."""
+    import signal
+
+    run = _run_dir(tmp_path, tiny_model, limit=None, max_new_tokens=64, batch_size=1)  # all 164 tasks: minutes
+    proc = subprocess.Popen([sys.executable, "-m", "remote.job.evaluate", "--run-dir", str(run), "--checkpoint",
+                             str(tiny_model), "--step", "7", "--attempt", "1"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not any(e["event"] == "eval_started" for e in read_records(run / "eval_events.jsonl", "events")[0]):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    events, _ = read_records(run / "eval_events.jsonl", "events")
+    assert [e["event"] for e in events] == ["eval_started", "eval_failed"]
+    assert "EvaluationStopped: stopped by signal 15" in events[-1]["detail"]["error"] and events[-1]["detail"]["step"] == 7

@@ -31,6 +31,7 @@ class MemoryKeyring(KeyringBackend):
     """An in-memory keyring: `keyring` is the OS keyring's interface, this stands in for the OS store."""
 
     priority = 1
+    viable = False  # installed explicitly (keyring.set_keyring) by a test, never picked as the session's default
 
     def __init__(self) -> None:
         super().__init__()
