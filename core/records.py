@@ -107,6 +107,11 @@ class RunPaths:
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"
 
+    @staticmethod
+    def sample_file_name(step: int, benchmark: str) -> str:
+        """The per-sample results of one evaluation, under samples/: step-N-BENCH.jsonl."""
+        return f"step-{step}-{benchmark}.jsonl"
+
     def complete_checkpoints(self) -> list[tuple[int, Path]]:
         """(step, dir) of every checkpoint that has its completion marker, oldest first."""
         found = []

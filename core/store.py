@@ -34,6 +34,9 @@ BUSY_TIMEOUT_S = 15.0
 LOG_KEEP_BYTES = 8 << 20  # stdout kept per run; older chunks are dropped (the run dir keeps the whole file)
 
 _METRIC_COLUMNS = METRIC_REQUIRED  # t, attempt, step, epoch, samples, tokens, loss, lr, grad_norm, tokens_per_s
+# Per-sample result columns (remote/job/evaluate.py write_outputs); other keys of a row go to `extra`.
+_SAMPLE_COLUMNS = ("task_id", "sample", "passed", "subset", "completion", "error", "stderr_tail", "seconds")
+_SAMPLE_KNOWN = frozenset(_SAMPLE_COLUMNS) | {"benchmark", "step"}
 _EVAL_COLUMNS = ("t", "attempt", "step", "checkpoint", "benchmark", "subset", "n_tasks", "samples_per_task",
                  "temperature")
 
@@ -153,9 +156,30 @@ CREATE TABLE contamination_reports (
 );
 """
 
+# v3: archived runs (hidden from listings by default), and the per-sample results of every evaluation
+# (samples/step-N-BENCH.jsonl of the run directory), which paired comparisons and pass@k intervals need.
+_V3 = """
+ALTER TABLE runs ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE eval_samples (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    benchmark TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    sample INTEGER NOT NULL,
+    passed INTEGER NOT NULL,
+    subset TEXT NOT NULL,
+    completion TEXT,
+    error TEXT,
+    stderr_tail TEXT,
+    seconds REAL,
+    extra TEXT,
+    PRIMARY KEY (run_id, step, benchmark, task_id, sample)
+);
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 # MIGRATIONS[i] takes a store from user_version i to i + 1. Append only; never edit a released entry.
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -193,6 +217,7 @@ class RunRow:
     finished_at: float | None
     tags: tuple[str, ...]
     notes: str
+    archived: bool = False  # hidden from run listings unless asked for (`runs --all`, "Show archived")
 
     def config(self) -> dict[str, Any]:
         return json.loads(self.config_json) if self.config_json else {}
@@ -227,6 +252,7 @@ def _run_row(row: sqlite3.Row) -> RunRow:
     values = {name: row[name] for name in _RUN_FIELDS}
     values["tags"] = tuple(json.loads(values["tags"] or "[]"))
     values["notes"] = values["notes"] or ""
+    values["archived"] = bool(values["archived"])
     return RunRow(**values)
 
 
@@ -389,6 +415,8 @@ class Store:
             values["tags"] = _json(list(values["tags"] or ()))
         if "notes" in values:
             values["notes"] = values["notes"] or ""
+        if "archived" in values:
+            values["archived"] = int(bool(values["archived"]))
         if isinstance(values.get("config_json"), dict):
             values["config_json"] = _json(values["config_json"])
         if "job_id" in values and values["job_id"] is not None:
@@ -627,6 +655,63 @@ class Store:
         # The cut may land inside a multi-byte character: drop its continuation bytes.
         return data.decode("utf-8", "ignore")
 
+    # ------------------------------------------------------------------ per-sample eval results
+
+    def put_eval_samples(self, run_id: str, step: int, benchmark: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Store the per-sample results of one evaluation (the rows of samples/step-N-BENCH.jsonl), replacing
+        any stored before for the same run, step and benchmark (a re-evaluation rewrites that file), in one
+        transaction. Returns the number of rows stored."""
+        values = []
+        for i, row in enumerate(rows):
+            problems = _sample_problems(row)
+            if problems:
+                raise ValueError(f"per-sample row {i} of {benchmark} step {step} is invalid: {'; '.join(problems)}")
+            extra = {k: v for k, v in row.items() if k not in _SAMPLE_KNOWN}
+            values.append((run_id, step, benchmark, str(row["task_id"]), int(row.get("sample", 0)),
+                           int(bool(row["passed"])), row.get("subset") or "all", row.get("completion"),
+                           row.get("error"), row.get("stderr_tail"), row.get("seconds"),
+                           _json(extra) if extra else None))
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise UnknownRunError(f"no run with id {run_id!r}")
+            conn.execute("DELETE FROM eval_samples WHERE run_id = ? AND step = ? AND benchmark = ?",
+                         (run_id, step, benchmark))
+            conn.executemany(
+                f"INSERT INTO eval_samples (run_id, step, benchmark, {', '.join(_SAMPLE_COLUMNS)}, extra)"
+                f" VALUES (?, ?, ?, {', '.join('?' * len(_SAMPLE_COLUMNS))}, ?)", values)
+        return len(values)
+
+    def eval_samples(self, run_id: str, step: int, benchmark: str) -> list[dict[str, Any]]:
+        """The stored per-sample rows of one evaluation (as the file had them, plus benchmark and step),
+        ordered by task and sample; empty when none were stored."""
+        rows = self._conn().execute(
+            f"SELECT {', '.join(_SAMPLE_COLUMNS)}, extra FROM eval_samples WHERE run_id = ? AND step = ?"
+            " AND benchmark = ? ORDER BY task_id, sample", (run_id, step, benchmark)).fetchall()
+        out = []
+        for r in rows:
+            rec: dict[str, Any] = json.loads(r["extra"]) if r["extra"] else {}
+            rec.update({c: r[c] for c in _SAMPLE_COLUMNS})
+            rec["passed"] = bool(rec["passed"])
+            rec.update(benchmark=benchmark, step=step)
+            out.append(rec)
+        return out
+
+    def eval_sample_sets(self, run_id: str) -> list[tuple[int, str]]:
+        """(step, benchmark) of every evaluation of the run whose per-sample results are stored, in order."""
+        rows = self._conn().execute(
+            "SELECT DISTINCT step, benchmark FROM eval_samples WHERE run_id = ? ORDER BY step, benchmark",
+            (run_id,)).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def task_results(self, run_id: str, step: int, benchmark: str) -> dict[str, tuple[str, list[bool]]]:
+        """task_id -> (subset, pass/fail per sample) of one stored evaluation: what pass@k intervals need."""
+        out: dict[str, tuple[str, list[bool]]] = {}
+        for task_id, subset, passed in self._conn().execute(
+                "SELECT task_id, subset, passed FROM eval_samples WHERE run_id = ? AND step = ? AND benchmark = ?"
+                " ORDER BY task_id, sample", (run_id, step, benchmark)):
+            out.setdefault(task_id, (subset, []))[1].append(bool(passed))
+        return out
+
     # ------------------------------------------------------------------ contamination reports
 
     def add_contamination_report(self, report: dict[str, Any], path: str | None, run_id: str | None = None) -> int:
@@ -705,6 +790,28 @@ class Store:
             "metric_points": span[2],
             "best_pass_at_1": best,
         }
+
+
+def _sample_problems(row: Any) -> list[str]:
+    if not isinstance(row, dict):
+        return ["not a JSON object"]
+    problems = []
+    if not isinstance(row.get("task_id"), str) or not row.get("task_id"):
+        problems.append("'task_id' must be a non-empty string")
+    if not isinstance(row.get("passed"), bool):
+        problems.append("'passed' must be true or false")
+    sample = row.get("sample", 0)
+    if not isinstance(sample, int) or isinstance(sample, bool):
+        problems.append("'sample' must be an integer")
+    if row.get("subset", "all") not in (None, "all", "clean", "contaminated"):
+        problems.append("'subset' must be all, clean or contaminated")
+    for name in ("completion", "error", "stderr_tail"):
+        if row.get(name) is not None and not isinstance(row[name], str):
+            problems.append(f"{name!r} must be a string")
+    seconds = row.get("seconds")
+    if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)):
+        problems.append("'seconds' must be a number")
+    return problems
 
 
 def _check_status(status: str) -> None:

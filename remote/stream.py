@@ -161,6 +161,8 @@ class _FileState:
         n = result.inserted if self.kind else len(records)
         if self.kind == "metrics" and records:
             self.s._saw_metrics(records)
+        if self.kind == "evals" and result.inserted:
+            self.s._saw_evals(records)
         if n and self.s.on_update is not None:
             try:
                 self.s.on_update(self.s.run_id, self.file_name, n)
@@ -320,6 +322,20 @@ class Streamer:
                 st.need_restart = False
             self._stop.wait(self.poll_s)
         return got
+
+    # ------------------------------------------------------------------ per-sample results
+
+    def _saw_evals(self, records: list[dict[str, Any]]) -> None:
+        """New evals records: copy their per-sample files into the store (the evaluation writes the file
+        before the records, so it is there). A failure is logged: `ensure_eval_samples` fetches it later."""
+        from remote.samples import copy_eval_samples
+
+        for step, benchmark in dict.fromkeys((int(r["step"]), str(r["benchmark"])) for r in records):
+            try:
+                copy_eval_samples(self.store, self.transport, self.run_id, self.run_dir, step, benchmark)
+            except Exception as exc:  # noqa: BLE001 -- per-sample results are fetched again on demand
+                log.warning("per-sample results of run %s step %d (%s) not copied: %s", self.run_id, step,
+                            benchmark, exc)
 
     # ------------------------------------------------------------------ hang watchdog
 

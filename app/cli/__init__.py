@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "app.cli.eval_cmds",  # eval
     "app.cli.cluster_cmds",  # cluster add/list/check/remove/trust
     "app.cli.remote_cmds",  # launch, runs, status, logs, cancel, sync
+    "app.cli.run_cmds",  # rename, tag, note, archive, unarchive, delete
+    "app.cli.compare_cmds",  # compare (paired comparison of two evaluations)
     "app.cli.gui_cmds",  # gui
     "app.cli.demo_cmds",  # demo (the newcomer's path without a screen)
 )

@@ -25,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="Run name (default: the config's name).")
     p.set_defaults(handler=cmd_launch)
 
-    p = subparsers.add_parser("runs", help="List runs and their states.")
+    p = subparsers.add_parser("runs", help="List runs, their states and latest pass@1 (with its 95% interval).")
     p.add_argument("--json", action="store_true", help="Machine-readable output.")
     p.add_argument("--refresh", action="store_true", help="Poll the clusters first.")
+    p.add_argument("--all", action="store_true", help="Include archived runs.")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="Only runs with this tag (repeatable: all of them).")
     p.set_defaults(handler=cmd_runs)
 
     p = subparsers.add_parser("status", help="A run's state (pending, running, finished, failed, cancelled) and reason.")
@@ -117,18 +119,42 @@ def cmd_runs(args: argparse.Namespace) -> int:
             refresh_status(store, errors=errors)
             for cluster, err in errors.items():
                 print(f"tunedeck: warning: {cluster}: {err}", file=sys.stderr)
-        rows = store.list_runs()
+        from core.evalstats import headline, store_eval_points
+        from core.names import display_names, printable
+
+        every = store.list_runs()
+        names = display_names(every)  # unique among all runs, so a name does not change with the filter
+        rows = [r for r in every if (args.all or not r.archived) and all(t in r.tags for t in args.tag)]
+        scores = {r.run_id: headline(store_eval_points(store, r.run_id)) for r in rows}
         if args.json:
             keys = ("run_id", "name", "status", "status_reason", "cluster", "backend", "job_id", "run_dir",
-                    "created_at", "started_at", "finished_at")
-            print(json.dumps([{k: getattr(r, k) for k in keys} for r in rows], indent=1, ensure_ascii=False))
+                    "created_at", "started_at", "finished_at", "notes", "archived")
+            out = []
+            for r in rows:
+                rec = {k: getattr(r, k) for k in keys}
+                point = scores[r.run_id]
+                rec.update({"display_name": names[r.run_id], "tags": list(r.tags),
+                            "pass@1": point.pass_at_1 if point else None,
+                            "pass@1_ci95": list(point.interval.pair) if point else None,
+                            "pass@1_benchmark": point.benchmark if point else None,
+                            "pass@1_step": point.step if point else None})
+                out.append(rec)
+            print(json.dumps(out, indent=1, ensure_ascii=False))
             return 0
         if not rows:
-            print("no runs")
+            hidden = sum(1 for r in every if r.archived)
+            print("no runs" + (f" ({hidden} archived: tunedeck runs --all)" if hidden and not args.all else ""))
             return 0
         for r in rows:
-            print(f"{r.run_id}  {r.status:<{STATE_WIDTH}}  {r.cluster or '-':<12}  {r.job_id or '-':<8}  {r.name}"
-                  + (f"  ({r.status_reason})" if r.status_reason else ""))
+            point = scores[r.run_id]
+            score = f"{point.label()} {point.benchmark}@{point.step}" if point else "-"
+            tags = ("  [" + ", ".join(printable(t) for t in r.tags) + "]") if r.tags else ""
+            print(f"{r.run_id}  {r.status:<{STATE_WIDTH}}  {printable(r.cluster or '-'):<12}  {r.job_id or '-':<8}  "
+                  f"{score:<28}  {names[r.run_id]}{tags}" + ("  (archived)" if r.archived else "")
+                  + (f"  ({printable(r.status_reason)})" if r.status_reason else ""))
+        hidden = sum(1 for r in every if r.archived) if not args.all else 0
+        if hidden:
+            print(f"({hidden} archived run{'s' if hidden != 1 else ''} hidden: tunedeck runs --all)", file=sys.stderr)
     return 0
 
 
@@ -147,7 +173,22 @@ def cmd_status(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             row = _run(store, row.run_id)
         print(_state_line(row))
+        _print_pass_at_1(store, row.run_id)
         return 1 if row.status == "failed" else 0
+
+
+def _print_pass_at_1(store, run_id: str) -> None:
+    """The latest checkpoint's pass@1 per benchmark and subset, with 95% intervals (nothing before any eval)."""
+    from core.evalstats import store_eval_points
+
+    points = store_eval_points(store, run_id)
+    if not points:
+        return
+    last = max(p.step for p in points)
+    for p in (p for p in points if p.step == last):
+        iv = p.interval
+        print(f"pass@1 {p.benchmark:<13} {p.subset:<12} step {p.step}: {p.label():<14} "
+              f"(95% {100 * iv.low:.1f}–{100 * iv.high:.1f}, {iv.describe()}, {p.n_tasks} tasks)")
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

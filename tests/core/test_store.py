@@ -315,10 +315,10 @@ def test_v1_store_is_migrated_to_current_keeping_its_data(tmp_path):
     old.close()
 
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         row = store.get_run("old")
-        assert (row.name, row.status, row.job_id, row.tags, row.notes, row.finished_at) == \
-            ("old run", "finished", "77", (), "", None)
+        assert (row.name, row.status, row.job_id, row.tags, row.notes, row.finished_at, row.archived) == \
+            ("old run", "finished", "77", (), "", None, False)
         assert [(m["step"], m["loss"]) for m in store.metrics("old")] == [(5, 1.5)]
         assert store.stream_state("old", RunPaths.METRICS)["duplicate_count"] == 0
         assert store.offset("old", RunPaths.METRICS) == (120, 1)
@@ -327,6 +327,10 @@ def test_v1_store_is_migrated_to_current_keeping_its_data(tmp_path):
         store.ingest("old", RunPaths.STDOUT, [{"text": "line\n"}], 5, 0)
         assert store.log_tail("old", 100) == "line\n"
         store.add_contamination_report({"method": "m", "summary": {}}, None, run_id="old")
+        # v3 features too: archiving and per-sample eval results
+        store.update_run("old", archived=True)
+        store.put_eval_samples("old", 5, "humaneval", [{"task_id": "HumanEval/0", "sample": 0, "passed": True}])
+        assert store.get_run("old").archived and store.eval_sample_sets("old") == [(5, "humaneval")]
         assert store.integrity_check() == "ok"
     with Store(path) as again:  # reopening a current store changes nothing
         assert again.get_run("old").tags == ("legacy",)
@@ -518,3 +522,52 @@ def test_two_writer_processes_share_one_store_without_lock_errors(tmp_path):
         assert proc.returncode == 0, err.decode()
     for run_id, (metrics, log) in files.items():
         assert _check_store_matches_files(store_path, metrics, log, (0, 0), run_id) == (len(metrics), len(log))
+
+
+# ---------------------------------------------------------------------------------------------- v3
+
+
+def _sample(task: str, passed: bool, sample: int = 0, subset: str = "all", **extra) -> dict:
+    return {"task_id": task, "sample": sample, "passed": passed, "subset": subset, "completion": f"  return {task!r}",
+            "error": None if passed else "AssertionError", "seconds": 0.25, **extra}
+
+
+def test_eval_samples_are_replaced_per_evaluation_and_read_back_with_their_extra_keys(store):
+    _new_run(store)
+    rows = [_sample("HumanEval/0", True), _sample("HumanEval/1", False, stderr_tail="Traceback ...", plus_tests=True),
+            _sample("HumanEval/1", True, sample=1)]
+    assert store.put_eval_samples("r1", 10, "humaneval", rows) == 3
+    store.put_eval_samples("r1", 10, "mbpp", [_sample("mbpp/11", True)])
+    back = store.eval_samples("r1", 10, "humaneval")
+    assert [(r["task_id"], r["sample"], r["passed"]) for r in back] == \
+        [("HumanEval/0", 0, True), ("HumanEval/1", 0, False), ("HumanEval/1", 1, True)]
+    assert back[1]["stderr_tail"] == "Traceback ..." and back[1]["plus_tests"] is True
+    assert back[1]["benchmark"] == "humaneval" and back[1]["step"] == 10
+    assert store.task_results("r1", 10, "humaneval") == {"HumanEval/0": ("all", [True]),
+                                                         "HumanEval/1": ("all", [False, True])}
+    # a re-evaluation of the same checkpoint rewrites its file: the store follows, the other benchmark stays
+    store.put_eval_samples("r1", 10, "humaneval", [_sample("HumanEval/0", False)])
+    assert [r["passed"] for r in store.eval_samples("r1", 10, "humaneval")] == [False]
+    assert store.eval_sample_sets("r1") == [(10, "humaneval"), (10, "mbpp")]
+    store.delete_run("r1")
+    assert store.eval_sample_sets("r1") == []
+
+
+def test_invalid_eval_sample_rows_store_nothing(store):
+    _new_run(store)
+    store.put_eval_samples("r1", 1, "humaneval", [_sample("HumanEval/0", True)])
+    with pytest.raises(ValueError, match="row 1 .*'passed' must be true or false"):
+        store.put_eval_samples("r1", 1, "humaneval", [_sample("HumanEval/0", False), {"task_id": "x", "passed": 1}])
+    assert [r["passed"] for r in store.eval_samples("r1", 1, "humaneval")] == [True]
+    with pytest.raises(UnknownRunError):
+        store.put_eval_samples("nope", 1, "humaneval", [_sample("HumanEval/0", True)])
+
+
+def test_archived_flag_round_trips_and_archived_runs_stay_listed_for_the_streamer(store):
+    _new_run(store, "a")
+    _new_run(store, "b")
+    row = store.update_run("a", archived=True)
+    assert row.archived is True and store.get_run("b").archived is False
+    # list_runs is what the stream manager walks: an archived run that is still going keeps streaming
+    assert {r.run_id for r in store.list_runs()} == {"a", "b"}
+    assert store.update_run("a", archived=False).archived is False
