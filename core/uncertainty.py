@@ -23,9 +23,9 @@ Which interval, when:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from core.passk import pass_at_k
 

@@ -92,7 +92,7 @@ def run_evaluation(store: Store, row: RunRow, step: int | None = None, benchmark
                                   "the store yet")
         try:
             found = fetch_eval_samples(store, row, step, benchmark, transport)
-        except Exception as exc:  # noqa: BLE001 -- any transport failure becomes the user's message
+        except Exception as exc:
             raise ComparisonError(f"cannot read the per-sample results of run {label} at step {step} from "
                                   f"{row.cluster}: {exc}") from exc
         if not found:

@@ -114,7 +114,7 @@ def _print_text(main: Any, rows: list[Any], a: Any, b: Any) -> None:
     print(f"B  {printable(b.label)}  ({n_b} sample{'s' if n_b != 1 else ''} per task)")
     print(f"   {main.benchmark}, {main.n_tasks} tasks in common")
     print()
-    head = (f"{'subset':<13} {'tasks':>5}  {'A pass@1 [95%]':<19} {'B pass@1 [95%]':<19} {'B - A [95%]':<21} "
+    head = (f"{'subset':<13} {'tasks':>5}  {'A pass@1 % [95%]':<19} {'B pass@1 % [95%]':<19} {'B - A pts [95%]':<21} "
             f"{'both':>5} {'A only':>6} {'B only':>6} {'neither':>7}  McNemar p")
     print(head)
     print("-" * len(head))

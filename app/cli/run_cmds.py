@@ -20,16 +20,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("name", help="The new name.")
     p.set_defaults(handler=cmd_rename)
 
-    p = subparsers.add_parser("tag", help="Add tags to a run (or remove them with --remove); no tags: list them.")
+    p = subparsers.add_parser("tag", help="Add tags to a run, remove some with -r TAG; no tags: list them.")
     p.add_argument("run", help="Run id (or a unique prefix).")
-    p.add_argument("tags", nargs="*", metavar="TAG")
-    p.add_argument("-r", "--remove", action="store_true", help="Remove the given tags instead of adding them.")
+    p.add_argument("tags", nargs="*", metavar="TAG", help="Tags to add.")
+    p.add_argument("-r", "--remove", action="append", default=[], metavar="TAG", help="A tag to remove (repeatable).")
     p.set_defaults(handler=cmd_tag)
 
     p = subparsers.add_parser("note", help="Set a run's notes (TEXT, or - for standard input); no TEXT: print them.")
     p.add_argument("run", help="Run id (or a unique prefix).")
-    p.add_argument("text", nargs="?", help="The notes; - reads them from standard input.")
-    p.add_argument("-a", "--append", action="store_true", help="Add TEXT as a new line after the current notes.")
+    p.add_argument("text", nargs="?", help="The notes (replacing what was there); - reads them from standard input.")
+    p.add_argument("-a", "--append", metavar="TEXT", help="Add TEXT (- for standard input) as a new line after the notes.")
     p.add_argument("--clear", action="store_true", help="Remove the notes.")
     p.set_defaults(handler=cmd_note)
 
@@ -90,17 +90,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
         tags = [clean_tag(t) for t in args.tags]
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    remove = {t.strip() for t in args.remove}
     with _store() as store:
         row = _run(store, args.run)
-        if tags:
-            current = list(row.tags)
-            if args.remove:
-                new = [t for t in current if t not in tags]
-            else:
-                new = current + [t for t in dict.fromkeys(tags) if t not in current]
-            row = store.update_run(row.run_id, tags=new)
-        elif args.remove:
-            raise CliError("--remove needs the tags to remove")
+        if tags or remove:
+            current = [t for t in row.tags if t not in remove]
+            row = store.update_run(row.run_id, tags=current + [t for t in dict.fromkeys(tags) if t not in current])
         print(" ".join(printable(t) for t in row.tags) if row.tags else f"run {row.run_id} has no tags")
     return 0
 
@@ -108,22 +103,21 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def cmd_note(args: argparse.Namespace) -> int:
     with _store() as store:
         row = _run(store, args.run)
+        given = [x for x in (args.text is not None, args.append is not None, args.clear) if x]
+        if len(given) > 1:
+            raise CliError("give one of TEXT, --append TEXT or --clear")
         if args.clear:
-            if args.text is not None:
-                raise CliError("--clear takes no TEXT")
             store.update_run(row.run_id, notes="")
             print(f"run {row.run_id}: notes removed")
             return 0
-        if args.text is None:
-            if args.append:
-                raise CliError("--append needs the TEXT to add")
+        if not given:
             print(row.notes if row.notes else f"run {row.run_id} has no notes")
             return 0
-        text = sys.stdin.read() if args.text == "-" else args.text
-        text = text.rstrip("\n")
+        raw = args.text if args.text is not None else args.append
+        text = (sys.stdin.read() if raw == "-" else raw).rstrip("\n")
         if "\0" in text:
             raise CliError("notes cannot contain NUL characters")
-        notes = f"{row.notes}\n{text}" if args.append and row.notes else text
+        notes = f"{row.notes}\n{text}" if args.append is not None and row.notes else text
         store.update_run(row.run_id, notes=notes)
         print(f"run {row.run_id}: notes saved ({len(notes.splitlines()) or 1} line(s))")
     return 0

@@ -73,18 +73,18 @@ def test_clean_and_contaminated_subsets_are_compared_separately():
 
 def test_different_benchmarks_task_sets_or_splits_are_refused_with_the_reason():
     base = {f"HumanEval/{i}": [True] for i in range(10)}
-    with pytest.raises(ComparisonError, match="humaneval evaluation and B .* a mbpp one"):
+    with pytest.raises(ComparisonError, match=r"humaneval evaluation and B .* a mbpp one"):
         compare(_ev(base, label="A"), _ev({f"mbpp/{i}": [True] for i in range(10)}, bench="mbpp", label="B"))
     fewer = {f"HumanEval/{i}": [True] for i in range(6)}
     with pytest.raises(ComparisonError, match=r"has 10 humaneval tasks and B \(B\) 6.*4 only in A \(HumanEval/6, "
                                               r"HumanEval/7, HumanEval/8, HumanEval/9\).*--limit"):
         compare(_ev(base, label="A"), _ev(fewer, label="B"))
-    with pytest.raises(ComparisonError, match="B .* was evaluated without a contamination report.*no clean subset"):
+    with pytest.raises(ComparisonError, match=r"B .* was evaluated without a contamination report.*no clean subset"):
         compare(_ev(base, {"HumanEval/1": "contaminated"}), _ev(base, label="B"), "clean")
     other_split = {"HumanEval/2": "contaminated"}
     with pytest.raises(ComparisonError, match=r"mark different tasks as contaminated \(2 differ"):
         compare(_ev(base, {"HumanEval/1": "contaminated"}), _ev(base, other_split), "clean")
-    with pytest.raises(ComparisonError, match="no contaminated tasks"):
+    with pytest.raises(ComparisonError, match=r"no contaminated tasks"):
         all_clean = {t: "clean" for t in base}
         compare(_ev(base, all_clean), _ev(base, all_clean), "contaminated")
 

@@ -556,7 +556,7 @@ def test_eval_samples_are_replaced_per_evaluation_and_read_back_with_their_extra
 def test_invalid_eval_sample_rows_store_nothing(store):
     _new_run(store)
     store.put_eval_samples("r1", 1, "humaneval", [_sample("HumanEval/0", True)])
-    with pytest.raises(ValueError, match="row 1 .*'passed' must be true or false"):
+    with pytest.raises(ValueError, match=r"row 1 .*'passed' must be true or false"):
         store.put_eval_samples("r1", 1, "humaneval", [_sample("HumanEval/0", False), {"task_id": "x", "passed": 1}])
     assert [r["passed"] for r in store.eval_samples("r1", 1, "humaneval")] == [True]
     with pytest.raises(UnknownRunError):

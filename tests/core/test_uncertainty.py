@@ -50,7 +50,7 @@ def _mcnemar_reference(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    lower = sum(math.comb(n, i) for i in range(0, min(b, c) + 1)) / 2 ** n
+    lower = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
     return min(1.0, 2 * lower)
 
 
