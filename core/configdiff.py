@@ -73,3 +73,47 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, default=str)
     return str(value)
+
+
+# Paths that are not settings to compare: the run's own label and free text.
+NOT_HYPERPARAMETERS = frozenset({"name", "description", "schema_version"})
+
+
+def differing_paths(configs: Sequence[Mapping[str, Any]], exclude: frozenset[str] = NOT_HYPERPARAMETERS,
+                    limit: int | None = None) -> list[str]:
+    """Dotted paths whose values differ between the configs (a path some lack counts), in path order, without
+    `exclude`: the columns a run table adds so that runs can be told apart by what was changed. Configs that
+    are empty (a run with no recorded config) are left out of the comparison."""
+    present = [c for c in configs if c]
+    if len(present) < 2:
+        return []
+    paths = [row.path for row in diff(present, differences_only=True) if row.path not in exclude]
+    return paths[:limit] if limit is not None else paths
+
+
+def short_labels(paths: Sequence[str]) -> dict[str, str]:
+    """A column title per path: its last part, or as many trailing parts as make it unique among `paths`."""
+    out: dict[str, str] = {}
+    depth = {p: 1 for p in paths}
+    while True:
+        labels = {p: ".".join(p.split(".")[-depth[p]:]) for p in paths}
+        counts: dict[str, int] = {}
+        for label in labels.values():
+            counts[label] = counts.get(label, 0) + 1
+        clashing = [p for p in paths if counts[labels[p]] > 1 and depth[p] < len(p.split("."))]
+        if not clashing:
+            out.update(labels)
+            return out
+        for p in clashing:
+            depth[p] += 1
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    """Orders a column of config values: numbers by value, then booleans, then text; missing values last."""
+    if value is MISSING or value is None:
+        return (3, "")
+    if isinstance(value, bool):
+        return (1, int(value))
+    if isinstance(value, (int, float)):
+        return (0, float(value))
+    return (2, format_value(value).lower())

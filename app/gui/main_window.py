@@ -96,6 +96,7 @@ class MainWindow(QMainWindow):
         # wiring between pages
         self.runs_page.open_requested.connect(self.open_run)
         self.runs_page.compare_requested.connect(self.open_compare)
+        self.runs_page.runs_edited.connect(lambda _ids: self.refresh_run_titles())
         self.config_page.launched.connect(self._on_launched)
         self.config_page.file_opened.connect(self.add_recent_file)
         self.config_page.file_saved.connect(self.add_recent_file)
@@ -153,6 +154,11 @@ class MainWindow(QMainWindow):
         find_action = QAction("&Find / filter", self, shortcut=QKeySequence("Ctrl+F"))
         find_action.triggered.connect(self.focus_filter)
         view_menu.addAction(find_action)
+        self.paired_action = QAction("Compare &evaluations…", self, shortcut=QKeySequence("Ctrl+Shift+E"))
+        self.paired_action.setToolTip("Paired comparison of two evaluations: tasks solved by each, McNemar's test, "
+                                      "pass@1 and the difference with 95% intervals")
+        self.paired_action.triggered.connect(self.choose_paired)
+        view_menu.addAction(self.paired_action)
         close_tab = QAction("Close run tab", self, shortcut=QKeySequence("Ctrl+W"))
         close_tab.triggered.connect(lambda: self.close_tab(self.tabs.currentIndex()))
         view_menu.addAction(close_tab)
@@ -199,7 +205,7 @@ class MainWindow(QMainWindow):
         self.runs_page.schedule_refresh()
         if row.status in ("finished", "failed", "cancelled"):
             reason = f" ({row.status_reason})" if row.status_reason else ""
-            self.statusBar().showMessage(f"Run {row.name} {row.status}{reason}", 10_000)
+            self.statusBar().showMessage(f"Run {self.run_title(row.run_id)} {row.status}{reason}", 10_000)
 
     def _on_hang(self, warning: Any) -> None:
         self.statusBar().showMessage(getattr(warning, "message", str(warning)), 15_000)
@@ -275,13 +281,63 @@ class MainWindow(QMainWindow):
         view_cls = self._optional_view("app.gui.run_view", "RunView")
         if view_cls is None:
             return None
-        row = self.store.get_run(run_id)
         view = view_cls(self.store, run_id, self)
         if hasattr(view, "attach_events"):
             view.attach_events(self.events)
         self.run_tabs[run_id] = view
-        index = self.tabs.addTab(view, row.name if row else run_id)
+        index = self.tabs.addTab(view, self.run_title(run_id))
         self.tabs.setTabToolTip(index, run_id)
+        self.tabs.setCurrentIndex(index)
+        return view
+
+    def run_title(self, run_id: str) -> str:
+        """A run's display name: unique among all runs (core.names), for tab titles."""
+        from core.names import display_names
+
+        return display_names(self.store.list_runs()).get(run_id, run_id)
+
+    def refresh_run_titles(self) -> None:
+        """Tab titles follow renames, and gain or lose the id suffix as names start or stop colliding."""
+        from core.names import display_names
+
+        names = display_names(self.store.list_runs())
+        for run_id, view in list(self.run_tabs.items()):
+            index = self.tabs.indexOf(view)
+            if index < 0:
+                continue
+            if run_id not in names:  # deleted
+                self.close_tab(index)
+            elif self.tabs.tabText(index) != names[run_id]:
+                self.tabs.setTabText(index, names[run_id])
+
+    def choose_paired(self) -> QWidget | None:
+        """Pick two evaluations (the Runs page's selection first) and open their paired comparison."""
+        from app.gui.paired_view import ChooseEvaluationsDialog
+
+        # the older selected run is A, so that B - A reads as what the newer run changed
+        created = {r.run_id: r.created_at for r in self.store.list_runs()}
+        selected = sorted((i for i in self.runs_page.selected_run_ids() if i in created), key=created.__getitem__)
+        dialog = ChooseEvaluationsDialog(self.store, self, preselect=selected)
+        self._paired_dialog = dialog  # reachable while open (tests answer it)
+        try:
+            if dialog.exec() != ChooseEvaluationsDialog.DialogCode.Accepted:
+                return None
+            return self.open_paired(**dialog.choice())
+        finally:
+            self._paired_dialog = None
+            dialog.deleteLater()
+
+    def open_paired(self, a_run: str, b_run: str, *, a_step: int | None = None, b_step: int | None = None,
+                    benchmark: str | None = None, titles: tuple[str, str] | None = None) -> QWidget:
+        """A tab with the paired comparison of two runs' evaluations (loaded in the background)."""
+        from app.gui.paired_view import PairedView
+
+        titles = titles or (self.run_title(a_run), self.run_title(b_run))
+        labels = tuple(f"{t}@{s}" if s is not None else t for t, s in zip(titles, (a_step, b_step), strict=True))
+        view = PairedView(self)
+        view.load_runs(self.store, a_run, b_run, a_step=a_step, b_step=b_step, benchmark=benchmark, titles=labels)
+        index = self.tabs.addTab(view, f"{labels[0]} vs {labels[1]}")
+        self.tabs.setTabToolTip(index, f"Paired comparison: {a_run} vs {b_run}")
         self.tabs.setCurrentIndex(index)
         return view
 

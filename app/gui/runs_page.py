@@ -1,13 +1,17 @@
-"""The Runs page: every run in the store with its status, progress, last loss and best pass@1.
+"""The Runs page: every run in the store with its status, progress, last loss and best pass@1 (with its 95%
+interval), tags, notes, and the config fields that differ between the listed runs as columns.
 
 The table is read from the store in a worker (a snapshot per refresh, stale replies dropped by request id);
-refreshes are coalesced so that a burst of stream updates costs one query.
+refreshes are coalesced so that a burst of stream updates costs one query. Runs are renamed, tagged, annotated,
+archived (hidden unless "Show archived") and deleted (after a confirmation) from here; the store writes run
+in a worker too, and `runs_edited` tells the window (tab titles follow).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,15 +24,22 @@ from PySide6.QtCore import (
     QTimer,
     Signal,
 )
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QAction, QColor, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMenu,
+    QMessageBox,
+    QPlainTextEdit,
     QPushButton,
     QTableView,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -36,10 +47,14 @@ from PySide6.QtWidgets import (
 from app.gui.app import palette_is_dark
 from app.gui.table_model import RowTableModel
 from app.gui.workers import WorkContext, Worker
+from core.configdiff import MISSING, differing_paths, flatten, format_value, short_labels, sort_key
 
 REFRESH_COALESCE_MS = 400
 PERIODIC_REFRESH_MS = 10_000  # runs launched by another process (the CLI) show up without a stream event
-COLUMNS = ("Name", "Cluster", "Status", "Created", "Steps", "Last loss", "Best pass@1")
+COLUMNS = ("Name", "Cluster", "Status", "Created", "Steps", "Last loss", "Best pass@1", "Tags", "Notes")
+COL_TAGS, COL_NOTES = 7, 8
+MAX_CONFIG_COLUMNS = 24  # differing config fields shown as columns (the rest: tunedeck compare / the compare view)
+ACTIVE_STATUSES = ("pending", "running", "completing")
 STATUS_COLORS = {  # (light, dark)
     "running": ("#1a7f37", "#4ade80"), "pending": ("#9a6700", "#facc15"), "completing": ("#0969da", "#60a5fa"),
     "finished": ("#57606a", "#a1a1aa"), "failed": ("#cf222e", "#f87171"), "cancelled": ("#8250df", "#c084fc"),
@@ -60,6 +75,17 @@ class RunSummaryRow:
     last_loss: float | None
     best_pass_at_1: float | None
     best_label: str
+    display_name: str = ""  # unique among all runs (core.names), control characters escaped
+    tags: tuple[str, ...] = ()
+    notes: str = ""
+    archived: bool = False
+    best_half_width: float | None = None  # of the best pass@1's 95% interval
+    best_tooltip: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # flattened resolved config (dotted paths)
+
+    @property
+    def shown_name(self) -> str:
+        return self.display_name or self.name
 
 
 @dataclass(frozen=True)
@@ -68,36 +94,117 @@ class RunsSnapshot:
     rows: tuple[RunSummaryRow, ...]
 
 
+def _best_point(evals: list[dict[str, Any]]) -> Any:
+    """The best pass@1 over checkpoints (a benchmark's 'all' subset, else its best subset) with its interval."""
+    from core.evalstats import eval_points
+
+    best = None
+    by_bench: dict[str, list[Any]] = {}
+    for p in eval_points(evals):
+        by_bench.setdefault(p.benchmark, []).append(p)
+    for points in by_bench.values():
+        pool = [p for p in points if p.subset == "all"] or points
+        top = max(pool, key=lambda p: p.pass_at_1)
+        if best is None or top.pass_at_1 > best.pass_at_1:
+            best = top
+    return best
+
+
 def read_runs(ctx: WorkContext, store: Any) -> RunsSnapshot:
     """Worker body: the runs and their summaries (one store query per run)."""
+    from core.names import display_names
+
+    runs = store.list_runs()
+    names = display_names(runs)
     rows = []
-    for run in store.list_runs():
+    for run in runs:
         if ctx.cancel.is_set():
             break
         s = store.summary(run.run_id)
-        best, label = None, ""
-        for bench, subsets in (s.get("best_pass_at_1") or {}).items():
-            value = subsets.get("all", max(subsets.values()) if subsets else None)
-            if value is not None and (best is None or value > best):
-                best, label = value, bench
-        rows.append(RunSummaryRow(run.run_id, run.name, run.cluster or "", run.status, run.status_reason or "",
-                                  run.created_at, s.get("steps"), s.get("final_loss"), best, label))
+        # The interval from the stored rate and task count (exact for greedy decoding): one query per run.
+        point = _best_point(store.evals(run.run_id))
+        rows.append(RunSummaryRow(
+            run.run_id, run.name, run.cluster or "", run.status, run.status_reason or "", run.created_at,
+            s.get("steps"), s.get("final_loss"), point.pass_at_1 if point else None,
+            point.benchmark if point else "", display_name=names[run.run_id], tags=tuple(run.tags), notes=run.notes,
+            archived=run.archived, best_half_width=point.interval.half_width if point else None,
+            best_tooltip=point.tooltip() if point else "", config=flatten(run.config())))
     return RunsSnapshot(ctx.request_id, tuple(rows))
 
 
+def edit_run(ctx: WorkContext, store: Any, run_ids: list[str], changes: dict[str, Any]) -> list[str]:
+    """Worker body: the same changes to each run (rename, tags, notes, archived)."""
+    for run_id in run_ids:
+        store.update_run(run_id, **changes)
+    return run_ids
+
+
+def delete_runs(ctx: WorkContext, store: Any, run_ids: list[str]) -> list[str]:
+    """Worker body: remove runs from the store (their files on the cluster stay)."""
+    return [run_id for run_id in run_ids if store.delete_run(run_id)]
+
+
 class RunsModel(RowTableModel):
-    """One row per run (RunSummaryRow)."""
+    """One row per run (RunSummaryRow); after the fixed COLUMNS, one column per config field that differs
+    between the listed runs."""
 
     COLUMNS = COLUMNS
+
+    def __init__(self, parent: Any = None):
+        super().__init__(parent)
+        self.config_paths: list[str] = []
+        self.config_labels: dict[str, str] = {}
+
+    def set_rows(self, rows: list[Any], config_paths: list[str] | None = None) -> None:
+        self.beginResetModel()
+        self.rows = rows
+        self.config_paths = list(config_paths or [])
+        self.config_labels = short_labels(self.config_paths)
+        self.COLUMNS = (*COLUMNS, *(self.config_labels[p] for p in self.config_paths))  # type: ignore[misc]
+        self.endResetModel()
+
+    def config_path(self, col: int) -> str | None:
+        return self.config_paths[col - len(COLUMNS)] if col >= len(COLUMNS) else None
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
+            path = self.config_path(section)
+            return f"config: {path} (differs between the listed runs)" if path else None
+        return super().headerData(section, orientation, role)
+
+    def sort_key(self, row: int, col: int) -> Any:
+        r = self.rows[row]
+        path = self.config_path(col)
+        if path is not None:
+            return sort_key(r.config.get(path, MISSING))
+        if col == COL_TAGS:
+            return (not r.tags, ", ".join(r.tags).lower())
+        if col == COL_NOTES:
+            return (not r.notes, r.notes.lower())
+        return (r.shown_name.lower(), r.cluster, r.status, r.created_at, r.steps or -1,
+                r.last_loss if r.last_loss is not None else float("inf"),
+                r.best_pass_at_1 if r.best_pass_at_1 is not None else -1.0)[col]
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
         r = self.rows[index.row()]
         col = index.column()
+        path = self.config_path(col)
+        if path is not None:
+            if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
+                value = r.config.get(path, MISSING)
+                return format_value(value) if role == Qt.ItemDataRole.DisplayRole else f"{path} = {format_value(value)}"
+            if role == Qt.ItemDataRole.UserRole:
+                return self.sort_key(index.row(), col)
+            return None
         if role == Qt.ItemDataRole.DisplayRole:
+            if col == COL_TAGS:
+                return ", ".join(r.tags)
+            if col == COL_NOTES:
+                return r.notes.splitlines()[0] if r.notes else ""
             if col == 0:
-                return r.name
+                return r.shown_name
             if col == 1:
                 return r.cluster
             if col == 2:
@@ -109,13 +216,23 @@ class RunsModel(RowTableModel):
             if col == 5:
                 return "" if r.last_loss is None else f"{r.last_loss:.4f}"
             if col == 6:
-                return "" if r.best_pass_at_1 is None else f"{100 * r.best_pass_at_1:.1f}%  ({r.best_label})"
+                if r.best_pass_at_1 is None:
+                    return ""
+                spread = f" ± {100 * r.best_half_width:.1f}" if r.best_half_width is not None else ""
+                return f"{100 * r.best_pass_at_1:.1f}%{spread}  ({r.best_label})"
         if role == Qt.ItemDataRole.UserRole:  # sort keys
-            return (r.name.lower(), r.cluster, r.status, r.created_at, r.steps or -1,
-                    r.last_loss if r.last_loss is not None else float("inf"),
-                    r.best_pass_at_1 if r.best_pass_at_1 is not None else -1.0)[col]
+            return self.sort_key(index.row(), col)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return f"{r.name}\nrun id {r.run_id}\n{r.status}{': ' + r.reason if r.reason else ''}"
+            if col == 6 and r.best_tooltip:
+                return r.best_tooltip
+            tip = f"{r.shown_name}\nrun id {r.run_id}\n{r.status}{': ' + r.reason if r.reason else ''}"
+            if r.tags:
+                tip += "\ntags: " + ", ".join(r.tags)
+            if r.archived:
+                tip += "\narchived"
+            return tip + (f"\n\n{r.notes}" if r.notes else "")
+        if role == Qt.ItemDataRole.ForegroundRole and r.archived and col == 0:
+            return QColor("#8c959f")
         if role == Qt.ItemDataRole.ForegroundRole and col == 2 and r.status in STATUS_COLORS:
             return QColor(STATUS_COLORS[r.status][1 if palette_is_dark() else 0])
         if role == Qt.ItemDataRole.TextAlignmentRole and col >= 4:
@@ -123,22 +240,126 @@ class RunsModel(RowTableModel):
         return None
 
 
+def row_matches(r: RunSummaryRow, text: str, labels: dict[str, str] | None = None) -> bool:
+    """The Runs filter: every whitespace-separated term must match. `tag:X` matches a tag starting with X;
+    `FIELD=VALUE` a config field (its dotted path or column title) whose value starts with VALUE (`lr=3e-4`);
+    any other term is looked for in the name, id, cluster, status, tags, notes and config values."""
+    labels = labels or {}
+    for term in text.lower().split():
+        if term.startswith("tag:"):
+            want = term[4:]
+            if not any(t.lower().startswith(want) for t in r.tags):
+                return False
+            continue
+        key, eq, want = term.partition("=")
+        if eq and key:
+            paths = [p for p in r.config if p.lower() == key or labels.get(p, "").lower() == key
+                     or p.lower().endswith("." + key)]
+            if not any(format_value(r.config[p]).lower().startswith(want) for p in paths):
+                return False
+            continue
+        hay = " ".join([r.shown_name, r.name, r.run_id, r.cluster, r.status, r.reason, *r.tags, r.notes,
+                        *(format_value(r.config.get(p, MISSING)) for p in labels)]).lower()
+        if term not in hay:
+            return False
+    return True
+
+
 class RunsFilter(QSortFilterProxyModel):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setSortRole(Qt.ItemDataRole.UserRole)
         self.text = ""
+        self.show_archived = False
 
     def set_text(self, text: str) -> None:
         self.beginFilterChange()
         self.text = text.strip().lower()
         self.endFilterChange()
 
+    def set_show_archived(self, on: bool) -> None:
+        self.beginFilterChange()
+        self.show_archived = on
+        self.endFilterChange()
+
+    def lessThan(self, left: QModelIndex | QPersistentModelIndex, right: QModelIndex | QPersistentModelIndex) -> bool:
+        # Python keys (tuples: numbers before text, missing last) that a QVariant comparison cannot order
+        model = self.sourceModel()
+        return model.sort_key(left.row(), left.column()) < model.sort_key(right.row(), right.column())
+
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
+        model = self.sourceModel()
+        r = model.rows[source_row]
+        if r.archived and not self.show_archived:
+            return False
         if not self.text:
             return True
-        r = self.sourceModel().rows[source_row]
-        return self.text in f"{r.name} {r.cluster} {r.status} {r.reason} {r.run_id}".lower()
+        return row_matches(r, self.text, model.config_labels)
+
+
+class TextDialog(QDialog):
+    """One text to edit (a name, tags, notes) with a check on OK: a bad value shows why and keeps the dialog."""
+
+    def __init__(self, title: str, label: str, text: str, check: Callable[[str], Any], *, multiline: bool = False,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.setObjectName("run_edit_dialog")
+        self.check = check
+        self.value: Any = None
+        self.edit: QLineEdit | QPlainTextEdit
+        if multiline:
+            self.edit = QPlainTextEdit(text)
+            self.edit.setMinimumSize(420, 180)
+        else:
+            self.edit = QLineEdit(text)
+            self.edit.selectAll()
+            self.edit.setMinimumWidth(360)
+        self.edit.setObjectName("run_edit_text")
+        self.error = QLabel()
+        self.error.setObjectName("run_edit_error")
+        self.error.setStyleSheet("color: #cf222e;")
+        self.error.setWordWrap(True)
+        self.error.hide()
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel(label))
+        layout.addWidget(self.edit)
+        layout.addWidget(self.error)
+        layout.addWidget(buttons)
+
+    def text(self) -> str:
+        return self.edit.toPlainText() if isinstance(self.edit, QPlainTextEdit) else self.edit.text()
+
+    def set_text(self, text: str) -> None:
+        if isinstance(self.edit, QPlainTextEdit):
+            self.edit.setPlainText(text)
+        else:
+            self.edit.setText(text)
+
+    def accept(self) -> None:
+        try:
+            self.value = self.check(self.text())
+        except ValueError as exc:
+            self.error.setText(str(exc))
+            self.error.show()
+            return
+        super().accept()
+
+
+def parse_tags(text: str) -> list[str]:
+    """Tags as typed in the dialog: separated by commas or spaces, each checked (core.names.clean_tag)."""
+    from core.names import clean_tag
+
+    return list(dict.fromkeys(clean_tag(t) for t in text.replace(",", " ").split()))
+
+
+def parse_notes(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("notes cannot contain NUL characters")
+    return text.rstrip()
 
 
 class RunsPage(QWidget):
@@ -147,6 +368,8 @@ class RunsPage(QWidget):
     open_requested = Signal(str)
     compare_requested = Signal(list)
     refreshed = Signal(int)  # number of runs
+    runs_edited = Signal(list)  # run ids renamed, tagged, annotated, archived or deleted (written to the store)
+    edit_failed = Signal(str)
 
     def __init__(self, store: Any, parent: QWidget | None = None):
         super().__init__(parent)
@@ -157,16 +380,46 @@ class RunsPage(QWidget):
 
         self.filter_edit = QLineEdit()
         self.filter_edit.setObjectName("runs_filter")
-        self.filter_edit.setPlaceholderText("Filter runs (Ctrl+F): name, cluster, status")
+        self.filter_edit.setPlaceholderText("Filter runs (Ctrl+F): name, status, tags, notes; tag:sweep; lr=3e-4")
+        self.filter_edit.setToolTip("Every word must match. tag:X matches tags starting with X; FIELD=VALUE matches "
+                                    "a config field (its column title or dotted path) whose value starts with VALUE.")
         self.filter_edit.setClearButtonEnabled(True)
+        self.archived_check = QCheckBox("Show archived")
+        self.archived_check.setObjectName("show_archived")
+        self.archived_check.setToolTip("Archived runs are hidden from the list (and from `tunedeck runs`)")
         self.open_button = QPushButton("Open")
         self.compare_button = QPushButton("Compare")
         self.compare_button.setObjectName("compare_button")
         self.compare_button.setToolTip("Overlay the selected runs (select two or more)")
         refresh = QPushButton("Refresh")
+        self.rename_action = QAction("Rename…", self, shortcut=QKeySequence("F2"))
+        self.rename_action.triggered.connect(self.rename_selected)
+        self.tags_action = QAction("Edit tags…", self)
+        self.tags_action.triggered.connect(self.edit_tags_selected)
+        self.notes_action = QAction("Edit notes…", self)
+        self.notes_action.triggered.connect(self.edit_notes_selected)
+        self.archive_action = QAction("Archive", self)
+        self.archive_action.triggered.connect(self.toggle_archive_selected)
+        self.delete_action = QAction("Delete…", self, shortcut=QKeySequence.StandardKey.Delete)
+        self.delete_action.triggered.connect(self.delete_selected)
+        self.edit_menu = QMenu(self)
+        for action in (self.rename_action, self.tags_action, self.notes_action, None, self.archive_action,
+                       self.delete_action):
+            if action is None:
+                self.edit_menu.addSeparator()
+            else:
+                self.edit_menu.addAction(action)
+        self.edit_button = QToolButton()
+        self.edit_button.setObjectName("run_edit_button")
+        self.edit_button.setText("Run")
+        self.edit_button.setToolTip("Rename, tag, annotate, archive or delete the selected runs")
+        self.edit_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.edit_button.setMenu(self.edit_menu)
         bar = QHBoxLayout()
         bar.addWidget(self.filter_edit, 1)
+        bar.addWidget(self.archived_check)
         bar.addWidget(refresh)
+        bar.addWidget(self.edit_button)
         bar.addWidget(self.open_button)
         bar.addWidget(self.compare_button)
 
@@ -187,8 +440,15 @@ class RunsPage(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        for col, width in ((1, 100), (3, 130), (4, 70), (5, 90), (6, 150)):
+        for col, width in ((1, 100), (3, 130), (4, 70), (5, 90), (6, 170), (COL_TAGS, 120), (COL_NOTES, 160)):
             self.table.setColumnWidth(col, width)
+        for action in (self.rename_action, self.delete_action):
+            # keys act on the table only: Delete in the filter box edits the filter text
+            action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+            self.table.addAction(action)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(
+            lambda pos: self.edit_menu.popup(self.table.viewport().mapToGlobal(pos)))
         self.empty_label = QLabel("No runs yet. Build one on <b>New run</b> (Ctrl+N) and launch it (Ctrl+L).")
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.status_label = QLabel()
@@ -201,6 +461,7 @@ class RunsPage(QWidget):
         layout.addWidget(self.status_label)
 
         self.filter_edit.textChanged.connect(self.proxy.set_text)
+        self.archived_check.toggled.connect(self._on_show_archived)
         refresh.clicked.connect(self.refresh)
         self.open_button.clicked.connect(self._on_open_clicked)
         self.compare_button.clicked.connect(self._on_compare_clicked)
@@ -212,6 +473,9 @@ class RunsPage(QWidget):
         self._periodic = QTimer(self, interval=PERIODIC_REFRESH_MS)
         self._periodic.timeout.connect(lambda: self.refresh() if self.isVisible() else None)
         self._periodic.start()
+        self._edit_workers: list[Worker] = []
+        self.dialog: QDialog | QMessageBox | None = None  # the open rename/tags/notes/delete dialog
+        self._rows: list[RunSummaryRow] = []
         self._update_buttons()
 
     # ------------------------------------------------------------------ refresh
@@ -250,15 +514,32 @@ class RunsPage(QWidget):
 
     def _on_snapshot(self, request_id: int, snapshot: RunsSnapshot) -> None:
         if request_id == self._request:
-            selected = set(self.selected_run_ids())
-            self.model.set_rows(list(snapshot.rows))
-            self._reselect(selected)
-            self.empty_label.setVisible(not snapshot.rows)
-            active = sum(1 for r in snapshot.rows if r.status in ("pending", "running", "completing"))
-            self.status_label.setText(f"{len(snapshot.rows)} runs, {active} active · updated {time.strftime('%H:%M:%S')}")
-            self._update_buttons()
+            self._rows = list(snapshot.rows)
+            self._show_rows()
             self.refreshed.emit(len(snapshot.rows))
         self._after_worker()
+
+    def _show_rows(self) -> None:
+        """Fill the table; the config columns are the fields that differ between the runs listed (archived ones
+        only when shown), so that the columns do not change while a filter is typed."""
+        rows = self._rows
+        selected = set(self.selected_run_ids())
+        listed = [r for r in rows if self.archived_check.isChecked() or not r.archived]
+        paths = differing_paths([r.config for r in listed], limit=MAX_CONFIG_COLUMNS)
+        self.model.set_rows(rows, paths)
+        for col in range(len(COLUMNS), self.model.columnCount()):
+            self.table.setColumnWidth(col, 90)
+        self._reselect(selected)
+        self.empty_label.setVisible(not rows)
+        active = sum(1 for r in rows if r.status in ACTIVE_STATUSES)
+        hidden = len(rows) - len(listed)
+        self.status_label.setText(f"{len(listed)} runs, {active} active" + (f", {hidden} archived hidden" if hidden else "")
+                                  + f" · updated {time.strftime('%H:%M:%S')}")
+        self._update_buttons()
+
+    def _on_show_archived(self, on: bool) -> None:
+        self.proxy.set_show_archived(on)
+        self._show_rows()
 
     def _reselect(self, run_ids: set[str]) -> None:
         if not run_ids:
@@ -284,6 +565,114 @@ class RunsPage(QWidget):
         self.open_button.setEnabled(n >= 1)
         self.compare_button.setEnabled(n >= 2)
         self.compare_button.setText(f"Compare ({n})" if n >= 2 else "Compare")
+        for action in (self.rename_action, self.tags_action, self.notes_action):
+            action.setEnabled(n == 1)
+        for action in (self.archive_action, self.delete_action):
+            action.setEnabled(n >= 1)
+        self.edit_button.setEnabled(n >= 1)
+        rows = self.selected_rows()
+        self.archive_action.setText("Unarchive" if rows and all(r.archived for r in rows) else "Archive")
+
+    def selected_rows(self) -> list[RunSummaryRow]:
+        by_id = {r.run_id: r for r in self.model.rows}
+        return [by_id[i] for i in self.selected_run_ids() if i in by_id]
+
+    # ------------------------------------------------------------------ run management
+
+    def _single(self) -> RunSummaryRow | None:
+        rows = self.selected_rows()
+        return rows[0] if len(rows) == 1 else None
+
+    def _open_dialog(self, dialog: QDialog, on_accepted: Callable[[], None]) -> QDialog:
+        """Open a dialog window-modally without blocking (tests and the event loop go on); `self.dialog` holds it."""
+        self.dialog = dialog
+        dialog.accepted.connect(on_accepted)
+        dialog.finished.connect(lambda _result: setattr(self, "dialog", None))
+        dialog.open()
+        return dialog
+
+    def rename_selected(self) -> QDialog | None:
+        from core.names import clean_name
+
+        row = self._single()
+        if row is None:
+            return None
+        dialog = TextDialog("Rename run", f"New name for run {row.run_id}:", row.name, clean_name, parent=self)
+        return self._open_dialog(dialog, lambda: self._edit([row.run_id], {"name": dialog.value}))
+
+    def edit_tags_selected(self) -> QDialog | None:
+        row = self._single()
+        if row is None:
+            return None
+        dialog = TextDialog("Edit tags", f"Tags of {row.shown_name}, separated by spaces or commas:",
+                            " ".join(row.tags), parse_tags, parent=self)
+        return self._open_dialog(dialog, lambda: self._edit([row.run_id], {"tags": dialog.value}))
+
+    def edit_notes_selected(self) -> QDialog | None:
+        row = self._single()
+        if row is None:
+            return None
+        dialog = TextDialog("Edit notes", f"Notes on {row.shown_name}:", row.notes, parse_notes, multiline=True,
+                            parent=self)
+        return self._open_dialog(dialog, lambda: self._edit([row.run_id], {"notes": dialog.value}))
+
+    def toggle_archive_selected(self) -> None:
+        """Archive the selected runs (unarchive them when all are archived already)."""
+        rows = self.selected_rows()
+        if rows:
+            self._edit([r.run_id for r in rows], {"archived": not all(r.archived for r in rows)})
+
+    def delete_selected(self) -> QMessageBox | None:
+        """Ask, then delete the selected runs from the store; runs still going are refused (cancel them first)."""
+        rows = self.selected_rows()
+        if not rows:
+            return None
+        active = [r for r in rows if r.status in ACTIVE_STATUSES]
+        box = QMessageBox(self)
+        box.setObjectName("delete_runs_dialog")
+        box.setWindowTitle("Delete runs")
+        if active:
+            box.setIcon(QMessageBox.Icon.Information)
+            box.setText(f"{len(active)} of the selected runs {'is' if len(active) == 1 else 'are'} still going: "
+                        + ", ".join(r.shown_name for r in active) + ". Cancel them first.")
+            box.setStandardButtons(QMessageBox.StandardButton.Ok)
+            self.dialog = box
+            box.finished.connect(lambda _result: setattr(self, "dialog", None))
+            box.open()
+            return box
+        box.setIcon(QMessageBox.Icon.Warning)
+        names = "\n".join(f"• {r.shown_name}" for r in rows[:12]) + (f"\n… and {len(rows) - 12} more" if len(rows) > 12 else "")
+        box.setText(f"Delete {len(rows)} run{'s' if len(rows) != 1 else ''} from TuneDeck?")
+        box.setInformativeText(f"{names}\n\nTheir metrics, evaluations, logs, tags and notes are removed from the "
+                               "run store. Their files on the cluster stay. Archive a run instead to only hide it.")
+        delete = box.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        ids = [r.run_id for r in rows]
+        box.buttonClicked.connect(lambda button: self._start_edit(Worker(delete_runs, self.store, ids))
+                                  if button is delete else None)
+        self.dialog = box
+        box.finished.connect(lambda _result: setattr(self, "dialog", None))
+        box.open()
+        return box
+
+    def _edit(self, run_ids: list[str], changes: dict[str, Any]) -> None:
+        self._start_edit(Worker(edit_run, self.store, run_ids, changes))
+
+    def _start_edit(self, worker: Worker) -> None:
+        worker.signals.finished.connect(lambda _rid, ids: self._on_edited(ids))
+        worker.signals.failed.connect(self._on_edit_failed)
+        self._edit_workers = [w for w in self._edit_workers if not w.done.is_set()]
+        self._edit_workers.append(worker)
+        worker.start()
+
+    def _on_edited(self, run_ids: list[str]) -> None:
+        self.refresh()
+        self.runs_edited.emit(list(run_ids))
+
+    def _on_edit_failed(self, _rid: int, message: str) -> None:
+        self.status_label.setText(f"Could not change the run: {message}")
+        self.edit_failed.emit(message)
 
     def _on_open_clicked(self) -> None:
         for run_id in self.selected_run_ids():

@@ -57,7 +57,8 @@ def test_runs_table_shows_store_runs_and_multi_select_opens_compare(main_window,
     assert (rows["r1"].steps, rows["r1"].last_loss, rows["r1"].best_pass_at_1) == (3, 1.2, 0.0625)
     by_name = {page.model.data(page.model.index(i, 0)): i for i in range(3)}
     assert page.model.data(page.model.index(by_name["bad batch"], 2)) == "failed — launch failed: no such partition"
-    assert page.model.data(page.model.index(by_name["lr 3e-3"], 6)) == "6.2%  (humaneval)"
+    # the best pass@1 with the half-width of its 95% interval (Wilson over the 16 tasks of _add_run)
+    assert page.model.data(page.model.index(by_name["lr 3e-3"], 6)) == "6.2% ± 13.6  (humaneval)"
     assert page.model.data(page.model.index(by_name["lr 3e-3"], 5)) == "1.2000"
 
     page.table.selectAll()

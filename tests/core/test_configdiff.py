@@ -32,3 +32,17 @@ def test_format_value_renders_missing_as_empty_and_lists_as_json():
     assert format_value(False) == "false"
     assert format_value(["a", "b"]) == '["a", "b"]'
     assert format_value(0.5) == "0.5"
+
+
+def test_differing_paths_are_the_run_table_columns_without_names_and_with_unique_short_labels():
+    from core.configdiff import MISSING, differing_paths, short_labels, sort_key
+
+    a = {"name": "a", "training": {"lr": 1e-4, "epochs": 2}, "model": {"name": "x"}, "data": {"seed": 1}}
+    b = {"name": "b", "training": {"lr": 3e-4, "epochs": 2}, "model": {"name": "y"}, "data": {"seed": 1, "pack": True}}
+    paths = differing_paths([a, b, {}])
+    assert paths == ["data.pack", "model.name", "training.lr"]  # top-level name left out; empty config ignored
+    assert differing_paths([a]) == [] and differing_paths([a, b], limit=1) == ["data.pack"]
+    assert short_labels(["training.lr", "eval.lr", "model.name"]) == {
+        "training.lr": "training.lr", "eval.lr": "eval.lr", "model.name": "name"}
+    values = [3e-4, "abc", MISSING, 1e-4, True, None, 2]
+    assert sorted(values, key=sort_key) == [1e-4, 3e-4, 2, True, "abc", MISSING, None]

@@ -268,3 +268,25 @@ def test_manager_start_reads_the_rest_of_runs_that_ended_while_nobody_streamed(s
     manager = StreamManager(store, poll_s=0.2, transports={"here": LocalTransport("here")})
     assert manager.run_until_idle(timeout=30)
     assert steps_in_store(store, run_id) == [1, 2, 3]
+
+
+def test_per_sample_results_reach_the_store_with_their_evals_record_before_listeners_hear_of_it(store, run):
+    import json
+
+    from core.records import eval_record
+
+    run_id, run_dir = run
+    samples = run_dir / RunPaths.SAMPLES / RunPaths.sample_file_name(40, "humaneval")
+    samples.parent.mkdir()
+    samples.write_text("".join(json.dumps({"task_id": f"HumanEval/{i}", "sample": 0, "passed": i < 3,
+                                           "subset": "all", "benchmark": "humaneval", "step": 40}) + "\n"
+                               for i in range(5)) + "{not json\n")
+    with JsonlWriter(run_dir / RunPaths.EVALS) as w:
+        w.write(eval_record(step=40, attempt=1, checkpoint="checkpoint-40", benchmark="humaneval", subset="all",
+                            n_tasks=5, samples_per_task=1, temperature=0.0, pass_at={1: 0.6}))
+    at_update: list[list[tuple[int, str]]] = []
+    s = Streamer(store, LocalTransport("here"), run_id, str(run_dir),
+                 on_update=lambda r, f, n: at_update.append(store.eval_sample_sets(r)) if f == RunPaths.EVALS else None)
+    assert s.drain()[RunPaths.EVALS] == 1
+    assert at_update == [[(40, "humaneval")]]  # stored before the evals update went out
+    assert [r["passed"] for r in store.eval_samples(run_id, 40, "humaneval")] == [True] * 3 + [False] * 2
