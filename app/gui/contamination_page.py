@@ -99,6 +99,14 @@ class ItemsModel(RowTableModel):
         return None
 
 
+def group_matches(matches: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The report's matches (one per matched window) grouped by training row and field, in report order."""
+    groups: dict[tuple[Any, Any, str], list[dict[str, Any]]] = {}
+    for m in matches:
+        groups.setdefault((m.get("file_index"), m["train_index"], m["field"]), []).append(m)
+    return list(groups.values())
+
+
 def _task_sort_key(task_id: str) -> tuple[str, int]:
     head, _, tail = task_id.rpartition("/")
     return (head, int(tail)) if tail.isdigit() else (task_id, 0)
@@ -239,6 +247,7 @@ class ContaminationPage(QWidget):
         self._worker: Worker | None = None
         self._request: CheckRequest | None = None
         self._matches: list[dict[str, Any]] = []
+        self._row_matches: list[list[dict[str, Any]]] = []  # the matches grouped by training row and field
         self._item: dict[str, Any] | None = None
         self.finished_at: float | None = None
 
@@ -541,9 +550,14 @@ class ContaminationPage(QWidget):
         self.eval_title.setText(f"Eval question — {title}" + ("  (contaminated)" if item["contaminated"] else ""))
         self.matches_list.clear()
         rows = self.result.rows if self.result else {}
-        for m in self._matches:
+        # One entry per matched training row (and field): a row that contains several of the item's windows is
+        # one contaminating row, not one per window.
+        self._row_matches = group_matches(self._matches)
+        for group in self._row_matches:
+            m = group[0]
             ident = m.get("train_id") or f"row {m['train_index']}"
-            entry = QListWidgetItem(f"#{m['train_index']}  {ident}  ·  {m['field']}  ·  {m['train_span'][1] - m['train_span'][0]} chars")
+            windows = f"{len(group)} windows" if len(group) > 1 else f"{m['train_span'][1] - m['train_span'][0]} chars"
+            entry = QListWidgetItem(f"#{m['train_index']}  {ident}  ·  {m['field']}  ·  {windows}")
             if m["train_index"] not in rows:
                 entry.setToolTip("row text not loaded")
             self.matches_list.addItem(entry)
@@ -563,12 +577,11 @@ class ContaminationPage(QWidget):
             self.train_view.setPlainText("No training row matches this item." if not item["contaminated"] else "")
 
     def _on_match_selected(self, index: int) -> None:
-        if self._item is None or not 0 <= index < len(self._matches):
+        if self._item is None or not 0 <= index < len(self._row_matches):
             return
-        match = self._matches[index]
-        # every recorded match of this training row, the selected one strong
-        same_row = [m for m in self._matches if m["train_index"] == match["train_index"] and m["field"] == match["field"]]
-        strong = same_row.index(match)
+        # every recorded match of this training row, the first one strong
+        same_row = self._row_matches[index]
+        match, strong = same_row[0], 0
         set_highlights(self.eval_view, self._item.get("question", ""), [tuple(m["eval_span"]) for m in same_row], strong)
         row = (self.result.rows if self.result else {}).get(match["train_index"], {})
         text = row.get(match["field"])

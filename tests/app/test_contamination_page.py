@@ -60,24 +60,54 @@ def test_demo_data_flags_exactly_the_planted_items_with_highlights_equal_to_the_
         assert page.select_item("humaneval", task_id)
         item = next(i for i in result.report["items"] if i["task_id"] == task_id)
         assert item["matches"], task_id
-        assert page.matches_list.count() >= 1
-        for index, match in enumerate(item["matches"]):
+        # one entry per matching training row, however many of the item's windows it contains
+        rows = list(dict.fromkeys((m["train_index"], m["field"]) for m in item["matches"]))
+        assert page.matches_list.count() == len(rows) == item["n_matching_rows"] == 1
+        for index, key in enumerate(rows):
             page.matches_list.setCurrentRow(index)
-            row_text = result.rows[match["train_index"]][match["field"]]
-            es, ee = match["eval_span"]
-            ts, te = match["train_span"]
-            raw_eval, raw_train = item["question"][es:ee], row_text[ts:te]
-            # the strong highlight (the selected match) is exactly the report's raw spans, in both views
-            strong_eval = [t for t, sel in zip(highlighted_texts(page.eval_view), page.eval_view.extraSelections(), strict=True)
-                           if sel.cursor.selectionStart() == es and sel.cursor.selectionEnd() == ee]
-            strong_train = [t for t, sel in zip(highlighted_texts(page.train_view), page.train_view.extraSelections(), strict=True)
-                            if sel.cursor.selectionStart() == ts and sel.cursor.selectionEnd() == te]
-            assert strong_eval and strong_eval[0] == raw_eval.replace("\r", " ")
-            assert strong_train and strong_train[0] == raw_train.replace("\r", " ")
-            assert process(strong_eval[0]) == process(strong_train[0]) == process(raw_eval)
-            assert len(process(raw_eval)) >= 50
+            same_row = [m for m in item["matches"] if (m["train_index"], m["field"]) == key]
+            eval_sels = {(sel.cursor.selectionStart(), sel.cursor.selectionEnd()): text for text, sel in
+                         zip(highlighted_texts(page.eval_view), page.eval_view.extraSelections(), strict=True)}
+            train_sels = {(sel.cursor.selectionStart(), sel.cursor.selectionEnd()): text for text, sel in
+                          zip(highlighted_texts(page.train_view), page.train_view.extraSelections(), strict=True)}
+            for match in same_row:  # every matched window of the row is highlighted: the report's raw spans
+                row_text = result.rows[match["train_index"]][match["field"]]
+                es, ee = match["eval_span"]
+                ts, te = match["train_span"]
+                raw_eval, raw_train = item["question"][es:ee], row_text[ts:te]
+                assert eval_sels[(es, ee)] == raw_eval.replace("\r", " ")
+                assert train_sels[(ts, te)] == raw_train.replace("\r", " ")
+                assert process(eval_sels[(es, ee)]) == process(train_sels[(ts, te)]) == process(raw_eval)
+                assert len(process(raw_eval)) >= 50
         assert page.windows_list.count() == len(item["windows"]) == 3
         assert "Training row" in page.train_title.text() and item["matches"][0]["field"] in page.train_title.text()
+
+
+def test_a_training_row_matching_several_windows_is_listed_once_with_all_its_windows_highlighted(page, qtbot):
+    from app.gui.check_process import CheckResult
+
+    question = "def add(a, b):\n    " + "".join(f"x{i} = a + b * {i}\n    " for i in range(40)) + "return x1\n"
+    train = "### copied\n" + question
+    shift = len("### copied\n")
+    spans = [(20, 90), (200, 270), (400, 470)]
+    matches = [{"file_index": 0, "file_row": 7, "train_index": 7, "train_id": "row-7", "field": "text", "window": w,
+                "eval_span": [s, e], "train_span": [s + shift, e + shift], "text": question[s:e]}
+               for w, (s, e) in enumerate(spans)]
+    matches.append({"file_index": 0, "file_row": 9, "train_index": 9, "train_id": "row-9", "field": "text",
+                    "window": 1, "eval_span": [200, 270], "train_span": [0, 70], "text": question[200:270]})
+    item = {"benchmark": "humaneval", "task_id": "HumanEval/0", "question": question, "contaminated": True,
+            "windows": [{"text": question[s:e], "eval_span": [s, e]} for s, e in spans], "n_matching_rows": 2,
+            "matches": matches}
+    rows = {7: {"text": train}, 9: {"text": question[200:270] + " tail"}}
+    page.show_result(CheckResult({"items": [item]}, rows=rows))
+
+    assert page.matches_list.count() == 2  # two rows, not four matched windows
+    assert page.matches_list.item(0).text().startswith("#7  row-7") and "3 windows" in page.matches_list.item(0).text()
+    page.matches_list.setCurrentRow(0)
+    assert highlighted_texts(page.train_view) == [train[s + shift:e + shift] for s, e in spans]
+    assert highlighted_texts(page.eval_view) == [question[s:e] for s, e in spans]
+    page.matches_list.setCurrentRow(1)
+    assert highlighted_texts(page.train_view) == [question[200:270]] and "row-9" in page.train_title.text()
 
 
 def test_filter_and_contaminated_only_narrow_the_table(page, qtbot, demo_dataset):
