@@ -674,9 +674,11 @@ class ConfigPage(QWidget):
         from core.presets import preset_names
 
         self.preset_combo.addItems(preset_names())
-        use_preset = QPushButton("Use preset")
-        use_preset.setToolTip("Replace the form with the chosen preset")
-        use_preset.clicked.connect(lambda: self.load_preset(self.preset_combo.currentText()))
+        self.preset_combo.setPlaceholderText("(none)")  # a config from a file that names no known preset
+        self.preset_combo.setToolTip("Choosing a preset replaces the form with it (asking first when the form has "
+                                     "unsaved changes)")
+        # `activated`: the user's choice only (also of the preset already shown: loads it afresh)
+        self.preset_combo.activated.connect(self._on_preset_chosen)
         open_button = QPushButton("Open…")
         open_button.clicked.connect(self._on_open_clicked)
         save_button = QPushButton("Save…")
@@ -692,7 +694,6 @@ class ConfigPage(QWidget):
         bar = QHBoxLayout()
         bar.addWidget(QLabel("Preset:"))
         bar.addWidget(self.preset_combo)
-        bar.addWidget(use_preset)
         bar.addSpacing(8)
         bar.addWidget(open_button)
         bar.addWidget(save_button)
@@ -767,25 +768,96 @@ class ConfigPage(QWidget):
         self._preview_timer = QTimer(self, singleShot=True, interval=PREVIEW_DELAY_MS)
         self._preview_timer.timeout.connect(self._start_previews)
         self._syncing = False
+        # What the form held when last loaded or saved: changes since then are "unsaved" (asked about before a
+        # preset or another file replaces them).
+        self._baseline: dict[str, Any] | None = None
+        self._baseline_text = ""
+        self._unparsed: Path | None = None  # an opened file whose YAML does not parse (the form is cleared)
+        self.unsaved_box: QMessageBox | None = None  # the unsaved-changes question while it is open
         self.refresh_profiles()
 
     # ------------------------------------------------------------------ model -> everything
 
-    def set_data(self, data: dict[str, Any], *, from_yaml: bool = False) -> None:
-        """Replace the whole config mapping (preset, file, YAML edit) and update every view."""
+    def set_data(self, data: dict[str, Any], *, from_yaml: bool = False, unmodified: bool = False) -> None:
+        """Replace the whole config mapping (preset, file, YAML edit) and update every view; `unmodified`
+        makes it the new baseline (nothing to save)."""
         self.data = data
+        self._unparsed = None
+        self.form.setEnabled(True)
         self.form.load(data)
         self._changed(rewrite_yaml=not from_yaml)
+        if unmodified:
+            self._mark_unmodified()
 
     def load_preset(self, name: str) -> None:
+        """Replace the form with a preset (no question asked: the preset box and the window ask first)."""
         from core.presets import load_preset
 
         config = load_preset(name)
-        idx = self.preset_combo.findText(name)
-        if idx >= 0:
-            self.preset_combo.setCurrentIndex(idx)
+        self._show_preset(name)
         self.path = None
-        self.set_data(config.model_dump(mode="json", exclude_none=True))
+        self.set_data(config.model_dump(mode="json", exclude_none=True), unmodified=True)
+
+    def _show_preset(self, name: Any) -> None:
+        """The preset box shows the config's preset, or nothing when it names none that is shipped."""
+        idx = self.preset_combo.findText(name) if isinstance(name, str) else -1
+        with QSignalBlocker(self.preset_combo):
+            self.preset_combo.setCurrentIndex(idx)
+
+    def _on_preset_chosen(self, index: int) -> None:
+        name = self.preset_combo.itemText(index)
+        if not self.confirm_discard(f"load the preset {name}"):
+            self._show_preset(self.data.get("preset") if self._unparsed is None else None)
+            return
+        self.load_preset(name)
+
+    # ------------------------------------------------------------------ unsaved changes
+
+    def _mark_unmodified(self) -> None:
+        self._baseline = copy.deepcopy(self.data)
+        self._baseline_text = self.yaml_edit.toPlainText()
+
+    def is_modified(self) -> bool:
+        """Whether the form or the YAML changed since the config was loaded (preset, file) or saved."""
+        if self._yaml_timer.isActive():
+            self.apply_yaml()  # YAML typed a moment ago counts
+        if self._baseline is None:
+            return False
+        if self.data != self._baseline:
+            return True
+        # YAML edits that do not parse leave the data as it was: the text tells
+        return bool(self.yaml_status.text()) and self.yaml_edit.toPlainText() != self._baseline_text
+
+    def confirm_discard(self, action: str) -> bool:
+        """Before `action` replaces the config: True when there is nothing unsaved, or the user saved it or
+        chose to discard it; False when they cancelled (or a save was abandoned)."""
+        if not self.is_modified():
+            return True
+        box = QMessageBox(self)
+        box.setObjectName("unsaved_changes")
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Unsaved changes")
+        where = f" to {self.path.name}" if self.path else ""
+        box.setText(f"The run config has changes that are not saved{where}.")
+        box.setInformativeText(f"Save them before you {action}?")
+        box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                               | QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        self.unsaved_box = box
+        try:
+            answer = box.exec()
+        finally:
+            self.unsaved_box = None
+            box.deleteLater()
+        if answer == QMessageBox.StandardButton.Discard:
+            return True
+        if answer == QMessageBox.StandardButton.Save:
+            if self.path is not None and self._unparsed is None:
+                self.save_file(self.path)
+            else:
+                self._on_save_clicked()
+            return not self.is_modified()
+        return False
 
     def set_field(self, path: str, value: Any) -> None:
         """Set one field from outside the form (e.g. the contamination page attaching its report)."""
@@ -874,17 +946,11 @@ class ConfigPage(QWidget):
     def apply_yaml(self) -> bool:
         """Parse the YAML view; when it is a mapping, it becomes the config (the form follows)."""
         self._yaml_timer.stop()
-        text = self.yaml_edit.toPlainText()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            self.yaml_status.setText(f"YAML does not parse ({where}{getattr(exc, 'problem', exc)}); the form keeps the last valid YAML")
-            self.yaml_status.setStyleSheet(ERROR_STYLE)
-            return False
-        if not isinstance(data, dict):
-            self.yaml_status.setText("The YAML must be a mapping of sections; the form keeps the last valid YAML")
+        problem, data = yaml_problem(self.yaml_edit.toPlainText())
+        if problem is not None:
+            keeps = ("the form stays empty until it parses" if self._unparsed is not None
+                     else "the form keeps the last valid YAML")
+            self.yaml_status.setText(f"{problem}; {keeps}")
             self.yaml_status.setStyleSheet(ERROR_STYLE)
             return False
         self.yaml_status.clear()
@@ -931,18 +997,53 @@ class ConfigPage(QWidget):
         if path:
             self.open_file(path)
 
-    def open_file(self, path: str | Path) -> None:
+    def open_file(self, path: str | Path, *, ask: bool = True) -> bool:
+        """Show a YAML config file in the form (asking first about unsaved changes when `ask`). A file that
+        does not parse leaves nothing of the previous config on screen: the form is emptied and disabled, the
+        banner and the YAML view say where it fails. False when nothing was opened."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             QMessageBox.warning(self, "Open run config", f"Cannot read {path}:\n{exc}")
-            return
+            return False
+        if ask and not self.confirm_discard(f"open {path.name}"):
+            return False
         self.path = path
-        self.yaml_edit.setPlainText(text)
-        if not self.apply_yaml():
+        self._syncing = True  # the text is applied right here, not by the typing timer
+        try:
+            self.yaml_edit.setPlainText(text)
+        finally:
+            self._syncing = False
+        problem, data = yaml_problem(text)
+        if problem is None:
+            self.yaml_status.clear()
+            self.set_data(data, from_yaml=True, unmodified=True)
+            self._show_preset(data.get("preset"))
+        else:
+            self._show_unparsed(path, problem)
+            self._mark_unmodified()
             self.tabs.setCurrentIndex(0)
         self.file_opened.emit(str(path))
+        return True
+
+    def _show_unparsed(self, path: Path, problem: str) -> None:
+        """An opened file whose YAML does not parse: no form, no previews, no launch, the reason in the banner."""
+        self._unparsed = path
+        self.data, self.config, self.problems = {}, None, []
+        self.form.load({})
+        self.form.show_problems([])
+        self.form.setEnabled(False)
+        self._show_preset(None)
+        self.yaml_status.setText(f"{problem}; the form stays empty until it parses")
+        self.yaml_status.setStyleSheet(ERROR_STYLE)
+        self.banner.setTextFormat(Qt.TextFormat.PlainText)
+        self.banner.setText(f"{path.name} is not a run config: {problem}. Fix it in the YAML view.")
+        self.banner.setStyleSheet(ERROR_STYLE + " padding: 2px;")
+        self.launch_button.setEnabled(False)
+        self.problems_changed.emit(0)
+        for view in self.previews.values():
+            view.setPlainText("Fix the problems in the config to see this preview.")
 
     def _on_save_clicked(self) -> None:
         default = str(self.path) if self.path else str(Path.home() / f"{self.data.get('name', 'run')}.yaml".replace(" ", "-"))
@@ -956,6 +1057,8 @@ class ConfigPage(QWidget):
         text = self.config.to_yaml() if self.config is not None else self.yaml_edit.toPlainText()
         atomic_write_text(path, text)
         self.path = path
+        self._baseline = copy.deepcopy(self.data)
+        self._baseline_text = self.yaml_edit.toPlainText()
         self.file_saved.emit(str(path))
 
     # ------------------------------------------------------------------ launch
@@ -1008,6 +1111,19 @@ class ConfigPage(QWidget):
     def _on_launch_failed(self, _rid: int, message: str) -> None:
         self._launch_done()
         QMessageBox.critical(self, "Launch failed", message)
+
+
+def yaml_problem(text: str) -> tuple[str | None, Any]:
+    """(None, mapping) when `text` is a YAML mapping, else (what is wrong and where, None)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return f"YAML does not parse ({where}{getattr(exc, 'problem', exc)})", None
+    if not isinstance(data, dict):
+        return "The YAML must be a mapping of sections", None
+    return None, data
 
 
 def highlight_line(edit: QPlainTextEdit, line: int) -> None:

@@ -426,7 +426,7 @@ class MainWindow(QMainWindow):
         self.demo_dataset = dataset
         self.contamination_page.set_train_paths([str(dataset.path)])
         # the run trains on exactly the file the contamination page checks
-        self.config_page.set_data(demo_config(dataset).model_dump(mode="json", exclude_none=True))
+        self.config_page.set_data(demo_config(dataset).model_dump(mode="json", exclude_none=True), unmodified=True)
         self.statusBar().showMessage(
             f"Demo workspace ready: {dataset.n_rows} training rows with {len(dataset.planted_task_ids)} planted "
             "HumanEval items; run the contamination check, then launch the tiny demo (Ctrl+L).", 15_000)

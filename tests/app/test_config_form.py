@@ -174,3 +174,109 @@ def test_field_descriptions_are_tooltips(page):
     for path in ("training.learning_rate", "deepspeed.zero_stage", "evaluation.decoding", "model.architecture.hidden_size"):
         assert page.form.rows[path].editor.toolTip() == field_help(path)
         assert page.form.rows[path].label.toolTip() == field_help(path)
+
+
+def _answer_unsaved(page, qtbot, button):
+    """Answer the unsaved-changes question (a modal QMessageBox) once it is open."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QMessageBox
+
+    asked: list[str] = []
+
+    def answer() -> None:
+        box = page.unsaved_box
+        if box is None or not box.isVisible():
+            QTimer.singleShot(20, answer)
+            return
+        asked.append(box.text() + " " + box.informativeText())
+        box.button(getattr(QMessageBox.StandardButton, button)).click()
+
+    QTimer.singleShot(0, answer)
+    return asked
+
+
+def _pick_preset(page, name: str) -> None:
+    """What a user's choice in the preset box does: select it and emit `activated`."""
+    combo = page.preset_combo
+    combo.setCurrentIndex(combo.findText(name))
+    combo.activated.emit(combo.currentIndex())
+
+
+def test_choosing_a_preset_applies_it_at_once(page, qtbot):
+    page.load_preset("tiny-demo")
+    _pick_preset(page, "codellama-13b-python")
+    assert page.config == load_preset("codellama-13b-python")
+    assert page.form.rows["model.name_or_path"].editor.edit.text() == load_preset("codellama-13b-python").model.name_or_path
+    assert not any(b.text() == "Use preset" for b in page.findChildren(type(page.launch_button)))
+
+
+def test_choosing_a_preset_over_unsaved_edits_asks_and_cancel_keeps_them(page, qtbot):
+    page.load_preset("tiny-demo")
+    _type_into(qtbot, page, "name", "my edited run")
+    assert page.is_modified()
+    asked = _answer_unsaved(page, qtbot, "Cancel")
+    _pick_preset(page, "codellama-7b-base")
+    assert asked and "not saved" in asked[0] and "load the preset codellama-7b-base" in asked[0]
+    assert page.data["name"] == "my edited run"  # kept
+    assert page.preset_combo.currentText() == "tiny-demo"  # the box shows what the form holds
+
+    _answer_unsaved(page, qtbot, "Discard")
+    _pick_preset(page, "codellama-7b-base")
+    assert page.config == load_preset("codellama-7b-base") and not page.is_modified()
+
+
+def test_save_in_the_unsaved_question_writes_the_file_before_the_preset_replaces_it(page, qtbot, tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(load_preset("tiny-demo").to_yaml())
+    page.open_file(path)
+    _type_into(qtbot, page, "name", "saved first")
+    _answer_unsaved(page, qtbot, "Save")
+    _pick_preset(page, "codellama-7b-base")
+    assert load_config(path).name == "saved first"
+    assert page.config == load_preset("codellama-7b-base")
+
+
+def test_opening_a_file_shows_its_preset_and_asks_about_unsaved_edits(page, qtbot, tmp_path):
+    page.load_preset("tiny-demo")
+    custom = load_preset("codellama-7b-python").model_dump(mode="json", exclude_none=True)
+    custom.pop("preset", None)
+    no_preset = tmp_path / "custom.yaml"
+    no_preset.write_text(yaml.safe_dump(custom))
+    from_preset = tmp_path / "phind.yaml"
+    from_preset.write_text(load_preset("phind-codellama-34b-v1").to_yaml())
+
+    assert page.open_file(from_preset)
+    assert page.preset_combo.currentText() == "phind-codellama-34b-v1"
+    assert page.open_file(no_preset)
+    assert page.preset_combo.currentIndex() == -1 and page.preset_combo.currentText() == ""  # not tiny-demo any more
+
+    _type_into(qtbot, page, "name", "edited")
+    asked = _answer_unsaved(page, qtbot, "Cancel")
+    assert not page.open_file(from_preset)
+    assert asked and "open phind.yaml" in asked[0] and "to custom.yaml" in asked[0]
+    assert page.data["name"] == "edited" and page.path == no_preset
+
+
+def test_a_file_that_does_not_parse_clears_the_previous_form_and_its_problems(page, qtbot, tmp_path):
+    page.load_preset("tiny-demo")
+    bad_config = tmp_path / "invalid.yaml"
+    bad_config.write_text(load_preset("tiny-demo").to_yaml().replace("max_steps: ", "max_steps: -"))
+    page.open_file(bad_config)
+    assert page.problems and "problem" in page.banner.text()  # a config with problems: its header shows
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nmodel: [unclosed\n")
+    page.open_file(broken)
+    assert page.config is None and page.data == {}
+    assert not page.form.isEnabled() and not page.launch_button.isEnabled()
+    assert page.form.rows["name"].editor.edit.text() != load_preset("tiny-demo").name  # nothing of before
+    assert all(not row.error.text() for row in page.form.rows.values())  # no messages of the previous file
+    assert "broken.yaml is not a run config" in page.banner.text() and "line 3" in page.banner.text()
+    assert "problem" not in page.banner.text()
+    assert page.preset_combo.currentIndex() == -1
+    assert "does not parse" in page.yaml_status.text()
+    assert not page.is_modified()
+
+    # fixing the YAML brings the form back
+    page.yaml_edit.setPlainText(load_preset("tiny-demo").to_yaml())
+    assert page.apply_yaml() and page.form.isEnabled() and page.config == load_preset("tiny-demo")
