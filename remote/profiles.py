@@ -32,6 +32,13 @@ _HEADER = (
 )
 
 
+# Which backends a field applies to, for the Clusters page form (a list: one of these): SSH settings mean
+# nothing for the local backend, Slurm's for the hostfile launcher, the hostfile's for Slurm.
+_REMOTE_ONLY: dict[str, Any] = {"ui": {"show_if": {"backend": ["slurm", "hostfile"]}}}
+_SLURM_ONLY: dict[str, Any] = {"ui": {"show_if": {"backend": "slurm"}}}
+_HOSTFILE_ONLY: dict[str, Any] = {"ui": {"show_if": {"backend": "hostfile"}}}
+
+
 class ProfileError(Exception):
     """A profile that cannot be loaded, found or saved; the message names the file, line or field."""
 
@@ -43,26 +50,26 @@ class ClusterProfile(BaseModel):
 
     name: str = Field(description="Profile name (letters, digits, . _ -).")
     backend: Literal["slurm", "hostfile", "local"] = Field(description="How jobs start: sbatch, the DeepSpeed launcher with a hostfile, or on this machine.")
-    host: str | None = Field(None, description="SSH alias (from ~/.ssh/config) or hostname; empty for local.")
-    user: str | None = Field(None, description="SSH user (default: from the ssh config, else the local user).")
-    port: int | None = Field(None, gt=0, lt=65536, description="SSH port (default: from the ssh config, else 22).")
-    identity_file: str | None = Field(None, description="Private key file (default: ssh config IdentityFile, ssh-agent, ~/.ssh/id_*).")
-    proxy_jump: str | None = Field(None, description="Jump host(s), as ssh -J: [user@]host[:port][,...] (default: ssh config ProxyJump).")
-    ssh_config: str | None = Field(None, description="ssh config file to resolve the host alias with (default ~/.ssh/config).")
-    known_hosts: str | None = Field(None, description="known_hosts file (default: ssh config UserKnownHostsFile, else ~/.ssh/known_hosts).")
+    host: str | None = Field(None, description="SSH alias (from ~/.ssh/config) or hostname; empty for local.", json_schema_extra=_REMOTE_ONLY)
+    user: str | None = Field(None, description="SSH user (default: from the ssh config, else the local user).", json_schema_extra=_REMOTE_ONLY)
+    port: int | None = Field(None, gt=0, lt=65536, description="SSH port (default: from the ssh config, else 22).", json_schema_extra=_REMOTE_ONLY)
+    identity_file: str | None = Field(None, description="Private key file (default: ssh config IdentityFile, ssh-agent, ~/.ssh/id_*).", json_schema_extra=_REMOTE_ONLY)
+    proxy_jump: str | None = Field(None, description="Jump host(s), as ssh -J: [user@]host[:port][,...] (default: ssh config ProxyJump).", json_schema_extra=_REMOTE_ONLY)
+    ssh_config: str | None = Field(None, description="ssh config file to resolve the host alias with (default ~/.ssh/config).", json_schema_extra=_REMOTE_ONLY)
+    known_hosts: str | None = Field(None, description="known_hosts file (default: ssh config UserKnownHostsFile, else ~/.ssh/known_hosts).", json_schema_extra=_REMOTE_ONLY)
     work_root: str | None = Field(None, description="Where runs and datasets live on the cluster (default ~/tunedeck; for local, TuneDeck's data dir).")
     env_setup: str | None = Field(None, description="Shell command that activates the training environment, e.g. `source ~/venvs/train/bin/activate`.")
     python: str = Field("python3", description="Python interpreter of the training environment.")
-    partition: str | None = Field(None, description="Slurm partition.")
-    account: str | None = Field(None, description="Slurm account.")
-    qos: str | None = Field(None, description="Slurm QOS.")
-    time_limit: str | None = Field(None, description="Slurm time limit, e.g. 2-00:00:00.")
-    nodes: int | None = Field(None, gt=0, description="Nodes per job (default: from the run config).")
-    gpus_per_node: int | None = Field(None, gt=0, description="GPUs per node (default: from the run config).")
-    hostfile_hosts: list[str] = Field(default_factory=list, description="DeepSpeed hostfile lines, e.g. `node1 slots=8`.")
-    connect_timeout_s: float = Field(15.0, gt=0, description="Seconds to wait for the SSH connection.")
-    keepalive_s: float = Field(15.0, gt=0, description="Seconds between SSH keepalives.")
-    save_password_in_keyring: bool = Field(False, description="Use a passphrase/password saved in the OS keyring.")
+    partition: str | None = Field(None, description="Slurm partition.", json_schema_extra=_SLURM_ONLY)
+    account: str | None = Field(None, description="Slurm account.", json_schema_extra=_SLURM_ONLY)
+    qos: str | None = Field(None, description="Slurm QOS.", json_schema_extra=_SLURM_ONLY)
+    time_limit: str | None = Field(None, description="Slurm time limit, e.g. 2-00:00:00.", json_schema_extra=_SLURM_ONLY)
+    nodes: int | None = Field(None, gt=0, description="Nodes per job (default: from the run config).", json_schema_extra=_REMOTE_ONLY)
+    gpus_per_node: int | None = Field(None, gt=0, description="GPUs per node (default: from the run config).", json_schema_extra=_REMOTE_ONLY)
+    hostfile_hosts: list[str] = Field(default_factory=list, description="DeepSpeed hostfile lines, e.g. `node1 slots=8`.", json_schema_extra=_HOSTFILE_ONLY)
+    connect_timeout_s: float = Field(15.0, gt=0, description="Seconds to wait for the SSH connection.", json_schema_extra=_REMOTE_ONLY)
+    keepalive_s: float = Field(15.0, gt=0, description="Seconds between SSH keepalives.", json_schema_extra=_REMOTE_ONLY)
+    save_password_in_keyring: bool = Field(False, description="Use a passphrase/password saved in the OS keyring.", json_schema_extra=_REMOTE_ONLY)
 
     @field_validator("name")
     @classmethod

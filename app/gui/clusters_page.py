@@ -43,6 +43,7 @@ from app.gui.config_form import (
     make_editor,
     model_specs,
     set_path,
+    show_if_met,
 )
 from app.gui.workers import WorkContext, Worker
 
@@ -204,7 +205,12 @@ def host_key_dialog(parent: QWidget, prompt: HostKeyPrompt) -> bool:
 
 
 class ModelForm(QWidget):
-    """A form generated from a flat pydantic model (ClusterProfile), with messages under the fields."""
+    """A form generated from a flat pydantic model (ClusterProfile), with messages under the fields.
+
+    Fields whose `show_if` hints do not hold (SSH settings of a local profile, Slurm's of a hostfile one) are
+    hidden and left out of what is validated and saved. A message shows under a field once it was edited, or
+    for every field after `validate(show_all=True)` (Save, Check) or when a saved profile is loaded: a new,
+    untouched form does not greet the user with errors."""
 
     edited = Signal()
 
@@ -214,8 +220,11 @@ class ModelForm(QWidget):
         self.specs: list[FieldSpec] = [s for s in model_specs(model, "") if s.kind != "section"]
         self.editors: dict[str, FieldEditor] = {}
         self.errors: dict[str, QLabel] = {}
+        self.boxes: dict[str, QWidget] = {}
         self.data: dict[str, Any] = {}
-        form = QFormLayout(self)
+        self.touched: set[str] = set()
+        self.show_all = False
+        self.layout_form = form = QFormLayout(self)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setVerticalSpacing(6)
@@ -243,9 +252,13 @@ class ModelForm(QWidget):
             editor.edited.connect(lambda s=spec, e=editor: self._on_edited(s.path, e.value()))
             self.editors[spec.path] = editor
             self.errors[spec.path] = error
+            self.boxes[spec.path] = box
 
-    def load(self, data: dict[str, Any]) -> None:
+    def load(self, data: dict[str, Any], *, show_all: bool = True) -> None:
+        """Show `data`; `show_all=False` for a new profile (messages wait until a field is edited)."""
         self.data = copy.deepcopy(data)
+        self.touched = set()
+        self.show_all = show_all
         for spec in self.specs:
             value = get_path(self.data, spec.path, PydanticUndefined)
             if value is PydanticUndefined:
@@ -254,25 +267,67 @@ class ModelForm(QWidget):
                 self.editors[spec.path].set_value(value)
         self.validate()
 
+    def _value_of(self, path: str) -> Any:
+        value = get_path(self.data, path, PydanticUndefined)
+        if value is PydanticUndefined:
+            spec = next((s for s in self.specs if s.path == path), None)
+            return spec.default if spec is not None else None
+        return value
+
+    def applies(self, path: str) -> bool:
+        """Whether a field applies to the profile as it stands (its show_if hints hold)."""
+        spec = next(s for s in self.specs if s.path == path)
+        return show_if_met(spec, self._value_of)
+
+    def is_field_visible(self, path: str) -> bool:
+        return not self.boxes[path].isHidden()
+
+    def _update_visibility(self) -> None:
+        for spec in self.specs:
+            if spec.show_if:
+                self.layout_form.setRowVisible(self.boxes[spec.path], self.applies(spec.path))
+
     def _on_edited(self, path: str, value: Any) -> None:
         set_path(self.data, path, value)
+        self.touched.add(path)
         self.validate()
         self.edited.emit()
 
-    def validate(self) -> Any | None:
-        """The validated model, or None with the messages shown under their fields."""
+    def payload(self) -> dict[str, Any]:
+        """The data to validate and save: fields that do not apply to the chosen backend are left out."""
+        return {k: v for k, v in self.data.items()
+                if not any(s.path == k for s in self.specs) or self.applies(k)}
+
+    def validate(self, show_all: bool = False) -> Any | None:
+        """The validated model, or None with the messages shown under their fields (under the fields edited so
+        far, or all of them once `show_all` was asked for)."""
+        self.show_all = self.show_all or show_all
+        self._update_visibility()
         for label in (*self.errors.values(), self.general_error):
             label.clear()
             label.hide()
         try:
-            return self.model.model_validate(self.data)
+            return self.model.model_validate(self.payload())
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
-                key = str(err["loc"][0]) if err["loc"] else ""
+                key, message = self._place(err)
+                if not (self.show_all or key in self.touched):
+                    continue
                 label = self.errors.get(key, self.general_error)
-                label.setText((label.text() + "\n" if label.text() else "") + err["msg"])
+                label.setText((label.text() + "\n" if label.text() else "") + message)
                 label.show()
             return None
+
+    def _place(self, err: Any) -> tuple[str, str]:
+        """(field, message): a model-level message that starts with a field's name goes under that field."""
+        msg = str(err["msg"])
+        if err["loc"]:
+            return str(err["loc"][0]), msg
+        text = msg.removeprefix("Value error, ")
+        head, sep, rest = text.partition(": ")
+        if sep and head in self.errors:
+            return head, rest
+        return "", msg
 
 
 class ClustersPage(QWidget):
@@ -286,8 +341,10 @@ class ClustersPage(QWidget):
         super().__init__(parent)
         self.profiles: dict[str, Any] = {}
         self._worker: Worker | None = None
+        self._checking: str | None = None  # the profile the running check is for
         self._secret_worker: Worker | None = None
         self._current: str | None = None
+        self._outcomes: dict[str, CheckOutcome] = {}  # the last check of each profile, shown under it only
 
         self.list = QListWidget()
         self.list.setObjectName("profiles_list")
@@ -400,9 +457,19 @@ class ClustersPage(QWidget):
         self.form_box.setTitle(f"Profile — {name}")
         self.form.load(self.profiles[name].model_dump(mode="json", exclude_none=True))
         self.delete_button.setEnabled(name != "local")
+        self._show_check_of(name)
+        self._update_secret_buttons()
+
+    def _show_check_of(self, name: str | None) -> None:
+        """The check results area shows this profile's last check, or nothing (never another profile's)."""
         self.results.setRowCount(0)
         self.check_status.clear()
-        self._update_secret_buttons()
+        self.check_status.setStyleSheet("")
+        outcome = self._outcomes.get(name or "")
+        if outcome is not None:
+            self.show_outcome(outcome, emit=False)
+        elif self._worker is not None and self._checking is not None and self._checking != name:
+            self.check_status.setText(f"Checking {self._checking}… (its results show under that profile)")
 
     def new_profile(self) -> None:
         assert self.form is not None
@@ -414,14 +481,16 @@ class ClustersPage(QWidget):
         self._current = None
         self.list.clearSelection()
         self.form_box.setTitle("Profile — new")
-        self.form.load({"name": name, "backend": "slurm", "host": ""})
+        self.form.load({"name": name, "backend": "slurm", "host": ""}, show_all=False)
+        self.delete_button.setEnabled(False)
+        self._show_check_of(None)
         self._update_secret_buttons()
 
     def save_current(self) -> Any | None:
         from remote.profiles import save_profile
 
         assert self.form is not None
-        profile = self.form.validate()
+        profile = self.form.validate(show_all=True)
         if profile is None:
             return None
         saved = self.profiles.get(self._current or "")
@@ -483,7 +552,7 @@ class ClustersPage(QWidget):
         """Ask for the passphrase, store it in the OS keyring off the UI thread, then save the profile with
         save_password_in_keyring set (only once the keyring took it)."""
         assert self.form is not None
-        profile = self.form.validate()
+        profile = self.form.validate(show_all=True)
         if profile is None or profile.is_local or self._secret_worker is not None:
             return
         secret = self.ask_secret(profile)
@@ -498,7 +567,7 @@ class ClustersPage(QWidget):
     def forget_secret(self) -> None:
         """Delete the saved passphrase from the keyring, clear the flag and save the profile."""
         assert self.form is not None
-        profile = self.form.validate()
+        profile = self.form.validate(show_all=True)
         if profile is None or profile.is_local or self._secret_worker is not None:
             return
         # the entry under the saved settings too, in case user/host/name were edited since
@@ -556,7 +625,7 @@ class ClustersPage(QWidget):
 
     def start_check(self) -> None:
         assert self.form is not None
-        profile = self.form.validate()
+        profile = self.form.validate(show_all=True)
         if profile is None or self._worker is not None:
             return
         self._start(Worker(run_cluster_check, profile))
@@ -565,20 +634,31 @@ class ClustersPage(QWidget):
         worker.signals.finished.connect(self._on_check_finished)
         worker.signals.failed.connect(self._on_check_failed)
         self._worker = worker
+        self._checking = self.form.data.get("name") if self.form is not None else None
+        self._outcomes.pop(self._checking or "", None)
         self.check_button.setEnabled(False)
         self.check_status.setStyleSheet("")
         self.check_status.setText("Checking…")
         self.results.setRowCount(0)
         worker.start()
 
+    def _shown_profile(self) -> str | None:
+        """The profile the form shows: the selected saved one, or the name typed into a new one."""
+        return self._current or (self.form.data.get("name") if self.form is not None else None)
+
     def _on_check_failed(self, _rid: int, message: str) -> None:
         self._worker = None
+        checked, self._checking = self._checking, None
         self.check_button.setEnabled(True)
+        if checked != self._shown_profile():
+            self.check_status.clear()
+            return  # another profile is shown now: its area is not this check's
         self.check_status.setStyleSheet(ERROR_STYLE)
         self.check_status.setText(f"Check failed: {message}")
 
     def _on_check_finished(self, _rid: int, result: CheckOutcome | HostKeyPrompt) -> None:
         self._worker = None
+        self._checking = None
         self.check_button.setEnabled(True)
         if isinstance(result, HostKeyPrompt):
             self.check_status.setText(f"Unknown host key for {result.host}: {result.key_type} {result.fingerprint}")
@@ -593,7 +673,15 @@ class ClustersPage(QWidget):
         """The trust-this-host dialog (a method so that tests can answer it)."""
         return host_key_dialog(self, prompt)
 
-    def show_outcome(self, outcome: CheckOutcome) -> None:
+    def show_outcome(self, outcome: CheckOutcome, emit: bool = True) -> None:
+        """Keep a check's outcome for its profile and show it when that profile is the one shown."""
+        self._outcomes[outcome.profile_name] = outcome
+        if outcome.profile_name == self._shown_profile():
+            self._render_outcome(outcome)
+        if emit:
+            self.check_done.emit(outcome)
+
+    def _render_outcome(self, outcome: CheckOutcome) -> None:
         dark = palette_is_dark()
         self.results.setRowCount(len(outcome.lines))
         for row, line in enumerate(outcome.lines):
@@ -609,4 +697,3 @@ class ClustersPage(QWidget):
         self.results.resizeRowsToContents()
         self.check_status.setStyleSheet("color: #1a7f37;" if outcome.ok else ERROR_STYLE)
         self.check_status.setText(f"{outcome.profile_name}: {outcome.summary}")
-        self.check_done.emit(outcome)

@@ -83,6 +83,19 @@ class FieldSpec:
     widget: str | None = None
 
 
+def show_if_met(spec: FieldSpec, value_of: Callable[[str], Any]) -> bool:
+    """Whether a field with `show_if` hints applies: each named field has the value given, or one of the values
+    when a list is given (`{"backend": ["slurm", "hostfile"]}`)."""
+    for path, want in spec.show_if:
+        value = value_of(path)
+        if isinstance(want, (list, tuple)) and not isinstance(value, (list, tuple)):
+            if value not in want:
+                return False
+        elif value != want:
+            return False
+    return True
+
+
 def _ui_hints(info: Any) -> dict[str, Any]:
     extra = info.json_schema_extra
     return dict(extra.get("ui", {})) if isinstance(extra, dict) else {}
@@ -570,7 +583,7 @@ class SchemaForm(QWidget):
         for row in self.rows.values():
             if not row.spec.show_if:
                 continue
-            visible = all(self.effective(data, p) == v for p, v in row.spec.show_if)
+            visible = show_if_met(row.spec, lambda p: self.effective(data, p))
             self._forms[row.spec.path.rsplit(".", 1)[0] if "." in row.spec.path else "run"].setRowVisible(row.container, visible)
 
     def effective(self, data: dict[str, Any], path: str) -> Any:
@@ -1134,4 +1147,5 @@ def highlight_line(edit: QPlainTextEdit, line: int) -> None:
     edit.centerCursor()
 
 
-__all__ = ["ConfigPage", "FieldSpec", "SchemaForm", "field_spec", "get_path", "highlight_line", "set_path"]
+__all__ = ["ConfigPage", "FieldSpec", "SchemaForm", "field_spec", "get_path", "highlight_line", "set_path",
+           "show_if_met"]

@@ -271,3 +271,70 @@ def test_changing_user_or_host_drops_the_secret_filed_under_the_old_ones(page, q
     assert (saved.user, saved.save_password_in_keyring) == ("bob", False), "no flag pointing at no entry"
     qtbot.waitUntil(lambda: backend.store == {}, timeout=10_000)  # the old entry is not left behind
     assert "Save it again" in page.check_status.text()
+
+
+def _choose_backend(page, backend: str) -> None:
+    combo = page.form.editors["backend"].combo
+    combo.setCurrentIndex(combo.findText(backend))
+    combo.activated.emit(combo.currentIndex())
+
+
+SSH_FIELDS = ("host", "user", "port", "identity_file", "proxy_jump", "ssh_config", "known_hosts",
+              "save_password_in_keyring")
+
+
+def test_fields_follow_the_backend_ssh_for_remote_slurm_and_hostfile_settings_for_their_own(page, qtbot):
+    from remote.profiles import load_profiles
+
+    page.reload(select="local")
+    assert not any(page.form.is_field_visible(f) for f in SSH_FIELDS + ("partition", "hostfile_hosts"))
+    assert all(page.form.is_field_visible(f) for f in ("name", "backend", "env_setup", "python", "work_root"))
+
+    page.new_profile()
+    assert all(page.form.is_field_visible(f) for f in SSH_FIELDS + ("partition", "account"))
+    assert not page.form.is_field_visible("hostfile_hosts")
+    _choose_backend(page, "hostfile")
+    assert page.form.is_field_visible("hostfile_hosts") and not page.form.is_field_visible("partition")
+    assert page.form.is_field_visible("host")
+
+    # a host typed for a remote backend does not block a switch to local: hidden fields are not saved
+    _type(qtbot, page, "name", "was-remote")
+    _type(qtbot, page, "host", "login.example.org")
+    _choose_backend(page, "local")
+    assert not page.form.is_field_visible("host")
+    assert page.save_current() is not None
+    saved = load_profiles()["was-remote"]
+    assert saved.backend == "local" and saved.host is None
+
+
+def test_a_new_profile_shows_no_error_until_a_field_is_edited_or_it_is_saved(page, qtbot):
+    page.new_profile()
+    assert all(label.isHidden() for label in page.form.errors.values()) and page.form.general_error.isHidden()
+    _type(qtbot, page, "user", "me")  # an unrelated edit: still nothing about the empty host
+    assert page.form.errors["host"].isHidden()
+    qtbot.mouseClick(page.save_button, Qt.MouseButton.LeftButton)  # saving asks for everything
+    assert not page.form.errors["host"].isHidden()
+    assert "needs an SSH host" in page.form.errors["host"].text()  # under its field, not at the top
+    _type(qtbot, page, "host", "login.example.org")
+    assert page.form.errors["host"].isHidden()
+
+
+def test_check_results_stay_with_their_profile(page, qtbot):
+    page.reload(select="local")
+    with qtbot.waitSignal(page.check_done, timeout=120_000):
+        qtbot.mouseClick(page.check_button, Qt.MouseButton.LeftButton)
+    assert page.results.rowCount() > 0 and "local" in page.check_status.text()
+
+    page.new_profile()
+    assert page.results.rowCount() == 0 and page.check_status.text() == ""  # not local's result
+
+    page.reload(select="local")
+    assert page.results.rowCount() > 0 and "local" in page.check_status.text()  # local's comes back
+
+    # a check that ends while another profile is shown is kept for its own profile, not shown under this one
+    with qtbot.waitSignal(page.check_done, timeout=120_000) as blocker:
+        qtbot.mouseClick(page.check_button, Qt.MouseButton.LeftButton)
+        page.new_profile()
+        assert "Checking local" in page.check_status.text()
+    assert blocker.args[0].profile_name == "local"
+    assert page.results.rowCount() == 0 and "local:" not in page.check_status.text()
