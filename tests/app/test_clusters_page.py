@@ -287,11 +287,11 @@ def test_fields_follow_the_backend_ssh_for_remote_slurm_and_hostfile_settings_fo
     from remote.profiles import load_profiles
 
     page.reload(select="local")
-    assert not any(page.form.is_field_visible(f) for f in SSH_FIELDS + ("partition", "hostfile_hosts"))
+    assert not any(page.form.is_field_visible(f) for f in (*SSH_FIELDS, "partition", "hostfile_hosts"))
     assert all(page.form.is_field_visible(f) for f in ("name", "backend", "env_setup", "python", "work_root"))
 
     page.new_profile()
-    assert all(page.form.is_field_visible(f) for f in SSH_FIELDS + ("partition", "account"))
+    assert all(page.form.is_field_visible(f) for f in (*SSH_FIELDS, "partition", "account"))
     assert not page.form.is_field_visible("hostfile_hosts")
     _choose_backend(page, "hostfile")
     assert page.form.is_field_visible("hostfile_hosts") and not page.form.is_field_visible("partition")
