@@ -24,6 +24,7 @@ from core.fsutil import atomic_write_text
 from core.records import RunPaths
 
 JOB_MODULE = "remote.job.train"
+TORCHRUN_MODULE = "remote.job.torchrun"  # torchrun with a clean end on SIGTERM (remote/job/torchrun.py)
 Backend = Literal["slurm", "hostfile", "local"]
 BACKENDS: tuple[str, ...] = ("slurm", "hostfile", "local")
 # Seconds of notice Slurm gives (SIGTERM to the batch shell) before a time limit or preemption kill,
@@ -237,7 +238,8 @@ def render_hostfile(config: RunConfig, ctx: LaunchContext) -> str:
 
 
 def _torchrun(ctx: LaunchContext, *launcher_args: str) -> list[str]:
-    return [ctx.python, "-m", "torch.distributed.run", *launcher_args, "-m", JOB_MODULE, ctx.run_dir]
+    # remote.job.torchrun is torchrun itself, save that a cancel (SIGTERM) ends in one line, not a traceback
+    return [ctx.python, "-m", TORCHRUN_MODULE, *launcher_args, "-m", JOB_MODULE, ctx.run_dir]
 
 
 def local_command(config: RunConfig, ctx: LaunchContext) -> list[str]:

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="Run name (default: the config's name).")
     p.set_defaults(handler=cmd_launch)
 
-    p = subparsers.add_parser("runs", help="List runs, their states and latest pass@1 (with its 95% interval).")
+    p = subparsers.add_parser("runs", help="List runs, their states and latest pass@1 (with its 95%% interval).")
     p.add_argument("--json", action="store_true", help="Machine-readable output.")
     p.add_argument("--refresh", action="store_true", help="Poll the clusters first.")
     p.add_argument("--all", action="store_true", help="Include archived runs.")

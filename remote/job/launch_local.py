@@ -38,7 +38,7 @@ def job_command(run_dir: str | os.PathLike[str], nproc: int, launcher: str = "to
     """The argv that starts `remote.job.train RUN_DIR` with `nproc` local processes."""
     port = str(master_port or free_port())
     if launcher == "torchrun":
-        return [python, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+        return [python, "-m", "remote.job.torchrun", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                 "--master_port", port, "-m", "remote.job.train", str(run_dir)]
     if launcher == "deepspeed":
         # On a CPU host the deepspeed launcher starts one process unless --num_gpus is given.

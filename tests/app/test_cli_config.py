@@ -53,7 +53,7 @@ def test_render_for_a_target_run_dir_and_local_backend(tmp_path: Path) -> None:
                  "--python", "/opt/venv/bin/python", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     script = (tmp_path / "p" / "launch.sh").read_text()
-    assert "exec /opt/venv/bin/python -m torch.distributed.run --standalone --nproc_per_node 2 -m remote.job.train '/scratch/runs/t 1'" in script
+    assert "exec /opt/venv/bin/python -m remote.job.torchrun --standalone --nproc_per_node 2 -m remote.job.train '/scratch/runs/t 1'" in script
     assert (tmp_path / "p" / "hostfile").read_text() == "localhost slots=2\n"
 
 

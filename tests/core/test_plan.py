@@ -251,7 +251,7 @@ def test_hostile_names_reach_the_job_verbatim_and_never_run(run_name: str, run_i
         else:
             script = render_slurm_script(cfg, ctx)
             expected = [
-                "--kill-on-bad-exit=1", ctx.python, "-m", "torch.distributed.run", "--nnodes", "1",
+                "--kill-on-bad-exit=1", ctx.python, "-m", "remote.job.torchrun", "--nnodes", "1",
                 "--nproc_per_node", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "node-a:29500",
                 "--rdzv_id", "77", "-m", JOB_MODULE, str(run_dir),
             ]
@@ -429,7 +429,7 @@ def test_slurm_script_runs_under_real_sbatch_with_hostile_paths(slurm_cluster_fo
     pwd, pythonpath, cuda, *args = record.read_bytes().decode().split("\0")[:-1]
     assert Path(pwd) == run_dir and pythonpath == str(run_dir / "code")
     assert args == [
-        "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
+        "-m", "remote.job.torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
         "--rdzv_endpoint", f"{cluster.node}:29511", "--rdzv_id", job_id, "-m", JOB_MODULE, str(run_dir),
     ]
     if gpu_type != "cpu":
@@ -447,6 +447,8 @@ def test_launch_script_starts_every_rank_through_the_real_launcher(backend: str,
     job.mkdir(parents=True)
     for pkg in (job.parent, job):
         (pkg / "__init__.py").write_text("")
+    # torchrun is started through the shipped wrapper (the bundle ships remote/job/*.py)
+    shutil.copy(Path(__file__).resolve().parents[2] / "remote" / "job" / "torchrun.py", job / "torchrun.py")
     # A stand-in for the shipped job code: each rank records its argv and rendezvous variables.
     (job / "train.py").write_text(
         "import json, os, sys\n"
