@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDialogButtonBox, QMessageBox
+from PySide6.QtWidgets import QApplication, QDialogButtonBox, QMessageBox
 
 from core.config import resolved_dict
 from core.presets import load_preset
@@ -145,8 +145,18 @@ def test_delete_asks_first_refuses_running_runs_and_closes_the_deleted_runs_tab(
     box.accept()
     assert store.get_run("20260101-120000-777777") is not None
 
+    window.tabs.setCurrentWidget(page)
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)  # shortcuts reach only the active window
+    page.filter_edit.setFocus()
+    qtbot.keyClick(page.filter_edit, Qt.Key.Key_Delete)  # Delete in the filter box edits the filter only
+    assert page.dialog is None
     page.select_runs(["20260101-110000-4d5e6f"])
-    box = page.delete_selected()
+    page.table.setFocus()
+    qtbot.keyClick(page.table, Qt.Key.Key_Delete)  # the Delete key on the table asks
+    box = page.dialog
+    assert isinstance(box, QMessageBox) and "Delete 1 run" in box.text()
     delete = next(b for b in box.buttons() if b.text() == "Delete")
     with qtbot.waitSignal(page.runs_edited, timeout=5000), qtbot.waitSignal(page.refreshed, timeout=5000):
         qtbot.mouseClick(delete, Qt.MouseButton.LeftButton)
