@@ -460,9 +460,10 @@ class ChooseEvaluationsDialog(QDialog):
         for k, run_id in enumerate((preselect or [])[:2]):
             if run_id in ids:
                 self.run_combos[k].setCurrentIndex(ids.index(run_id))
-        if len(ids) > 1 and self.run_combos[0].currentIndex() == self.run_combos[1].currentIndex() \
-                and not preselect:
-            self.run_combos[1].setCurrentIndex(1)
+        if len(ids) > 1 and not preselect:
+            # runs are listed newest first: A the one before, B the latest (B - A: what the latest changed)
+            self.run_combos[0].setCurrentIndex(1)
+            self.run_combos[1].setCurrentIndex(0)
         for k in (0, 1):
             self._fill_steps(k)
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(bool(self.runs))

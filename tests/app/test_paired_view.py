@@ -126,6 +126,7 @@ def test_main_window_compare_evaluations_opens_a_paired_tab_for_two_chosen_runs(
     _run(store, tmp_path / "r1", "20260101-100000-aaaaaa", "Tiny demo (CPU)", {10: A_SOLVED})
     _run(store, tmp_path / "r2", "20260101-110000-bbbbbb", "Tiny demo (CPU)", {10: B_SOLVED})
     page = main_window.runs_page
+    qtbot.waitUntil(lambda: not page.is_refreshing, timeout=5000)  # the window's first read may predate the runs
     with qtbot.waitSignal(page.refreshed, timeout=5000):
         page.refresh()
     page.select_runs(["20260101-100000-aaaaaa", "20260101-110000-bbbbbb"])
