@@ -360,14 +360,10 @@ def pick_evaluation(evals: Iterable[Mapping[str, Any]], run_label: str, step: in
     if step is None:
         step = max(done)
     elif step not in done:
-        steps = ", ".join(map(str, evaluated_steps(done)))
+        steps = ", ".join(map(str, sorted(done)))
         raise ComparisonError(f"run {run_label} has no evaluation at step {step}"
                               + (f" on {benchmark}" if benchmark else "") + f" (evaluated steps: {steps})")
     return step, done[step]
-
-
-def evaluated_steps(done: Mapping[int, Sequence[str]]) -> list[int]:
-    return sorted(done)
 
 
 def parse_run_ref(text: str) -> tuple[str, int | None]:

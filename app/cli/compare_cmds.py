@@ -76,7 +76,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             sides[key] = _load_file(text, args.bench)
     # A file fixes the benchmark for a run on the other side; with two runs, A's benchmark is B's.
     bench = args.bench or next((ev.benchmark for ev in sides.values()), None)
+    names: dict[str, str] = {}
     if len(sides) < 2:
+        from core.names import display_names
         from core.store import Store
 
         with Store() as store:
@@ -84,6 +86,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 if key not in sides:
                     sides[key] = _load_run(text, bench, store)
                     bench = bench or sides[key].benchmark
+                    run_id = sides[key].label.rpartition("@")[0]
+                    names[key] = display_names(store.list_runs()).get(run_id, run_id)
     a, b = sides["a"], sides["b"]
     try:
         main = compare(a, b, args.subset)
@@ -97,7 +101,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             out["by_subset"] = {s: c.to_json(with_tasks=False) for s, c in {args.subset: main, **others}.items()}
         print(json.dumps(out, indent=1))
         return 0
-    _print_text(main, [main, *others.values()], a, b)
+    _print_text(main, [main, *others.values()], a, b, names)
     return 0
 
 
@@ -105,13 +109,14 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def _print_text(main: Any, rows: list[Any], a: Any, b: Any) -> None:
+def _print_text(main: Any, rows: list[Any], a: Any, b: Any, names: dict[str, str]) -> None:
     from core.names import printable
     from core.paired import format_p
 
-    n_a, n_b = main.samples_per_task
-    print(f"A  {printable(a.label)}  ({n_a} sample{'s' if n_a != 1 else ''} per task)")
-    print(f"B  {printable(b.label)}  ({n_b} sample{'s' if n_b != 1 else ''} per task)")
+    for side, ev, n in (("A", a, main.samples_per_task[0]), ("B", b, main.samples_per_task[1])):
+        name = names.get(side.lower())
+        label = f"{name}  ({printable(ev.label)})" if name else printable(ev.label)
+        print(f"{side}  {label}, {n} sample{'s' if n != 1 else ''} per task")
     print(f"   {main.benchmark}, {main.n_tasks} tasks in common")
     print()
     head = (f"{'subset':<13} {'tasks':>5}  {'A pass@1 % [95%]':<19} {'B pass@1 % [95%]':<19} {'B - A pts [95%]':<21} "

@@ -154,6 +154,10 @@ def test_compare_run_ids_uses_the_latest_evaluation_or_run_at_step_and_keeps_the
     with Store() as store:  # fetched once from the run directory, then read from the store
         assert store.eval_sample_sets("20260101-100000-aaaaaa") == [(10, "humaneval"), (20, "humaneval")]
 
+    code, out, _ = run_cli(capsys, "compare", "20260101-100000-aaaaaa@10", "20260101-110000-bbbbbb")
+    assert code == 0 and "A  Tiny demo (CPU) · aaaaaa  (20260101-100000-aaaaaa@10), 1 sample per task" in out
+    assert "B  Tiny demo (CPU) · bbbbbb  (20260101-110000-bbbbbb@30)" in out
+
     code, out, err = run_cli(capsys, "compare", "20260101-1000", "20260101-1100", "--json")  # unique prefixes
     assert code == 0, err
     got = json.loads(out)
