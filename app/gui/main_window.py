@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
         self.events = StoreEvents(self)
         self.stream_manager: Any = None
         self.run_tabs: dict[str, QWidget] = {}
+        self._paired_dialog: Any = None  # the "Compare evaluations" chooser while it is open
         self._workers: list[Worker] = []
         self.demo_dataset: Any = None
 
@@ -96,7 +97,8 @@ class MainWindow(QMainWindow):
         # wiring between pages
         self.runs_page.open_requested.connect(self.open_run)
         self.runs_page.compare_requested.connect(self.open_compare)
-        self.runs_page.runs_edited.connect(lambda _ids: self.refresh_run_titles())
+        # tab titles follow renames and deletions, from the app or the CLI (the Runs page's snapshots carry them)
+        self.runs_page.refreshed.connect(lambda _n: self.refresh_run_titles())
         self.config_page.launched.connect(self._on_launched)
         self.config_page.file_opened.connect(self.add_recent_file)
         self.config_page.file_saved.connect(self.add_recent_file)
@@ -297,16 +299,16 @@ class MainWindow(QMainWindow):
         return display_names(self.store.list_runs()).get(run_id, run_id)
 
     def refresh_run_titles(self) -> None:
-        """Tab titles follow renames, and gain or lose the id suffix as names start or stop colliding."""
-        from core.names import display_names
-
-        names = display_names(self.store.list_runs())
+        """Tab titles follow renames, and gain or lose the id suffix as names start or stop colliding; the tab
+        of a deleted run closes. Names come from the Runs page's last snapshot (no store query here)."""
+        names = {r.run_id: r.shown_name for r in self.runs_page.model.rows}
         for run_id, view in list(self.run_tabs.items()):
             index = self.tabs.indexOf(view)
             if index < 0:
                 continue
-            if run_id not in names:  # deleted
-                self.close_tab(index)
+            if run_id not in names:
+                if self.store.get_run(run_id) is None:  # deleted (not merely absent from an older snapshot)
+                    self.close_tab(index)
             elif self.tabs.tabText(index) != names[run_id]:
                 self.tabs.setTabText(index, names[run_id])
 

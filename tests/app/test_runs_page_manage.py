@@ -53,14 +53,19 @@ def _ok(dialog):
     return dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok)
 
 
-def test_same_named_runs_show_their_id_suffix_in_the_table_and_in_tab_titles(window, qtbot):
+def test_same_named_runs_show_their_id_suffix_in_the_table_and_in_tab_titles(window, qtbot, store):
     page = window.runs_page
     assert _cell(page, "20260101-100000-1a2b3c", 0) == "Tiny demo (CPU) · 1a2b3c"
     assert _cell(page, "20260101-110000-4d5e6f", 0) == "Tiny demo (CPU) · 4d5e6f"
     assert _cell(page, "20260101-120000-777777", 0) == "phind"
     window.open_run("20260101-110000-4d5e6f")
     assert window.tabs.tabText(window.tabs.currentIndex()) == "Tiny demo (CPU) · 4d5e6f"
+    store.update_run("20260101-100000-1a2b3c", name="renamed by the CLI")  # another process renames its twin
+    with qtbot.waitSignal(page.refreshed, timeout=5000):
+        page.refresh()
+    assert window.tabs.tabText(window.tabs.currentIndex()) == "Tiny demo (CPU)"  # no twin left: no suffix
     assert _cell(page, "20260101-100000-1a2b3c", 6).startswith("50.0% ± 7.6")  # Wilson half-width on 164 tasks
+    assert _cell(page, "20260101-100000-1a2b3c", 0) == "renamed by the CLI"
 
 
 def test_rename_checks_the_name_then_renames_in_the_store_table_and_tab(window, qtbot, store):
