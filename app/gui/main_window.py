@@ -210,7 +210,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Run {self.run_title(row.run_id)} {row.status}{reason}", 10_000)
 
     def _on_hang(self, warning: Any) -> None:
-        self.statusBar().showMessage(getattr(warning, "message", str(warning)), 15_000)
+        message = getattr(warning, "message", None)  # HangWarning.message() builds the text
+        text = message() if callable(message) else str(warning)
+        self.statusBar().showMessage(text.splitlines()[0] if text else "", 15_000)
 
     def _set_cluster_state(self, name: str, ok: bool, detail: str) -> None:
         self._cluster_state[name] = (ok, detail)

@@ -217,3 +217,12 @@ def test_status_bar_shows_cluster_connection_state_from_checks(main_window):
     assert "gpu-a" in label.text() and "gpu-b" in label.text()
     assert "gpu-a: connected — all present" in label.toolTip()
     assert "gpu-b: error — missing: connection" in label.toolTip()
+
+
+def test_a_suspected_hang_is_shown_in_the_status_bar(main_window):
+    from remote.stream import HangWarning
+
+    warning = HangWarning("r1", silent_s=75.0, median_step_s=1.1, last_step=6, stdout_tail="last line\n")
+    main_window.events.hang.emit(warning)  # (it raised a TypeError in the event loop: message is a method)
+    assert main_window.statusBar().currentMessage() == warning.message().splitlines()[0]
+    assert "suspected hang" in main_window.statusBar().currentMessage()
