@@ -272,6 +272,13 @@ class EvaluationSection(Section):
     batch_size: int = Field(16, gt=0, description="Prompts generated together.")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first K tasks of each benchmark (quick checks).")
     timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per sample in the sandbox.")
+    sandbox: Literal["auto", "bwrap", "userns", "unconfined"] = Field(
+        "auto",
+        description="How model-written samples are isolated. auto: the strongest sandbox the machine allows "
+        "(namespaces as root, else bubblewrap, else unprivileged user namespaces); where none works the "
+        "evaluation refuses to run them. bwrap / userns: only that one. unconfined: resource limits only, "
+        "the samples run as you, with your files, keys and network; every pass@1 it gives is marked unconfined.",
+    )
 
 
 class RunConfig(Section):

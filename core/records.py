@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ METRIC_OPTIONAL = ("gpu_mem_gb", "gpu_mem_reserved_gb", "step_time_s")
 EVAL_REQUIRED = ("t", "attempt", "step", "checkpoint", "benchmark", "subset", "n_tasks", "samples_per_task", "temperature", "pass@1")
 EVENT_REQUIRED = ("t", "attempt", "event", "detail")
 SUBSETS = ("all", "clean", "contaminated")
+SANDBOX_UNCONFINED = "unconfined"  # the sandbox mode of `evaluation.sandbox: unconfined` (no namespaces)
 EVENT_KINDS = (
     "started",
     "attention",
@@ -188,7 +190,8 @@ def metric_record(*, step: int, attempt: int, epoch: float, samples: int, tokens
 
 
 def eval_record(*, step: int, attempt: int, checkpoint: str, benchmark: str, subset: str, n_tasks: int,
-                samples_per_task: int, temperature: float, pass_at: dict[int, float], t: float | None = None) -> dict[str, Any]:
+                samples_per_task: int, temperature: float, pass_at: dict[int, float], t: float | None = None,
+                sandbox: str | None = None) -> dict[str, Any]:
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     if 1 not in pass_at:
@@ -198,7 +201,23 @@ def eval_record(*, step: int, attempt: int, checkpoint: str, benchmark: str, sub
                            "samples_per_task": samples_per_task, "temperature": temperature}
     for k in sorted(pass_at):
         rec[f"pass@{k}"] = _finite(pass_at[k])
+    if sandbox is not None:
+        rec["sandbox"] = sandbox  # the sandbox mode its samples ran in (remote/job/sandbox.py)
     return rec
+
+
+def unconfined_evaluations(events: Iterable[dict[str, Any]]) -> set[tuple[int, int]]:
+    """(attempt, step) of every evaluation whose eval_started event says its samples ran unconfined
+    (`evaluation.sandbox: unconfined`): the app marks the pass@1 they produced."""
+    out = set()
+    for e in events:
+        detail = e.get("detail") if e.get("event") == "eval_started" else None
+        sandbox = detail.get("sandbox") if isinstance(detail, dict) else None
+        if isinstance(sandbox, dict) and sandbox.get("mode") == SANDBOX_UNCONFINED:
+            step, attempt = detail.get("step"), e.get("attempt")
+            if _is_int(step) and _is_int(attempt):
+                out.add((int(attempt), int(step)))
+    return out
 
 
 def event_record(event: str, attempt: int, detail: dict[str, Any] | None = None, t: float | None = None) -> dict[str, Any]:
@@ -227,7 +246,7 @@ def validate_record(kind: str, rec: Any) -> list[str]:
     elif kind == "evals":
         if rec.get("subset") not in SUBSETS:
             problems.append(f"field 'subset' must be one of {SUBSETS}")
-        for name in ("checkpoint", "benchmark"):
+        for name in ("checkpoint", "benchmark", "sandbox"):
             if name in rec and not isinstance(rec[name], str):
                 problems.append(f"field {name!r} must be a string")
         for name in ("n_tasks", "samples_per_task"):

@@ -134,14 +134,44 @@ def resume_points(records: Sequence[dict[str, Any]], x_axis: str = "step", t0: f
     return [(s.attempt, float(s.x[0])) for s in segs[1:] if s.x.size]
 
 
-def pass_at_1_series(evals: Iterable[dict[str, Any]], benchmark: str, subset: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, pass@1 in %) for one benchmark and subset; the latest record per step wins."""
-    best: dict[int, tuple[float, float]] = {}
+def _latest_per_step(evals: Iterable[dict[str, Any]], benchmark: str, subset: str) -> dict[int, dict[str, Any]]:
+    best: dict[int, dict[str, Any]] = {}
     for r in evals:
         if r.get("benchmark") != benchmark or r.get("subset") != subset or r.get("pass@1") is None:
             continue
         step = int(r["step"])
-        if step not in best or r["t"] >= best[step][0]:
-            best[step] = (r["t"], 100.0 * float(r["pass@1"]))
+        if step not in best or r["t"] >= best[step]["t"]:
+            best[step] = r
+    return best
+
+
+def pass_at_1_series(evals: Iterable[dict[str, Any]], benchmark: str, subset: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, pass@1 in %) for one benchmark and subset; the latest record per step wins."""
+    best = _latest_per_step(evals, benchmark, subset)
     steps = sorted(best)
-    return np.asarray(steps, dtype=float), np.asarray([best[s][1] for s in steps], dtype=float)
+    return np.asarray(steps, dtype=float), np.asarray([100.0 * float(best[s]["pass@1"]) for s in steps], dtype=float)
+
+
+def unconfined_pass_at_1(evals: Iterable[dict[str, Any]], benchmark: str, subset: str,
+                         unconfined: set[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The points of pass_at_1_series whose record came from an evaluation run unconfined (`unconfined`:
+    its (attempt, step) keys, core.records.unconfined_evaluations)."""
+    best = _latest_per_step(evals, benchmark, subset)
+    steps = sorted(s for s, r in best.items() if (int(r["attempt"]), s) in unconfined)
+    return np.asarray(steps, dtype=float), np.asarray([100.0 * float(best[s]["pass@1"]) for s in steps], dtype=float)
+
+
+def unconfined_best(evals: Iterable[dict[str, Any]], unconfined: set[tuple[int, int]]) -> set[tuple[str, str]]:
+    """(benchmark, subset) whose best pass@1 (the compare view's number) some unconfined evaluation gave."""
+    best: dict[tuple[str, str], tuple[float, bool]] = {}
+    for r in evals:
+        if r.get("pass@1") is None:
+            continue
+        key, value = (r["benchmark"], r["subset"]), float(r["pass@1"])
+        flagged = (int(r["attempt"]), int(r["step"])) in unconfined
+        held = best.get(key)
+        if held is None or value > held[0]:
+            best[key] = (value, flagged)
+        elif value == held[0]:
+            best[key] = (value, held[1] or flagged)
+    return {key for key, (_value, flagged) in best.items() if flagged}

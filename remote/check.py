@@ -2,14 +2,18 @@
 
 One `bash -c` over the transport runs the profile's env_setup, then the profile's python with a
 standard-library probe (package versions from their metadata, torch's CUDA build from its version file,
-so nothing heavy is imported), nvidia-smi, sbatch/sinfo and the free disk of the work root. The result
-is a CheckReport of CheckItems, each with the install command that would fix it.
+so nothing heavy is imported), nvidia-smi, sbatch/sinfo and the free disk of the work root, and the
+sandbox probe of the shipped job code (remote/job/sandbox.py, carried in the command: which sandbox model-
+written samples will get there, or why evaluation will refuse to run them). The result is a CheckReport of
+CheckItems, each with the install command that would fix it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +87,31 @@ out["work_root"] = root
 out["work_root_exists"] = os.path.isdir(root)
 out["work_root_writable"] = os.access(probe, os.W_OK)
 out["disk_free_gb"] = usage.free / 1e9
+if len(sys.argv) > 4:  # the job code's sandbox, run as an evaluation there would run it
+    import base64, shutil, tempfile, zlib
+    tmp = tempfile.mkdtemp(prefix="tunedeck-check-")
+    sb = None
+    try:
+        files = json.loads(zlib.decompress(base64.b64decode(sys.argv[4])).decode("utf-8"))
+        for rel, text in files.items():
+            path = os.path.join(tmp, rel)
+            if not os.path.isdir(os.path.dirname(path)):
+                os.makedirs(os.path.dirname(path))
+            with open(path, "w") as f:
+                f.write(text)
+        sys.path.insert(0, tmp)
+        from remote.job import sandbox as sb
+        try:
+            caps = sb.sandbox_capabilities("auto")
+            out["sandbox"] = {k: caps.get(k) for k in ("mode", "confined", "nproc_scope", "bwrap", "notes")}
+        except sb.SandboxUnavailable as exc:
+            out["sandbox"] = {"mode": None, "refusal": str(exc), "reasons": exc.reasons}
+    except Exception as exc:
+        out["sandbox"] = {"mode": None, "error": "%s: %s" % (type(exc).__name__, exc)}
+    finally:
+        if sb is not None:
+            sb._close_zygotes()
+        shutil.rmtree(tmp, ignore_errors=True)
 print("TUNEDECK-CHECK " + json.dumps(out))
 '''
 
@@ -151,10 +180,24 @@ class CheckReport:
         return "\n".join(lines)
 
 
+SANDBOX_CODE = ("remote/__init__.py", "remote/job/__init__.py", "remote/job/sandbox.py", "remote/job/sandbox_launcher.py")
+
+
+def sandbox_code_arg() -> str:
+    """The shipped job code's sandbox modules, as one compressed argument (~15 kB, well under the 128 kB a
+    single argument may have), so the check needs no upload."""
+    from remote.bundle import job_code_files
+
+    files = job_code_files()
+    payload = {rel: files[rel].read_text(encoding="utf-8") for rel in SANDBOX_CODE}
+    return base64.b64encode(zlib.compress(json.dumps(payload).encode("utf-8"), 9)).decode("ascii")
+
+
 def probe_script(profile) -> str:
     """The one shell script the check runs (env_setup, then the probe; every value quoted)."""
     packages = {m: _DIST_NAMES.get(m, m) for m in (*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES)}
-    argv = [profile.python, "-c", PROBE, profile.effective_work_root, profile.partition or "", json.dumps(packages)]
+    argv = [profile.python, "-c", PROBE, profile.effective_work_root, profile.partition or "", json.dumps(packages),
+            sandbox_code_arg()]
     setup = (profile.env_setup or "").strip()
     # env_setup is the user's own shell text for their cluster (like a line in ~/.bashrc): run as written.
     guard = f"{{ {setup}\n}} || {{ echo 'env_setup failed' >&2; exit 97; }}\n" if setup else ""
@@ -232,6 +275,7 @@ def build_report(profile, data: dict[str, Any]) -> CheckReport:
                            None if free >= MIN_FREE_DISK_GB else
                            f"free space or choose another --work-root (checkpoints need >= {MIN_FREE_DISK_GB:g} GB)",
                            required=False))
+    items.append(_sandbox_item(profile, data.get("sandbox")))
     writable = bool(data.get("work_root_writable"))
     items.append(CheckItem("work_root", writable, root + ("" if data.get("work_root_exists") else " (will be created)"),
                            None if writable else "choose a writable --work-root"))
@@ -258,6 +302,26 @@ def check_cluster(profile, transport: Transport | None = None, *, timeout: float
             "python", False, f"`{profile.python}` did not run the probe (exit {result.rc}): {stderr}",
             "install Python >= 3.10 or set the profile's python / env_setup")])
     return build_report(profile, json.loads(line[len(_MARK):]))
+
+
+def _sandbox_item(profile, sb: dict[str, Any] | None) -> CheckItem:
+    """Which sandbox model-written samples will get there (a warning, not a blocker: training runs without)."""
+    where = " (probed on the login node; compute nodes may differ)" if profile.backend == "slurm" else ""
+    if not sb:
+        return CheckItem("sandbox", False, "not probed (the probe's python is too old or failed)" + where,
+                         "use Python >= 3.10 for the profile", required=False)
+    if sb.get("confined"):
+        tool = f", {sb['notes'][0].split(': ', 1)[-1]}" if sb.get("mode") == "bwrap" and sb.get("notes") else ""
+        return CheckItem("sandbox", True, f"{sb['mode']}{tool}: pid, network, mount, IPC and UTS namespaces; "
+                         f"read-only root, homes hidden; process limit {sb.get('nproc_scope')}" + where,
+                         required=False)
+    if sb.get("refusal"):
+        reasons = "; ".join(f"{k}: {v}" for k, v in (sb.get("reasons") or {}).items())
+        return CheckItem("sandbox", False, f"NONE: evaluation will refuse to run model-written samples ({reasons})"
+                         + where, "install bubblewrap, or ask the admins to allow unprivileged user namespaces; or "
+                         "set `evaluation.sandbox: unconfined` in the run config (samples then run as you, with "
+                         "your files and network)", required=False)
+    return CheckItem("sandbox", False, f"could not probe: {sb.get('error') or sb}" + where, None, required=False)
 
 
 def _connection_fix(exc: Exception) -> str:

@@ -40,6 +40,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: core count)")
     p.add_argument("--contamination", default=None, metavar="REPORT",
                    help="contamination report (JSON): adds clean / contaminated subsets")
+    p.add_argument("--sandbox", choices=("auto", "bwrap", "userns", "unconfined"), default="auto",
+                   help="how samples are isolated, as evaluation.sandbox in a run config: auto (default: the "
+                   "strongest available, refuse where none is), bwrap, userns, or unconfined (rlimits only: "
+                   "the samples run as you; the results are marked unconfined)")
     p.set_defaults(handler=run_eval)
 
 
@@ -61,6 +65,7 @@ def _progress_bar() -> Any:
 
 
 def _print_summary(records: list[dict[str, Any]], caps: dict[str, Any]) -> None:
+    unconfined = not caps.get("confined")
     ks = sorted({int(k[5:]) for r in records for k in r if k.startswith("pass@")})
     shown = [k for k in ks if k in (1, 5, 10, 100)] or ks[:1]
     head = f"{'benchmark':<14} {'subset':<13} {'tasks':>5} " + " ".join(f"{'pass@' + str(k):>8}" for k in shown)
@@ -68,16 +73,18 @@ def _print_summary(records: list[dict[str, Any]], caps: dict[str, Any]) -> None:
     print("-" * len(head))
     for r in records:
         vals = " ".join(f"{r[f'pass@{k}'] * 100:7.1f}%" if r.get(f"pass@{k}") is not None else f"{'-':>8}" for k in shown)
-        print(f"{r['benchmark']:<14} {r['subset']:<13} {r['n_tasks']:>5} {vals}")
-    missing = [name for name in ("pid_namespace", "net_namespace", "user_drop") if not caps.get(name)]
-    if missing:
-        print(f"sandbox: {', '.join(missing)} unavailable here ({'; '.join(caps.get('notes', [])[:2])})", file=sys.stderr)
+        print(f"{r['benchmark']:<14} {r['subset']:<13} {r['n_tasks']:>5} {vals}" + ("  UNCONFINED" if unconfined else ""))
+    if unconfined:
+        print("sandbox: UNCONFINED (--sandbox unconfined): the samples ran as you, with your files and network; "
+              "these pass@1 are marked unconfined in evals.jsonl", file=sys.stderr)
+    else:
+        print(f"sandbox: {caps.get('mode')}", file=sys.stderr)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from core.evalsets import EvalSetError, parse_eval_spec
     from remote.job import evaluate
-    from remote.job.sandbox import sandbox_capabilities
+    from remote.job.sandbox import SandboxUnavailable, sandbox_capabilities
 
     try:
         benches = [parse_eval_spec(b) for b in args.bench]
@@ -86,8 +93,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CliError("--n must be at least 1")
     try:
-        caps = sandbox_capabilities()
-    except RuntimeError as exc:
+        caps = sandbox_capabilities(args.sandbox)  # a refusal comes before any model is loaded or code runs
+    except SandboxUnavailable as exc:
         raise CliError(str(exc), code=1) from None
     progress = _progress_bar()
     try:
@@ -97,7 +104,7 @@ def run_eval(args: argparse.Namespace) -> int:
             records = evaluate.score_samples_file(
                 args.samples, benches[0], args.out, kind=args.kind, timeout_s=args.timeout,
                 contamination=args.contamination, workers=args.workers,
-                progress=lambda d, n: progress("run " + benches[0][0], d, n),
+                progress=lambda d, n: progress("run " + benches[0][0], d, n), sandbox=args.sandbox,
             )
         else:
             temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.2)
@@ -106,7 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
             records = evaluate.evaluate_model(
                 args.model, benches, args.out, kind=args.kind, template=args.template,
                 system_prompt=args.system_prompt, gen=gen, limit=args.limit, timeout_s=args.timeout,
-                contamination=args.contamination, progress=progress,
+                contamination=args.contamination, progress=progress, sandbox=args.sandbox,
             )
     except (evaluate.EvalError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from core.references import DEFAULT_SHOWN, Reference, references_for
 from core.series import EmaState, Segment
@@ -21,6 +21,7 @@ from core.series import EmaState, Segment
 # Colour-blind-safe qualitative palette (Okabe-Ito), cycled per run.
 RUN_COLORS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 SUBSET_COLORS = {"all": "#0072B2", "clean": "#009E73", "contaminated": "#D55E00"}
+UNCONFINED_COLOR = "#cf222e"  # the badge on pass@1 measured without a sandbox
 
 pg.setConfigOptions(antialias=False, useOpenGL=False)
 
@@ -417,6 +418,17 @@ class PassAtOneChart(ChartWidget):
             self.references[ref.model] = ref
             self.hline(("ref", ref.model), ref.pass_at_1, f"{ref.model} {ref.pass_at_1:g}", "#888888",
                        visible=ref.model in DEFAULT_SHOWN, label_position=0.02 if i % 2 == 0 else 0.5)
+        # pass@1 measured without a sandbox (evaluation.sandbox: unconfined): a red ring on each such point
+        # and a red badge over the chart naming their steps
+        self.unconfined_badge = QLabel()
+        self.unconfined_badge.setObjectName("unconfined_badge")
+        self.unconfined_badge.setWordWrap(True)
+        self.unconfined_badge.setStyleSheet(f"background: {UNCONFINED_COLOR}; color: white; font-weight: 600;"
+                                            " border-radius: 4px; padding: 2px 6px;")
+        self.unconfined_badge.hide()
+        self.layout().insertWidget(0, self.unconfined_badge)
+        self._unconfined: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._unconfined_items: dict[str, pg.ScatterPlotItem] = {}
 
     def set_reference_visible(self, model: str, visible: bool) -> None:
         self._lines[("ref", model)].setVisible(visible)
@@ -432,3 +444,27 @@ class PassAtOneChart(ChartWidget):
                           width=2, style=style, symbol="o")
         item.setData(steps, values)
         return key
+
+    def set_unconfined(self, subset: str, steps: np.ndarray, values: np.ndarray) -> None:
+        """Mark the pass@1 points of `subset` that came from an unconfined evaluation (none: clear)."""
+        scatter = self._unconfined_items.get(subset)
+        if scatter is None:
+            scatter = pg.ScatterPlotItem(symbol="o", size=15, pen=pg.mkPen(UNCONFINED_COLOR, width=2.5),
+                                         brush=None)
+            scatter.setZValue(10)
+            self.plot.addItem(scatter)
+            self._unconfined_items[subset] = scatter
+        scatter.setData(steps, values)
+        self._unconfined[subset] = (np.asarray(steps), np.asarray(values))
+        marked = sorted({int(s) for xs, _ in self._unconfined.values() for s in xs})
+        if marked:
+            shown = ", ".join(map(str, marked[:8])) + (" …" if len(marked) > 8 else "")
+            self.unconfined_badge.setText(f"⚠ UNCONFINED: pass@1 of step{'s' if len(marked) > 1 else ''} {shown} "
+                                          "ran without a sandbox")
+            self.unconfined_badge.setToolTip("These samples ran with evaluation.sandbox: unconfined: as the user, "
+                                             "with their files and network, and only resource limits around them.")
+        self.unconfined_badge.setVisible(bool(marked))
+
+    def unconfined_points(self) -> dict[str, list[tuple[float, float]]]:
+        """The marked points per subset, (step, pass@1 %)."""
+        return {k: list(zip(xs.tolist(), ys.tolist(), strict=True)) for k, (xs, ys) in self._unconfined.items() if xs.size}

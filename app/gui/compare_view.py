@@ -35,12 +35,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.charts import RUN_COLORS, ChartWidget, MetricChart
+from app.gui.charts import RUN_COLORS, UNCONFINED_COLOR, ChartWidget, MetricChart
 from app.gui.run_view import DEFAULT_SMOOTHING, METRICS, UNSMOOTHED, add_export_actions, export_button
 from app.gui.store_watch import MetricColumns, metric_columns
 from app.gui.workers import Worker
 from core.configdiff import diff, format_value
-from core.series import X_AXES, X_LABELS, Segment
+from core.records import unconfined_evaluations
+from core.series import X_AXES, X_LABELS, Segment, unconfined_best
 from core.store import Store
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class RunData:
     summary: dict[str, Any]
     metrics: tuple[MetricColumns, ...]
     evals: tuple[dict[str, Any], ...]
+    unconfined: frozenset[tuple[int, int]] = frozenset()  # (attempt, step) evaluated unconfined
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ def load_compare_data(store: Store, run_ids: list[str], request_id: int = 0) -> 
             missing.append(run_id)
             continue
         runs.append(RunData(run_id, row.name, row.status, compare_color(i), row.config(), store.summary(run_id),
-                            metric_columns(store.metrics(run_id)), tuple(store.evals(run_id))))
+                            metric_columns(store.metrics(run_id)), tuple(store.evals(run_id)),
+                            frozenset(unconfined_evaluations(store.events(run_id)))))
     return CompareData(request_id, tuple(runs), tuple(missing))
 
 
@@ -366,9 +369,10 @@ class CompareView(QWidget):
                 (_fmt(s.get("final_loss"), "loss"), s.get("final_loss")), (_fmt(s.get("tokens"), "int"), s.get("tokens")),
                 (_fmt(s.get("wall_time_s"), "time"), s.get("wall_time_s"))]
             best = s.get("best_pass_at_1", {})
+            flagged = unconfined_best(run.evals, set(run.unconfined)) if run.unconfined else set()
             for bench, subset in subset_cols:
                 value = best.get(bench, {}).get(subset)
-                cells.append((_fmt(value, "pct"), value))
+                cells.append((_fmt(value, "pct") + (" ⚠ unconfined" if (bench, subset) in flagged else ""), value))
             for j, (text, value) in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, value)
@@ -377,6 +381,11 @@ class CompareView(QWidget):
                     item.setToolTip(run.run_id)
                 elif j >= 2:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if text.endswith("⚠ unconfined"):  # a red badge: this pass@1 came from samples run without a sandbox
+                    item.setBackground(QBrush(QColor(UNCONFINED_COLOR)))
+                    item.setForeground(QBrush(QColor("white")))
+                    item.setToolTip("Measured with evaluation.sandbox: unconfined: the samples ran as the user, "
+                                    "with their files and network, and only resource limits around them.")
                 table.setItem(i, j, item)
         table.resizeColumnsToContents()
         table.horizontalHeader().setStretchLastSection(False)

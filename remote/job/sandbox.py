@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import json
 import marshal
 import os
@@ -104,21 +105,46 @@ class SandboxResult:
         return asdict(self)
 
 
+POLICIES = ("auto", "bwrap", "userns", "unconfined")
+BWRAP_ENV = "TUNEDECK_BWRAP"  # bubblewrap to use; empty or a missing file counts as not installed
+CONFINED_MODES = ("root-namespaces", "bwrap", "userns")
+UNCONFINED = "unconfined"
+HIDDEN_DIRS = ("/root", "/home")  # plus the user's own home, wherever it is
+
+
+class SandboxUnavailable(RuntimeError):
+    """No way to confine model-written code here, and the policy does not allow running it unconfined.
+    The message is one paragraph for the user: what is missing and the ways out; `reasons` says, per mode
+    tried (root-namespaces, bwrap, userns), why it did not work."""
+
+    def __init__(self, message: str, reasons: dict[str, str] | None = None):
+        super().__init__(message)
+        self.reasons = dict(reasons or {})
+
+
 @dataclass(frozen=True)
 class _Mode:
-    namespaces: bool
+    name: str  # root-namespaces | bwrap | userns | unconfined
+    namespaces: bool  # our own unshare() in the launcher
     pid_ns: bool
     net_ns: bool
-    user_drop: bool
-    no_new_privs: bool
+    user_ns: bool = False  # our own unshare() includes CLONE_NEWUSER (the user mapped to itself)
+    user_drop: bool = False  # root: a uid of its own per worker slot
+    no_new_privs: bool = True
+    bwrap: str | None = None  # bubblewrap's path in the bwrap mode
+    bwrap_options: frozenset[str] = frozenset()  # the optional bwrap options this version understands
+    hidden: tuple[str, ...] = HIDDEN_DIRS  # directories behind an empty tmpfs (namespaces only)
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def confined(self) -> bool:
+        return self.name in CONFINED_MODES
 
 
 # ----------------------------------------------------------------------------------- capabilities
 
 _mode_lock = threading.Lock()
-_mode: _Mode | None = None
-_capabilities: dict | None = None
+_modes: dict[str, tuple[_Mode, dict] | SandboxUnavailable] = {}
 
 _PROBE = r"""
 import json, os, socket
@@ -139,63 +165,244 @@ try:
     out["root_writable"] = True
 except OSError:
     out["root_writable"] = False
+prefix = os.path.realpath(PREFIX)
+out["home_visible"] = []  # entries of the hidden directories other than the way to the interpreter
+for h in HIDDEN:
+    try:
+        names = os.listdir(h)
+    except OSError:
+        continue
+    out["home_visible"] += [os.path.join(h, n) for n in names
+                            if not (prefix + "/").startswith(os.path.join(h, n) + "/")]
 print(json.dumps(out))
 """
 
 
-def _candidate_modes() -> list[_Mode]:
-    if os.geteuid() != 0:
-        return [_Mode(False, False, False, False, True, ("not root: no namespaces, no user drop",))]
-    return [
-        _Mode(True, True, True, True, True),
-        _Mode(False, False, False, True, True, ("namespaces unavailable",)),
-        _Mode(False, False, False, False, True, ("namespaces unavailable", "user drop unavailable")),
-    ]
+def _hidden_dirs() -> list[str]:
+    """/root, /home and this user's home (on clusters often elsewhere: /u/NAME, /gpfs/home/NAME), without
+    directories inside another one of them (that one's tmpfs hides them already)."""
+    dirs = list(HIDDEN_DIRS)
+    homes = [os.environ.get("HOME", "")]
+    try:
+        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        pass
+    for h in homes:
+        h = os.path.realpath(h) if h and Path(h).is_absolute() else ""
+        if h and h != "/" and Path(h).is_dir():
+            dirs.append(h)
+    out: list[str] = []
+    for d in sorted(set(dirs), key=len):
+        if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(d)
+    return out
 
 
-def _select_mode() -> tuple[_Mode, dict]:
-    """The strongest isolation this machine allows, verified by running a probe program through it."""
-    notes: list[str] = []
-    for mode in _candidate_modes():
-        res = _run_one(SandboxJob(_PROBE, "probe"), slot=0, mode=mode, limits=Limits(), timeout_s=10.0)
-        if not res.passed:
-            notes.append(f"mode {mode} failed: {res.error}: {res.stderr_tail[-300:]}")
-            continue
-        line = [x for x in res.stdout_tail.splitlines() if x.startswith("{")]
+def find_bwrap() -> str | None:
+    """bubblewrap's path: $TUNEDECK_BWRAP when set (empty: none), else `bwrap` on PATH or in /usr/bin, /bin."""
+    configured = os.environ.get(BWRAP_ENV)
+    if configured is not None:
+        return configured if configured and os.access(configured, os.X_OK) else None
+    import shutil
+
+    return shutil.which("bwrap", path=os.pathsep.join([os.environ.get("PATH", ""), CLEAN_PATH]))
+
+
+def _bwrap_options(path: str) -> tuple[frozenset[str], str]:
+    """The optional options this bubblewrap understands (--size 0.5+, --perms, --disable-userns 0.8+; older
+    versions still confine, with an unsized /tmp) and its version line."""
+    try:
+        help_text = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10).stdout
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return frozenset(), "unknown version"
+    wanted = ("--size", "--perms", "--disable-userns")
+    return frozenset(o for o in wanted if o + " " in help_text), version or "unknown version"
+
+
+def _kernel_counts_nproc_per_userns() -> bool:
+    """Linux >= 5.14 counts RLIMIT_NPROC per (user namespace, uid): a limit set inside a sample's own user
+    namespace caps that sample alone. Before, it counted all of the user's processes on the machine."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 14)
+
+
+def _candidate_modes(policy: str) -> tuple[list[_Mode], dict[str, str]]:
+    """The modes to try, strongest first, and why any confined mode is not even a candidate."""
+    root = os.geteuid() == 0
+    if policy == UNCONFINED:
+        return ([_Mode(UNCONFINED, False, False, False, user_drop=True, notes=("evaluation.sandbox: unconfined",)),
+                 _Mode(UNCONFINED, False, False, False, notes=("evaluation.sandbox: unconfined", "user drop unavailable"))]
+                if root else [_Mode(UNCONFINED, False, False, False, notes=("evaluation.sandbox: unconfined",))]), {}
+    modes: list[_Mode] = []
+    missing: dict[str, str] = {}
+    hidden = tuple(_hidden_dirs())
+    if policy == "auto" and root:
+        modes.append(_Mode("root-namespaces", True, True, True, user_drop=True, hidden=hidden))
+    if policy in ("auto", "bwrap"):
+        path = find_bwrap()
+        if path is None:
+            where = f" at ${BWRAP_ENV}={os.environ[BWRAP_ENV]!r}" if os.environ.get(BWRAP_ENV) is not None else ""
+            missing["bwrap"] = f"bubblewrap (bwrap) is not installed{where}"
+        else:
+            options, version = _bwrap_options(path)
+            modes.append(_Mode("bwrap", False, True, True, user_ns=True, user_drop=root, bwrap=path,
+                               bwrap_options=options, hidden=hidden, notes=(f"{path}: {version}",)))
+    if policy in ("auto", "userns"):
+        modes.append(_Mode("userns", True, True, True, user_ns=True, user_drop=root, hidden=hidden))
+    return modes, missing
+
+
+def _probe_failure(mode: _Mode, res: SandboxResult, probe: dict) -> str | None:
+    """Why a confined mode's probe shows it does not confine (None: it does)."""
+    if not res.passed:
+        lines = [ln.strip() for ln in (res.stderr_tail or "").splitlines() if ln.strip()]
+        why = lines[-1].removeprefix("[sandbox] ") if lines else (res.error or "failed")
+        return f"{why} ({res.error})" if res.error not in (None, "sandbox_error") else why
+    if not mode.confined:
+        return None
+    problems = []
+    if probe.get("pid") != 2:
+        problems.append("no pid namespace")
+    if probe.get("net") == "connected" or probe.get("interfaces") != ["lo"]:
+        problems.append("the network is reachable")
+    if probe.get("root_writable") is not False:
+        problems.append("/ is writable")
+    if probe.get("home_visible"):
+        problems.append(f"home directories are visible ({', '.join(probe['home_visible'][:3])})")
+    return "; ".join(problems) or None
+
+
+def _userns_hints() -> list[str]:
+    """Kernel settings that forbid unprivileged user namespaces, as they read here."""
+    hints = []
+    for path, bad, text in (
+        ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+         "AppArmor restricts them to profiled programs (kernel.apparmor_restrict_unprivileged_userns = 1)"),
+    ):
+        try:
+            if Path(path).read_text().strip() == bad:
+                hints.append(text)
+        except OSError:
+            pass
+    return hints
+
+
+def refusal_message(policy: str, reasons: dict[str, str]) -> str:
+    """The one paragraph a user reads when model-written code would run unprotected."""
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = f"uid {os.getuid()}"
+    host = socket.gethostname()
+    parts = []
+    if "root-namespaces" in reasons:
+        parts.append(f"namespaces as root failed ({reasons['root-namespaces']})")
+    if "bwrap" in reasons:
+        parts.append(reasons["bwrap"] if reasons["bwrap"].startswith("bubblewrap")
+                     else f"bubblewrap failed ({reasons['bwrap']})")
+    if "userns" in reasons:
+        hints = _userns_hints()
+        parts.append("unprivileged user namespaces are not allowed ("
+                     + "; ".join([reasons["userns"], *hints]) + ")")
+    chosen = "" if policy == "auto" else f" (evaluation.sandbox is {policy!r})"
+    return (
+        f"TuneDeck refuses to run model-written code on {host} as {user}{chosen}: without namespaces it would "
+        f"run as you, free to read your SSH keys, delete your files and reach the network, and here "
+        f"{' and '.join(parts) or 'no sandbox works'}. Ways out: install bubblewrap (`apt-get install "
+        f"bubblewrap`, `dnf install bubblewrap`, or set ${BWRAP_ENV} to its path) or ask the administrators to "
+        f"allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
+        f"kernel.unprivileged_userns_clone = 1, or an AppArmor profile for bwrap); or, accepting that risk, "
+        f"set `evaluation.sandbox: unconfined` in the run's config (`tunedeck eval --sandbox unconfined`): "
+        f"its pass@1 is then marked unconfined."
+    )
+
+
+def _select_mode(policy: str) -> tuple[_Mode, dict]:
+    """The strongest isolation the policy allows on this machine, verified by running a probe program through
+    it; SandboxUnavailable when no confined mode works and the policy is not `unconfined`."""
+    candidates, reasons = _candidate_modes(policy)
+    for mode in candidates:
+        probe_src = _PROBE.replace("PREFIX", repr(PREFIX)).replace("HIDDEN", repr(list(mode.hidden)))
+        res = _run_one(SandboxJob(probe_src, "probe"), slot=0, mode=mode, limits=Limits(), timeout_s=10.0)
+        line = [x for x in res.stdout_tail.splitlines() if x.startswith("{")] if res.passed else []
         probe = json.loads(line[0]) if line else {}
+        failure = _probe_failure(mode, res, probe)
+        if failure is not None:
+            reasons.setdefault("user drop" if mode.name == UNCONFINED and mode.user_drop else mode.name, failure)
+            continue
+        per_userns = _kernel_counts_nproc_per_userns()
+        if mode.user_drop:
+            nproc = "per worker slot (each slot runs as its own uid)"
+        elif mode.user_ns:
+            nproc = ("per sample (counted in the sample's own user namespace)" if per_userns else
+                     "per user (this kernel, older than 5.14, counts all of the user's processes)")
+        else:
+            nproc = "per user (all of the user's processes count)"
         caps = {
+            "mode": mode.name,
+            "policy": policy,
+            "confined": mode.confined,
             "pid_namespace": probe.get("pid") == 2,
             "net_namespace": mode.net_ns and probe.get("interfaces") == ["lo"] and probe.get("net") != "connected",
-            "mount_namespace": mode.namespaces,
-            "private_tmp": mode.namespaces,
+            "mount_namespace": mode.confined,
+            "user_namespace": mode.user_ns,
+            "private_tmp": mode.confined,
             "readonly_root": probe.get("root_writable") is False,
-            "user_drop": probe.get("uid", 0) != 0,
+            "user_drop": mode.user_drop and probe.get("uid", 0) != 0,
             "uids": active_uids() if mode.user_drop else [],
             "root_ssh_readable": probe.get("root_ssh_readable"),
-            "home_hidden": mode.namespaces,  # /root and /home are empty tmpfs (only the interpreter shows)
+            "home_hidden": mode.confined and not probe.get("home_visible"),
+            "hidden_dirs": list(mode.hidden) if mode.confined else [],
             "no_new_privs": mode.no_new_privs,
             "rlimits": ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE"],
+            "nproc_scope": nproc,
+            "bwrap": mode.bwrap,
             "interpreter": PYTHON,
-            "notes": list(mode.notes) + notes,
+            "notes": list(mode.notes) + [f"{name} unavailable: {why}" for name, why in reasons.items()],
         }
         return mode, caps
-    raise RuntimeError("the sandbox cannot run even a trivial program here:\n" + "\n".join(notes))
+    if policy == UNCONFINED:
+        raise SandboxUnavailable("the sandbox cannot run even a trivial program here: "
+                                 + "; ".join(f"{k}: {v}" for k, v in reasons.items()), reasons)
+    raise SandboxUnavailable(refusal_message(policy, reasons), reasons)
 
 
-def _get_mode() -> _Mode:
-    global _mode, _capabilities
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown sandbox policy {policy!r} (one of {', '.join(POLICIES)})")
+    return policy
+
+
+def _get_mode(policy: str = "auto") -> _Mode:
+    check_policy(policy)
     with _mode_lock:
-        if _mode is None:
-            _mode, _capabilities = _select_mode()
-        return _mode
+        got = _modes.get(policy)
+        if got is None:
+            try:
+                got = _select_mode(policy)
+            except SandboxUnavailable as exc:
+                got = exc
+            _modes[policy] = got  # probed once per process: a refusal is not re-probed for every call
+    if isinstance(got, SandboxUnavailable):
+        raise SandboxUnavailable(str(got), got.reasons)
+    return got[0]
 
 
-def sandbox_capabilities() -> dict:
-    """Which isolation features are active on this machine (probed once per process), with notes on why
-    any is missing; the CLI and the eval events report it."""
-    _get_mode()
-    assert _capabilities is not None
-    return dict(_capabilities)
+def sandbox_capabilities(policy: str = "auto") -> dict:
+    """What isolation the policy gets on this machine (probed once per process): `mode` (root-namespaces,
+    bwrap, userns or unconfined), `confined`, the features active, and notes on why stronger ones are missing.
+    Raises SandboxUnavailable (a paragraph saying what is missing and the ways out) when the policy cannot
+    be met; the CLI, the evaluation and `tunedeck cluster check` report it."""
+    _get_mode(policy)
+    got = _modes[policy]
+    assert not isinstance(got, SandboxUnavailable)
+    return dict(got[1])
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -473,24 +680,56 @@ def _drain_nonblocking(fd: int, tail: _Tail, max_s: float = 1.0) -> None:
         tail.feed(chunk)
 
 
+@functools.lru_cache(maxsize=16)
+def _bwrap_argv(mode: _Mode, tmpfs_mb: int) -> tuple[str, ...]:
+    """bubblewrap's options for the same view as our own namespaces (the launcher appends the worker's
+    command): new user (the user mapped to itself), pid, net, ipc and uts namespaces; / read-only; a fresh
+    /dev and /proc; private sized tmpfs /tmp, /var/tmp, /dev/shm; hidden homes (read-only empty tmpfs)
+    with the interpreter prefix bound back; the sample's directory /tmp/work (0700) as cwd."""
+    opts = mode.bwrap_options
+    size = ["--size", str(tmpfs_mb << 20)] if "--size" in opts else []
+    argv = [mode.bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        if d == "/dev/shm" or Path(d).is_dir():
+            argv += [*size, "--tmpfs", d]
+    hidden = [h for h in mode.hidden if Path(h).is_dir()]
+    for h in hidden:
+        argv += ["--size", str(1 << 20), "--tmpfs", h] if size else ["--tmpfs", h]
+    if any(h == PREFIX or PREFIX.startswith(h.rstrip("/") + "/") for h in hidden):
+        argv += ["--ro-bind", PREFIX, PREFIX]
+    for h in (*hidden, "/dev"):
+        argv += ["--remount-ro", h]
+    if "--disable-userns" in opts:
+        argv.append("--disable-userns")
+    argv += [*(["--perms", "0700"] if "--perms" in opts else []), "--dir", "/tmp/work", "--chdir", "/tmp/work"]
+    return tuple(argv)
+
+
 def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s: float) -> SandboxResult:
     timeout = job.timeout_s if job.timeout_s is not None else timeout_s
     token = secrets.token_hex(16).encode()
     marker = f"{os.getpid()}-{secrets.token_hex(6)}"
     uid = _uid_for_slot(slot) if mode.user_drop else None
     gid = _nogroup() if mode.user_drop else None
+    isolated = mode.namespaces or mode.bwrap is not None
     workdir = None
-    if not mode.namespaces:
+    if not isolated:
         workdir = tempfile.mkdtemp(prefix="tunedeck-sample-")
         if uid is not None:
             os.chown(workdir, uid, gid)
-    home = "/tmp/work" if mode.namespaces else workdir
+    home = "/tmp/work" if isolated else workdir
     rlimits = _rlimits(limits, timeout)
+    # Root drops to the slot's uid in the worker (root-namespaces, unconfined), or before the user namespace
+    # is made (userns, bwrap: a namespace owned by root would keep root's access to files).
+    early = mode.user_ns
     cfg = {
-        "namespaces": mode.namespaces, "pid_ns": mode.pid_ns, "net_ns": mode.net_ns,
-        "no_new_privs": mode.no_new_privs, "uid": uid, "gid": gid, "python": PYTHON, "prefix": PREFIX,
-        "hide": ["/root", "/home"], "tmpfs_mb": limits.tmpfs_mb, "rlimits": rlimits, "timeout_s": timeout,
-        "workdir": workdir, "env": _clean_env(home, marker),
+        "namespaces": mode.namespaces, "pid_ns": mode.pid_ns, "net_ns": mode.net_ns, "user_ns": mode.user_ns,
+        "no_new_privs": mode.no_new_privs, "uid": None if early else uid, "gid": None if early else gid,
+        "pre_uid": uid if early else None, "pre_gid": gid if early else None, "python": PYTHON,
+        "prefix": PREFIX, "hide": list(mode.hidden), "tmpfs_mb": limits.tmpfs_mb, "rlimits": rlimits,
+        "timeout_s": timeout, "workdir": workdir, "env": _clean_env(home, marker),
+        "bwrap": list(_bwrap_argv(mode, limits.tmpfs_mb)) if mode.bwrap else None,
     }
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -584,6 +823,9 @@ def _run_one(job: SandboxJob, slot: int, mode: _Mode, limits: Limits, timeout_s:
         report = {"setup_error": f"bad launcher report {bytes(status)[:200]!r}"}
     if not status and not harness_timeout:
         report["setup_error"] = "the launcher exited without a report"
+    if mode.bwrap and report.get("exit") == 1 and err.buf.startswith(b"bwrap: "):
+        # bubblewrap could not build the sandbox (its own message, on the sample's stderr): not the sample's doing
+        report["setup_error"] = bytes(err.buf).split(b"\n", 1)[0].decode("utf-8", "replace")
     report["cpu_limit"] = rlimits["RLIMIT_CPU"]
     error = _classify(report, out, err, harness_timeout)
     cut = err.buf.rfind(b"\n" + ERROR_MARK)
@@ -611,9 +853,10 @@ def _rmtree(path: str) -> None:
     shutil.rmtree(path, onexc=onerror) if sys.version_info >= (3, 12) else shutil.rmtree(path, onerror=lambda f, p, e: onerror(f, p, e[1]))
 
 
-def check_program(program: str, timeout_s: float = 10.0, limits: Limits | None = None) -> SandboxResult:
-    """Run one program in the sandbox."""
-    return _run_one(SandboxJob(program), slot=0, mode=_get_mode(), limits=limits or Limits(), timeout_s=timeout_s)
+def check_program(program: str, timeout_s: float = 10.0, limits: Limits | None = None,
+                  policy: str = "auto") -> SandboxResult:
+    """Run one program in the sandbox (SandboxUnavailable when the policy cannot be met here)."""
+    return _run_one(SandboxJob(program), slot=0, mode=_get_mode(policy), limits=limits or Limits(), timeout_s=timeout_s)
 
 
 def run_samples(
@@ -623,16 +866,19 @@ def run_samples(
     limits: Limits | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    policy: str = "auto",
 ) -> list[SandboxResult]:
     """Run programs in parallel (one thread per worker slot, each driving one sandboxed process at a time).
 
     Results come back in input order. `progress(done, total)` is called after each sample; when `cancel`
-    is set, samples not yet started come back with error "cancelled".
+    is set, samples not yet started come back with error "cancelled". `policy` (evaluation.sandbox): "auto"
+    (the strongest confinement available, SandboxUnavailable if none), "bwrap" or "userns" (that one or
+    SandboxUnavailable), "unconfined" (rlimits only, and a uid of its own when root).
     """
     jobs = [p if isinstance(p, SandboxJob) else SandboxJob(p) for p in programs]
+    mode = _get_mode(policy)  # before anything runs, also for no jobs: a refusal comes first
     if not jobs:
         return []
-    mode = _get_mode()
     limits = limits or Limits()
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     slots: queue.Queue[int] = queue.Queue()

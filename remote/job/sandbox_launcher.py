@@ -6,18 +6,25 @@ Standard library only, imports kept minimal (marshal and _signal, not json and s
 `python -I -S sandbox_launcher.py CONFIG` (CONFIG: marshal, hex) runs one sample; `--serve FD` is the
 zygote that remote/job/sandbox.py keeps per worker slot: it forks a per-sample launcher for each request
 (config + stdin/stdout/stderr/status fds over a SEQPACKET socket), saving one interpreter start per sample.
-Process tree per sample, when namespaces are available (root):
+Process tree per sample with our own namespaces (as root: "root-namespaces"; as anyone: "userns"):
 
-    per-sample launcher (host namespaces, root, own session)   wall-clock timeout, report on the status pipe
-      └─ init   (pid 1 of new pid/net/mount/ipc/uts namespaces, root, dies with the launcher: PDEATHSIG)
-           └─ worker (pid 2, unprivileged uid, rlimits, no_new_privs) = a fresh `python -I -S -c STAGE2`
+    per-sample launcher (host namespaces, own session)   wall-clock timeout, report on the status pipe
+      └─ init   (pid 1 of new pid/net/mount/ipc/uts [+user] namespaces, dies with the launcher: PDEATHSIG)
+           └─ worker (pid 2, rlimits, no_new_privs, no capabilities) = a fresh `python -I -S -c STAGE2`
+
+As root the worker drops to the worker slot's own uid. As an ordinary user ("userns") the launcher first
+enters a new user namespace mapping the user to itself (drop to the slot uid first when root), so init may
+mount; the worker's execve then leaves it without capabilities, and init forbids nested user namespaces.
+With bubblewrap ("bwrap") the launcher's child execs `bwrap ... -- python -I -S -c STAGE2 NPROC` instead,
+and bwrap builds the same view (its pid 1 plays init; --die-with-parent ties it to the launcher).
 
 When init exits the kernel kills every process left in its pid namespace, so nothing a sample starts
 (setsid, double fork) outlives it. The mount namespace gives the sample a private tmpfs /tmp (its cwd),
-/var/tmp and /dev/shm, hides /root and /home behind empty tmpfs (re-exposing only the interpreter prefix,
-read-only, at its own path), and makes every other mount read-only. The net namespace has only a down
-loopback: no connection goes anywhere. Without namespaces (not root) the launcher forks the worker
-directly and the parent sweeps the session and the sample's marker instead.
+/var/tmp and /dev/shm, hides /root, /home and the user's home behind empty tmpfs (re-exposing only the
+interpreter prefix, read-only, at its own path), and makes every other mount read-only. The net namespace
+has only a down loopback: no connection goes anywhere. Without namespaces (`evaluation.sandbox:
+unconfined`) the launcher forks the worker directly and the parent sweeps the session and the sample's
+marker instead.
 """
 
 import _signal as signal  # the C module: `signal` would import enum and functools (~10 ms per sample)
@@ -29,6 +36,7 @@ import sys
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
@@ -45,12 +53,16 @@ MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 # The code the worker runs: reads the token line and the program from stdin, closes stdin, runs the
 # program, and prints the token only if the program ran to its end. Kept tiny: it runs once per sample.
 STAGE2 = r"""
 import os, sys, builtins
+if len(sys.argv) > 1:  # under bwrap: the process limit, set here inside the sample's own user namespace
+    import resource
+    _n = int(sys.argv.pop()); resource.setrlimit(resource.RLIMIT_NPROC, (_n, _n)); del _n, resource
 _d = sys.stdin.buffer.read()
 _n = os.open(os.devnull, os.O_RDONLY); os.dup2(_n, 0); os.close(_n)
 _i = _d.index(b"\n")
@@ -197,21 +209,63 @@ def setup_mounts(cfg, mount, umount2):
     return work
 
 
-def set_limits(cfg):
+def set_limits(cfg, skip=()):
     for name, value in cfg["rlimits"].items():
-        res = getattr(resource, name)
-        resource.setrlimit(res, (value, value))
+        if name not in skip:
+            res = getattr(resource, name)
+            resource.setrlimit(res, (value, value))
+
+
+def _switch_user(uid, gid):
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise OSError("uid drop did not stick")
 
 
 def drop_privileges(cfg, prctl):
     if cfg.get("uid") is not None:
-        os.setgroups([])
-        os.setgid(cfg["gid"])
-        os.setuid(cfg["uid"])
-        if os.getuid() != cfg["uid"] or os.geteuid() != cfg["uid"]:
-            raise OSError("uid drop did not stick")
+        _switch_user(cfg["uid"], cfg["gid"])
     if prctl is not None:
         prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def become_slot_user(cfg):
+    """Root in the userns and bwrap modes: become the slot's uid BEFORE the user namespace exists, since a
+    namespace owned by root would hand the sample root's access to every file it can see."""
+    if cfg.get("pre_uid") is not None:
+        _switch_user(cfg["pre_uid"], cfg["pre_gid"])
+        # The uid change made the process undumpable, which makes /proc/self/{uid_map,gid_map,setgroups} root's:
+        # the (new) owner could not write its own maps.
+        _libc()[3](PR_SET_DUMPABLE, 1)
+
+
+def _write_file(path, text):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def enter_user_namespace(unshare, flags):
+    """unshare(CLONE_NEWUSER | flags), the user mapped to itself: this process keeps full capabilities in the
+    new namespace (so init can mount) until an execve, which the worker's is (and it is not uid 0 there)."""
+    uid, gid = os.getuid(), os.getgid()
+    unshare(flags | CLONE_NEWUSER)
+    _write_file("/proc/self/setgroups", "deny")  # required before an unprivileged gid_map
+    _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
+    _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+
+
+def forbid_nested_user_namespaces():
+    """In the sample's user namespace: no further ones (less kernel surface; what bwrap --disable-userns does).
+    Hardening only (kernels before 4.9 have no per-namespace limit): the worker holds no capabilities anyway."""
+    try:
+        _write_file("/proc/sys/user/max_user_namespaces", "0")
+    except OSError:
+        pass
 
 
 def exec_worker(cfg, work, prctl, err_w):
@@ -223,6 +277,23 @@ def exec_worker(cfg, work, prctl, err_w):
         os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-c", STAGE2], cfg["env"])
     except BaseException as exc:  # noqa: BLE001  (the forked child must never return into the launcher's code)
         os.write(err_w, f"worker setup: {exc}".encode()[:4000])
+    os._exit(125)
+
+
+def exec_bwrap(cfg, err_w):
+    """In the launcher's child: exec bubblewrap, which builds the namespaces and runs the worker. Never returns.
+
+    The rlimits are inherited through bwrap, except RLIMIT_NPROC: the kernel counts processes per (user
+    namespace, uid) at every level up to the host, and caps each parent level at the limit its creator had
+    when the namespace was made. Set here, 32 would cap ALL of the user's processes on the host at 32 (bwrap
+    itself could not fork on a busy login node); set by STAGE2 inside, it caps this sample alone."""
+    try:
+        become_slot_user(cfg)
+        set_limits(cfg, skip=("RLIMIT_NPROC",))
+        argv = [*cfg["bwrap"], "--", cfg["python"], "-I", "-S", "-c", STAGE2, str(cfg["rlimits"]["RLIMIT_NPROC"])]
+        os.execve(argv[0], argv, cfg["env"])
+    except BaseException as exc:  # noqa: BLE001  (the forked child must never return into the launcher's code)
+        os.write(err_w, f"bwrap start: {exc}".encode()[:4000])
     os._exit(125)
 
 
@@ -260,6 +331,7 @@ def run_sample(cfg):
     report = {"setup_error": None, "timed_out": False, "exit": None, "signal": None}
     prctl = None
     err_r, err_w = os.pipe()
+    bwrap = bool(cfg.get("bwrap"))
     try:
         mount = umount2 = None
         if cfg.get("namespaces"):
@@ -267,8 +339,12 @@ def run_sample(cfg):
             flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
             flags |= CLONE_NEWPID if cfg.get("pid_ns") else 0
             flags |= CLONE_NEWNET if cfg.get("net_ns") else 0
-            unshare(flags)
-        elif cfg.get("no_new_privs"):
+            if cfg.get("user_ns"):
+                become_slot_user(cfg)
+                enter_user_namespace(unshare, flags)
+            else:
+                unshare(flags)
+        elif cfg.get("no_new_privs") and not bwrap:  # bwrap sets no_new_privs itself
             _, _, _, prctl = _libc()
     except OSError as exc:
         report["setup_error"] = f"launcher: {exc}"
@@ -279,12 +355,16 @@ def run_sample(cfg):
     if pid == 0:
         try:
             os.close(err_r)
+            if bwrap:
+                exec_bwrap(cfg, err_w)
             if cfg.get("namespaces"):
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # init dies with the launcher, and with it the namespace
                 # (under a new pid namespace getppid() is 0: the launcher is outside it)
                 if not cfg.get("pid_ns") and os.getppid() != launcher_pid:
                     os._exit(125)
                 work = setup_mounts(cfg, mount, umount2)
+                if cfg.get("user_ns"):
+                    forbid_nested_user_namespaces()
                 worker = os.fork()
                 if worker == 0:
                     exec_worker(cfg, work, prctl, err_w)
@@ -309,8 +389,8 @@ def run_sample(cfg):
     report["timed_out"] = timed_out
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
-        # With a pid namespace, init reports the worker's death by signal as 128+N.
-        if cfg.get("namespaces") and code > 128 and not err:
+        # With a pid namespace, init (ours or bwrap's) reports the worker's death by signal as 128+N.
+        if (cfg.get("namespaces") or bwrap) and code > 128 and not err:
             report["signal"] = code - 128
         else:
             report["exit"] = code
