@@ -311,15 +311,19 @@ def refusal_message(policy: str, reasons: dict[str, str]) -> str:
         parts.append("unprivileged user namespaces are not allowed ("
                      + "; ".join([reasons["userns"], *hints]) + ")")
     chosen = "" if policy == "auto" else f" (evaluation.sandbox is {policy!r})"
+    allow = ("ask the administrators to allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
+             "kernel.unprivileged_userns_clone = 1, or an AppArmor profile that lets bwrap use them)")
+    if reasons.get("bwrap", "").startswith("bubblewrap"):  # not installed
+        ways = (f"install bubblewrap (`apt-get install bubblewrap`, `dnf install bubblewrap`, or set ${BWRAP_ENV} "
+                f"to its path) or {allow}")
+    else:
+        ways = allow.replace("namespaces (", "namespaces, which bubblewrap needs too (", 1)
     return (
         f"TuneDeck refuses to run model-written code on {host} as {user}{chosen}: without namespaces it would "
         f"run as you, free to read your SSH keys, delete your files and reach the network, and here "
-        f"{' and '.join(parts) or 'no sandbox works'}. Ways out: install bubblewrap (`apt-get install "
-        f"bubblewrap`, `dnf install bubblewrap`, or set ${BWRAP_ENV} to its path) or ask the administrators to "
-        f"allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
-        f"kernel.unprivileged_userns_clone = 1, or an AppArmor profile for bwrap); or, accepting that risk, "
-        f"set `evaluation.sandbox: unconfined` in the run's config (`tunedeck eval --sandbox unconfined`): "
-        f"its pass@1 is then marked unconfined."
+        f"{' and '.join(parts) or 'no sandbox works'}. Ways out: {ways}; or, accepting that risk, set "
+        f"`evaluation.sandbox: unconfined` in the run's config (`tunedeck eval --sandbox unconfined`): its "
+        f"pass@1 is then marked unconfined."
     )
 
 

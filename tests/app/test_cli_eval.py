@@ -109,3 +109,53 @@ def test_eval_reports_an_unknown_task_id(tmp_path: Path, capsys: pytest.CaptureF
     samples.write_text(json.dumps({"task_id": "HumanEval/999", "completion": "x"}) + "\n")
     assert main(["eval", "--samples", str(samples), "--bench", "humaneval", "--out", str(tmp_path / "o")]) == 2
     assert "HumanEval/999" in capsys.readouterr().err
+
+
+def test_eval_with_sandbox_unconfined_runs_and_marks_every_pass_at_1(tmp_path: Path, problem_subset: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    samples = _samples(tmp_path, problem_subset)
+    out = tmp_path / "out"
+    assert main(["eval", "--samples", str(samples), "--bench", f"humaneval={problem_subset}", "--out", str(out),
+                 "--sandbox", "unconfined"]) == 0
+    captured = capsys.readouterr()
+    rows = [line for line in captured.out.splitlines() if line.startswith("humaneval")]
+    assert rows and all(line.endswith("UNCONFINED") for line in rows)
+    assert "sandbox: UNCONFINED" in captured.err
+    records, _ = read_records(out / "evals.jsonl", "evals")
+    assert [(r["pass@1"], r["sandbox"]) for r in records] == [(0.5, "unconfined")]
+
+
+def test_eval_default_sandbox_is_confined_and_recorded(tmp_path: Path, problem_subset: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    samples = _samples(tmp_path, problem_subset)
+    out = tmp_path / "out"
+    assert main(["eval", "--samples", str(samples), "--bench", f"humaneval={problem_subset}", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "UNCONFINED" not in captured.out + captured.err
+    records, _ = read_records(out / "evals.jsonl", "evals")
+    assert records[0]["sandbox"] in ("root-namespaces", "bwrap", "userns")
+
+
+def test_eval_refuses_with_the_paragraph_when_the_chosen_sandbox_is_missing(
+        tmp_path: Path, problem_subset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from remote.job import sandbox
+
+    monkeypatch.setattr(sandbox, "_modes", {})  # probe afresh, with bubblewrap gone
+    monkeypatch.setenv("TUNEDECK_BWRAP", "")
+    samples = _samples(tmp_path, problem_subset)
+    out = tmp_path / "out"
+    code = main(["eval", "--samples", str(samples), "--bench", f"humaneval={problem_subset}", "--out", str(out),
+                 "--sandbox", "bwrap"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "refuses to run model-written code" in err and "(evaluation.sandbox is 'bwrap')" in err
+    assert "bubblewrap (bwrap) is not installed" in err and "apt-get install bubblewrap" in err
+    assert "--sandbox unconfined" in err
+    assert not out.exists()  # stopped before anything was scored or written
+
+
+def test_eval_rejects_an_unknown_sandbox_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--samples", "s.jsonl", "--bench", "humaneval", "--out", str(tmp_path), "--sandbox", "none"])
+    assert exit_info.value.code == 2
+    assert "--sandbox: invalid choice: 'none'" in capsys.readouterr().err

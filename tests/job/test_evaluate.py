@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.evalsets import load_humaneval, load_mbpp
-from core.records import read_records, validate_record
+from core.records import read_records, unconfined_evaluations, validate_record
 from remote.job import evaluate, prompts_eval
 
 # ------------------------------------------------------------------------------------------- prompts
@@ -194,7 +194,21 @@ def test_tiny_random_model_generates_and_is_scored_per_checkpoint(tmp_path: Path
     assert [e["event"] for e in events] == ["eval_started", "eval_finished"]
     assert events[0]["detail"]["backend"] == "transformers"
     assert "pid_namespace" in events[0]["detail"]["sandbox"]
+    assert events[0]["detail"]["sandbox"]["confined"] and {r["sandbox"] for r in evals} == {events[0]["detail"]["sandbox"]["mode"]}
+    assert unconfined_evaluations(events) == set()
     assert not (run / "events.jsonl").exists()  # the training rank 0 is that file's only writer
+
+
+def test_evaluation_sandbox_unconfined_in_the_config_is_recorded_in_eval_started_and_each_record(
+        tmp_path: Path, tiny_model: Path) -> None:
+    run = _run_dir(tmp_path, tiny_model, sandbox="unconfined", limit=2)
+    records = evaluate.evaluate_checkpoint(run, tiny_model, step=20, attempt=1)
+    assert records and {r["sandbox"] for r in records} == {"unconfined"}
+    events, _ = read_records(run / "eval_events.jsonl", "events")
+    assert events[0]["event"] == "eval_started"
+    sandbox = events[0]["detail"]["sandbox"]
+    assert (sandbox["mode"], sandbox["policy"], sandbox["confined"]) == ("unconfined", "unconfined", False)
+    assert unconfined_evaluations(events) == {(1, 20)}  # what the app marks with its red badge
 
 
 def test_sampling_gives_n_samples_per_task_and_pass_at_every_k(tmp_path: Path, tiny_model: Path) -> None:

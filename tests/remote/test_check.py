@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 
 import pytest
 
 from remote.check import RECOMMENDED_TORCH, build_report, check_cluster, probe_script
+from remote.job.sandbox import find_bwrap
 from remote.profiles import ClusterProfile, get_profile, make_transport
 from remote.transport import LocalTransport
 
@@ -31,6 +33,10 @@ def test_local_check_reports_the_installed_training_stack():
     assert "all required parts present" in report.format()
     with pytest.raises(KeyError):
         report.item("sbatch")  # only checked for the slurm backend
+    # the shipped sandbox's own probe ran there (as root here: its own namespaces and a uid per slot)
+    sandbox = report.item("sandbox")
+    expected = "root-namespaces" if os.geteuid() == 0 else ("bwrap" if find_bwrap() else "userns")
+    assert sandbox.ok and sandbox.value.startswith(expected) and report.raw["sandbox"]["confined"] is True
 
 
 def test_check_over_ssh_finds_the_stack_sbatch_partition_gpus_and_disk(ssh_profile_slurm, ssh_transport):
@@ -44,6 +50,8 @@ def test_check_over_ssh_finds_the_stack_sbatch_partition_gpus_and_disk(ssh_profi
     assert report.item("partition").ok and "gpu:8" in report.item("partition").value
     assert ssh_profile_slurm.work_root in report.item("disk").value
     assert report.item("work_root").ok
+    # the sandbox probe went over SSH inside the one command, and says where it was measured
+    assert report.item("sandbox").ok and "login node" in report.item("sandbox").value
 
 
 def test_check_over_ssh_names_missing_packages_and_the_pip_command(ssh_profile_slurm, ssh_transport, tmp_path):
