@@ -155,3 +155,26 @@ def test_exports_write_the_bars_and_curves_data(qtbot, store, tmp_path):
     for fmt in ("png", "svg"):
         out = view.bar_chart.export_image(tmp_path / f"bars.{fmt}")
         assert out.stat().st_size > 1000
+
+
+def test_best_pass_at_1_from_an_unconfined_evaluation_is_badged_in_the_table(qtbot, store):
+    from core.records import RunPaths, event_record
+
+    for run_id in ("a", "b"):
+        create_run(store, run_id, name=f"run {run_id}", status="finished")
+    fa, fb = StoreFeeder(store, "a"), StoreFeeder(store, "b")
+    fa.evals(30, {"all": 0.25, "clean": 0.4})
+    fa.evals(60, {"all": 0.375, "clean": 0.35})
+    # step 60 ran unconfined: its all-subset 37.5 is the best (badged); clean's best (40.0, step 30) is not
+    fa.ingest(RunPaths.EVAL_EVENTS, [event_record("eval_started", 1, {"step": 60, "sandbox": {"mode": "unconfined"}}),
+                                     event_record("eval_started", 1, {"step": 30, "sandbox": {"mode": "bwrap"}})])
+    fb.evals(40, {"all": 0.1, "clean": 0.1})
+    view = open_compare(qtbot, store, ["a", "b"])
+    table = view.metrics_table
+    headers = [table.horizontalHeaderItem(j).text() for j in range(table.columnCount())]
+    cell_all = table.item(0, headers.index("humaneval all\npass@1 (%)"))
+    assert cell_all.text() == "37.5 ⚠ unconfined" and "unconfined" in cell_all.toolTip()
+    assert cell_all.background().color().name() == "#cf222e"
+    assert cell_all.data(Qt.ItemDataRole.UserRole) == pytest.approx(0.375)  # the number itself is unchanged
+    assert table.item(0, headers.index("humaneval clean\npass@1 (%)")).text() == "40.0"
+    assert table.item(1, headers.index("humaneval all\npass@1 (%)")).text() == "10.0"

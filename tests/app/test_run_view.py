@@ -340,3 +340,33 @@ def test_launch_tiny_preset_locally_from_the_gui_and_watch_it_to_pass_at_1(qtbot
         assert view.console.toPlainText().strip()
     finally:
         window.close()
+
+
+def _eval_started(step: int, mode: str, attempt: int = 1) -> dict:
+    return event_record("eval_started", attempt, {"step": step, "checkpoint": f"c{step}", "backend": "transformers",
+                                                  "benchmarks": ["humaneval"], "sandbox": {"mode": mode}})
+
+
+def test_pass_at_1_from_an_unconfined_evaluation_gets_a_red_badge_and_confined_ones_do_not(qtbot, store):
+    create_run(store, "r1", name="demo", job_id="4242")
+    feed = StoreFeeder(store, "r1")
+    feed.ingest(RunPaths.EVAL_EVENTS, [_eval_started(20, "bwrap")])
+    feed.evals(20, {"all": 0.25, "clean": 0.2})
+    view = open_view(qtbot, store, "r1")
+    qtbot.waitUntil(lambda: "humaneval" in view.pass_charts, timeout=WAIT_MS)
+    chart = view.pass_charts["humaneval"]
+    assert not chart.unconfined_badge.isVisibleTo(view) and chart.unconfined_points() == {}
+    # a later checkpoint evaluated with evaluation.sandbox: unconfined, its events after its records
+    feed.evals(40, {"all": 0.375, "clean": 0.3})
+    feed.ingest(RunPaths.EVAL_EVENTS, [_eval_started(40, "unconfined")])
+    qtbot.waitUntil(lambda: chart.unconfined_badge.isVisibleTo(view), timeout=WAIT_MS)
+    assert chart.unconfined_points() == {"all": [(40.0, 37.5)], "clean": [(40.0, 30.0)]}
+    assert "UNCONFINED" in chart.unconfined_badge.text() and "step 40 " in chart.unconfined_badge.text()
+    assert "20" not in chart.unconfined_badge.text()
+    close_view(view)
+    # opened again later: the badge comes from the stored events
+    again = open_view(qtbot, store, "r1")
+    qtbot.waitUntil(lambda: "humaneval" in again.pass_charts, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: again.pass_charts["humaneval"].unconfined_badge.isVisibleTo(again), timeout=WAIT_MS)
+    assert again.pass_charts["humaneval"].unconfined_points()["all"] == [(40.0, 37.5)]
+    close_view(again)
