@@ -25,8 +25,9 @@ qt_libs="libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 li
  libxcb-render0 libxcb-shape0 libxcb-shm0 libxcb-sync1 libxcb-util1 libxcb-xfixes0 libxcb-xkb1"
 # g++ and the Python headers: DeepSpeed compiles a small CPU op just in time on first use.
 base_pkgs="python3-venv python3-dev g++ git procps $qt_libs"
-# Test-only: real sshd + single-node Slurm on loopback, shellcheck for the rendered scripts, Xvfb for screenshots.
-test_pkgs="openssh-server openssh-client slurm-wlm slurm-client munge shellcheck xvfb xauth"
+# Test-only: real sshd + single-node Slurm on loopback, shellcheck for the rendered scripts, Xvfb for screenshots,
+# bubblewrap for the sandbox's ordinary-user path (the suite also covers the path without it).
+test_pkgs="openssh-server openssh-client slurm-wlm slurm-client munge shellcheck xvfb xauth bubblewrap"
 
 pkgs=$base_pkgs
 [ "$mode" = test ] && pkgs="$pkgs $test_pkgs"

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import traceback
 
 CLONE_NEWUSER = 0x10000000
@@ -57,9 +58,11 @@ def main() -> None:
             cancel = threading.Event()
             if req.get("cancel"):
                 cancel.set()
+            t0 = time.perf_counter()
             res = sandbox.run_samples(jobs, workers=req.get("workers"), timeout_s=req.get("timeout_s", 10.0),
                                       progress=lambda d, n: seen.append(d), cancel=cancel, policy=policy)
-            return {"results": [result_dict(r) for r in res], "progress": seen}
+            seconds = time.perf_counter() - t0
+            return {"results": [result_dict(r) for r in res], "progress": seen, "seconds": seconds}
         if op == "score":
             records = evaluate.score_samples_file(req["samples"], tuple(req["bench"]), req["out"],
                                                   timeout_s=req.get("timeout_s", 10.0), workers=req.get("workers"),

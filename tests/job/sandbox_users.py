@@ -65,7 +65,7 @@ class OrdinaryUser:
                 raise Unavailable(f"{tool} not found")
         if not Path(SYSTEM_PYTHON).is_file():
             raise Unavailable(f"{SYSTEM_PYTHON} not found (an ordinary user needs a python it can read)")
-        name = f"tdsbx{os.getpid()}"
+        name = f"tdsbx{os.getpid()}"  # unique per session: concurrent test runs on one machine do not collide
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
         pw = pwd.getpwnam(name)
         user = cls(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
@@ -127,8 +127,9 @@ class Driver:
     proc: subprocess.Popen | None = None
     pid: int = 0
 
-    def start(self) -> Driver:
-        argv = ["runuser", "-u", self.user.name, "--", "env", "-i", f"HOME={self.user.home}", "PATH=/usr/bin:/bin",
+    def start(self, as_user: str | None = None) -> Driver:
+        """Start the driver as the ordinary user (or `as_user`, e.g. root for a like-for-like baseline)."""
+        argv = ["runuser", "-u", as_user or self.user.name, "--", "env", "-i", f"HOME={self.user.home}", "PATH=/usr/bin:/bin",
                 *(f"{k}={v}" for k, v in self.env.items()),
                 SYSTEM_PYTHON, "-I", str(self.code_dir / DRIVER.name), str(self.code_dir)]
         if self.no_userns:
