@@ -8,11 +8,22 @@ Isolation per sample (see remote/job/sandbox_launcher.py for the process tree):
   sockets, proxies or tokens) and stdin closed once the program is read from it; the isolation around it
   is set up by a per-sample launcher forked from a long-lived launcher server per worker slot (a zygote:
   one interpreter start per sample instead of two; it exits when this process closes its socket);
-- as root: its own pid, network, mount, IPC and UTS namespaces; a private tmpfs /tmp as its working directory
-  (it vanishes with the namespace), /root and /home hidden, every other mount read-only; the user dropped to
-  an unassigned uid per worker slot (from 61000 up, group nogroup, reserved machine-wide with an flock in
-  /run/tunedeck-sandbox-uids), so two samples never share a uid, not even across concurrent evaluations,
-  and a fork bomb in one cannot exhaust another's RLIMIT_NPROC; PR_SET_NO_NEW_PRIVS (no setuid binaries);
+- its own pid, network, mount, IPC and UTS namespaces; a private tmpfs /tmp as its working directory (it
+  vanishes with the namespace), /root, /home and the user's home hidden, every other mount read-only; no
+  new privileges (no setuid binaries). Built by the first of these that works (the `mode`, checked once per
+  process by running a probe program through it: sandbox_capabilities()):
+  - "root-namespaces" (root): our own unshare(); the user dropped to an unassigned uid per worker slot (from
+    61000 up, group nogroup, reserved machine-wide with an flock in /run/tunedeck-sandbox-uids), so two
+    samples never share a uid, not even across concurrent evaluations, and a fork bomb in one cannot exhaust
+    another's RLIMIT_NPROC;
+  - "bwrap" (any user; bubblewrap copes with distributions that allow user namespaces only to known
+    programs, e.g. Ubuntu 24.04's AppArmor rule) and "userns" (our own unshare(CLONE_NEWUSER | ...), the user
+    mapped to itself): one user namespace per sample. No uid of its own per slot there, so RLIMIT_NPROC is
+    set INSIDE the sample's user namespace, where (Linux >= 5.14) the kernel counts that sample's processes
+    only: a fork bomb in one sample cannot starve the others, nor the user's other processes;
+  where none works, `policy="auto"` refuses (SandboxUnavailable, a paragraph naming what is missing and the
+  ways out) rather than run model code unprotected; `policy="unconfined"` (evaluation.sandbox: unconfined)
+  runs it with rlimits only, as the user (root: still a uid per slot), and the results say so;
 - rlimits: address space, CPU time, file size, open files, processes, core dumps = 0;
 - a wall-clock timeout in the launcher (SIGKILL of the namespace's init kills everything in it) and a
   backup one here; after every sample its process group is killed and, without a pid namespace, every

@@ -27,12 +27,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from remote.job.sandbox import SandboxJob, SandboxResult, find_processes
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 DRIVER = Path(__file__).with_name("sandbox_driver.py")
 SECRET = "fake-secret-4242-do-not-leak"
 KEY_TEXT = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{SECRET}\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+USER_PREFIX = "tdsbx"
+
+
+def _remove_stale_users() -> None:
+    """Users left by a killed session (named after its pid, which is gone): removed with their homes."""
+    for pw in pwd.getpwall():
+        pid = pw.pw_name.removeprefix(USER_PREFIX)
+        stale = pw.pw_name.startswith(USER_PREFIX) and pid.isdigit() and not Path(f"/proc/{pid}").exists()
+        if stale and not find_processes(uid=pw.pw_uid):
+            subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
 
 
 class Unavailable(Exception):
@@ -65,7 +79,8 @@ class OrdinaryUser:
                 raise Unavailable(f"{tool} not found")
         if not Path(SYSTEM_PYTHON).is_file():
             raise Unavailable(f"{SYSTEM_PYTHON} not found (an ordinary user needs a python it can read)")
-        name = f"tdsbx{os.getpid()}"  # unique per session: concurrent test runs on one machine do not collide
+        _remove_stale_users()
+        name = f"{USER_PREFIX}{os.getpid()}"  # unique per session: concurrent test runs on one machine do not collide
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
         pw = pwd.getpwnam(name)
         user = cls(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
@@ -232,7 +247,16 @@ class InProcess(SandboxUnderTest):
 class AsUser(SandboxUnderTest):
     def __init__(self, label: str, driver: Driver):
         self.label, self.driver = label, driver
-        self.caps = driver.call(op="caps", policy="auto")["caps"]
+        reply = driver.call(op="caps", policy="auto")
+        if "refused" in reply:
+            # Only the kernel's own verdict excuses it: util-linux's unshare, as the same user.
+            probe = subprocess.run(["runuser", "-u", driver.user.name, "--", "unshare", "-Urnp", "--fork", "true"],
+                                   capture_output=True, text=True)
+            if probe.returncode != 0:
+                pytest.skip(f"unprivileged user namespaces are off here (`unshare -Urnp` as {driver.user.name}: "
+                            f"{probe.stderr.strip()})")
+            pytest.fail(f"the sandbox refused as {driver.user.name} although `unshare -Urnp` works: {reply['refused']}")
+        self.caps = reply["caps"]
         self.home, self.key, self.uid = driver.user.home, driver.user.key, driver.user.uid
 
     def run(self, programs, workers=None, timeout_s=10.0, cancel=False, policy=None):
