@@ -280,7 +280,7 @@ def exec_worker(cfg, work, prctl, err_w):
     os._exit(125)
 
 
-def exec_bwrap(cfg, err_w):
+def exec_bwrap(cfg, err_w, info_w):
     """In the launcher's child: exec bubblewrap, which builds the namespaces and runs the worker. Never returns.
 
     The rlimits are inherited through bwrap, except RLIMIT_NPROC: the kernel counts processes per (user
@@ -290,21 +290,51 @@ def exec_bwrap(cfg, err_w):
     try:
         become_slot_user(cfg)
         set_limits(cfg, skip=("RLIMIT_NPROC",))
-        argv = [*cfg["bwrap"], "--", cfg["python"], "-I", "-S", "-c", STAGE2, str(cfg["rlimits"]["RLIMIT_NPROC"])]
+        os.set_inheritable(info_w, True)  # bwrap reports its pid 1 there (the launcher kills that one at the limit)
+        argv = [*cfg["bwrap"], "--info-fd", str(info_w), "--", cfg["python"], "-I", "-S", "-c", STAGE2,
+                str(cfg["rlimits"]["RLIMIT_NPROC"])]
         os.execve(argv[0], argv, cfg["env"])
     except BaseException as exc:  # noqa: BLE001  (the forked child must never return into the launcher's code)
         os.write(err_w, f"bwrap start: {exc}".encode()[:4000])
     os._exit(125)
 
 
-def wait_child(pid, deadline_s):
-    """waitpid with a wall-clock limit; SIGKILLs the child (and with it its pid namespace) at the limit."""
+def bwrap_pid1(info_r):
+    """The host pid of bwrap's pid 1 (its --info-fd JSON, `"child-pid": N`), or None before bwrap wrote it."""
+    try:
+        text = os.read(info_r, 4096).decode("ascii", "replace")
+    except BlockingIOError:
+        return None
+    _, found, rest = text.partition('"child-pid"')
+    digits = rest.lstrip(" :\t\n")
+    digits = digits[: len(digits) - len(digits.lstrip("0123456789"))]
+    return int(digits) if found and digits else None
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_child(pid, deadline_s, info_r=None):
+    """waitpid with a wall-clock limit; SIGKILLs the child (and with it its pid namespace) at the limit.
+
+    Under bwrap the child is bwrap's monitor, outside the namespace: killing it would leave its pid 1 to die
+    by PDEATHSIG a moment later, after we report. So bwrap's pid 1 is killed instead: the kernel kills and
+    reaps everything in its namespace before pid 1's exit completes, the monitor then exits, and when waitpid
+    returns here nothing of the sample is left."""
     state = {"timed_out": False}
 
     def on_alarm(signum, frame):
         state["timed_out"] = True
+        target = bwrap_pid1(info_r) if info_r is not None else None
+        if target is not None and _ppid(target) != pid:
+            target = None  # not bwrap's child (gone already): kill the monitor instead
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(target or pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -351,12 +381,14 @@ def run_sample(cfg):
         os.write(status_fd, marshal.dumps(report))
         os._exit(125)
     launcher_pid = os.getpid()
+    info_r, info_w = os.pipe() if bwrap else (None, None)
     pid = os.fork()
     if pid == 0:
         try:
             os.close(err_r)
             if bwrap:
-                exec_bwrap(cfg, err_w)
+                os.close(info_r)
+                exec_bwrap(cfg, err_w, info_w)
             if cfg.get("namespaces"):
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # init dies with the launcher, and with it the namespace
                 # (under a new pid namespace getppid() is 0: the launcher is outside it)
@@ -382,7 +414,10 @@ def run_sample(cfg):
             finally:
                 os._exit(125)
     os.close(err_w)
-    status, usage, timed_out = wait_child(pid, cfg["timeout_s"])
+    if info_w is not None:
+        os.close(info_w)
+        os.set_blocking(info_r, False)
+    status, usage, timed_out = wait_child(pid, cfg["timeout_s"], info_r)
     err = read_all(err_r)
     if err:
         report["setup_error"] = err
