@@ -5,9 +5,10 @@ with the same code the app reads them with. Records are append-only JSONL, one w
 
 metrics.jsonl  t, attempt, step, epoch, samples, tokens, loss, lr, grad_norm, tokens_per_s [, gpu_mem_gb, ...]
 evals.jsonl    t, attempt, step, checkpoint, benchmark, subset, n_tasks, samples_per_task, temperature,
-               pass@1 [, pass@10, ...]
+               pass@1 [, pass@10, ...] [, sandbox: the sandbox mode its samples ran in]
 events.jsonl   t, attempt, event, detail
-eval_events.jsonl  the same, written by the evaluation processes (eval_started / eval_finished / eval_failed)
+eval_events.jsonl  the same, written by the evaluation processes (eval_started / eval_finished / eval_failed;
+               eval_started's detail.sandbox is sandbox_capabilities(): mode "unconfined" marks its pass@1)
 NaN and infinities are written as null.
 """
 
