@@ -24,10 +24,12 @@ qt_libs="libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 li
  libxcb-cursor0 libxcb-glx0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
  libxcb-render0 libxcb-shape0 libxcb-shm0 libxcb-sync1 libxcb-util1 libxcb-xfixes0 libxcb-xkb1"
 # g++ and the Python headers: DeepSpeed compiles a small CPU op just in time on first use.
-base_pkgs="python3-venv python3-dev g++ git procps $qt_libs"
+# bubblewrap: the evaluation sandbox's isolation for an ordinary user (without it, TuneDeck uses its own
+# user namespaces where the kernel allows them, and refuses to run model code where it does not).
+base_pkgs="python3-venv python3-dev g++ git procps bubblewrap $qt_libs"
 # Test-only: real sshd + single-node Slurm on loopback, shellcheck for the rendered scripts, Xvfb for screenshots,
 # bubblewrap for the sandbox's ordinary-user path (the suite also covers the path without it).
-test_pkgs="openssh-server openssh-client slurm-wlm slurm-client munge shellcheck xvfb xauth bubblewrap"
+test_pkgs="openssh-server openssh-client slurm-wlm slurm-client munge shellcheck xvfb xauth"
 
 pkgs=$base_pkgs
 [ "$mode" = test ] && pkgs="$pkgs $test_pkgs"
