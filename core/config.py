@@ -170,6 +170,15 @@ class TrainingSection(Section):
     max_seq_length: int = Field(4096, ge=16, description="Sequence length in tokens (Phind: 4096).")
     packing: bool = Field(True, description="Pack examples into full sequences (padding-free, no attention across examples where the attention supports it).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
+    liger_kernel: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Liger's Triton kernels for RMSNorm, SwiGLU and RoPE (CUDA GPUs with the liger-kernel package). "
+        "auto: used where installed; on: wanted (a warning event where it cannot be used); off: never.",
+    )
+    dataloader_workers: int | None = Field(
+        None, ge=0, le=64,
+        description="Data-loading worker processes per training process (default: 2 on GPUs, 0 on a CPU run).",
+    )
     bf16: bool = Field(True, description="bfloat16 mixed precision (used where the hardware has it; fp32 on CPU).")
     seed: int = Field(42, description="Random seed for data order and initialisation.")
     logging_steps: int = Field(1, gt=0, description="Write a metrics line every N optimizer steps.")
@@ -721,6 +730,26 @@ def field_help(path: str) -> str:
         if candidates:
             model = candidates[0]
     return (info.description or "") if info else ""
+
+
+def load_resolved_json(path: str | Path) -> RunConfig:
+    """A run's config.json (what `resolved_dict` wrote) back as a RunConfig: how the shipped job reads its
+    config. The `derived` block is dropped, since RunConfig computes the same values itself."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([Problem("", "file not found", "missing")], str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem("", f"not valid JSON ({exc})", "syntax")], str(path)) from None
+    if isinstance(data, dict):
+        data.pop("derived", None)
+    config, problems = validate_data(data)
+    if config is None:
+        raise ConfigError(problems, str(path))
+    return config
 
 
 def resolved_dict(config: RunConfig) -> dict[str, Any]:

@@ -136,6 +136,7 @@ SANDBOX_UNCONFINED = "unconfined"  # the sandbox mode of `evaluation.sandbox: un
 EVENT_KINDS = (
     "started",
     "attention",
+    "performance",  # the job's speed-relevant choices: optimizer, kernels, data loading, each with its reason
     "resumed",
     "checkpoint_saved",
     "eval_requested",

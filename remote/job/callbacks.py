@@ -25,6 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from core.config import RunConfig, resolved_dict
 from core.fsutil import atomic_write_text
 from core.records import JsonlWriter, RunPaths, event_record, metric_record, touch_heartbeat
 
@@ -39,6 +40,35 @@ HEARTBEAT_S = float(os.environ.get("TUNEDECK_HEARTBEAT_S", "5"))
 
 def dist_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+_CONTROL_GROUP: Any = None
+
+
+def control_group() -> Any:
+    """A gloo process group for small agreements between ranks (the preemption flag, token counts).
+
+    A CPU tensor reduced over gloo never waits for the GPU; the same over NCCL needs a device tensor and a
+    `.item()`, which stalls the host until the GPU has drained its queue. On a CPU run the default group is
+    gloo already. Created on first use, which every rank reaches at the same point (collective call)."""
+    global _CONTROL_GROUP
+    import torch.distributed as dist
+
+    if _CONTROL_GROUP is None:
+        _CONTROL_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _CONTROL_GROUP
+
+
+def host_all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """Reduce small numbers over all ranks on the host (`op`: sum or max); the values as given when alone."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64)  # exact for integers below 2**53
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=control_group())
+    return tensor.tolist()
 
 
 def bump_attempt(paths: RunPaths) -> int:
@@ -133,18 +163,8 @@ class PreemptionCallback(TrainerCallback):
         self.requested = True
         print(f"[tunedeck] rank {dist_rank()}: got signal {signum}; checkpointing at the end of this step", file=sys.stderr, flush=True)
 
-    def _agreed(self, args: Any) -> bool:
-        import torch
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device if torch.cuda.is_available() else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self._agreed(args):
+        if host_all_reduce([1.0 if self.requested else 0.0], "max")[0] > 0:
             self.requested = True
             self.stopped_at = state.global_step
             control.should_save = True
@@ -152,6 +172,26 @@ class PreemptionCallback(TrainerCallback):
         elif state.max_steps and state.global_step >= state.max_steps:
             control.should_save = True  # the final model is always a checkpoint (even off the save_steps grid)
         return control
+
+
+class TokenCounter(TrainerCallback):
+    """Real (non-padding) tokens trained, counted on the host and summed over ranks only where they are read.
+
+    The collator knows each micro batch's token count as an int; the trainer adds it here. At a step that logs
+    or saves, one host all_reduce moves the sum into `state.num_input_tokens_seen` (which checkpoints keep).
+    The Trainer's own counting gathers a device tensor and calls .item() on every micro batch."""
+
+    def __init__(self) -> None:
+        self.unsynced = 0  # this rank's tokens since the last sum
+
+    def add(self, tokens: int) -> None:
+        self.unsynced += int(tokens)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        last = bool(state.max_steps) and state.global_step >= state.max_steps
+        if control.should_log or control.should_save or control.should_training_stop or last:
+            state.num_input_tokens_seen = int(state.num_input_tokens_seen or 0) + int(host_all_reduce([self.unsynced])[0])
+            self.unsynced = 0
 
 
 class MetricsCallback(TrainerCallback):
@@ -223,7 +263,7 @@ def start_evaluation(paths: RunPaths, checkpoint: Path, step: int, attempt: int)
 class CheckpointCallback(TrainerCallback):
     """Marks a saved checkpoint complete (after every rank wrote its part), prunes, requests evaluation."""
 
-    def __init__(self, recorder: Recorder, paths: RunPaths, run_config: dict[str, Any], keep: int, eval_when: str):
+    def __init__(self, recorder: Recorder, paths: RunPaths, run_config: RunConfig, keep: int, eval_when: str):
         self.recorder = recorder
         self.paths = paths
         self.run_config = run_config
@@ -244,7 +284,7 @@ class CheckpointCallback(TrainerCallback):
         if not (ckpt / "trainer_state.json").is_file():
             self.recorder.event("warning", {"message": f"checkpoint {ckpt} has no trainer_state.json; not marked complete"})
             return
-        atomic_write_text(ckpt / RUN_CONFIG_IN_CHECKPOINT, json.dumps(self.run_config, indent=1))
+        atomic_write_text(ckpt / RUN_CONFIG_IN_CHECKPOINT, json.dumps(resolved_dict(self.run_config), indent=1))
         atomic_write_text(ckpt / RunPaths.COMPLETE_MARKER, f"{time.time():.3f}\n")  # LAST: the checkpoint counts now
         self.last_complete = (step, ckpt)
         self.recorder.event("checkpoint_saved", {"step": step, "path": str(ckpt)})

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.config import load_resolved_json
 from core.evalsets import MBPP_FEWSHOT_IDS, EvalSet, EvalTask, load_eval_set, load_mbpp
 from core.fsutil import atomic_write_text
 from core.passk import pass_at_k_all
@@ -467,18 +468,16 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
     Holds RUN_DIR/.eval.lock (flock) for the whole evaluation so that concurrent requests queue up.
     """
     paths = RunPaths(run_dir)
-    cfg = json.loads(paths.config_json.read_text(encoding="utf-8"))
-    model, data, ev = cfg.get("model", {}), cfg.get("data", {}), cfg.get("evaluation", {})
-    sampled = ev.get("decoding", "greedy") == "sampled"
-    gen = GenSettings(n_samples=int(ev.get("n_samples", 1)) if sampled else 1,
-                      temperature=float(ev.get("temperature", 0.2)) if sampled else 0.0,
-                      top_p=float(ev.get("top_p", 0.95)), max_new_tokens=int(ev.get("max_new_tokens", 512)),
-                      batch_size=int(ev.get("batch_size", 16)))
-    benchmarks = [(b["name"], b.get("path")) for b in ev.get("benchmarks", [{"name": "humaneval"}])]
+    cfg = load_resolved_json(paths.config_json)
+    model, data, ev = cfg.model, cfg.data, cfg.evaluation
+    sampled = ev.decoding == "sampled"
+    gen = GenSettings(n_samples=ev.n_samples if sampled else 1, temperature=ev.temperature if sampled else 0.0,
+                      top_p=ev.top_p, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+    benchmarks = [(b.name, b.path) for b in ev.benchmarks]
     ckpt = Path(checkpoint)
     tokenizer = str(ckpt) if (ckpt / "tokenizer_config.json").exists() or (ckpt / "tokenizer.json").exists() else None
-    if tokenizer is None and model.get("tokenizer") and not str(model["tokenizer"]).startswith("train:"):
-        tokenizer = model["tokenizer"]
+    if tokenizer is None and model.tokenizer and not model.tokenizer.startswith("train:"):
+        tokenizer = model.tokenizer
     events = JsonlWriter(paths / EVAL_EVENTS)
     lock_fd = os.open(paths / EVAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -492,11 +491,11 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
                 raise FileNotFoundError(f"{ckpt}: no checkpoint there (config.json missing: pruned, moved, or "
                                         "never completely written)")
             return evaluate_model(
-                str(ckpt), benchmarks, paths.root, kind=model.get("kind", "base"),
-                template=data.get("prompt_template", "raw"), system_prompt=data.get("system_prompt", ""),
-                gen=gen, limit=ev.get("limit"), timeout_s=float(ev.get("timeout_s", 10.0)),
-                contamination=data.get("contamination_report"), step=step, attempt=attempt,
-                tokenizer_path=tokenizer, cancel=cancel, on_event=on_event, sandbox=ev.get("sandbox", "auto"),
+                str(ckpt), benchmarks, paths.root, kind=model.kind,
+                template=data.prompt_template, system_prompt=data.system_prompt,
+                gen=gen, limit=ev.limit, timeout_s=ev.timeout_s,
+                contamination=data.contamination_report, step=step, attempt=attempt,
+                tokenizer_path=tokenizer, cancel=cancel, on_event=on_event, sandbox=ev.sandbox,
             )
         except Exception as exc:  # process boundary: record the failure for the GUI, then re-raise
             on_event("eval_failed", {"step": step, "checkpoint": str(ckpt), "error": f"{type(exc).__name__}: {exc}"})

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from core.config import LlamaArchitecture
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 
@@ -53,33 +55,34 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Pa
     return AutoTokenizer.from_pretrained(out_dir)
 
 
-def llama_config(architecture: dict[str, Any], tokenizer: Any = None, attn_implementation: str = "sdpa") -> Any:
+def llama_config(architecture: LlamaArchitecture | dict[str, Any], tokenizer: Any = None,
+                 attn_implementation: str = "sdpa") -> Any:
     """A LlamaConfig from the run config's model.architecture (and the tokenizer's special token ids)."""
     from transformers import LlamaConfig
 
-    a = architecture
+    a = architecture if isinstance(architecture, LlamaArchitecture) else LlamaArchitecture.model_validate(architecture)
     special: dict[str, Any] = {}
     if tokenizer is not None:
-        if len(tokenizer) > a["vocab_size"]:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but model.architecture.vocab_size is {a['vocab_size']}")
+        if len(tokenizer) > a.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but model.architecture.vocab_size is {a.vocab_size}")
         special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     config = LlamaConfig(
-        hidden_size=a["hidden_size"],
-        intermediate_size=a["intermediate_size"],
-        num_hidden_layers=a["num_hidden_layers"],
-        num_attention_heads=a["num_attention_heads"],
-        num_key_value_heads=a["num_key_value_heads"],
-        vocab_size=a["vocab_size"],
-        max_position_embeddings=a.get("max_position_embeddings", 16384),
-        rope_theta=a.get("rope_theta", 1_000_000.0),
-        tie_word_embeddings=a.get("tie_word_embeddings", False),
+        hidden_size=a.hidden_size,
+        intermediate_size=a.intermediate_size,
+        num_hidden_layers=a.num_hidden_layers,
+        num_attention_heads=a.num_attention_heads,
+        num_key_value_heads=a.num_key_value_heads,
+        vocab_size=a.vocab_size,
+        max_position_embeddings=a.max_position_embeddings,
+        rope_theta=a.rope_theta,
+        tie_word_embeddings=a.tie_word_embeddings,
         **special,
     )
     config._attn_implementation = attn_implementation
     return config
 
 
-def build_random_model(architecture: dict[str, Any], tokenizer: Any = None, attn_implementation: str = "sdpa", dtype: Any = None) -> Any:
+def build_random_model(architecture: LlamaArchitecture | dict[str, Any], tokenizer: Any = None, attn_implementation: str = "sdpa", dtype: Any = None) -> Any:
     """A randomly initialised LlamaForCausalLM of the given shape (under deepspeed.zero.Init when ZeRO-3 is on)."""
     from transformers import AutoModelForCausalLM
 

@@ -4,18 +4,25 @@
     PYTHONPATH=RUN_DIR/code deepspeed --num_gpus N --module remote.job.train RUN_DIR
     srun ... python -m torch.distributed.run --nnodes $SLURM_NNODES ... -m remote.job.train RUN_DIR
 
-Reads RUN_DIR/config.json (core.config.resolved_dict) and RUN_DIR/ds_config.json (Trainer "auto" style),
-writes metrics.jsonl / events.jsonl / heartbeat (rank 0) and RUN_DIR/checkpoints/checkpoint-N.
+Reads RUN_DIR/config.json into the app's own config schema (core.config.RunConfig, shipped with the job: a
+field the job reads and the schema lacks fails a type check in CI, not a run on a cluster) and
+RUN_DIR/ds_config.json (Trainer "auto" style); writes metrics.jsonl / events.jsonl / heartbeat (rank 0) and
+RUN_DIR/checkpoints/checkpoint-N.
 
-Reads top to bottom: settle the hardware (distributed backend, precision, attention), load the data into
-prompt/completion columns, tokenizer, model, then let the Trainer do the loop, accumulation, schedule,
-packing and checkpoint mechanics. Resume is automatic from the newest COMPLETE checkpoint.
+Reads top to bottom: settle the hardware (distributed backend, precision, attention path, optimizer, kernels,
+data loading; each choice and its reason is an event), load the data into prompt/completion columns,
+tokenizer, model, then let the Trainer do the loop, accumulation, schedule, packing and checkpoint mechanics.
+Resume is automatic from the newest COMPLETE checkpoint.
 
-Packing (training.packing): TRL's best-fit-decreasing packing ("bfd") is padding-free: each batch is one flat
-row whose position ids restart at every example. With flash_attention_2 the boundaries go to the kernel as
-cu_seq_lens; with sdpa/eager transformers builds a block-diagonal causal mask from the position ids. Either
-way no token attends across packed examples (sdpa/eager pay an O(L^2) mask per packed row). Examples longer
+Packing (training.packing): TRL packs examples best-fit-decreasing into rows of max_seq_length. With
+FlashAttention-2 the micro batch goes flat to its varlen kernel (cu_seq_lens); with any other kernel the
+rows stay rows, each with a block-diagonal causal mask, so attention costs at most micro batch x
+max_seq_length^2 and never (micro batch x max_seq_length)^2 (remote/job/packing.py says why). Examples longer
 than max_seq_length are truncated. Without packing each batch is padded to its longest example.
+
+Per step the job adds no host-device synchronisation of its own: token counts are ints from the collator,
+summed over ranks (on a CPU gloo group) only at logging and saving steps; the preemption flag is agreed on
+that group too; the Trainer's NaN filter and TRL's per-step metrics (each a .item()) are off.
 
 Metrics after a hard kill: steps logged after the last complete checkpoint are trained and logged again by
 the next attempt (with its attempt number; the `resumed` event says from which step). Readers keep the
@@ -27,32 +34,37 @@ ranks that take longer than its shutdown timeout (30 s) to save; give big models
 `--signal=TERM@120`, KillWait). The run directory must be on a filesystem every node shares (attempts file,
 tokenizer, checkpoints). Resuming needs the same world size (ZeRO-3 optimizer shards are per rank).
 
-Standard library, the training stack and core.records/core.fsutil/core.evalsets only: shipped with each run.
+Standard library, the training stack and the shipped core modules only (core.config needs pydantic, which
+DeepSpeed itself depends on, and PyYAML, which transformers depends on).
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.config import DataSection, DeepSpeedSection, RunConfig, load_resolved_json
 from core.records import RunPaths
+from remote.job.packing import (
+    DOCUMENT_IDS_KEY,
+    ROWS,
+    TOKENS_KEY,
+    AttentionChoice,
+    CountingCollator,
+    PackedRowsCollator,
+    block_causal_mask,
+    choose_attention,
+)
 from remote.job.templates import chat_messages, format_completion, format_prompt
 
-PACKING_BEHAVIOUR = {
-    "flash_attention_2": "padding-free bfd packing; example boundaries passed to FlashAttention-2 as cu_seq_lens "
-                         "(from position ids): no attention across packed examples",
-    "sdpa": "padding-free bfd packing; transformers builds a block-diagonal causal mask from the restarting "
-            "position ids: no attention across packed examples (O(L^2) mask per packed row)",
-    "eager": "padding-free bfd packing; block-diagonal causal mask from the restarting position ids: no attention "
-             "across packed examples",
-}
-NO_PACKING = "no packing: each batch padded to its longest example, padding masked"
+DATALOADER_WORKERS_GPU = 2  # collation of packed rows is light; two workers keep a batch ready per step
 
 
 class JobError(Exception):
@@ -71,22 +83,7 @@ def force_gloo_backend() -> None:
     def _prepare_backend(self: Any, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None) -> tuple[str, Any]:
         return "gloo", DistributedType.MULTI_CPU
 
-    PartialState._prepare_backend = _prepare_backend
-
-
-def choose_attention(requested: str, fallback: str) -> tuple[str, str]:
-    """(implementation used, why)."""
-    import torch
-
-    if requested != "flash_attention_2":
-        return requested, f"{requested} requested"
-    if not torch.cuda.is_available():
-        return fallback, f"flash_attention_2 requested, no CUDA GPU -> {fallback}"
-    try:
-        importlib.import_module("flash_attn")
-    except ImportError as exc:
-        return fallback, f"flash_attention_2 requested, flash_attn not importable ({exc}) -> {fallback}"
-    return requested, "flash_attention_2 requested, flash_attn imports and a CUDA GPU is present"
+    PartialState._prepare_backend = _prepare_backend  # type: ignore[method-assign]
 
 
 def choose_bf16(wanted: bool) -> tuple[bool, str]:
@@ -101,9 +98,73 @@ def choose_bf16(wanted: bool) -> tuple[bool, str]:
     return False, "fp32: bf16 requested but there is no GPU (CPU run)"
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One speed-relevant decision of the job, recorded in the `performance` event."""
+
+    used: Any
+    reason: str
+
+
+def fused_adam_prebuilt() -> bool:
+    """DeepSpeed's FusedAdam op is compiled into this installation (else using it means a JIT build with
+    nvcc at start, minutes on every node, and a crash where nvcc is missing)."""
+    try:
+        from deepspeed.git_version_info import installed_ops
+    except ImportError:
+        return False
+    return bool(installed_ops.get("fused_adam"))
+
+
+def choose_optimizer(ds_config: dict[str, Any], deepspeed: DeepSpeedSection, cuda: bool) -> Choice:
+    """The fastest AdamW this machine has, written into ds_config's optimizer block (DeepSpeed builds it)."""
+    block = ds_config.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    params = block.setdefault("params", {})
+    if deepspeed.offload_optimizer != "none":
+        return Choice("DeepSpeedCPUAdam", f"deepspeed.offload_optimizer is {deepspeed.offload_optimizer!r}: the "
+                                          "step runs on the CPU with DeepSpeed's vectorised Adam")
+    if cuda and not deepspeed.torch_adam and fused_adam_prebuilt():
+        params.pop("torch_adam", None)
+        return Choice("deepspeed FusedAdam", "DeepSpeed's FusedAdam op is prebuilt in this installation")
+    if cuda:
+        params["torch_adam"] = True
+        params["fused"] = True  # passed through by DeepSpeed to torch.optim.AdamW
+        why = ("deepspeed.torch_adam is true" if deepspeed.torch_adam else
+               "DeepSpeed's FusedAdam op is not prebuilt here (a JIT build needs nvcc and minutes per node)")
+        return Choice("torch.optim.AdamW(fused=True)", f"{why}; torch's fused AdamW is one kernel per step")
+    if deepspeed.torch_adam:
+        return Choice("torch.optim.AdamW", "deepspeed.torch_adam is true (CPU run: no op to compile)")
+    return Choice("deepspeed Adam (compiled on first use)", "deepspeed.torch_adam is false")
+
+
+def choose_liger(setting: str, cuda: bool) -> Choice:
+    """Liger's Triton kernels for RMSNorm, SwiGLU and RoPE (training.liger_kernel: auto | on | off)."""
+    if setting == "off":
+        return Choice(False, "training.liger_kernel is 'off'")
+    if importlib.util.find_spec("liger_kernel") is None:
+        return Choice(False, "the liger-kernel package is not installed"
+                             + (" (training.liger_kernel is 'on')" if setting == "on" else ""))
+    if not cuda:
+        return Choice(False, "liger-kernel needs a CUDA GPU (Triton kernels)")
+    return Choice(True, "liger-kernel is installed: its RMSNorm, SwiGLU and RoPE kernels replace the model's; the "
+                        "cross-entropy is TRL's fused LM head (TRL refuses Liger's, which replaces model.forward)")
+
+
+def data_loading(workers: int | None, cuda: bool) -> Choice:
+    """Worker processes and pinned memory where a GPU waits for batches; neither on a CPU run (the
+    workers would compete with training for the same cores, and pinning needs an accelerator)."""
+    n = workers if workers is not None else (DATALOADER_WORKERS_GPU if cuda else 0)
+    why = "training.dataloader_workers" if workers is not None else (
+        "default on a GPU: batches collate off the training process's critical path" if cuda
+        else "default on a CPU run: workers would take cores from training")
+    return Choice({"workers": n, "pin_memory": cuda, "persistent_workers": n > 0, "prefetch_factor": 4 if n else None},
+                  why)
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "trl", "accelerate", "deepspeed", "datasets", "flash-attn"):
+    for dist in ("torch", "transformers", "trl", "accelerate", "deepspeed", "datasets", "pydantic", "flash-attn",
+                 "liger-kernel"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -122,29 +183,29 @@ def device_summary() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def load_rows(data: dict[str, Any], recorder: Any) -> Any:
+def load_rows(data: DataSection, recorder: Any) -> Any:
     """The training rows as a datasets.Dataset, from files, a saved dataset or the demo generator."""
     import datasets
 
-    if data.get("demo"):
+    if data.demo is not None:
         from core.evalsets import EvalSetError
         from remote.job import demo_data
 
-        demo = data["demo"]
+        demo = data.demo
         try:
-            rows = demo_data.generate(demo["n_examples"], demo.get("plant_humaneval", 0), demo.get("seed", 0))
+            rows = demo_data.generate(demo.n_examples, demo.plant_humaneval, demo.seed)
         except EvalSetError as exc:
             recorder.event("warning", {"message": f"demo data: no HumanEval prompts planted ({exc})"})
-            rows = demo_data.generate(demo["n_examples"], 0, demo.get("seed", 0))
+            rows = demo_data.generate(demo.n_examples, 0, demo.seed)
         return datasets.Dataset.from_list(rows)
-    if data.get("dataset_dir"):
-        ds = datasets.load_from_disk(data["dataset_dir"])
+    if data.dataset_dir:
+        ds = datasets.load_from_disk(data.dataset_dir)
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
-                raise JobError(f"data.dataset_dir {data['dataset_dir']}: a DatasetDict without a 'train' split ({list(ds)})")
+                raise JobError(f"data.dataset_dir {data.dataset_dir}: a DatasetDict without a 'train' split ({list(ds)})")
             ds = ds["train"]
         return ds
-    files = data.get("train_files") or []
+    files = data.train_files
     if not files:
         raise JobError("no training data: set data.train_files, data.dataset_dir or data.demo")
     parts = []
@@ -159,15 +220,15 @@ def load_rows(data: dict[str, Any], recorder: Any) -> Any:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def to_prompt_completion(ds: Any, data: dict[str, Any], tokenizer: Any | None) -> Any:
+def to_prompt_completion(ds: Any, data: DataSection, tokenizer: Any | None) -> Any:
     """prompt/completion columns in the configured template (TRL then trains on completion tokens only)."""
-    inst, ans, sys_field = data["instruction_field"], data["answer_field"], data.get("system_field")
+    inst, ans, sys_field = data.instruction_field, data.answer_field, data.system_field
     for field in (inst, ans) + ((sys_field,) if sys_field else ()):
         if field not in ds.column_names:
             raise JobError(f"data: column {field!r} not in the training data (columns: {ds.column_names}); "
                            f"set data.instruction_field / data.answer_field / data.system_field")
-    template = data["prompt_template"]
-    default_system = data.get("system_prompt", "")
+    template = data.prompt_template
+    default_system = data.system_prompt
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         system = (row.get(sys_field) if sys_field else None) or default_system
@@ -188,26 +249,28 @@ def tokenizer_texts(ds: Any) -> list[str]:
 # --------------------------------------------------------------------------------------------- model
 
 
-def load_tokenizer(cfg: dict[str, Any], paths: RunPaths, formatted: Any) -> Any:
+def load_tokenizer(cfg: RunConfig, paths: RunPaths, formatted: Any) -> Any:
     from transformers import AutoTokenizer
 
     from remote.job import tiny_model
     from remote.job.callbacks import TOKENIZER_DIR
 
-    model = cfg["model"]
-    spec = model.get("tokenizer") or model["name_or_path"]
+    model = cfg.model
+    spec = model.tokenizer or model.name_or_path
     if spec == "train:bpe":
         saved = paths / TOKENIZER_DIR
         if (saved / "tokenizer.json").is_file():  # resumed (or another rank trained it): the same tokenizer
             return AutoTokenizer.from_pretrained(saved)
-        return tiny_model.train_bpe_tokenizer(tokenizer_texts(formatted), model["architecture"]["vocab_size"], saved)
+        if model.architecture is None:
+            raise JobError("model.tokenizer 'train:bpe' needs model.architecture (its vocab_size)")
+        return tiny_model.train_bpe_tokenizer(tokenizer_texts(formatted), model.architecture.vocab_size, saved)
     tokenizer = AutoTokenizer.from_pretrained(spec)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
 
 
-def load_model(cfg: dict[str, Any], tokenizer: Any, attn: str, bf16: bool) -> Any:
+def load_model(cfg: RunConfig, tokenizer: Any, attn: str, bf16: bool) -> Any:
     """Call after the TrainingArguments exist: under ZeRO-3 the model is then built partitioned.
 
     A random-init model depends only on the config: the same training.seed gives the same weights."""
@@ -216,85 +279,159 @@ def load_model(cfg: dict[str, Any], tokenizer: Any, attn: str, bf16: bool) -> An
 
     from remote.job import tiny_model
 
-    model_cfg = cfg["model"]
-    if model_cfg["init"] == "random":
+    model_cfg = cfg.model
+    if model_cfg.init == "random":
+        if model_cfg.architecture is None:
+            raise JobError("model.init is 'random' but model.architecture is not given")
         # The Trainer seeds only once it exists, after the model: without this a random-init model starts
         # from different weights on every run with the same training.seed.
         from transformers import set_seed
 
-        set_seed(cfg["training"]["seed"])
-        model = tiny_model.build_random_model(model_cfg["architecture"], tokenizer, attn)
+        set_seed(cfg.training.seed)
+        model = tiny_model.build_random_model(model_cfg.architecture, tokenizer, attn)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_cfg["name_or_path"], attn_implementation=attn,
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.name_or_path, attn_implementation=attn,
                                                      dtype=torch.bfloat16 if bf16 else torch.float32)
-    if cfg["training"]["gradient_checkpointing"]:
+    if cfg.training.gradient_checkpointing:
         model.config.use_cache = False  # the cache is useless in training and conflicts with recomputation
     return model
+
+
+# ------------------------------------------------------------------------------------------- trainer
+
+
+def packed_trainer_class() -> type:
+    """SFTTrainer with the job's packed-batch handling and without per-step host syncs (built lazily:
+    importing trl at module level would slow down every `import remote.job.train`)."""
+    from trl import SFTTrainer
+
+    class PackedSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer, plus: the job's collator (TRL refuses a custom one with padding-free packing, so
+        it is set after TRL's init), the batch's token count taken on the host, the rows path's mask built
+        on the device, and TRL's fused-LM-head loss without its per-step metrics (entropy, token accuracy,
+        token count: each a gather and a .item(), i.e. a device sync per micro batch)."""
+
+        def __init__(self, *args: Any, token_counter: Any, attention: AttentionChoice, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.data_collator = job_collator(attention, self.processing_class, self.data_collator)
+            self.token_counter = token_counter
+            self.attention = attention
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            self.token_counter.add(inputs.pop(TOKENS_KEY, 0))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            document_ids = inputs.pop(DOCUMENT_IDS_KEY, None)
+            if document_ids is not None:
+                inputs["attention_mask"] = block_causal_mask(document_ids, self.attention.implementation,
+                                                             self.model.dtype)
+            if return_outputs or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True, num_items_in_batch=num_items_in_batch)
+            loss = outputs.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL/Trainer: DDP averages the gradients
+            return loss
+
+    return PackedSFTTrainer
+
+
+def job_collator(attention: AttentionChoice, tokenizer: Any, default: Any) -> Any:
+    """The rows path's collator, or TRL's own (varlen: padding-free with cu_seq_lens; padded) counting tokens."""
+    if attention.path == ROWS:
+        return PackedRowsCollator(tokenizer.pad_token_id)
+    return CountingCollator(default)
 
 
 # ---------------------------------------------------------------------------------------------- main
 
 
-def train(paths: RunPaths, cfg: dict[str, Any], recorder: Any, preemption: Any) -> int:
+def train(paths: RunPaths, cfg: RunConfig, recorder: Any, preemption: Any) -> int:
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    from remote.job.callbacks import CheckpointCallback, MetricsCallback, PartitionProbe, read_attempt
+    from remote.job.callbacks import (
+        CheckpointCallback,
+        MetricsCallback,
+        PartitionProbe,
+        TokenCounter,
+        read_attempt,
+    )
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if not torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+    cuda = torch.cuda.is_available()
+    if not cuda and "LOCAL_RANK" in os.environ:
         force_gloo_backend()
-    t, derived = cfg["training"], cfg["derived"]
-    attn, attn_why = choose_attention(cfg["attention"]["implementation"], cfg["attention"]["fallback"])
-    bf16, precision = choose_bf16(t["bf16"])
+    t = cfg.training
+    accumulation = cfg.gradient_accumulation
+    attention = choose_attention(cfg.attention.implementation, cfg.attention.fallback, t.packing, cuda)
+    bf16, precision = choose_bf16(t.bf16)
     recorder.event("started", {"versions": versions(), "world_size": world_size, "precision": precision,
                                "host": platform.node(), **device_summary()})
-    recorder.event("attention", {"requested": cfg["attention"]["implementation"], "used": attn, "reason": attn_why,
-                                 "packing": t["packing"],
-                                 "packing_behaviour": PACKING_BEHAVIOUR[attn] if t["packing"] else NO_PACKING})
-    if world_size != derived["world_size"]:
+    recorder.event("attention", {"requested": cfg.attention.implementation, "used": attention.implementation,
+                                 "path": attention.path, "reason": attention.reason, "packing": t.packing,
+                                 "packing_behaviour": attention.behaviour})
+    if world_size != cfg.world_size:
         recorder.event("warning", {"message": f"running with {world_size} processes but the config plans "
-                                              f"{derived['world_size']}: the global batch is "
-                                              f"{t['micro_batch_size'] * derived['gradient_accumulation_steps'] * world_size}"})
+                                              f"{cfg.world_size}: the global batch is "
+                                              f"{t.micro_batch_size * accumulation * world_size}"})
 
-    rows = load_rows(cfg["data"], recorder)  # before the slow distributed start: bad data fails fast
+    rows = load_rows(cfg.data, recorder)  # before the slow distributed start: bad data fails fast
     if not paths.ds_config.is_file():
         raise JobError(f"{paths.ds_config}: missing (the launch bundle writes it)")
     ds_config = json.loads(paths.ds_config.read_text(encoding="utf-8"))
     ds_config["bf16"] = {**ds_config.get("bf16", {}), "enabled": bf16}  # what the hardware allows, not the wish
     if "fp16" in ds_config:
         ds_config["fp16"] = {**ds_config["fp16"], "enabled": False}
+    optimizer = choose_optimizer(ds_config, cfg.deepspeed, cuda)
+    liger = choose_liger(t.liger_kernel, cuda)
+    loading = data_loading(t.dataloader_workers, cuda)
+    if t.liger_kernel == "on" and not liger.used:
+        recorder.event("warning", {"message": f"training.liger_kernel is 'on' but it is not used: {liger.reason}"})
+    recorder.event("performance", {
+        "optimizer": asdict(optimizer), "liger_kernel": asdict(liger), "data_loading": asdict(loading),
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "host_syncs": "none added per step: token counts and the preemption flag are summed on a CPU gloo group, "
+                      "only at logging/saving steps for tokens; TRL's per-step metrics and the NaN filter are off",
+    })
 
-    warmup = t["warmup_steps"] if t["warmup_steps"] > 0 else t["warmup_ratio"]
+    warmup = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
+    workers = loading.used
     args = SFTConfig(
         output_dir=str(paths.checkpoints),
-        per_device_train_batch_size=t["micro_batch_size"],
-        gradient_accumulation_steps=derived["gradient_accumulation_steps"],
-        num_train_epochs=t["epochs"],
-        max_steps=t["max_steps"] or -1,
-        learning_rate=t["learning_rate"],
-        lr_scheduler_type=t["lr_scheduler"],
+        per_device_train_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
         warmup_steps=warmup,
-        weight_decay=t["weight_decay"],
-        max_grad_norm=t["max_grad_norm"],
-        max_length=t["max_seq_length"],
-        packing=t["packing"],
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_length=t.max_seq_length,
+        packing=t.packing,
         packing_strategy="bfd",
-        gradient_checkpointing=t["gradient_checkpointing"],  # SFTConfig defaults to True: always set
+        gradient_checkpointing=t.gradient_checkpointing,  # SFTConfig defaults to True: always set
         gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16,  # SFTConfig defaults to True, which fails on CPU
         fp16=False,
-        seed=t["seed"],
-        data_seed=t["seed"],
-        logging_steps=t["logging_steps"],
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # its isnan/isinf test is a device sync per micro batch; a NaN shows as NaN
         save_strategy="steps",
-        save_steps=t["save_steps"],
+        save_steps=t.save_steps,
         save_total_limit=None,  # pruning is ours: the Trainer's would count incomplete checkpoints as kept
         deepspeed=ds_config,
         report_to="none",
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (else a warning per epoch)
+        include_num_input_tokens_seen="no",  # counted on the host by TokenCounter (the Trainer's syncs per step)
+        use_liger_kernel=bool(liger.used),
+        dataloader_num_workers=workers["workers"],
+        dataloader_pin_memory=workers["pin_memory"],  # pinning needs an accelerator (else a warning per epoch)
+        dataloader_persistent_workers=workers["persistent_workers"],
+        dataloader_prefetch_factor=workers["prefetch_factor"],
         disable_tqdm=True,  # stdout.log gets one line per log instead of a redrawn bar
         log_level="warning",
     )
@@ -304,17 +441,21 @@ def train(paths: RunPaths, cfg: dict[str, Any], recorder: Any, preemption: Any) 
         # learn the attempt number rank 0 wrote at start.
         if recorder.attempt is None:
             recorder.attempt = read_attempt(paths)
-        tokenizer = load_tokenizer(cfg, paths, to_prompt_completion(rows, cfg["data"], None)
-                                   if cfg["data"]["prompt_template"] != "chat-template" else None)
-    dataset = to_prompt_completion(rows, cfg["data"], tokenizer)
-    model = load_model(cfg, tokenizer, attn, bf16)
+        tokenizer = load_tokenizer(cfg, paths, to_prompt_completion(rows, cfg.data, None)
+                                   if cfg.data.prompt_template != "chat-template" else None)
+    dataset = to_prompt_completion(rows, cfg.data, tokenizer)
+    model = load_model(cfg, tokenizer, attention.implementation, bf16)
 
-    checkpoints = CheckpointCallback(recorder, paths, cfg, t["save_total_limit"], cfg["evaluation"]["when"])
-    callbacks = [preemption, MetricsCallback(recorder, t["micro_batch_size"] * derived["gradient_accumulation_steps"] * world_size),
+    checkpoints = CheckpointCallback(recorder, paths, cfg, t.save_total_limit, cfg.evaluation.when)
+    tokens = TokenCounter()
+    # Order matters: preemption decides should_save before the token counter syncs on saving steps.
+    callbacks = [preemption, tokens, MetricsCallback(recorder, t.micro_batch_size * accumulation * world_size),
                  checkpoints]
     if os.environ.get("TUNEDECK_DEBUG_PARTITION") == "1":
         callbacks.append(PartitionProbe(paths))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    trainer_class = packed_trainer_class()
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            callbacks=callbacks, token_counter=tokens, attention=attention)
 
     resume = paths.complete_checkpoints()
     resume_from = None
@@ -393,8 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     recorder = Recorder(paths, attempt, enabled=rank == 0)  # type: ignore[arg-type]
     heartbeat = Heartbeat(paths.heartbeat).start() if rank == 0 else None
     try:
-        cfg = json.loads(paths.config_json.read_text(encoding="utf-8"))
-        return train(paths, cfg, recorder, preemption)
+        return train(paths, load_resolved_json(paths.config_json), recorder, preemption)
     except BaseException as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise

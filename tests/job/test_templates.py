@@ -3,6 +3,7 @@
 import datasets
 import pytest
 
+from core.config import DataSection
 from remote.job.prompts_eval import apply_template
 from remote.job.templates import TEMPLATE_NAMES, format_prompt
 from remote.job.train import to_prompt_completion
@@ -14,8 +15,8 @@ INSTRUCTION = "  Write a function that adds two numbers.\n"
 @pytest.mark.parametrize("template", [t for t in TEMPLATE_NAMES if t != "chat-template"])
 def test_training_prompt_equals_the_evaluation_prompt(template):
     ds = datasets.Dataset.from_list([{"instruction": INSTRUCTION, "answer": "def add(a, b):\n    return a + b\n"}])
-    data = {"instruction_field": "instruction", "answer_field": "answer", "system_field": None,
-            "prompt_template": template, "system_prompt": SYSTEM}
+    data = DataSection(instruction_field="instruction", answer_field="answer", system_field=None,
+                       prompt_template=template, system_prompt=SYSTEM)
     row = to_prompt_completion(ds, data, tokenizer=None)[0]
     assert row["prompt"] == apply_template(template, SYSTEM, INSTRUCTION)
     assert row["completion"].strip() == "def add(a, b):\n    return a + b"

@@ -7,7 +7,6 @@ from pathlib import Path
 import datasets
 import pytest
 
-from core.config import resolved_dict
 from core.presets import load_preset
 from remote.job import demo_data, tiny_model
 from remote.job.train import load_model, to_prompt_completion
@@ -15,9 +14,9 @@ from remote.job.train import load_model, to_prompt_completion
 
 @pytest.fixture(scope="module")
 def demo_rows() -> list[dict[str, str]]:
-    cfg = resolved_dict(load_preset("tiny-demo"))
+    cfg = load_preset("tiny-demo")
     rows = datasets.Dataset.from_list(demo_data.generate(64, 3, 0))
-    return list(to_prompt_completion(rows, cfg["data"], None))
+    return list(to_prompt_completion(rows, cfg.data, None))
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +50,10 @@ def _weights(model) -> list:
 
 
 def test_random_init_depends_only_on_the_seed(tokenizer, tmp_path: Path) -> None:
-    cfg = resolved_dict(load_preset("tiny-demo"))
+    cfg = load_preset("tiny-demo")
     first = _weights(load_model(cfg, tokenizer, "sdpa", bf16=False))
     again = _weights(load_model(cfg, tokenizer, "sdpa", bf16=False))
     assert all((a == b).all() for a, b in zip(first, again, strict=True))
-    cfg["training"]["seed"] += 1
+    cfg.training.seed += 1
     other = _weights(load_model(cfg, tokenizer, "sdpa", bf16=False))
     assert any((a != b).any() for a, b in zip(first, other, strict=True))

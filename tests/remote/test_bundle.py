@@ -35,11 +35,12 @@ def test_bundle_holds_plan_job_code_and_points_data_at_its_content_address(tmp_p
     assert bundle.datasets[0].local == data.resolve()
     for name in (RunPaths.CONFIG_YAML, RunPaths.CONFIG_JSON, RunPaths.DS_CONFIG, RunPaths.LOCAL_SCRIPT,
                  RunPaths.RUN_JSON, DETACH_SCRIPT, "code/core/records.py", "code/core/evalsets.py",
-                 "code/core/passk.py", "code/core/fsutil.py", "code/core/__init__.py", "code/remote/__init__.py",
+                 "code/core/passk.py", "code/core/fsutil.py", "code/core/config.py", "code/core/__init__.py",
+                 "code/remote/__init__.py",
                  "code/remote/job/train.py"):
         assert name in bundle.files, name
     assert not any(rel.startswith("code/core/decontam/") for rel in bundle.files)
-    assert not any(rel in ("code/core/config.py", "code/core/store.py") for rel in bundle.files)
+    assert "code/core/store.py" not in bundle.files  # the app's store never travels
     [up] = bundle.datasets
     assert up.remote_path == f"{root}/datasets/{up.sha256}/my data.jsonl"
     shipped = json.loads((tmp_path / "stage" / RunPaths.CONFIG_JSON).read_text())
@@ -72,9 +73,14 @@ def test_shipped_code_imports_without_the_app_installed(tmp_path):
     bundle = stage_and_upload(cfg, ctx_for(root), str(root), LocalTransport())
     code = Path(bundle.run_dir) / RunPaths.JOB_CODE
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import core, core.records, core.evalsets, core.passk, "
-             "core.fsutil, remote.job; assert core.__file__.startswith(sys.argv[1]), core.__file__; print('ok')")
-    out = subprocess.run([sys.executable, "-I", "-c", probe, str(code)], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "ok", out.stderr
+             "core.fsutil, core.config, remote.job, remote.job.train; "
+             "assert core.config.__file__.startswith(sys.argv[1]), core.config.__file__; "
+             "assert remote.job.train.__file__.startswith(sys.argv[1]), remote.job.train.__file__; "
+             "cfg = core.config.load_resolved_json(sys.argv[2]); print('ok', cfg.name)")
+    config_json = Path(bundle.run_dir) / RunPaths.CONFIG_JSON
+    out = subprocess.run([sys.executable, "-I", "-c", probe, str(code), str(config_json)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == f"ok {cfg.name}", out.stderr
 
 
 def test_missing_dataset_fails_naming_the_field_and_path(tmp_path):
