@@ -36,6 +36,8 @@ INCOMPLETE_STEP = 50
 TRAINING = {"max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "save_total_limit": 2, "learning_rate": 0.006}
 DEMO = {"n_examples": 64, "plant_humaneval": 3, "seed": 0}
 LAUNCH_TIMEOUT_S = 300
+ATTENTION_PROBE = REPO_ROOT / "tests" / "job" / "attention_probe.py"
+ATTENTION_LOG = "attention-calls"  # attempt 1's ranks record every attention call to attention-calls.rankN.jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -126,9 +128,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with contextlib.ExitStack() as logs:
         for rank in range(2):
             rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                        "TUNEDECK_ATTENTION_LOG": str(paths / ATTENTION_LOG)}
             log = logs.enter_context(open(paths / f"attempt1-rank{rank}.log", "wb"))
-            ranks.append(subprocess.Popen([sys.executable, "-m", "remote.job.train", str(paths.root)], env=rank_env,
+            # The job's own entry point, with every attention call recorded around it (attention_probe.py).
+            ranks.append(subprocess.Popen([sys.executable, str(ATTENTION_PROBE), str(paths.root)], env=rank_env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         try:
             deadline = time.time() + LAUNCH_TIMEOUT_S
@@ -248,6 +252,28 @@ def test_checkpoints_complete_pruned_and_recorded(run: dict[str, Any]) -> None:
     assert all(e["detail"]["pid"] is None for e in requested)  # TUNEDECK_NO_EVAL=1
 
 
+def test_every_attention_call_of_the_packed_run_stays_within_a_row_and_a_document(run: dict[str, Any]) -> None:
+    """Attempt 1 ran with every attention call recorded (tests/job/attention_probe.py): no query is computed
+    against more keys than max_seq_length (the flattened micro batch would be 4 x 256), and none may see a
+    key of another document. Documents come from the model input, where each starts with a BOS token."""
+    from tests.job.attention_probe import read_log
+
+    paths = run["paths"]
+    max_seq = json.loads(paths.config_json.read_text())["training"]["max_seq_length"]
+    records = read_log(paths / ATTENTION_LOG)
+    inputs = [r for r in records if r["kernel"] == "model_input"]
+    calls = [r for r in records if r["kernel"] != "model_input"]
+    layers = load_preset("tiny-demo").model.architecture.num_hidden_layers
+    assert len(inputs) >= 2 * PREEMPT_AFTER_STEP and len(calls) == layers * len(inputs)
+    assert {r["kernel"] for r in calls} == {"sdpa"}
+    assert max(r["documents_max_per_row"] for r in inputs) >= 2, "packing put several documents in a row"
+    assert all(r["starts_without_bos"] == 0 for r in inputs), "positions restart exactly where documents start"
+    too_wide = [r for r in calls if r["keys_per_query"] > max_seq]
+    assert not too_wide, f"{len(too_wide)} attention calls over more than {max_seq} keys per query: {too_wide[:3]}"
+    crossing = [r for r in calls if r["cross_document_pairs"] != 0]
+    assert not crossing, f"{len(crossing)} attention calls let a query see another document: {crossing[:3]}"
+
+
 def test_flash_attention_request_runs_with_sdpa_and_records_why(run: dict[str, Any]) -> None:
     paths = run["paths"]
     attention = events(paths, "attention")
@@ -255,7 +281,13 @@ def test_flash_attention_request_runs_with_sdpa_and_records_why(run: dict[str, A
     for e in attention:
         assert e["detail"]["requested"] == "flash_attention_2" and e["detail"]["used"] == "sdpa"
         assert "no CUDA GPU" in e["detail"]["reason"]
-        assert "block-diagonal" in e["detail"]["packing_behaviour"]
+        assert "block-diagonal" in e["detail"]["packing_behaviour"] and e["detail"]["path"] == "rows"
+    performance = events(paths, "performance")
+    assert len(performance) == 2
+    for e in performance:
+        assert e["detail"]["optimizer"]["used"] == "torch.optim.AdamW"  # the preset's torch_adam, on a CPU
+        assert e["detail"]["liger_kernel"]["used"] is False and e["detail"]["liger_kernel"]["reason"]
+        assert e["detail"]["data_loading"]["used"]["workers"] == 0  # a CPU run keeps its cores for training
     started = events(paths, "started")
     assert started[0]["detail"]["world_size"] == 2 and started[0]["detail"]["versions"]["deepspeed"]
     assert "fp32" in started[0]["detail"]["precision"]
