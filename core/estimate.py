@@ -18,19 +18,29 @@ Activations per layer per token (bf16, Llama block, FlashAttention: no s^2 term;
   silu(gate), gate*up; plus 4a bytes of softmax statistics. Eager attention adds 2 x a x s (the
   probabilities). With gradient checkpointing (one checkpoint per decoder layer, as transformers does):
   L x 2h (the layer inputs) + one layer's full working set, recomputed in the backward pass.
-Logits: V x t x 4 bytes (fp32, as the loss upcasts them). Framework overhead (CUDA context, NCCL buffers,
-allocator fragmentation) is a stated constant.
+Logits: V x 4 bytes (fp32) per token of one chunk of TRL's fused LM head (it computes the log-probabilities of at
+most FUSED_HEAD_CHUNK_TOKENS labelled tokens at once, never the whole micro batch's logits). Packed attention
+(`attention_path`): FlashAttention-2's varlen kernel needs no mask; any other kernel gets packed rows with a
+block-diagonal mask each, built on the GPU: 2 x micro x seq^2 bytes (two boolean (micro, seq, seq) tensors),
+plus a float copy of 4 bytes per entry for eager. Framework overhead (CUDA context, NCCL buffers, allocator
+fragmentation) is a stated constant.
 
 Time: 6 x P x training tokens FLOPs (Kaplan et al. 2020; attention FLOPs and the recomputation of
 gradient checkpointing are not counted, so they are part of what keeps MFU below 1) at a stated MFU of
-the cluster's peak dense bf16 throughput.
+the cluster's peak dense bf16 throughput. `calibration_from_run` replaces the stated MFU with what a finished
+run measured on the same GPU type: its tokens/s per GPU directly when it trained the same model shape and
+sequence length, else the MFU it achieved. On a CPU (cluster.gpu_type "cpu") there is no datasheet to scale:
+each optimizer step costs CPU_STEP_OVERHEAD_S (ZeRO-3's gathers and the Trainer's bookkeeping over gloo)
+plus 6 x P x tokens per process at CPU_MODEL_GFLOPS, both measured on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.config import RunConfig
 
@@ -42,6 +52,13 @@ GPU_OVERHEAD_GB = 3.0
 CPU_OVERHEAD_GB = 0.5
 ADAM_STATE_BYTES = 12  # fp32 master weights + Adam m + v
 FP32_GRAD_BYTES = 4
+FUSED_HEAD_CHUNK_TOKENS = 32_768  # TRL 1.16's fused LM head: labelled tokens whose logits exist at once
+# A CPU rank (1 thread, fp32, ZeRO-3 over gloo), measured on the 2-core build machine: `tunedeck demo`'s
+# tiny-demo run gives the per-step cost of a model too small to compute anything, and
+# `bench_gpu_throughput.py --cpu-smoke` (3.4M parameters, 4 x 1024 tokens per rank per step) the model FLOP rate.
+CPU_STEP_OVERHEAD_S = 0.25
+CPU_MODEL_GFLOPS = 6.0
+CALIBRATION_WARMUP_LOGS = 3  # logged steps per attempt left out of a measured rate (start-up, first allocations)
 
 
 class EstimateError(ValueError):
@@ -114,6 +131,7 @@ class MemoryBreakdown:
     logits_gpu: float
     overhead_gpu: float
     cpu_offload_per_node: float
+    attention_mask_gpu: float = 0.0  # packed rows' block-diagonal masks (no varlen kernel)
 
     @property
     def model_states_gpu(self) -> float:
@@ -127,7 +145,7 @@ class MemoryBreakdown:
 
     @property
     def peak_gpu(self) -> float:
-        forward_backward = self.gathered_gpu + self.activations_gpu + self.logits_gpu
+        forward_backward = self.gathered_gpu + self.activations_gpu + self.logits_gpu + self.attention_mask_gpu
         return self.model_states_gpu + max(forward_backward, self.step_transient_gpu) + self.overhead_gpu
 
 
@@ -156,6 +174,9 @@ class Estimate:
     assumptions: tuple[Assumption, ...]
     published: PublishedComparison | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    assumed_time_hours: float | None = None  # at the stated MFU (or the CPU rate), also when a measurement replaced it
+    measured: MeasuredTime | None = None  # from --calibrate RUN: what time_hours then is
+    cpu_rate: bool = False  # time from the CPU rate (gpu_type cpu) rather than a GPU datasheet
 
     @property
     def examples_seen(self) -> int | None:
@@ -165,6 +186,79 @@ class Estimate:
     @property
     def peak_gb(self) -> float:
         return self.memory.peak_gpu / GB
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a finished run measured: its training speed on its GPU type, for the next estimate."""
+
+    run: str
+    gpu_type: str  # the run config's cluster.gpu_type
+    device: str | None  # what the job saw (its `started` event), e.g. "NVIDIA H200"
+    world_size: int
+    parameter_count: int
+    max_seq_length: int
+    tokens_per_s_per_gpu: float  # median over the logged steps after each attempt's first few
+    steps: int  # logged steps the median is over
+    peak_tflops: float | None  # of its GPU type (to express the rate as an MFU)
+
+    @property
+    def mfu(self) -> float | None:
+        if not self.peak_tflops:
+            return None
+        return 6.0 * self.parameter_count * self.tokens_per_s_per_gpu / (self.peak_tflops * 1e12)
+
+
+@dataclass(frozen=True)
+class MeasuredTime:
+    hours: float | None
+    basis: str  # how the measurement was carried over to this config
+
+
+def calibration_from_run(run: str, config: dict[str, Any], metrics: Iterable[dict[str, Any]],
+                         events: Iterable[dict[str, Any]]) -> Calibration:
+    """A Calibration from a run's resolved config, metrics and events (as the run store holds them).
+
+    Each step counts once (the latest attempt's); each attempt's first CALIBRATION_WARMUP_LOGS logged steps
+    are left out (start-up, first allocations). The job's tokens/s is summed over its processes."""
+    from core.series import segments
+
+    data = {k: v for k, v in config.items() if k != "derived"}
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValueError as exc:
+        raise EstimateError(f"run {run}: its stored config does not validate ({exc})") from None
+    rates = [float(y) for seg in segments(metrics, "tokens_per_s") for y in seg.y[CALIBRATION_WARMUP_LOGS:]
+             if y == y and y > 0]  # y == y drops NaN (a step logged without a rate)
+    if len(rates) < 3:
+        raise EstimateError(f"run {run} has {len(rates)} logged steps with a rate after each attempt's first "
+                            f"{CALIBRATION_WARMUP_LOGS}: too few to calibrate from")
+    started = [e for e in events if e.get("event") == "started"]
+    detail = max(started, key=lambda e: e.get("attempt", 0)).get("detail", {}) if started else {}
+    world = int(detail.get("world_size") or cfg.world_size)
+    arch = _arch(cfg)
+    return Calibration(run=run, gpu_type=cfg.cluster.gpu_type, device=detail.get("device"), world_size=world,
+                       parameter_count=arch.parameter_count(), max_seq_length=cfg.training.max_seq_length,
+                       tokens_per_s_per_gpu=statistics.median(rates) / world, steps=len(rates),
+                       peak_tflops=cfg.cluster.tflops)
+
+
+def calibrated_time(calibration: Calibration, config: RunConfig, training_tokens: int | None) -> MeasuredTime:
+    """Hours of `config` at the calibration run's measured speed."""
+    if training_tokens is None:
+        return MeasuredTime(None, "training tokens unknown")
+    world = config.cluster.world_size
+    p = _arch(config).parameter_count()
+    if p == calibration.parameter_count and config.training.max_seq_length == calibration.max_seq_length:
+        return MeasuredTime(training_tokens / (calibration.tokens_per_s_per_gpu * world) / 3600.0,
+                            "same model shape and sequence length: its tokens/s per GPU, used as is")
+    mfu, tflops = calibration.mfu, config.cluster.tflops
+    if mfu is None or not tflops:
+        raise EstimateError(f"run {calibration.run} trained another model shape and its GPU type has no peak "
+                            "TFLOP/s to turn its rate into an MFU")
+    return MeasuredTime(hours_for(p, training_tokens, world, tflops, mfu),
+                        f"another model shape ({calibration.parameter_count / 1e9:.2f}B params, seq "
+                        f"{calibration.max_seq_length}): its measured MFU {mfu:.2f} applied")
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -237,6 +331,10 @@ def memory_breakdown(config: RunConfig, checkpointing: bool | None = None) -> Me
 
     ckpt = config.training.gradient_checkpointing if checkpointing is None else checkpointing
     tokens = config.training.micro_batch_size * config.training.max_seq_length
+    mask = 0.0
+    if config.training.packing:
+        rows = config.training.micro_batch_size * config.training.max_seq_length**2
+        mask = 2.0 * rows + (4.0 * rows if config.attention.implementation == "eager" else 0.0)
     return MemoryBreakdown(
         params_gpu=params,
         grads_gpu=grads,
@@ -244,10 +342,32 @@ def memory_breakdown(config: RunConfig, checkpointing: bool | None = None) -> Me
         gathered_gpu=gathered,
         step_transient_gpu=transient,
         activations_gpu=activation_bytes(config, ckpt),
-        logits_gpu=4.0 * a.vocab_size * tokens,
+        logits_gpu=4.0 * a.vocab_size * min(tokens, FUSED_HEAD_CHUNK_TOKENS),
         overhead_gpu=(CPU_OVERHEAD_GB if c.gpu_type == "cpu" else GPU_OVERHEAD_GB) * GB,
         cpu_offload_per_node=cpu,
+        attention_mask_gpu=mask,
     )
+
+
+def attention_path(config: RunConfig) -> Assumption:
+    """Which attention kernel the job will run and what a packed micro batch costs it (as remote/job/packing.py
+    chooses at start; the run's `attention` event records the actual choice)."""
+    impl, fallback = config.attention.implementation, config.attention.fallback
+    cpu = config.cluster.gpu_type == "cpu"
+    dense = fallback if impl == "flash_attention_2" else impl
+    if not config.training.packing:
+        used = dense if cpu or impl != "flash_attention_2" else f"{impl} (else {fallback})"
+        return Assumption("attention", f"{used}, no packing", "each micro batch padded to its longest example"
+                          + ("; eager keeps the s^2 probabilities" if dense == "eager" else ""))
+    rows = (f"packed rows of max_seq_length with a block-diagonal mask each: work <= micro x seq^2, "
+            f"mask {2 if dense != 'eager' else 6} x micro x seq^2 bytes")
+    if impl == "flash_attention_2" and not cpu:
+        return Assumption("attention", f"varlen {impl}, else {fallback} rows",
+                          f"where flash-attn imports: documents reach the varlen kernel (work per document, no mask); "
+                          f"else {fallback} on {rows} (the mask is counted)")
+    why = "no CUDA GPU, so no FlashAttention-2; " if cpu and impl == "flash_attention_2" else ""
+    return Assumption("attention", f"{dense} on packed rows", why + rows
+                      + ("; eager keeps the s^2 probabilities" if dense == "eager" else ""))
 
 
 def _arch(config: RunConfig):
@@ -301,23 +421,28 @@ def estimate(
     config: RunConfig,
     dataset_stats: DatasetStats | None = None,
     mfu: float = DEFAULT_MFU,
+    calibration: Calibration | None = None,
 ) -> Estimate:
-    """The pre-flight estimate of a run (see the module docstring for every formula)."""
+    """The pre-flight estimate of a run (see the module docstring for every formula); `calibration` (a
+    finished run on the same GPU type) replaces the assumed MFU with its measured rate."""
     if not 0 < mfu <= 1:
         raise EstimateError(f"mfu must be in (0, 1], got {mfu}")
     arch = _arch(config)
     c, t = config.cluster, config.training
     p = arch.parameter_count()
+    if calibration is not None and calibration.gpu_type != c.gpu_type:
+        raise EstimateError(f"run {calibration.run} was measured on {calibration.gpu_type} but this config's "
+                            f"cluster.gpu_type is {c.gpu_type}: a rate measured on one GPU type does not carry over")
     assumptions = [
         Assumption("precision", "bf16 weights+grads, fp32 AdamW" if t.bf16 else "fp32 weights+grads, fp32 AdamW",
                    "16 bytes/param in model states (2 + 2 + 12), ZeRO paper accounting" if t.bf16
                    else "20 bytes/param in model states (4 + 4 + 12)"),
-        Assumption("attention", f"{config.attention.implementation} (fallback {config.attention.fallback})",
-                   "no s^2 activation term" if config.attention.implementation != "eager" else "eager keeps the s^2 attention probabilities"),
+        attention_path(config),
     ]
     overhead = CPU_OVERHEAD_GB if c.gpu_type == "cpu" else GPU_OVERHEAD_GB
     assumptions.append(Assumption("framework overhead", f"{overhead:g} GB per GPU", "CUDA context, NCCL buffers, allocator fragmentation"))
-    assumptions.append(Assumption("logits", "fp32, one copy", "the loss upcasts V x tokens logits to fp32"))
+    assumptions.append(Assumption("logits", f"fp32, <= {FUSED_HEAD_CHUNK_TOKENS:,} tokens at once",
+                                  "TRL's fused LM head computes log-probs chunk by chunk, never the micro batch's V x tokens"))
 
     mem = memory_breakdown(config)
     gpu_gb = c.memory_gb
@@ -352,28 +477,49 @@ def estimate(
 
     tflops = c.tflops
     flops = 6.0 * p * counts.training_tokens if counts.training_tokens is not None else None
-    assumptions.append(Assumption("MFU", f"{mfu:.2f}", "model FLOPs utilisation; 0.3-0.5 is typical for ZeRO-3 full fine-tunes"))
-    if tflops is None:
-        assumptions.append(Assumption("peak TFLOP/s", "unknown", f"gpu_type {c.gpu_type!r} not in the table; set cluster.peak_tflops"))
+    cpu_rate = c.gpu_type == "cpu" and c.peak_tflops is None
+    if cpu_rate:
+        tokens_per_step = t.micro_batch_size * config.gradient_accumulation * (
+            t.max_seq_length * PACKING_EFFICIENCY if t.packing else min(avg or DEFAULT_AVG_TOKENS, t.max_seq_length))
+        step_s = CPU_STEP_OVERHEAD_S + 6.0 * p * tokens_per_step / (CPU_MODEL_GFLOPS * 1e9)
+        assumptions.append(Assumption("CPU rate", f"{CPU_MODEL_GFLOPS:g} GFLOP/s per process",
+                                      "6 x P x tokens on one thread, fp32 (measured: bench_gpu_throughput --cpu-smoke)"))
+        assumptions.append(Assumption("CPU step overhead", f"{CPU_STEP_OVERHEAD_S:g} s per step",
+                                      "ZeRO-3 gathers and Trainer bookkeeping over gloo (measured: the tiny-demo run)"))
+        hours = counts.total_steps * step_s / 3600.0 if counts.total_steps is not None else None
     else:
-        assumptions.append(Assumption("peak TFLOP/s", f"{tflops:g} per GPU", "dense bf16, vendor datasheet" if c.peak_tflops is None else "cluster.peak_tflops"))
-    hours = flops / (c.world_size * tflops * 1e12 * mfu) / 3600.0 if flops is not None and tflops else None
+        assumptions.append(Assumption("MFU", f"{mfu:.2f}", "model FLOPs utilisation; 0.3-0.5 is typical for ZeRO-3 full fine-tunes"))
+        if tflops is None:
+            assumptions.append(Assumption("peak TFLOP/s", "unknown", f"gpu_type {c.gpu_type!r} not in the table; set cluster.peak_tflops"))
+        else:
+            assumptions.append(Assumption("peak TFLOP/s", f"{tflops:g} per GPU", "dense bf16, vendor datasheet" if c.peak_tflops is None else "cluster.peak_tflops"))
+        hours = flops / (c.world_size * tflops * 1e12 * mfu) / 3600.0 if flops is not None and tflops else None
+    assumed_hours = hours
+    measured: MeasuredTime | None = None
+    if calibration is not None:
+        measured = calibrated_time(calibration, config, counts.training_tokens)
+        hours = measured.hours
+        assumptions.append(Assumption("measured rate", f"{calibration.tokens_per_s_per_gpu:,.0f} tokens/s per GPU",
+                                      f"run {calibration.run} on {calibration.device or calibration.gpu_type} "
+                                      f"(median of {calibration.steps} logged steps): {measured.basis}"))
 
     published = None
     ref = PUBLISHED.get(config.preset or "")
-    if ref is not None and hours is not None and counts.training_tokens and tflops and samples:
+    if ref is not None and assumed_hours is not None and counts.training_tokens and tflops and samples and not cpu_rate:
         tokens = counts.training_tokens
-        mfu_ref = mfu * hours / ref.hours
-        tps_ref = (avg or DEFAULT_AVG_TOKENS) * ref.hours / hours
+        mfu_ref = mfu * assumed_hours / ref.hours
+        tps_ref = (avg or DEFAULT_AVG_TOKENS) * ref.hours / assumed_hours
         sens: list[tuple[str, float]] = [(f"MFU {m:.1f}", hours_for(p, tokens, c.world_size, tflops, m)) for m in (0.3, 0.4, 0.5)]
         for tps in (500, 1000, 2000):
             tt = _token_counts(config, samples, float(tps)).training_tokens or 0
             sens.append((f"{tps} tokens/example", hours_for(p, tt, c.world_size, tflops, mfu)))
-        published = PublishedComparison(ref.hours, ref.source, hours, mfu_ref, tps_ref, tuple(sens))
+        published = PublishedComparison(ref.hours, ref.source, assumed_hours, mfu_ref, tps_ref, tuple(sens))
 
     notes = []
     if t.max_steps is not None:
         notes.append(f"training.max_steps ({t.max_steps}) caps the run")
+    if cpu_rate:
+        notes.append("CPU run: start-up (imports, DeepSpeed's shared-memory op, data) adds ~30-60 s before step 1")
     return Estimate(
         parameter_count=p,
         world_size=c.world_size,
@@ -398,6 +544,9 @@ def estimate(
         assumptions=tuple(assumptions),
         published=published,
         notes=tuple(notes),
+        assumed_time_hours=assumed_hours,
+        measured=measured,
+        cpu_rate=cpu_rate,
     )
 
 
@@ -416,6 +565,10 @@ def _hours(h: float) -> str:
     if h < 1:
         return f"{h * 60:.1f} min"
     return f"{h:.2f} h"
+
+
+def _time(hours: float | None) -> str:
+    return "unknown" if hours is None else _hours(hours)
 
 
 def _params(p: int) -> str:
@@ -441,6 +594,7 @@ def format_estimate(est: Estimate) -> str:
         f"  activations           {_gb(m.activations_gpu)}   (checkpointed {_gb(est.activations_checkpointed_gpu).strip()},"
         f" without checkpointing {_gb(est.activations_full_gpu).strip()})",
         f"  logits (fp32)         {_gb(m.logits_gpu)}",
+        f"  attention masks       {_gb(m.attention_mask_gpu)}",
         f"  framework overhead    {_gb(m.overhead_gpu)}",
         f"  model states peak     {_gb(m.model_states_peak_gpu)}",
         f"  peak total            {_gb(m.peak_gpu)}",
@@ -467,9 +621,17 @@ def format_estimate(est: Estimate) -> str:
         "",
         "Time",
         f"  FLOPs (6 x P x T)     {_n(est.flops, '.3e')}",
-        f"  time                  {'unknown' if est.time_hours is None else _hours(est.time_hours)}"
-        f"   (MFU {est.mfu:.2f} of {est.world_size} x {_n(est.peak_tflops, 'g')} TFLOP/s)",
     ]
+    if est.cpu_rate:
+        assumed = (f"   (CPU: {_n(est.total_steps)} steps x ({CPU_STEP_OVERHEAD_S:g} s + compute at "
+                   f"{CPU_MODEL_GFLOPS:g} GFLOP/s per process))")
+    else:
+        assumed = f"   (MFU {est.mfu:.2f} of {est.world_size} x {_n(est.peak_tflops, 'g')} TFLOP/s)"
+    if est.measured is None:
+        lines.append(f"  time                  {_time(est.time_hours)}{assumed}")
+    else:
+        lines.append(f"  time, measured rate   {_time(est.measured.hours)}   ({est.measured.basis})")
+        lines.append(f"  time, assumed         {_time(est.assumed_time_hours)}{assumed}")
     lines += [f"  note: {n}" for n in est.notes]
     lines += ["", "Assumptions"]
     width = max(len(a.name) for a in est.assumptions)

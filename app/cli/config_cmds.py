@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     est.add_argument("--mfu", type=float, default=None, help="Model FLOPs utilisation (default 0.40).")
     est.add_argument("--data", nargs="+", type=Path, metavar="PATH",
                      help="Training data (JSONL/JSON/Parquet/CSV files or a saved dataset dir) to count examples and characters.")
+    est.add_argument("--calibrate", metavar="RUN",
+                     help="A run in the run store (id or unique prefix) on the same GPU type: its measured tokens/s "
+                          "per GPU replaces the assumed MFU (both times are printed).")
     est.set_defaults(handler=cmd_estimate)
 
 
@@ -208,6 +211,26 @@ def _count_data(paths: list[Path], cfg):
     return DatasetStats(num_samples=rows, total_tokens=round(chars / CHARS_PER_TOKEN), source=source)
 
 
+def _calibration(run_id: str):
+    """The measured speed of a run in the run store (its config, metrics and `started` event)."""
+    from core.estimate import calibration_from_run
+    from core.store import Store, UnknownRunError
+    from remote.runs import get_run
+
+    with Store() as store:
+        try:
+            row = get_run(store, run_id)
+        except UnknownRunError as exc:
+            raise CliError(str(exc)) from None
+        config = row.config()
+        if not config:
+            raise CliError(f"run {row.run_id} has no stored config to calibrate from")
+        calibration = calibration_from_run(row.run_id, config, store.metrics(row.run_id), store.events(row.run_id))
+    if row.status != "finished":
+        print(f"note: run {row.run_id} is {row.status}; its {calibration.steps} logged steps are used", file=sys.stderr)
+    return calibration
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     from core.estimate import DEFAULT_MFU, EstimateError, estimate, format_estimate
 
@@ -217,7 +240,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise CliError(f"--mfu must be in (0, 1], got {mfu}")
     stats = _count_data(args.data, cfg) if args.data else None
     try:
-        est = estimate(cfg, stats, mfu=mfu)
+        calibration = _calibration(args.calibrate) if args.calibrate else None
+        est = estimate(cfg, stats, mfu=mfu, calibration=calibration)
     except EstimateError as exc:
         raise CliError(str(exc), EXIT_INVALID) from None
     print(f"Estimate for {args.file}: {cfg.name}")

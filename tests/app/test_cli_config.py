@@ -164,3 +164,33 @@ def test_presets_lists_every_preset_with_model_and_cluster(tmp_path: Path) -> No
 def test_bare_group_prints_help(argv: tuple[str, ...], tmp_path: Path) -> None:
     r = tunedeck(*argv, "--help", cwd=tmp_path)
     assert r.returncode == 0 and "usage: tunedeck" in r.stdout
+
+
+def test_estimate_calibrated_by_a_stored_run_prints_measured_and_assumed_times(tmp_path: Path) -> None:
+    """`--calibrate RUN` reads the run's config, metrics and `started` event from the run store."""
+    from core.config import resolved_dict
+    from core.presets import load_preset
+    from core.records import RunPaths, event_record, metric_record
+    from core.store import Store
+
+    store_file = tmp_path / "store.sqlite"
+    cfg = load_preset("tiny-demo")
+    metrics = [metric_record(step=s, attempt=1, epoch=0.1, samples=8 * s, tokens=1000 * s, loss=1.0, lr=1e-3,
+                             grad_norm=1.0, tokens_per_s=400.0 if s <= 3 else 2000.0, t=1000.0 + s) for s in range(1, 21)]
+    with Store(store_file) as store:
+        store.create_run("20260101-000000-cafe01", "measured", None, resolved_dict(cfg), cluster="local",
+                         backend="local", run_dir=str(tmp_path / "run"))
+        store.ingest("20260101-000000-cafe01", RunPaths.METRICS, metrics, offset=1, line_no=len(metrics))
+        store.ingest("20260101-000000-cafe01", RunPaths.EVENTS,
+                     [event_record("started", 1, {"world_size": 2, "device": "cpu"}, t=1000.0)], offset=1, line_no=1)
+        store.update_run("20260101-000000-cafe01", status="finished")
+    assert tunedeck("config", "new", "--preset", "tiny-demo", "-o", "r.yaml", cwd=tmp_path).returncode == 0
+    env_store = {"TUNEDECK_STORE": str(store_file)}
+    r = subprocess.run([*tunedeck_argv(), "estimate", "r.yaml", "--calibrate", "20260101-000000-caf"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200", **env_store})
+    assert r.returncode == 0, r.stderr
+    assert "time, measured rate" in r.stdout and "time, assumed" in r.stdout
+    assert "1,000 tokens/s per GPU" in r.stdout  # median 2,000 tokens/s over the run's 2 processes
+    r = subprocess.run([*tunedeck_argv(), "estimate", "r.yaml", "--calibrate", "nosuchrun"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, **env_store})
+    assert r.returncode == 2 and "no run with id 'nosuchrun'" in r.stderr

@@ -139,8 +139,9 @@ def arm_env() -> dict[str, str]:
     return env
 
 
-def tree_peak_rss_gb(root_pid: int) -> float:
-    """Largest peak RSS (VmHWM) among a process and its descendants, now (CPU runs)."""
+def process_tree(root_pid: int) -> list[int]:
+    """A process and its descendants (torchrun starts each rank in a session of its own, so killing
+    torchrun's process group would leave the ranks running)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -148,10 +149,18 @@ def tree_peak_rss_gb(root_pid: int) -> float:
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             continue
-    peak, todo = 0, [root_pid]
+    tree, todo = [], [root_pid]
     while todo:
         pid = todo.pop()
+        tree.append(pid)
         todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_peak_rss_gb(pids: list[int]) -> float:
+    """Largest peak RSS (VmHWM) among these processes (CPU runs)."""
+    peak = 0
+    for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -159,6 +168,15 @@ def tree_peak_rss_gb(root_pid: int) -> float:
         except OSError:
             continue
     return peak / 1e6
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    for pid in reversed(process_tree(proc.pid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def run_arm(cmd: list[str], root: Path, until: Any, label: str, timeout_s: float) -> tuple[float, float]:
@@ -171,21 +189,18 @@ def run_arm(cmd: list[str], root: Path, until: Any, label: str, timeout_s: float
                                 cwd=root)
         try:
             while proc.poll() is None:
-                peak = max(peak, tree_peak_rss_gb(proc.pid))
+                peak = max(peak, tree_peak_rss_gb(process_tree(proc.pid)))
                 if until():
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    kill_tree(proc)
                     break
                 if time.time() - t0 > timeout_s:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    kill_tree(proc)
                     print((root / f"{label}.log").read_text(errors="replace")[-6000:])
                     raise SystemExit(f"[{label}] no result within {timeout_s:.0f} s")
                 time.sleep(0.5)
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_tree(proc)
     if not until():
         print((root / f"{label}.log").read_text(errors="replace")[-6000:])
         raise SystemExit(f"[{label}] ended (status {proc.returncode}) without a result")
@@ -456,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tunedeck-throughput-"))
     base.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    print(f"device: {device} x{args.gpus}; datasheet peak {peak} TFLOP/s; measured matmul {matmul:,.1f} TFLOP/s "
+    print(f"device: {device} x{args.gpus}; datasheet peak {peak} TFLOP/s; measured matmul {matmul:,.3g} TFLOP/s "
           f"({'bf16 8192^3' if cuda and not args.cpu_smoke else 'fp32 1024^3, 1 thread'}); model {n_params / 1e6:,.1f}M "
           f"params; seq {args.seq}; micro batch {args.micro_batch}; gradient checkpointing {args.gradient_checkpointing}; "
           f"{args.steps} steps per arm, {args.warmup} not timed; runs in {base}", flush=True)

@@ -10,10 +10,14 @@ import pytest
 
 from core.config import RunConfig
 from core.estimate import (
+    CPU_MODEL_GFLOPS,
+    CPU_STEP_OVERHEAD_S,
     GB,
+    PACKING_EFFICIENCY,
     DatasetStats,
     EstimateError,
     activation_bytes,
+    calibration_from_run,
     dataset_stats_from_lengths,
     estimate,
     format_estimate,
@@ -225,3 +229,94 @@ def test_printed_estimate_shows_memory_steps_time_and_every_assumption() -> None
     for a in est.assumptions:
         assert a.name in text and a.value in text
     assert estimate(load_preset("tiny-demo")).published is None
+
+
+# ---------------------------------------------------------------------------------- CPU rate, calibration
+
+
+def test_cpu_preset_is_timed_by_the_cpu_rate_not_a_gpu_datasheet() -> None:
+    """tiny-demo trains 60 steps on two CPU processes in ~20-25 s on a 2-core machine; a datasheet MFU said 0.2 s."""
+    cfg = load_preset("tiny-demo")
+    est = estimate(cfg)
+    assert est.cpu_rate
+    tokens_per_step = cfg.training.micro_batch_size * cfg.training.max_seq_length * PACKING_EFFICIENCY
+    step_s = CPU_STEP_OVERHEAD_S + 6 * est.parameter_count * tokens_per_step / (CPU_MODEL_GFLOPS * 1e9)
+    assert est.time_hours * 3600 == pytest.approx(60 * step_s)
+    assert 10 < est.time_hours * 3600 < 60
+    text = format_estimate(est)
+    assert "CPU rate" in text and "CPU step overhead" in text and "peak TFLOP/s" not in text
+    assert "CPU: 60 steps" in text
+
+
+def test_attention_assumption_names_the_packed_path() -> None:
+    gpu = {a.name: a for a in estimate(load_preset("phind-codellama-34b-v1")).assumptions}["attention"]
+    assert gpu.value == "varlen flash_attention_2, else sdpa rows" and "block-diagonal mask" in gpu.why
+    cpu = {a.name: a for a in estimate(load_preset("tiny-demo")).assumptions}["attention"]
+    assert cpu.value == "sdpa on packed rows" and "no CUDA GPU" in cpu.why
+    unpacked = {a.name: a for a in estimate(variant("tiny-demo", **{"training.packing": False})).assumptions}["attention"]
+    assert unpacked.value == "sdpa, no packing"
+
+
+def test_packed_rows_mask_is_counted_per_micro_batch_row() -> None:
+    cfg = variant("tiny-demo", **{"training.micro_batch_size": 8, "training.max_seq_length": 1024})
+    assert memory_breakdown(cfg).attention_mask_gpu == 2 * 8 * 1024**2
+    eager = variant("tiny-demo", **{"training.micro_batch_size": 8, "training.max_seq_length": 1024,
+                                    "attention.implementation": "eager"})
+    assert memory_breakdown(eager).attention_mask_gpu == 6 * 8 * 1024**2
+    assert memory_breakdown(variant("tiny-demo", **{"training.packing": False})).attention_mask_gpu == 0
+
+
+def test_tinyllama_micro_batch_8_of_4096_fits_80_gb_with_gradient_checkpointing() -> None:
+    one_b = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+             "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 4096, "rope_theta": 10000.0}
+    changes = {"model.architecture": one_b, "training.max_seq_length": 4096, "training.micro_batch_size": 8,
+               "training.bf16": True, "cluster.gpus_per_node": 1, "cluster.gpu_type": "H100-80GB",
+               "cluster.gpu_memory_gb": None}
+    with_ckpt = estimate(variant("tiny-demo", **changes, **{"training.gradient_checkpointing": True}))
+    assert with_ckpt.fits and with_ckpt.peak_gb < 0.6 * 80
+    without = estimate(variant("tiny-demo", **changes, **{"training.gradient_checkpointing": False}))
+    assert without.peak_gb > with_ckpt.peak_gb + 40
+
+
+def _run_records(rates_by_attempt: dict[int, list[tuple[int, float]]]) -> list[dict[str, Any]]:
+    return [{"t": float(step), "attempt": attempt, "step": step, "tokens_per_s": rate}
+            for attempt, rows in rates_by_attempt.items() for step, rate in rows]
+
+
+def _calibration_run(world: int = 2) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    cfg = on_gpus("codellama-7b-base", 1)
+    config = cfg.model_dump(mode="json")
+    # attempt 1: steps 1-10, slow start then 1000 tokens/s; attempt 2 resumed at 8 and redid 8-10, then 1,200
+    metrics = _run_records({1: [(s, 100.0 if s <= 3 else 1000.0) for s in range(1, 11)],
+                            2: [(s, 50.0 if s <= 10 else 1200.0) for s in range(8, 21)]})
+    events = [{"event": "started", "attempt": 1, "detail": {"world_size": world, "device": "NVIDIA A100-SXM4-80GB"}},
+              {"event": "started", "attempt": 2, "detail": {"world_size": world, "device": "NVIDIA A100-SXM4-80GB"}}]
+    return config, metrics, events
+
+
+def test_calibration_takes_the_latest_attempt_and_skips_each_attempts_first_steps() -> None:
+    config, metrics, events = _calibration_run(world=2)
+    cal = calibration_from_run("r1", config, metrics, events)
+    # attempt 1 keeps steps 1-7 (8-10 were redone) and loses 1-3; attempt 2 loses 8-10: 4 x 1,000 and 10 x 1,200
+    assert cal.steps == 14 and cal.tokens_per_s_per_gpu == pytest.approx(1200 / 2)
+    assert cal.gpu_type == "A100-80GB" and cal.device == "NVIDIA A100-SXM4-80GB" and cal.world_size == 2
+    with pytest.raises(EstimateError, match="too few"):
+        calibration_from_run("r2", config, metrics[:5], events)
+
+
+def test_calibrated_estimate_uses_the_measured_rate_and_prints_both_times() -> None:
+    config, metrics, events = _calibration_run(world=2)
+    cal = calibration_from_run("r1", config, metrics, events)
+    target = on_gpus("codellama-7b-base", 2)  # the same model on 16 GPUs of the same type
+    est = estimate(target, calibration=cal)
+    assert est.time_hours == pytest.approx(est.training_tokens / (600 * 16) / 3600)
+    assert est.assumed_time_hours == pytest.approx(estimate(target).time_hours)
+    text = format_estimate(est)
+    assert "time, measured rate" in text and "time, assumed" in text and "same model shape" in text
+    assert "600 tokens/s per GPU" in text and "run r1 on NVIDIA A100-SXM4-80GB" in text
+    bigger = on_gpus("codellama-13b-base", 2)  # another shape: the run's measured MFU carries over
+    est13 = estimate(bigger, calibration=cal)
+    assert est13.time_hours == pytest.approx(hours_for(est13.parameter_count, est13.training_tokens, 16, 312, cal.mfu))
+    assert "measured MFU" in est13.measured.basis
+    with pytest.raises(EstimateError, match="does not carry over"):
+        estimate(on_gpus("codellama-7b-base", 1, **{"cluster.gpu_type": "H100-80GB"}), calibration=cal)
