@@ -53,10 +53,13 @@ CPU_OVERHEAD_GB = 0.5
 ADAM_STATE_BYTES = 12  # fp32 master weights + Adam m + v
 FP32_GRAD_BYTES = 4
 FUSED_HEAD_CHUNK_TOKENS = 32_768  # TRL 1.16's fused LM head: labelled tokens whose logits exist at once
-# A CPU rank (1 thread, fp32, ZeRO-3 over gloo), measured on the 2-core build machine: `tunedeck demo`'s
-# tiny-demo run gives the per-step cost of a model too small to compute anything, and
-# `bench_gpu_throughput.py --cpu-smoke` (3.4M parameters, 4 x 1024 tokens per rank per step) the model FLOP rate.
-CPU_STEP_OVERHEAD_S = 0.25
+# A CPU rank (1 thread, fp32, ZeRO-3 over gloo, 2 ranks on 2 cores), measured on the build machine:
+# `bench_gpu_throughput.py --cpu-smoke`'s job arm did 6 x 3.4M params x 4,000 tokens = 82 GFLOP per rank-step in
+# 13 s (6.3 GFLOP/s; attention of its 1024-token rows included); the tiny-demo preset (0.22M params, 1.3 GFLOP
+# per rank-step) took 0.71 s per step, so ~0.5 s of per-step overhead, both while other jobs loaded the
+# machine (load average ~15); the same tiny-demo run took ~22 s for 60 steps (0.37 s/step) on a quieter one.
+# The overhead is set between the two: a tiny-demo estimate of ~34 s.
+CPU_STEP_OVERHEAD_S = 0.35
 CPU_MODEL_GFLOPS = 6.0
 CALIBRATION_WARMUP_LOGS = 3  # logged steps per attempt left out of a measured rate (start-up, first allocations)
 
