@@ -25,7 +25,9 @@ within documents, 6 x layers x hidden x (token-weighted mean document length + 1
 not useful work. Peak: core.config.GPU_PEAK_TFLOPS by device name (H100 SXM / H200 989 TFLOP/s, A100 312).
 
 The job arms are stopped with SIGKILL once they have logged --steps steps (no final checkpoint: a 1.1B ZeRO-3
-checkpoint would write ~15 GB). One H200: ~4-5 minutes in all, start-ups included.
+checkpoint would write ~15 GB). On a GPU they run under tests/bench/sync_probe.py, which counts the host-device
+synchronisations of three untimed warm-up steps by source line (printed under the table). One H200: ~4-5
+minutes in all, start-ups included (tests/bench/gpu_bench.sh carries the wheels such a machine lacks).
 Targets: on a GPU, job >= 0.9 x reference and packed MFU >= 35% (sdpa rows) / 45% (flash-attn); on the CPU,
 job / reference >= 0.8.
 """
@@ -60,6 +62,7 @@ WARMUP_STEPS = 5
 CPU_WARMUP_STEPS = 2
 SYSTEM = "You are an intelligent programming assistant."
 ARM_TIMEOUT_S = 420
+SYNC_PROBE = Path(__file__).resolve().with_name("sync_probe.py")
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -179,14 +182,15 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def run_arm(cmd: list[str], root: Path, until: Any, label: str, timeout_s: float) -> tuple[float, float]:
+def run_arm(cmd: list[str], root: Path, until: Any, label: str, timeout_s: float,
+            env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run `cmd` in its own session until `until()` is true (then SIGKILL the group) or it exits.
     Returns (wall seconds, peak RSS GB of its process tree)."""
     t0 = time.time()
     peak = 0.0
     with open(root / f"{label}.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=arm_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=root)
+        proc = subprocess.Popen(cmd, env={**arm_env(), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=root)
         try:
             while proc.poll() is None:
                 peak = max(peak, tree_peak_rss_gb(process_tree(proc.pid)))
@@ -227,7 +231,11 @@ def run_job(root: Path, arch: dict[str, Any], args: argparse.Namespace, packing:
         metrics, _ = read_records(paths.metrics, "metrics") if paths.metrics.exists() else ([], 0)
         return any(m["step"] >= target for m in metrics)
 
-    wall, rss = run_arm(job_command(root, args.gpus), root, done, label, args.arm_timeout)
+    cmd, env = job_command(root, args.gpus), {}
+    if not args.cpu_smoke:  # on a GPU: the job under the sync audit (tests/bench/sync_probe.py), same entry point
+        assert cmd[-3:] == ["-m", "remote.job.train", str(root)], cmd
+        cmd, env = [*cmd[:-3], str(SYNC_PROBE), str(root)], {"TUNEDECK_SYNC_AUDIT": str(root / "sync-audit")}
+    wall, rss = run_arm(cmd, root, done, label, args.arm_timeout, env)
     metrics, _ = read_records(paths.metrics, "metrics")
     events, _ = read_records(paths.events, "events")
     warm = next(m for m in metrics if m["step"] == args.warmup)
@@ -240,7 +248,8 @@ def run_job(root: Path, arch: dict[str, Any], args: argparse.Namespace, packing:
             "step_s": (last["t"] - warm["t"]) / steps, "wall_s": wall, "rss_gb": rss,
             "gpu_mem_gb": max((m.get("gpu_mem_gb") or 0.0) for m in metrics),
             "attention": attention["used"], "path": attention["path"], "reason": attention["reason"],
-            "optimizer": performance["optimizer"]["used"], "liger": performance["liger_kernel"]["used"]}
+            "optimizer": performance["optimizer"]["used"], "liger": performance["liger_kernel"]["used"],
+            "syncs": json.loads(audit.read_text()) if (audit := root / "sync-audit.rank0.json").exists() else None}
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -501,6 +510,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<10} {attention:<22} {per_gpu:>13,.0f} {r['step_s']:>7.2f} {r['tokens_per_step']:>12,.0f} "
               f"{sheet:>10} {achieved / matmul:>11.1%} {memory:>10}  {r['optimizer']}")
     print(f"job attention: {results['job']['reason']}; liger kernels: {results['job']['liger']}")
+    for label in ("job", "unpacked"):
+        audit = results.get(label, {}).get("syncs")
+        if audit:
+            ours = [s for s in audit["sources"] if s["job_frame"]]
+            print(f"[{label}] host-device syncs: {audit['total'] / audit['micro_steps']:.1f} per step "
+                  f"({audit['total']} in {audit['micro_steps']} steps); under remote/job: "
+                  f"{sum(s['count'] for s in ours)}")
+            for source in audit["sources"][:8]:
+                print(f"    {source['count']:>4}  {source['where']}"
+                      + (f"  (job: {source['job_frame']})" if source["job_frame"] else ""))
     print(f"total wall time {time.time() - started:.0f} s")
     if "unpacked" in results:
         print(f"job / unpacked: {results['job']['tokens_per_s'] / results['unpacked']['tokens_per_s']:.2f}x")
