@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config import resolved_dict
 from core.evalsets import load_humaneval, load_mbpp
+from core.presets import load_preset
 from core.records import read_records, unconfined_evaluations, validate_record
 from remote.job import evaluate, prompts_eval
 
@@ -163,13 +165,13 @@ def _run_dir(tmp_path: Path, model: Path, **evaluation: object) -> Path:
     report = tmp_path / "contamination.json"
     report.write_text(json.dumps({"items": [{"benchmark": "humaneval", "task_id": "HumanEval/1", "contaminated": True},
                                             {"benchmark": "humaneval", "task_id": "HumanEval/3", "contaminated": True}]}))
-    cfg = {
-        "name": "t", "model": {"name_or_path": str(model), "kind": "base", "init": "random", "tokenizer": "train:bpe"},
-        "data": {"prompt_template": "raw", "system_prompt": "", "contamination_report": str(report)},
-        "evaluation": {"benchmarks": [{"name": "humaneval", "path": None}], "when": "per_checkpoint",
-                       "decoding": "greedy", "n_samples": 1, "temperature": 0.2, "top_p": 0.95,
-                       "max_new_tokens": 12, "batch_size": 4, "limit": 4, "timeout_s": 5.0, **evaluation},
-    }
+    # The run's config.json as the app writes it (the job reads it through the schema, so it must be a whole one)
+    cfg = resolved_dict(load_preset("tiny-demo"))
+    cfg["model"]["name_or_path"] = str(model)
+    cfg["data"].update({"prompt_template": "raw", "system_prompt": "", "contamination_report": str(report)})
+    cfg["evaluation"] = {"benchmarks": [{"name": "humaneval", "path": None}], "when": "per_checkpoint",
+                         "decoding": "greedy", "n_samples": 1, "temperature": 0.2, "top_p": 0.95,
+                         "max_new_tokens": 12, "batch_size": 4, "limit": 4, "timeout_s": 5.0, **evaluation}
     (run / "config.json").write_text(json.dumps(cfg))
     return run
 
@@ -245,18 +247,18 @@ def test_failed_evaluation_is_recorded_as_an_eval_failed_event(tmp_path: Path, t
     assert "no checkpoint there" in events[-1]["detail"]["error"]  # not transformers' "repo id" message
 
 
-def test_evaluate_module_runs_from_the_shipped_code_directory(tmp_path: Path, tiny_model: Path, repo_root: Path) -> None:
+def test_evaluate_module_runs_from_the_shipped_code_directory(tmp_path: Path, tiny_model: Path) -> None:
     """The cluster contract: PYTHONPATH=RUN_DIR/code python -m remote.job.evaluate, with only the shipped files."""
+    from remote.bundle import job_code_files
+
     run = _run_dir(tmp_path, tiny_model, limit=2)
     code = run / "code"
-    (code / "core").mkdir(parents=True)
-    (code / "core" / "__init__.py").write_text("")
-    for name in ("records", "evalsets", "passk", "fsutil"):
-        shutil.copy(repo_root / "core" / f"{name}.py", code / "core")
-    shutil.copytree(repo_root / "remote" / "job", code / "remote" / "job", ignore=shutil.ignore_patterns("__pycache__"))
-    (code / "remote" / "__init__.py").write_text("")
-    # block pydantic and the rest of the project so that an import of them fails loudly
-    (code / "pydantic.py").write_text("raise ImportError('pydantic is not available on the cluster')\n")
+    for rel, path in job_code_files().items():  # exactly what the bundle ships
+        (code / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, code / rel)
+    # the app's side (Qt, SSH) is not on a cluster: an import of it fails loudly
+    for blocked in ("PySide6", "paramiko", "pyqtgraph"):
+        (code / f"{blocked}.py").write_text(f"raise ImportError('{blocked} is not available on the cluster')\n")
     env = {**os.environ, "PYTHONPATH": str(code), "PYTHONWARNINGS": "ignore"}
     out = subprocess.run([sys.executable, "-m", "remote.job.evaluate", "--run-dir", str(run), "--checkpoint",
                           str(tiny_model), "--step", "40", "--attempt", "2"], env=env, cwd=tmp_path,
