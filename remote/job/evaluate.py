@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import load_resolved_json
 from core.evalsets import MBPP_FEWSHOT_IDS, EvalSet, EvalTask, load_eval_set, load_mbpp
 from core.fsutil import atomic_write_text
 from core.passk import pass_at_k_all
@@ -467,17 +466,12 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
 
     Holds RUN_DIR/.eval.lock (flock) for the whole evaluation so that concurrent requests queue up.
     """
+    # The schema needs pydantic; imported here, so that scoring in the sandbox (which imports this module) keeps
+    # to the standard library, e.g. driven by a system python as another user.
+    from core.config import load_resolved_json
+
     paths = RunPaths(run_dir)
-    cfg = load_resolved_json(paths.config_json)
-    model, data, ev = cfg.model, cfg.data, cfg.evaluation
-    sampled = ev.decoding == "sampled"
-    gen = GenSettings(n_samples=ev.n_samples if sampled else 1, temperature=ev.temperature if sampled else 0.0,
-                      top_p=ev.top_p, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    benchmarks = [(b.name, b.path) for b in ev.benchmarks]
     ckpt = Path(checkpoint)
-    tokenizer = str(ckpt) if (ckpt / "tokenizer_config.json").exists() or (ckpt / "tokenizer.json").exists() else None
-    if tokenizer is None and model.tokenizer and not model.tokenizer.startswith("train:"):
-        tokenizer = model.tokenizer
     events = JsonlWriter(paths / EVAL_EVENTS)
     lock_fd = os.open(paths / EVAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -487,6 +481,15 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
             events.write(event_record(event, attempt, detail))
 
         try:
+            cfg = load_resolved_json(paths.config_json)  # a config.json the schema refuses is an eval_failed too
+            model, data, ev = cfg.model, cfg.data, cfg.evaluation
+            sampled = ev.decoding == "sampled"
+            gen = GenSettings(n_samples=ev.n_samples if sampled else 1, temperature=ev.temperature if sampled else 0.0,
+                              top_p=ev.top_p, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+            benchmarks = [(b.name, b.path) for b in ev.benchmarks]
+            tokenizer = str(ckpt) if (ckpt / "tokenizer_config.json").exists() or (ckpt / "tokenizer.json").exists() else None
+            if tokenizer is None and model.tokenizer and not model.tokenizer.startswith("train:"):
+                tokenizer = model.tokenizer
             if not (ckpt / "config.json").is_file():  # else transformers calls the path a malformed hub repo id
                 raise FileNotFoundError(f"{ckpt}: no checkpoint there (config.json missing: pruned, moved, or "
                                         "never completely written)")

@@ -7,13 +7,15 @@ The sandbox suite runs once per identity (tests/job/test_sandbox.py's `sb` fixtu
 - "user-userns": the same user with bubblewrap pointed at a missing file ($TUNEDECK_BWRAP), so `auto`
   falls back to our own unshare(CLONE_NEWUSER | ...) path.
 
-An ordinary user cannot read the test venv (its python lives under /root, mode 700), so the job code, which
-is standard library only, is copied into a world-readable directory and run with the system python. All
+An ordinary user cannot read the test venv (its python lives under /root, mode 700), so the job code (standard
+library, plus pydantic for reading a run's config) is copied into a world-readable directory with pydantic
+beside it, and run with the system python. All
 the checks (files, processes, listeners) are made from this process, which sees everything.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
@@ -32,6 +34,8 @@ import pytest
 from remote.job.sandbox import SandboxJob, SandboxResult, find_processes
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+# What the shipped job code imports beyond the standard library without the training stack (core.config)
+JOB_THIRD_PARTY = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection", "typing_extensions")
 DRIVER = Path(__file__).with_name("sandbox_driver.py")
 SECRET = "fake-secret-4242-do-not-leak"
 KEY_TEXT = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{SECRET}\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -117,6 +121,17 @@ def world_readable_job_code() -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
     shutil.copyfile(DRIVER, root / DRIVER.name)
+    # The job reads a run's config.json through core.config, which needs pydantic: on a cluster it comes with the
+    # training stack (DeepSpeed depends on it). The system python standing in for a cluster's gets this venv's
+    # copy (the same CPython minor version), beside the code.
+    for module in JOB_THIRD_PARTY:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin, f"{module} is not installed in the test environment"
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(origin.parent, root / module, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(origin, root / origin.name)
     from core.evalsets import humaneval_path
 
     shutil.copyfile(humaneval_path(), root / "HumanEval.jsonl.gz")

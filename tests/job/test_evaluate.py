@@ -247,6 +247,22 @@ def test_failed_evaluation_is_recorded_as_an_eval_failed_event(tmp_path: Path, t
     assert "no checkpoint there" in events[-1]["detail"]["error"]  # not transformers' "repo id" message
 
 
+def test_a_config_json_the_schema_refuses_is_an_eval_failed_naming_the_field(tmp_path: Path, tiny_model: Path) -> None:
+    """The evaluation reads the run's config through the schema shipped with it: a field it does not know
+    (a config written by another TuneDeck version) fails the evaluation visibly, naming the field."""
+    from core.config import ConfigError
+
+    run = _run_dir(tmp_path, tiny_model)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["evaluation"]["max_tokens"] = cfg["evaluation"].pop("max_new_tokens")
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"evaluation\.max_tokens"):
+        evaluate.evaluate_checkpoint(run, tiny_model, step=5)
+    events, _ = read_records(run / "eval_events.jsonl", "events")
+    assert [e["event"] for e in events] == ["eval_failed"]
+    assert "evaluation.max_tokens: unknown field" in events[0]["detail"]["error"]
+
+
 def test_evaluate_module_runs_from_the_shipped_code_directory(tmp_path: Path, tiny_model: Path) -> None:
     """The cluster contract: PYTHONPATH=RUN_DIR/code python -m remote.job.evaluate, with only the shipped files."""
     from remote.bundle import job_code_files

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config import resolved_dict
 from core.evalsets import load_humaneval
+from core.presets import load_preset
 from core.records import read_records, unconfined_evaluations
 from remote.check import check_cluster
 from remote.job.sandbox import find_bwrap
@@ -108,8 +110,9 @@ def test_a_refused_checkpoint_evaluation_is_recorded_as_eval_failed_with_the_mes
     run, ckpt = user_dir / "run", user_dir / "run" / "checkpoints" / "checkpoint-20"
     ckpt.mkdir(parents=True)
     (ckpt / "config.json").write_text("{}")  # never loaded: the refusal comes first
-    config = {"model": {"kind": "base"}, "data": {}, "evaluation": {
-        "benchmarks": [{"name": "humaneval", "path": str(user_code_dir / "HumanEval.jsonl.gz")}], "sandbox": "auto"}}
+    config = resolved_dict(load_preset("tiny-demo"))  # a whole run config, as the app writes it
+    config["evaluation"].update({"benchmarks": [{"name": "humaneval", "path": str(user_code_dir / "HumanEval.jsonl.gz")}],
+                                 "sandbox": "auto"})
     (run / "config.json").write_text(json.dumps(config))
     for p in (run, ckpt.parent, ckpt):
         shutil.chown(p, user=no_userns_driver.user.name)
