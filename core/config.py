@@ -8,14 +8,17 @@ wrote: derived values (world size, accumulation steps) are computed properties.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from yaml.constructor import SafeConstructor
 
 SCHEMA_VERSION = 1
 
@@ -564,6 +567,44 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names the schema allows in the mapping at `loc` (a path of field names and list indexes)."""
+    if not loc:
+        return [*SECTIONS, *sorted(TOP_LEVEL_SCALARS)]
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        if isinstance(part, int) or str(part).isdigit():
+            continue  # an item of a list field: its model was found with the field
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return []
+        found = _models_in(info.annotation)
+        if not found:
+            return []
+        model = found[0]
+    return list(model.model_fields)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds (`X | None`, `list[X]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def unknown_field_message(loc: tuple[Any, ...]) -> str:
+    """'unknown field' with the closest schema field, when one is close (a misspelling)."""
+    name = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(name, _fields_at(loc[:-1]), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "; check the spelling"
+    return f"unknown field (not part of the config schema{hint})"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit]) + "..."
+    return text if len(text) <= limit + 10 else text[:limit] + "..."
+
+
 def _pydantic_problems(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -572,9 +613,9 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> li
         kind = {"extra_forbidden": "unknown_field", "missing": "missing"}.get(etype, "type" if etype.endswith("_type") or "parsing" in etype else "value")
         msg = err["msg"]
         if kind == "unknown_field":
-            msg = "unknown field (not part of the config schema; check the spelling)"
+            msg = unknown_field_message(loc)
         elif "input" in err and kind != "missing" and not isinstance(err["input"], dict | list):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {_short_repr(err['input'])})"
         problems.append(Problem(path=_loc_to_path(loc), message=msg, kind=kind))
     return problems
 
@@ -587,7 +628,7 @@ def validate_data(data: Any) -> tuple[RunConfig | None, list[Problem]]:
     valid: dict[str, Section] = {}
     for key in data:
         if key not in SECTIONS and key not in TOP_LEVEL_SCALARS:
-            problems.append(Problem(str(key), "unknown field (not part of the config schema; check the spelling)", "unknown_field"))
+            problems.append(Problem(str(key), unknown_field_message((str(key),)), "unknown_field"))
     top = {k: v for k, v in data.items() if k in TOP_LEVEL_SCALARS}
     if "model" not in data:
         problems.append(Problem("model", "Field required", "missing"))
@@ -652,41 +693,140 @@ def _node_for_path(root: yaml.Node | None, parts: list[str]) -> tuple[yaml.Node 
     return node, True
 
 
-def _duplicate_keys(node: yaml.Node | None, path: tuple[str, ...] = ()) -> list[Problem]:
-    """Keys given twice in one mapping: PyYAML keeps the last silently, so the first would be lost."""
+# Limits on a config file, far above any real config (a few KB, nesting depth ~4, a few hundred nodes) and
+# far below what hurts: PyYAML builds the whole tree in memory, and aliases let a few hundred bytes name a
+# tree of billions of nodes ("billion laughs").
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 100
+MAX_EXPANDED_NODES = 100_000
+MAX_INT_DIGITS = 30  # an int64 has at most 19 digits; longer ones are refused before Python parses them
+_INT_TAG = "tag:yaml.org,2002:int"
+# libyaml when present (10x faster); its event parser and the pure-Python one are both iterative.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _syntax_problem(message: str, mark: Any = None, path: str = "") -> Problem:
+    return Problem(path, message, "syntax", mark.line + 1 if mark else None, mark.column + 1 if mark else None)
+
+
+def _check_nesting(text: str) -> list[Problem]:
+    """Refuse nesting deeper than MAX_NESTING from the event stream, before anything recursive sees it
+    (PyYAML's composer and constructor recurse once per level; libyaml's C composer would crash)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                return [_syntax_problem(f"nested more than {MAX_NESTING} levels deep; a run config needs a few",
+                                        event.start_mark)]
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return []
+
+
+def _walk_nodes(root: yaml.Node) -> Iterator[tuple[yaml.Node, tuple[str, ...]]]:
+    """Each node of a composed document ONCE (an alias is the same node object as its anchor), with the
+    path it was first reached by. Iterative: the graph may be wide and shared."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node, path
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((v, (*path, str(k.value))) for k, v in reversed(node.value))
+            stack.extend((k, path) for k, _ in reversed(node.value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, (*path, str(i))) for i, v in reversed(list(enumerate(node.value))))
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many nodes the document has once its aliases are expanded (stops counting past `limit`),
+    computed on the shared graph: linear in its size, however far it expands."""
+    memo: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in memo:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            memo[id(node)] = min(limit + 1, 1 + sum(memo[id(c)] for c in children))
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in memo)
+    return memo[id(root)]
+
+
+def _node_problems(root: yaml.Node) -> list[Problem]:
+    """What the YAML parser accepts but a config must not hold: keys given twice in one mapping (PyYAML
+    keeps the last silently, so the first would be lost), integers beyond 64 bits, alias bombs."""
     problems: list[Problem] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                problems.append(Problem(
-                    ".".join((*path, key)), "duplicate key: given more than once in this mapping (only the last would count)",
-                    "syntax", key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                ))
-            seen.add(key)
-            problems.extend(_duplicate_keys(value_node, (*path, key)))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems.extend(_duplicate_keys(item, (*path, str(i))))
+    constructor = SafeConstructor()
+    for node, path in _walk_nodes(root):
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                key = str(key_node.value)
+                if key in seen and key != "<<":
+                    problems.append(_syntax_problem(
+                        "duplicate key: given more than once in this mapping (only the last would count)",
+                        key_node.start_mark, ".".join((*path, key))))
+                seen.add(key)
+        elif isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG:
+            digits = sum(c.isalnum() for c in node.value)
+            value = None
+            if digits <= MAX_INT_DIGITS:
+                with contextlib.suppress(ValueError):
+                    value = constructor.construct_yaml_int(node)
+            if value is None or not -(1 << 63) <= value < (1 << 63):
+                shown = node.value if len(node.value) <= 24 else f"{node.value[:12]}...{node.value[-6:]}"
+                problems.append(_syntax_problem(
+                    f"integer {shown} ({digits} digits) is out of range: a run config holds 64-bit integers",
+                    node.start_mark, ".".join(path)))
+    if not problems:
+        size = _expanded_size(root, MAX_EXPANDED_NODES)
+        if size > MAX_EXPANDED_NODES:
+            problems.append(_syntax_problem(
+                f"its aliases (*name) expand to more than {MAX_EXPANDED_NODES:,} values; a run config has a few "
+                "hundred (a file built to exhaust memory, a 'billion laughs'?)", root.start_mark))
     return problems
+
+
+def parse_yaml_text(text: str, source: str = "<config>") -> tuple[Any, yaml.Node | None]:
+    """YAML text to plain data, safely: (data, composed tree for line numbers). Raises ConfigError with the
+    line for a file too big, nested too deep, with keys given twice, huge integers or alias bombs, and for
+    anything the YAML parser rejects. Takes time linear in the text, whatever the aliases expand to."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError([Problem("", f"{size:,} bytes: a run config is at most {MAX_CONFIG_BYTES:,} bytes (a few KB "
+                                       "is usual); is this the right file?", "syntax")], source)
+    try:
+        problems = _check_nesting(text)
+        root = None if problems else yaml.compose(text, Loader=_LOADER)
+        if root is not None:
+            problems = _node_problems(root)
+        if problems:
+            raise ConfigError(problems, source)
+        data = None if root is None else SafeConstructor().construct_document(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([_syntax_problem(f"not valid YAML: {problem}", mark)], source) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # A value the YAML constructors reject (a timestamp out of range, a bad !!binary, ...).
+        raise ConfigError([Problem("", f"not valid YAML: {exc}", "syntax")], source) from None
+    return data, root
 
 
 def load_yaml_text(text: str, source: str = "<config>") -> RunConfig:
     """Parse and validate YAML text; raise ConfigError with every problem and its line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        col = mark.column + 1 if mark else None
-        raise ConfigError([Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}", "syntax", line, col)], source) from None
+    data, root = parse_yaml_text(text, source)
     if data is None:
         raise ConfigError([Problem("", "the file is empty", "missing", 1, 1)], source)
-    duplicates = _duplicate_keys(root)
-    if duplicates:
-        raise ConfigError(duplicates, source)
     config, problems = validate_data(data)
     if problems:
         located = []
@@ -704,11 +844,19 @@ def load_config(path: str | Path) -> RunConfig:
     """Read a run config YAML file (ConfigError names the file, each field path and its line)."""
     path = Path(path)
     try:
+        if path.is_dir():
+            raise ConfigError([Problem("", "is a directory, not a config file", "missing")], str(path))
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:  # before reading: a 200 MB file would take a minute and gigabytes
+            raise ConfigError([Problem("", f"{size:,} bytes: a run config is at most {MAX_CONFIG_BYTES:,} bytes (a "
+                                           "few KB is usual); is this the right file?", "syntax")], str(path))
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("", "file not found", "missing")], str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem("", f"not UTF-8 text (byte {exc.start})", "syntax")], str(path)) from None
+    except OSError as exc:
+        raise ConfigError([Problem("", f"cannot read it: {exc.strerror or exc}", "missing")], str(path)) from None
     return load_yaml_text(text, str(path))
 
 

@@ -140,6 +140,8 @@ def cmd_config_render(args: argparse.Namespace) -> int:
 
     cfg = _load(args.file)
     out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a directory (the plan is several files: give a directory)")
     run_dir = args.run_dir or str(out.resolve())
     nodes = cfg.cluster.nodes
     if args.hosts:
@@ -165,6 +167,8 @@ def cmd_config_render(args: argparse.Namespace) -> int:
         written = write_plan(cfg, ctx, out)
     except PlanError as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot write the plan: {exc.strerror or exc} ({exc.filename or out})") from None
     print(f"wrote the launch plan for {cfg.name!r} (run dir on target: {run_dir}):")
     for path in written.values():
         print(f"  {path}")

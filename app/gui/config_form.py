@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 from PySide6.QtCore import QSignalBlocker, Qt, QTimer, Signal
@@ -48,7 +47,16 @@ from PySide6.QtWidgets import (
 
 from app.gui.app import monospace_font
 from app.gui.workers import WorkContext, Worker
-from core.config import SECTIONS, Problem, RunConfig, dump_yaml, validate_data
+from core.config import (
+    MAX_CONFIG_BYTES,
+    SECTIONS,
+    ConfigError,
+    Problem,
+    RunConfig,
+    dump_yaml,
+    parse_yaml_text,
+    validate_data,
+)
 from core.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -1016,6 +1024,11 @@ class ConfigPage(QWidget):
         banner and the YAML view say where it fails. False when nothing was opened."""
         path = Path(path)
         try:
+            size = path.stat().st_size
+            if size > MAX_CONFIG_BYTES:  # not into the editor: a huge file would freeze the window
+                QMessageBox.warning(self, "Open run config", f"{path} is {size:,} bytes; a run config is at most "
+                                    f"{MAX_CONFIG_BYTES:,} bytes (a few KB is usual). Is this the right file?")
+                return False
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             QMessageBox.warning(self, "Open run config", f"Cannot read {path}:\n{exc}")
@@ -1127,13 +1140,14 @@ class ConfigPage(QWidget):
 
 
 def yaml_problem(text: str) -> tuple[str | None, Any]:
-    """(None, mapping) when `text` is a YAML mapping, else (what is wrong and where, None)."""
+    """(None, mapping) when `text` is a YAML mapping, else (what is wrong and where, None). The core parser's
+    limits (size, nesting, aliases, huge integers) keep a hostile file from freezing the window."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return f"YAML does not parse ({where}{getattr(exc, 'problem', exc)})", None
+        data, _ = parse_yaml_text(text)
+    except ConfigError as exc:
+        problem = exc.problems[0]
+        where = f"line {problem.line}, column {problem.column}: " if problem.line else ""
+        return f"YAML does not parse ({where}{problem.message.removeprefix('not valid YAML: ')})", None
     if not isinstance(data, dict):
         return "The YAML must be a mapping of sections", None
     return None, data

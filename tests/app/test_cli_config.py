@@ -194,3 +194,26 @@ def test_estimate_calibrated_by_a_stored_run_prints_measured_and_assumed_times(t
     r = subprocess.run([*tunedeck_argv(), "estimate", "r.yaml", "--calibrate", "nosuchrun"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, env={**os.environ, **env_store})
     assert r.returncode == 2 and "no run with id 'nosuchrun'" in r.stderr
+
+
+def test_validate_of_a_directory_and_render_onto_a_file_give_one_clear_error_each(tmp_path: Path) -> None:
+    assert tunedeck("config", "new", "--preset", "tiny-demo", "-o", "t.yaml", cwd=tmp_path).returncode == 0
+    (tmp_path / "adir").mkdir()
+    v = tunedeck("config", "validate", "adir", cwd=tmp_path)
+    assert v.returncode == 1 and "Traceback" not in v.stderr
+    assert "adir: (top level): is a directory, not a config file" in v.stderr
+    (tmp_path / "plan.txt").write_text("keep me\n")
+    r = tunedeck("config", "render", "t.yaml", "--out", "plan.txt", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--out plan.txt: exists and is not a directory" in r.stderr
+    assert (tmp_path / "plan.txt").read_text() == "keep me\n"
+
+
+def test_a_billion_laughs_config_is_refused_at_once_by_validate_estimate_and_launch(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\n")
+    for argv in (["config", "validate"], ["estimate"], ["launch", "--cluster", "local"]):
+        r = tunedeck(*argv, "laughs.yaml", cwd=tmp_path)
+        assert r.returncode in (1, 2) and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert "expand to more than" in r.stderr, (argv, r.stderr)
