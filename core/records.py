@@ -229,13 +229,48 @@ def event_record(event: str, attempt: int, detail: dict[str, Any] | None = None,
             "detail": json_safe(detail or {})}
 
 
+# What the run store (SQLite) can hold: 64-bit integers, UTF-8 text. Deeper nesting than this is no record
+# the job writes, and would exhaust the recursion of whoever walks it.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_RECORD_DEPTH = 32
+
+
+def _unstorable(value: Any, where: str, depth: int = 0) -> str | None:
+    """Why `value` cannot be stored as it is (an integer beyond 64 bits, text SQLite cannot encode, nesting
+    too deep), naming the field; None when it can."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return None
+    if isinstance(value, int):
+        return None if INT64_MIN <= value <= INT64_MAX else f"field {where!r}: integer out of the 64-bit range"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"field {where!r}: text with an unpaired surrogate (not UTF-8)"
+        return None
+    if depth >= MAX_RECORD_DEPTH:
+        return f"field {where!r}: nested more than {MAX_RECORD_DEPTH} levels deep"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        problem = (_unstorable(key, f"{where}.{key!r}", depth + 1) if isinstance(key, str) else None) or \
+            _unstorable(item, f"{where}.{key}", depth + 1)
+        if problem:
+            return problem
+    return None
+
+
 def validate_record(kind: str, rec: Any) -> list[str]:
-    """Problems with a record of `kind` (metrics, evals, events); empty when it is well formed."""
+    """Problems with a record of `kind` (metrics, evals, events); empty when it is well formed AND the run
+    store can hold it as it is (what passes here never makes Store.ingest fail)."""
     if not isinstance(rec, dict):
         return [f"a {kind} record must be a JSON object"]
     problems = [f"missing field {name!r}" for name in KIND_REQUIRED[kind] if name not in rec]
-    if "t" in rec and not _is_number(rec["t"]):
-        problems.append("field 't' must be a number")
+    for key, value in rec.items():
+        problem = _unstorable(key, key) or _unstorable(value, key)
+        if problem:
+            problems.append(problem)
+    if "t" in rec and not (_is_number(rec["t"]) and math.isfinite(rec["t"])):
+        problems.append("field 't' must be a number (a finite one)")
     # attempt and step key the store's rows, so they must be whole numbers (1.0 would not match 1 there).
     for name in ("attempt", "step"):
         if name in rec and not _is_int(rec[name]):
@@ -343,6 +378,7 @@ class CorruptLine:
 class FeedResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)  # byte offset just past each record's line
+    line_nos: list[int] = field(default_factory=list)  # 1-based line number of each record
     corrupt: list[CorruptLine] = field(default_factory=list)
 
 
@@ -412,6 +448,7 @@ class IncrementalReader:
             else:
                 result.records.append(rec)
                 result.offsets.append(self.offset)
+                result.line_nos.append(self.line_no)
         del buf[:start]
         if len(buf) > self.MAX_LINE_BYTES:
             # A "line" this long is garbage (a binary file, a runaway writer): skip it to its newline, report it
@@ -431,6 +468,10 @@ class IncrementalReader:
             rec = json.loads(line, parse_constant=lambda _token: None)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return None, f"not JSON: {exc}"
+        except RecursionError:
+            return None, "not JSON this reader can hold: nested too deeply"
+        except ValueError as exc:  # an integer of more than 4300 digits (Python's int parsing limit)
+            return None, f"not JSON this reader can hold: {exc}"
         if self.kind is not None:
             problems = validate_record(self.kind, rec)
             if problems:

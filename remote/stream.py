@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import sqlite3
 import statistics
 import threading
 import time
@@ -27,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.records import FILE_KIND, IncrementalReader, RunPaths
-from core.store import TERMINAL_STATUSES, RunRow, Store, StreamConflictError
+from core.records import FILE_KIND, FeedResult, IncrementalReader, RunPaths
+from core.store import TERMINAL_STATUSES, IngestResult, RunRow, Store, StreamConflictError
 from remote.transport import StreamProcess, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ FINAL_READ_TRIES = 5  # a run that ended is read to its end this many times befo
 CATCH_UP_S = 24 * 3600.0  # runs that ended this recently get one final read when a manager starts
 HANG_K = 5.0
 HANG_MIN_S = 60.0
+# Errors the store raises about the data of a record (not about the database or the disk, which are worth
+# retrying): a number it cannot bind, text it cannot encode, a record it finds invalid.
+_UNSTORABLE = (ValueError, TypeError, OverflowError, UnicodeError, RecursionError, sqlite3.InterfaceError,
+               sqlite3.DataError, sqlite3.IntegrityError)
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class _FileState:
                             position, expected)
                 self.need_restart = True
                 return 0
+            res = None
             if self.kind:
                 res = self.reader.feed(data)
                 records, corrupt = res.records, len(res.corrupt)
@@ -145,8 +151,15 @@ class _FileState:
             if self.reader.offset == self.committed:
                 return 0
             try:
-                result = self.s.store.ingest(self.s.run_id, self.file_name, records, self.reader.offset,
-                                             self.reader.line_no, corrupt, expect_offset=self.committed)
+                try:
+                    result = self.s.store.ingest(self.s.run_id, self.file_name, records, self.reader.offset,
+                                                 self.reader.line_no, corrupt, expect_offset=self.committed)
+                except _UNSTORABLE as exc:
+                    if res is None:
+                        raise
+                    # validate_record should have caught it; whatever the store still refuses is a corrupt
+                    # record too (counted, skipped), never a reason to stop the stream and retry forever.
+                    result = self._ingest_each(res, exc)
             except StreamConflictError as exc:
                 log.info("%s", exc)
                 self.load()
@@ -169,6 +182,29 @@ class _FileState:
             except Exception:  # a callback's bug must not stop the stream
                 log.exception("on_update callback failed")
         return n
+
+    def _ingest_each(self, res: FeedResult, batch_error: BaseException) -> IngestResult:
+        """Ingest a batch the store refused one record at a time; the records it refuses count as corrupt
+        lines. Each step commits its offset, so the stream resumes correctly whenever it stops."""
+        store, run_id, name = self.s.store, self.s.run_id, self.file_name
+        inserted = duplicates = 0
+        corrupt = len(res.corrupt)  # the reader's corrupt lines of this batch, stored with the last step
+        pending = 0  # refused records not yet counted in the store
+        for rec, offset, line_no in zip(res.records, res.offsets, res.line_nos, strict=True):
+            try:
+                one = store.ingest(run_id, name, [rec], offset, line_no, pending, expect_offset=self.committed)
+            except _UNSTORABLE as exc:
+                log.warning("%s of run %s, line %d: corrupt (the run store cannot hold it: %s: %s)", name, run_id,
+                            line_no, type(exc).__name__, exc)
+                pending += 1
+                continue
+            self.committed, pending = offset, 0
+            inserted, duplicates = inserted + one.inserted, duplicates + one.duplicates
+        store.ingest(run_id, name, [], self.reader.offset, self.reader.line_no, corrupt + pending,
+                     expect_offset=self.committed)
+        log.info("%s of run %s: a batch the store refused (%s) was stored record by record", name, run_id,
+                 batch_error)
+        return IngestResult(inserted=inserted, duplicates=duplicates)
 
     def check_truncated(self, size: int | None) -> bool:
         with self.lock:
@@ -519,7 +555,8 @@ def sync_all(store: Store, *, profile: str | None = None, transports: dict[str, 
     """`tunedeck sync`: refresh statuses, then pull every run's new records into the store.
 
     Returns {run_id: {file: new records}}; a run whose machine cannot be reached is logged and skipped
-    (its error under the key "error").
+    (its error under the key "error"), one that failed for a reason of its own has it under "failed" (the
+    other runs of its cluster are still synced).
     """
     from remote.runs import refresh_status
 
@@ -538,11 +575,19 @@ def sync_all(store: Store, *, profile: str | None = None, transports: dict[str, 
                 from remote.profiles import get_profile, transport_for
 
                 transports[row.cluster] = transport_for(get_profile(row.cluster))
+        except Exception as exc:  # noqa: BLE001 -- an unknown profile: its runs are skipped, the others go on
+            errors[row.cluster] = str(exc)
+            out[row.run_id] = {"error": str(exc)}  # type: ignore[dict-item]
+            continue
+        try:
             out[row.run_id] = Streamer(store, transports[row.cluster], row.run_id, row.run_dir).drain()
-        except Exception as exc:  # noqa: BLE001 -- one unreachable cluster must not stop the others
+        except (TransportError, OSError) as exc:  # the machine is unreachable: skip its other runs at once
             log.warning("sync of run %s failed: %s", row.run_id, exc)
             errors[row.cluster] = str(exc)
             out[row.run_id] = {"error": str(exc)}  # type: ignore[dict-item]
+        except Exception as exc:  # noqa: BLE001 -- this run's problem: the cluster's other runs still sync
+            log.warning("sync of run %s failed: %s", row.run_id, exc)
+            out[row.run_id] = {"failed": f"{type(exc).__name__}: {exc}"}  # type: ignore[dict-item]
         if progress:
             progress(f"{row.run_id}: {out[row.run_id]}")
     return out

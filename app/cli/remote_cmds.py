@@ -174,6 +174,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             row = _run(store, row.run_id)
         print(_state_line(row))
         _print_pass_at_1(store, row.run_id)
+        for name, n in _corrupt_counts(store, row.run_id).items():
+            print(f"{name}: {n} corrupt line{'s' if n != 1 else ''} skipped (unreadable, or values the store "
+                  "cannot hold; `tunedeck sync` logs each one)")
         return 1 if row.status == "failed" else 0
 
 
@@ -189,6 +192,13 @@ def _print_pass_at_1(store, run_id: str) -> None:
         iv = p.interval
         print(f"pass@1 {p.benchmark:<13} {p.subset:<12} step {p.step}: {p.label():<14} "
               f"(95% {100 * iv.low:.1f}–{100 * iv.high:.1f}, {iv.describe()}, {p.n_tasks} tasks)")
+
+
+def _corrupt_counts(store, run_id: str) -> dict[str, int]:
+    """Corrupt lines skipped so far per streamed file of a run (files with none left out)."""
+    from core.records import RunPaths
+
+    return {name: n for name in RunPaths.STREAMED if (n := store.stream_state(run_id, name)["corrupt_count"])}
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -265,16 +275,29 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     with _store() as store:
         if not args.follow:
+            before = {row.run_id: _corrupt_counts(store, row.run_id) for row in store.list_runs()}
             result = sync_all(store, profile=args.cluster)
-            failed = 0
+            unreachable = failed = 0
             for run_id, counts in result.items():
                 if "error" in counts:
-                    failed += 1
+                    unreachable += 1
                     print(f"{run_id}: not synced: {counts['error']}", file=sys.stderr)
-                elif any(counts.values()):
+                    continue
+                if "failed" in counts:
+                    failed += 1
+                    print(f"{run_id}: not synced: {counts['failed']}", file=sys.stderr)
+                    continue
+                if any(counts.values()):
                     print(f"{run_id}: " + ", ".join(f"{n} new in {f}" for f, n in counts.items() if n))
-            print(f"synced {len(result) - failed} run(s)" + (f", {failed} unreachable" if failed else ""))
-            return 3 if failed else 0
+                old = before.get(run_id, {})
+                for name, n in _corrupt_counts(store, run_id).items():
+                    if n > old.get(name, 0):
+                        k = n - old.get(name, 0)
+                        print(f"{run_id}: {k} corrupt line{'s' if k != 1 else ''} skipped in {name} (see the "
+                              "warnings above)", file=sys.stderr)
+            tail = [f"{unreachable} unreachable"] * bool(unreachable) + [f"{failed} failed"] * bool(failed)
+            print(f"synced {len(result) - unreachable - failed} run(s)" + "".join(f", {t}" for t in tail))
+            return 3 if unreachable else 1 if failed else 0
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         manager = StreamManager(store, poll_s=2.0,

@@ -416,6 +416,7 @@ class RunView(QWidget):
         self._columns: dict[int, _Columns] = {}
         self._n_points = 0
         self._last_step: int | None = None
+        self._corrupt: dict[str, int] = {}  # corrupt lines skipped per streamed file
         self._charts_stale = False
         self._pending: list[MetricColumns] = []
         self._evals: tuple[dict[str, Any], ...] = ()
@@ -634,6 +635,8 @@ class RunView(QWidget):
         if batch.first:
             self.loaded = True
             self.samples.refresh()
+        if batch.corrupt is not None:
+            self._corrupt = batch.corrupt
         self._update_info()
         self.batch_applied.emit(batch.n_metric_rows)
 
@@ -852,6 +855,13 @@ class RunView(QWidget):
         parts = [f"step {last}" if last is not None else "no steps yet", f"{n} points"]
         if self.run is not None and started and self.run.status not in TERMINAL_STATUSES:
             parts.append(f"running {_duration(time.time() - started)}")
+        skipped = sum(self._corrupt.values())
+        if skipped:
+            # Lines the job wrote that could not be read or stored: shown, so a gap in a chart has a cause.
+            parts.append(f"⚠ {skipped} corrupt line{'s' if skipped != 1 else ''} skipped")
+            self.info_label.setToolTip("Skipped while streaming (unreadable, or values the store cannot hold):\n"
+                                       + "\n".join(f"{name}: {n}" for name, n in sorted(self._corrupt.items()))
+                                       + "\nThe app log names each line and the reason.")
         self.info_label.setText(" · ".join(parts))
 
     # ------------------------------------------------------------------ controls

@@ -59,6 +59,8 @@ class RunBatch:
     log_text: str  # new stdout text
     log_reset: bool  # the console should be cleared before log_text (first batch, file rewritten, gap)
     run: RunRow | None  # the run row, when it changed
+    corrupt: dict[str, int] | None = None  # corrupt lines skipped per streamed file, when that changed
+
 
     @property
     def n_metric_rows(self) -> int:
@@ -94,6 +96,7 @@ class _Cursor:
     event_seq: int = 0
     log_offset: int = -1
     run: RunRow | None = None
+    corrupt: dict[str, int] = field(default_factory=dict)
 
 
 GIL_SWITCH_S = 0.001
@@ -222,12 +225,18 @@ class StoreWatcher(QObject):
             cur.event_seq = max(e["seq"] for e in events)
 
         log_text, log_reset = self._read_log(cur)
+        corrupt = {name: n for name in RunPaths.STREAMED
+                   if (n := store.stream_state(run_id, name)["corrupt_count"])}
+        corrupt_changed = corrupt != cur.corrupt
+        cur.corrupt = corrupt
         cur.first = False
-        if not (first or run_changed or metrics or evals_changed or events or log_text or log_reset):
+        if not (first or run_changed or metrics or evals_changed or events or log_text or log_reset
+                or corrupt_changed):
             return None
         return RunBatch(cur.sub_id, run_id, first, replace, metrics,
                         tuple(evals) if (evals_changed or first) else None, tuple(events), log_text,
-                        log_reset, row if (run_changed or first) else None)
+                        log_reset, row if (run_changed or first) else None,
+                        corrupt if (corrupt_changed or first) else None)
 
     def _read_log(self, cur: _Cursor) -> tuple[str, bool]:
         store = self.store

@@ -157,3 +157,35 @@ def test_status_of_a_failed_run_says_failed_with_the_exit_status(capsys, config_
     assert out.strip() == "failed: exit status 3"
     rc, _, _ = run_cli(capsys, "status", run_id)
     assert rc == 1
+
+
+def test_sync_skips_a_record_the_store_cannot_hold_shows_it_and_syncs_the_clusters_other_runs(capsys, tmp_path):
+    from core.records import encode_record, metric_record
+    from core.store import Store
+
+    def metric(step):
+        return encode_record(metric_record(step=step, attempt=1, epoch=0.0, samples=1, tokens=1, loss=1.0, lr=0.1,
+                                           grad_norm=1.0, tokens_per_s=1.0, t=float(step)))
+
+    with Store() as store:
+        for run_id in ("20260101-000000-aaaaaa", "20260101-000000-bbbbbb"):
+            run_dir = tmp_path / run_id
+            run_dir.mkdir()
+            (run_dir / "exit_status").write_text("0\n")
+            store.create_run(run_id, run_id, None, None, cluster="local", backend="local", run_dir=str(run_dir),
+                             status="running")
+            store.update_run(run_id, job_id="999999")
+        bad = tmp_path / "20260101-000000-aaaaaa" / RunPaths.METRICS
+        bad.write_bytes(metric(1) + metric(2).replace(b'"step":2', b'"step":99999999999999999999999') + metric(3))
+        (tmp_path / "20260101-000000-bbbbbb" / RunPaths.METRICS).write_bytes(metric(1))
+    rc, out, err = run_cli(capsys, "sync")
+    assert rc == 0, err
+    assert "20260101-000000-aaaaaa: 2 new in metrics.jsonl" in out
+    assert "20260101-000000-bbbbbb: 1 new in metrics.jsonl" in out
+    assert "synced 2 run(s)" in out and "unreachable" not in out + err
+    assert "20260101-000000-aaaaaa: 1 corrupt line skipped in metrics.jsonl" in err
+    rc, out, _ = run_cli(capsys, "status", "20260101-000000-aaaaaa")
+    assert out.splitlines()[0].startswith("finished")
+    assert "metrics.jsonl: 1 corrupt line skipped" in out
+    rc, out, _ = run_cli(capsys, "sync")
+    assert rc == 0 and "corrupt" not in out  # counted once

@@ -370,3 +370,22 @@ def test_pass_at_1_from_an_unconfined_evaluation_gets_a_red_badge_and_confined_o
     qtbot.waitUntil(lambda: again.pass_charts["humaneval"].unconfined_badge.isVisibleTo(again), timeout=WAIT_MS)
     assert again.pass_charts["humaneval"].unconfined_points()["all"] == [(40.0, 37.5)]
     close_view(again)
+
+
+def test_corrupt_lines_skipped_while_streaming_are_shown_in_the_run_header(qtbot, store):
+    create_run(store, "r1", job_id="1")
+    feed = StoreFeeder(store, "r1")
+    feed.metrics(range(1, 4))
+    view = open_view(qtbot, store, "r1")
+    assert "corrupt" not in view.info_label.text()
+    # The streamer skipped two metrics lines (say, a step beyond 64 bits) and one events line.
+    offset, line_no = store.offset("r1", RunPaths.METRICS)
+    store.ingest("r1", RunPaths.METRICS, [metric(4)], offset + 500, line_no + 3, corrupt=2)
+    offset, line_no = store.offset("r1", RunPaths.EVENTS)
+    store.ingest("r1", RunPaths.EVENTS, [], offset + 90, line_no + 1, corrupt=1)
+    view.watcher.wake()
+    qtbot.waitUntil(lambda: "3 corrupt lines skipped" in view.info_label.text(), timeout=WAIT_MS)
+    assert view.point_count() == 4
+    tip = view.info_label.toolTip()
+    assert "metrics.jsonl: 2" in tip and "events.jsonl: 1" in tip
+    close_view(view)

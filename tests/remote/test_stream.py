@@ -290,3 +290,109 @@ def test_per_sample_results_reach_the_store_with_their_evals_record_before_liste
     assert s.drain()[RunPaths.EVALS] == 1
     assert at_update == [[(40, "humaneval")]]  # stored before the evals update went out
     assert [r["passed"] for r in store.eval_samples(run_id, 40, "humaneval")] == [True] * 3 + [False] * 2
+
+
+# Lines the job could write (a bug, a foreign writer) that parse as JSON and look like records, but that the
+# store cannot hold as they are: each must be counted as corrupt and skipped, never stop the stream.
+HUGE = "99999999999999999999999"
+UNSTORABLE_METRICS = [
+    b'{"t":1,"attempt":1,"step":' + HUGE.encode() + b',"epoch":0,"samples":1,"tokens":1,"loss":1,"lr":1,'
+    b'"grad_norm":1,"tokens_per_s":1}\n',
+    b'{"t":1,"attempt":1,"step":5,"epoch":0,"samples":' + b"9" * 5000 + b',"tokens":1,"loss":1,"lr":1,'
+    b'"grad_norm":1,"tokens_per_s":1}\n',
+    b'{"t":1,"attempt":1,"step":6,"epoch":0,"samples":1,"tokens":1,"loss":1,"lr":1,"grad_norm":1,'
+    b'"tokens_per_s":1,"note":"\\ud800"}\n',
+    b"[" * 100_000 + b"]" * 100_000 + b"\n",
+]
+UNSTORABLE_EVENTS = [
+    b'{"t":5,"attempt":' + HUGE.encode() + b',"event":"warning","detail":{}}\n',
+    b'{"t":1e999,"attempt":1,"event":"warning","detail":{}}\n',
+    b'{"t":6,"attempt":1,"event":"warning","detail":' + b'{"a":' * 200 + b"1" + b"}" * 200 + b"}\n",
+]
+
+
+def test_records_the_store_cannot_hold_are_counted_skipped_and_the_live_stream_flows_on(store, run, tmp_path):
+    import subprocess
+
+    run_id, run_dir = run
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    store.create_run("r2", "same cluster", None, None, cluster="here", backend="local", run_dir=str(other_dir),
+                     status="running")
+    jobs = [subprocess.Popen(["sleep", "120"], start_new_session=True) for _ in range(2)]  # both runs running
+    store.update_run(run_id, job_id=str(jobs[0].pid))
+    store.update_run("r2", job_id=str(jobs[1].pid))
+    manager = StreamManager(store, poll_s=0.2, transports={"here": LocalTransport("here")})
+    manager.start()
+    try:
+        with open(run_dir / RunPaths.METRICS, "ab") as m, open(run_dir / RunPaths.EVENTS, "ab") as e:
+            m.write(encode_record(metric(1)))
+            e.write(encode_record(event_record("started", 1, t=1.0)))
+            for bad in UNSTORABLE_METRICS:
+                m.write(bad)
+            for bad in UNSTORABLE_EVENTS:
+                e.write(bad)
+            m.write(encode_record(metric(2)))
+            e.write(encode_record(event_record("warning", 1, {"message": "after"}, t=7.0)))
+        with JsonlWriter(other_dir / RunPaths.METRICS) as w:
+            w.write(metric(1))
+        assert wait_for(lambda: steps_in_store(store, run_id) == [1, 2], 20), steps_in_store(store, run_id)
+        assert wait_for(lambda: len(store.events(run_id)) == 2, 20)
+        # The run goes on writing: the follower is still following.
+        with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+            w.write(metric(3))
+        with JsonlWriter(other_dir / RunPaths.METRICS) as w:
+            w.write(metric(2))
+        assert wait_for(lambda: steps_in_store(store, run_id) == [1, 2, 3], 20)
+        assert wait_for(lambda: steps_in_store(store, "r2") == [1, 2], 20)
+        assert manager.errors == {}
+    finally:
+        manager.stop()
+        for job in jobs:
+            job.kill()
+            job.wait()
+    metrics_state = store.stream_state(run_id, RunPaths.METRICS)
+    assert metrics_state["corrupt_count"] == len(UNSTORABLE_METRICS)
+    assert metrics_state["offset"] == (run_dir / RunPaths.METRICS).stat().st_size
+    events_state = store.stream_state(run_id, RunPaths.EVENTS)
+    assert events_state["corrupt_count"] == len(UNSTORABLE_EVENTS)
+    assert events_state["offset"] == (run_dir / RunPaths.EVENTS).stat().st_size
+    assert [e["event"] for e in store.events(run_id)] == ["started", "warning"]
+
+    # A one-shot sync afterwards: nothing new, nothing failed, the other run is not called unreachable.
+    result = sync_all(store, transports={"here": LocalTransport("here")})
+    assert set(result) == {run_id, "r2"}
+    assert all("error" not in counts and "failed" not in counts for counts in result.values()), result
+
+
+class _RefusingStore(Store):
+    """A real store that refuses step 13 the way SQLite refuses an unbindable value: a refusal that
+    validate_record does not foresee."""
+
+    def ingest(self, run_id, file_name, records, *args, **kwargs):
+        if any(r.get("step") == 13 for r in records):
+            import sqlite3
+
+            raise sqlite3.InterfaceError("Error binding parameter 3: type 'x' is not supported")
+        return super().ingest(run_id, file_name, records, *args, **kwargs)
+
+
+def test_a_record_the_store_refuses_unforeseen_is_skipped_as_corrupt_and_the_rest_is_stored(tmp_path):
+    with _RefusingStore(tmp_path / "s.sqlite3") as store:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        store.create_run("r1", "x", None, None, cluster="here", backend="local", run_dir=str(run_dir))
+        with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+            for step in range(10, 17):
+                w.write(metric(step))
+        with open(run_dir / RunPaths.METRICS, "ab") as f:
+            f.write(b"not json\n")
+        s = Streamer(store, LocalTransport("here"), "r1", str(run_dir))
+        assert s.drain()[RunPaths.METRICS] == 6
+        assert steps_in_store(store, "r1") == [10, 11, 12, 14, 15, 16]
+        state = store.stream_state("r1", RunPaths.METRICS)
+        assert state["corrupt_count"] == 2 and state["line_no"] == 8
+        assert state["offset"] == (run_dir / RunPaths.METRICS).stat().st_size
+        with JsonlWriter(run_dir / RunPaths.METRICS) as w:
+            w.write(metric(17))
+        assert Streamer(store, LocalTransport("here"), "r1", str(run_dir)).drain()[RunPaths.METRICS] == 1
