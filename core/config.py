@@ -17,10 +17,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from yaml.constructor import SafeConstructor
 
 SCHEMA_VERSION = 1
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one line of plain text: control characters (terminal escapes, newlines) are refused,
+    since the name is printed by `tunedeck runs` and shown by the app."""
+    from core.text import unprintable_chars
+
+    bad = unprintable_chars(name)
+    if bad:
+        raise ValueError(f"contains control characters ({', '.join(bad)}); a run name is one line of plain text")
+    return name
 
 
 def ui(**hints: Any) -> dict[str, Any]:
@@ -300,6 +311,11 @@ class RunConfig(Section):
     preset: str | None = Field(None, description="The preset this config started from (informational).")
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_run_name(value)
     training: TrainingSection = Field(default_factory=TrainingSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     attention: AttentionSection = Field(default_factory=AttentionSection)
@@ -343,6 +359,11 @@ class _TopLevel(Section):
     name: str = RunConfig.model_fields["name"]
     description: str = RunConfig.model_fields["description"]
     preset: str | None = RunConfig.model_fields["preset"]
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_run_name(value)
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -78,6 +78,7 @@ class JobStatus:
 class CancelResult:
     confirmed_gone: bool
     detail: str
+    already_ended: bool = False  # nothing was cancelled: the run had ended before
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.fsutil import atomic_write_text
 from core.paths import config_dir, local_runs_dir
+from core.text import printable
 from remote.transport import AuthenticationFailed, LocalTransport, Transport, UnknownHostKeyError
 
 LOCAL = "local"
 DEFAULT_PROFILE = LOCAL
 KEYRING_SERVICE = "tunedeck"
 REMOTE_WORK_ROOT = "~/tunedeck"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` would let a trailing newline in
 _HEADER = (
     "# TuneDeck cluster profiles (`tunedeck cluster add/list/remove`).\n"
     "# No secrets here: keys come from ssh-agent or key files; saved passphrases live in the OS keyring.\n"
@@ -70,12 +71,17 @@ class ClusterProfile(BaseModel):
     connect_timeout_s: float = Field(15.0, gt=0, description="Seconds to wait for the SSH connection.", json_schema_extra=_REMOTE_ONLY)
     keepalive_s: float = Field(15.0, gt=0, description="Seconds between SSH keepalives.", json_schema_extra=_REMOTE_ONLY)
     save_password_in_keyring: bool = Field(False, description="Use a passphrase/password saved in the OS keyring.", json_schema_extra=_REMOTE_ONLY)
+    secret_kind: Literal["passphrase", "password"] = Field(
+        "passphrase", description="What the saved secret is. passphrase: it unlocks the SSH key on this computer "
+        "and is never sent anywhere. password: the SSH login password, sent to the cluster (only once its host key "
+        "matches known_hosts) when no key logs in.", json_schema_extra=_REMOTE_ONLY)
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
-            raise ValueError(f"{value!r}: use letters, digits, '.', '_' or '-' (at most 64, not starting with . _ -)")
+            raise ValueError(f"{value!r}: use letters, digits, '.', '_' or '-' (at most 64, not starting "
+                             "with . _ -)")
         return value
 
     @field_validator("hostfile_hosts")
@@ -174,7 +180,8 @@ def _build(name: str, body: dict[str, Any], source: Path | None = None) -> Clust
     except ValidationError as exc:
         where = _line_of(source, name) if source else "profile"
         problems = "; ".join(
-            f"clusters.{name}.{'.'.join(str(p) for p in err['loc']) or '(profile)'}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
+            f"clusters.{printable(name)}.{'.'.join(str(p) for p in err['loc']) or '(profile)'}: "
+            f"{printable(err['msg'].removeprefix('Value error, '))}" for err in exc.errors()
         )
         raise ProfileError(f"{where}: {problems}") from None
 
@@ -250,7 +257,8 @@ def delete_profile(name: str) -> None:
 # --- secrets (OS keyring only) ---------------------------------------------------------------------
 
 def set_secret(profile: ClusterProfile, secret: str) -> None:
-    """Save the key passphrase / password for this profile in the OS keyring."""
+    """Save the key passphrase / password for this profile in the OS keyring (`profile.secret_kind` says
+    which it is; the caller saves the profile with it)."""
     import keyring
 
     keyring.set_password(KEYRING_SERVICE, profile.keyring_username(), secret)
@@ -299,6 +307,7 @@ def make_transport(profile: ClusterProfile) -> Transport:
         proxy_jump=profile.proxy_jump, known_hosts=profile.known_hosts, ssh_config=profile.ssh_config,
         connect_timeout_s=profile.connect_timeout_s, keepalive_s=profile.keepalive_s,
         secret=(lambda: get_secret(profile)) if profile.save_password_in_keyring else None,
+        secret_kind=profile.secret_kind,
         idle_probe_s=max(30.0, 2 * profile.keepalive_s),
     )
 

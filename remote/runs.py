@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from core.config import RunConfig, resolved_dict
+from core.config import RunConfig, check_run_name, resolved_dict
 from core.plan import LaunchContext
 from core.store import TERMINAL_STATUSES, RunRow, Store, UnknownRunError
 from remote.backends import Backend, BackendError, CancelResult, JobRef, JobStatus
@@ -115,6 +115,10 @@ def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | No
     transport = transport if transport is not None else _transport(profile)
     backend = Backend.for_name(profile.backend)
     if name:
+        try:
+            check_run_name(name)
+        except ValueError as exc:
+            raise LaunchError(f"run name {name!r}: {exc}") from None
         config = config.model_copy(update={"name": name})
     config = apply_profile_shape(config, profile)
     run_id = new_run_id()
@@ -272,7 +276,8 @@ def cancel(run_id: str, store: Store, *, transport: Transport | None = None, gra
     row = get_run(store, run_id)
     if row.status in TERMINAL_STATUSES:
         return CancelResult(True, f"run {row.run_id} had already ended: {row.status}"
-                            + (f" ({row.status_reason})" if row.status_reason else ""))
+                            + (f" ({row.status_reason})" if row.status_reason else "") + "; nothing to cancel",
+                            already_ended=True)
     ref = job_ref(row)
     transport = transport if transport is not None else transport_for_run(row)
     backend = Backend.for_name(row.backend or "local")

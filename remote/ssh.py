@@ -207,7 +207,15 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
                                   known_hosts=self.target.known_hosts)
 
 
-def _connect_hop(target: SshTarget, sock, *, timeout: float, secret: str | None) -> paramiko.SSHClient:
+# What a saved secret is: a key passphrase never leaves this machine; a password is sent to the server.
+SECRET_KINDS = ("passphrase", "password")
+
+
+def _connect_hop(target: SshTarget, sock, *, timeout: float, passphrase: str | None = None,
+                 password: str | None = None) -> paramiko.SSHClient:
+    """Connect and log in to one hop. A key passphrase only unlocks key files here; a password is sent to
+    the server, and only after paramiko checked the host key against known_hosts (an unknown or changed key
+    raises before any authentication starts)."""
     client = paramiko.SSHClient()
     if Path(target.known_hosts).is_file():
         client.load_host_keys(target.known_hosts)
@@ -216,14 +224,23 @@ def _connect_hop(target: SshTarget, sock, *, timeout: float, secret: str | None)
         client.connect(
             target.hostname, target.port, username=target.user,
             key_filename=list(target.identity_files) or None, allow_agent=True, look_for_keys=True,
-            passphrase=secret, password=secret, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-            channel_timeout=timeout, sock=sock,
+            passphrase=passphrase, password=password, timeout=timeout, banner_timeout=timeout,
+            auth_timeout=timeout, channel_timeout=timeout, sock=sock,
         )
     except paramiko.BadHostKeyException as exc:
         client.close()
         line = find_known_hosts_line(target.known_hosts, target.host_key_name)
         raise ChangedHostKeyError(target.host_key_name, exc.key.get_name(), openssh_fingerprint(exc.key),
                                   target.known_hosts, line, openssh_fingerprint(exc.expected_key)) from None
+    except paramiko.SSHException as exc:
+        t = client.get_transport()
+        client.close()
+        if not isinstance(exc, paramiko.AuthenticationException) and t is not None and t.auth_handler is not None:
+            # paramiko tries each key file as RSA, ECDSA and Ed25519 and re-raises the LAST error: a refused
+            # ECDSA key ends as "encountered EC key, expected OPENSSH key". Authentication had started, so the
+            # server refused us: say so (and do not retry), rather than report a broken link.
+            raise paramiko.AuthenticationException(f"the server refused every key ({exc})") from exc
+        raise
     except BaseException:
         client.close()
         raise
@@ -235,7 +252,7 @@ def _open_socket(target: SshTarget, timeout: float, hops: list[paramiko.SSHClien
     ProxyCommand; None for a direct TCP connection. Hop clients are appended to `hops` for closing."""
     sock = None
     for i, hop in enumerate(target.jumps):
-        hops.append(_connect_hop(hop, sock, timeout=timeout, secret=None))
+        hops.append(_connect_hop(hop, sock, timeout=timeout))
         nxt = target.jumps[i + 1] if i + 1 < len(target.jumps) else target
         sock = hops[-1].get_transport().open_channel("direct-tcpip", (nxt.hostname, nxt.port), ("127.0.0.1", 0),
                                                      timeout=timeout)
@@ -378,7 +395,7 @@ class SshTransport:
                  identity_file: str | None = None, proxy_jump: str | None = None,
                  known_hosts: str | None = None, ssh_config: str | None = None,
                  connect_timeout_s: float = 15.0, keepalive_s: float = 15.0,
-                 secret: Callable[[], str | None] | None = None,
+                 secret: Callable[[], str | None] | None = None, secret_kind: str = "passphrase",
                  backoff_s: tuple[float, ...] = RECONNECT_BACKOFF_S, idle_probe_s: float = 30.0):
         self.name = name
         self.host = host
@@ -386,7 +403,10 @@ class SshTransport:
                                   known_hosts=known_hosts, ssh_config=ssh_config)
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
+        if secret_kind not in SECRET_KINDS:
+            raise ValueError(f"secret_kind must be one of {SECRET_KINDS}, got {secret_kind!r}")
         self._secret = secret
+        self.secret_kind = secret_kind  # what the secret is: it decides whether it may leave this machine
         self.backoff_s = backoff_s
         self.idle_probe_s = idle_probe_s  # a stream quiet this long pings the server
         self._lock = threading.RLock()
@@ -418,7 +438,9 @@ class SshTransport:
             sock = _open_socket(target, self.connect_timeout_s, hops)
             for h in hops:
                 h.get_transport().set_keepalive(max(1, int(self.keepalive_s)))
-            client = _connect_hop(target, sock, timeout=self.connect_timeout_s, secret=secret)
+            client = _connect_hop(target, sock, timeout=self.connect_timeout_s,
+                                  passphrase=secret if self.secret_kind == "passphrase" else None,
+                                  password=secret if self.secret_kind == "password" else None)
         except (paramiko.AuthenticationException, paramiko.SSHException) as exc:
             for h in hops:
                 h.close()
@@ -426,8 +448,15 @@ class SshTransport:
             # key at all: an auth failure too, not worth retrying.
             if not isinstance(exc, paramiko.AuthenticationException) and "authentication" not in str(exc).lower():
                 raise
-            hint = "" if secret else (" (if the key needs a passphrase, save it to the keyring: "
-                                      "tunedeck cluster add ... --save-password)")
+            if not secret:
+                hint = (f" (if the key needs a passphrase, save it in the OS keyring with `tunedeck cluster add "
+                        f"{self.name} ... --force --passphrase-stdin`; for a login password, `--password-stdin`)")
+            elif self.secret_kind == "passphrase":
+                hint = (" (the saved secret is used only to unlock the key, never sent to the server; if it is your "
+                        f"login password, save it as one: `tunedeck cluster add {self.name} ... --force "
+                        "--password-stdin`)")
+            else:
+                hint = " (the server refused the saved password and the keys)"
             raise AuthenticationFailed(f"{self.target_label}: authentication failed for {target}: {exc}{hint}") from None
         except BaseException:
             for h in hops:

@@ -433,6 +433,7 @@ class StreamManager:
         self.errors: dict[str, str] = {}
         self._caught_up = False
         self._drain_failures: dict[str, int] = {}
+        self._states: dict[str, tuple[str, str | None]] = {}  # (status, reason) last reported per run
 
     def transport(self, cluster: str) -> Transport:
         if cluster not in self.transports:
@@ -489,6 +490,11 @@ class StreamManager:
                 except Exception as exc:  # noqa: BLE001 -- an unknown profile: report, keep the others going
                     self.errors[row.cluster] = str(exc)
         for row in changed.values():
+            # The poller returns every run it polled; callers hear only of a state they have not seen.
+            state = (row.status, row.status_reason)
+            if self._states.get(row.run_id) == state:
+                continue
+            self._states[row.run_id] = state
             if self.on_status is not None:
                 try:
                     self.on_status(row)

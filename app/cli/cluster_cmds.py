@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster = subparsers.add_parser("cluster", help="add, list, check, trust or remove cluster profiles",
                                     description="Cluster profiles: this machine (local) or Slurm / DeepSpeed-hostfile "
                                                 "clusters over SSH. No secret is written to files: keys come from "
-                                                "ssh-agent or key files, saved passphrases go to the OS keyring.")
+                                                "ssh-agent or key files, a saved key passphrase or login password goes to "
+                                                "the OS keyring.")
     sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION")
     cluster.set_defaults(handler=lambda args: (cluster.print_help(), 2)[1])
 
@@ -39,8 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--nodes", type=int, help="nodes per job")
     add.add_argument("--gpus-per-node", type=int, help="GPUs per node")
     add.add_argument("--hostfile", type=Path, help="DeepSpeed hostfile (lines `HOST slots=N`) for --backend hostfile")
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the key passphrase / password from stdin and save it in the OS keyring")
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument("--passphrase-stdin", action="store_true",
+                        help="read the SSH key's passphrase from stdin and save it in the OS keyring; it only "
+                             "unlocks the key on this computer and is never sent to the cluster")
+    secret.add_argument("--password-stdin", action="store_true",
+                        help="read the SSH login password from stdin and save it in the OS keyring; it is sent to "
+                             "the cluster, only after its host key matched known_hosts, when no key logs in")
     add.add_argument("--force", action="store_true", help="replace an existing profile of that name")
     add.set_defaults(handler=_add)
 
@@ -108,23 +114,29 @@ def _add(args: argparse.Namespace) -> int:
         if args.backend != "hostfile":
             raise CliError("--hostfile is for --backend hostfile")
         fields["hostfile_hosts"] = _read_hostfile(args.hostfile)
-    if args.password_stdin:
+    if args.password_stdin or args.passphrase_stdin:
         fields["save_password_in_keyring"] = True
+        fields["secret_kind"] = "password" if args.password_stdin else "passphrase"
     try:
         profile = ClusterProfile(name=args.name, backend=args.backend, **fields)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'profile'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise CliError(f"cluster {args.name!r}: {problems}") from None
-    if args.password_stdin:
+    if args.password_stdin or args.passphrase_stdin:
+        flag = "--password-stdin" if args.password_stdin else "--passphrase-stdin"
+        what = profile.secret_kind
         secret = sys.stdin.readline().rstrip("\n")
         if not secret:
-            raise CliError("--password-stdin: nothing on stdin")
+            raise CliError(f"{flag}: nothing on stdin")
+        if args.password_stdin and args.identity_file:
+            print(f"note: saved as the SSH login password (sent to {profile.host} when no key logs in); if it is the "
+                  f"passphrase of {args.identity_file}, use --passphrase-stdin instead", file=sys.stderr)
         from keyring.errors import KeyringError
 
         try:
             set_secret(profile, secret)
         except KeyringError as exc:  # no OS keyring here, or it is locked
-            raise CliError(f"cannot save the passphrase in the OS keyring: {exc}") from None
+            raise CliError(f"cannot save the {what} in the OS keyring: {exc}") from None
     path = save_profile(profile)
     print(f"saved cluster {profile.name!r} ({profile.backend}, {profile.describe()}) in {path}")
     if not profile.is_local:

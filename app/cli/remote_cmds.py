@@ -82,7 +82,9 @@ def _run(store, run_id: str):
 
 
 def _state_line(row) -> str:
-    return row.status + (f": {row.status_reason}" if row.status_reason else "")
+    from core.text import printable
+
+    return printable(row.status + (f": {row.status_reason}" if row.status_reason else ""))
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -254,6 +256,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from core.text import printable
     from remote.runs import cancel
 
     with _store() as store:
@@ -262,7 +265,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             result = cancel(row.run_id, store, grace_s=args.grace)
         except Exception as exc:  # noqa: BLE001 -- CLI boundary: the cluster's words, exit 3
             raise CliError(f"cancel of run {row.run_id} failed: {exc}", code=3) from None
-        print(result.detail)
+        print(printable(result.detail))
+        if result.already_ended:
+            return 0  # one message: the run had ended, nothing was cancelled
         if not result.confirmed_gone:
             print(f"run {row.run_id}: NOT confirmed gone", file=sys.stderr)
             return 1
@@ -305,11 +310,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
                                 on_status=lambda r: print(f"{r.run_id}: {_state_line(r)}", flush=True))
         try:
             sync_all(store, profile=args.cluster)
-            manager.run_until_idle(stop=stop)
+            idle = manager.run_until_idle(stop=stop)
         finally:
             for s in list(manager.streamers.values()):
                 s.stop()
-        print("all runs ended; streams complete", flush=True)
+        if idle:
+            print("all runs ended; streams complete", flush=True)
+            return 0
+        from remote.runs import active_runs
+
+        active = [r.run_id for r in active_runs(store, args.cluster)]
+        print(f"stopped (SIGTERM) with {len(active)} run(s) still active" + (f": {', '.join(active)}" if active else "")
+              + "; their streams are NOT complete: `tunedeck sync` (or -f) resumes where this stopped", flush=True)
     return 0
 
 

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QMessageBox,
     QPushButton,
+    QRadioButton,
     QScrollArea,
     QSplitter,
     QTableWidget,
@@ -134,7 +135,7 @@ def store_secret(ctx: WorkContext, profile: Any, secret: str) -> str | None:
     except KeyringError as exc:  # e.g. a locked collection, or the user dismissed the unlock prompt
         return (f"The OS keyring refused the passphrase ({type(exc).__name__}: {exc}); nothing was saved. Unlock "
                 "your keyring and try again, or load the key into ssh-agent (`ssh-add KEY`) instead.")
-    log.info("saved the passphrase of cluster profile %s in the OS keyring", profile.name)
+    log.info("saved the %s of cluster profile %s in the OS keyring", profile.secret_kind, profile.name)
     return None
 
 
@@ -150,21 +151,32 @@ def forget_secrets(ctx: WorkContext, profiles: list[Any]) -> None:
 # ------------------------------------------------------------------------------------------ widgets
 
 
-def secret_dialog(parent: QWidget, profile: Any) -> str | None:
-    """Ask for the key passphrase / SSH password of a profile; None when cancelled. The typed text is
-    cleared from the widget before the dialog goes."""
+def secret_dialog(parent: QWidget, profile: Any) -> tuple[str, str] | None:
+    """Ask for the key passphrase or the SSH login password of a profile, and which of the two it is;
+    (secret, "passphrase" | "password"), or None when cancelled. The typed text is cleared from the widget
+    before the dialog goes."""
     dialog = QDialog(parent)
     dialog.setObjectName("secret_dialog")
     dialog.setWindowTitle("Save password / passphrase")
     layout = QVBoxLayout(dialog)
     text = QLabel(
-        f"Passphrase of the SSH key (or the SSH password) for profile <b>{html.escape(profile.name)}</b> "
+        f"The secret TuneDeck should use for profile <b>{html.escape(profile.name)}</b> "
         f"({html.escape(profile.describe())}).<br><br>It is stored in your operating system's keyring (Secret Service, "
         "macOS Keychain or Windows Credential Manager), never in a file, and TuneDeck reads it when it connects."
     )
     text.setWordWrap(True)
     text.setTextFormat(Qt.TextFormat.RichText)
     layout.addWidget(text)
+    # What the secret is decides where it may go: a passphrase must never reach a server.
+    as_passphrase = QRadioButton("Passphrase of my SSH key — unlocks the key on this computer, never sent anywhere")
+    as_passphrase.setObjectName("secret_kind_passphrase")
+    as_password = QRadioButton("SSH login password — sent to the cluster (after its host key is verified) when no "
+                               "key logs in")
+    as_password.setObjectName("secret_kind_password")
+    kind = profile.secret_kind if profile.save_password_in_keyring else "passphrase"
+    (as_password if kind == "password" else as_passphrase).setChecked(True)
+    layout.addWidget(as_passphrase)
+    layout.addWidget(as_password)
     edit = QLineEdit()
     edit.setObjectName("secret_edit")
     edit.setEchoMode(QLineEdit.EchoMode.Password)
@@ -177,10 +189,11 @@ def secret_dialog(parent: QWidget, profile: Any) -> str | None:
     try:
         accepted = dialog.exec() == QDialog.DialogCode.Accepted
         secret = edit.text()
+        kind = "password" if as_password.isChecked() else "passphrase"
     finally:
         edit.clear()
         dialog.deleteLater()
-    return secret if accepted and secret else None
+    return (secret, kind) if accepted and secret else None
 
 
 def host_key_dialog(parent: QWidget, prompt: HostKeyPrompt) -> bool:
@@ -439,6 +452,10 @@ class ClustersPage(QWidget):
             flag = self.form.editors["save_password_in_keyring"]
             flag.setEnabled(False)
             flag.setToolTip("Set by “Save password / passphrase…” and cleared by “Forget saved password”.")
+            # Likewise what the secret is: turning a saved passphrase into a "password" here would send it out.
+            kind = self.form.editors["secret_kind"]
+            kind.setEnabled(False)
+            kind.setToolTip("Chosen in “Save password / passphrase…”, with the secret itself.")
             self.form_layout.addWidget(self.form)
         self.profiles = load_profiles()
         current = select or self._current or next(iter(self.profiles), None)
@@ -544,8 +561,8 @@ class ClustersPage(QWidget):
         if self.form is not None:
             self.form.setEnabled(idle)
 
-    def ask_secret(self, profile: Any) -> str | None:
-        """The passphrase dialog (a method so that tests can answer it); None when cancelled."""
+    def ask_secret(self, profile: Any) -> tuple[str, str] | None:
+        """The secret dialog (a method so that tests can answer it): (secret, kind), None when cancelled."""
         return secret_dialog(self, profile)
 
     def save_secret(self) -> None:
@@ -555,11 +572,13 @@ class ClustersPage(QWidget):
         profile = self.form.validate(show_all=True)
         if profile is None or profile.is_local or self._secret_worker is not None:
             return
-        secret = self.ask_secret(profile)
-        if not secret:
+        answer = self.ask_secret(profile)
+        if not answer:
             return
+        secret, kind = answer
+        profile = profile.model_copy(update={"secret_kind": kind})
         worker = Worker(store_secret, profile, secret)
-        del secret
+        del secret, answer
         worker.signals.finished.connect(lambda _rid, error: self._on_secret_stored(profile, error))
         worker.signals.failed.connect(self._on_secret_failed)
         self._start_secret(worker, "Saving the passphrase in the OS keyring…")
@@ -598,7 +617,10 @@ class ClustersPage(QWidget):
             return
         profile = profile.model_copy(update={"save_password_in_keyring": True})
         if self._save_flag(profile):
-            self._end_secret(True, f"{profile.name}: passphrase saved in the OS keyring; TuneDeck uses it to connect.")
+            use = ("to unlock the key (never sent)" if profile.secret_kind == "passphrase"
+                   else "to log in when no key does")
+            self._end_secret(True, f"{profile.name}: {profile.secret_kind} saved in the OS keyring; TuneDeck uses it "
+                                   f"{use}.")
 
     def _save_flag(self, profile: Any) -> bool:
         """Save the profile with its new keyring flag; a file that cannot be written is shown, not raised."""

@@ -48,6 +48,7 @@ from app.gui.workers import Worker
 from core.records import RunPaths, unconfined_evaluations
 from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series, unconfined_pass_at_1
 from core.store import TERMINAL_STATUSES, RunRow, Store
+from core.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +445,7 @@ class RunView(QWidget):
     def _build(self) -> None:
         self.title_label = QLabel(self.run_id)
         self.title_label.setObjectName("run_title")
+        self.title_label.setTextFormat(Qt.TextFormat.PlainText)  # a run name is text, never markup
         font = self.title_label.font()
         font.setPointSizeF(font.pointSizeF() * 1.35)
         font.setBold(True)
@@ -669,7 +671,7 @@ class RunView(QWidget):
         self._pending.clear()
 
     def _label(self) -> str:
-        return self.run.name if self.run is not None else self.run_id
+        return printable(self.run.name) if self.run is not None else self.run_id
 
     def point_count(self) -> int:
         """Metric rows held for the charts (after latest-attempt-wins)."""
@@ -729,7 +731,7 @@ class RunView(QWidget):
     def _set_run(self, row: RunRow, announce: bool) -> None:
         previous = self.run
         self.run = row
-        self.title_label.setText(row.name)
+        self.title_label.setText(printable(row.name))
         self.title_label.setToolTip(f"{row.run_id}\n{row.cluster or '?'} ({row.backend or '?'}) {row.run_dir or ''}")
         self._render_status()
         self.cancel_button.setEnabled(row.status not in TERMINAL_STATUSES and bool(row.job_id))
@@ -737,7 +739,7 @@ class RunView(QWidget):
             self.hang_banner.hide()
         was_terminal = previous is not None and previous.status in TERMINAL_STATUSES
         if announce and row.status in ("finished", "failed") and not was_terminal:
-            title = f"Run {row.name} {row.status}"
+            title = f"Run {printable(row.name)} {row.status}"
             self.notify(title, row.status_reason or ("training and evaluation done" if row.status == "finished"
                                                      else "see the log for the error"),
                         "ok" if row.status == "finished" else "error")
@@ -945,7 +947,9 @@ class RunView(QWidget):
         self.cancel_result = result
         if self._closed:
             return
-        if result.confirmed_gone:
+        if getattr(result, "already_ended", False):
+            self.banner.show_message(f"<b>Nothing to cancel</b>: {_escape(result.detail)}", "info")
+        elif result.confirmed_gone:
             self.banner.show_message(f"<b>Cancelled</b>: the job is confirmed gone. {_escape(result.detail)}", "ok")
         else:
             self.banner.show_message("<b>Cancel sent, but the job is NOT confirmed gone</b>: "

@@ -48,6 +48,7 @@ from app.gui.app import palette_is_dark
 from app.gui.table_model import RowTableModel
 from app.gui.workers import WorkContext, Worker
 from core.configdiff import MISSING, differing_paths, flatten, format_value, short_labels, sort_key
+from core.names import printable
 
 REFRESH_COALESCE_MS = 400
 PERIODIC_REFRESH_MS = 10_000  # runs launched by another process (the CLI) show up without a stream event
@@ -208,7 +209,7 @@ class RunsModel(RowTableModel):
             if col == 1:
                 return r.cluster
             if col == 2:
-                return f"{r.status} — {r.reason}" if r.reason else r.status
+                return printable(f"{r.status} — {r.reason}" if r.reason else r.status)
             if col == 3:
                 return datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M")
             if col == 4:

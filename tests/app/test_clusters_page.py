@@ -218,7 +218,7 @@ def test_without_a_keyring_backend_the_page_says_so_and_the_flag_stays_off(page,
     use_keyring(NoKeyring())
     _remote_profile()
     page.reload(select="gpu")
-    monkeypatch.setattr(page, "ask_secret", lambda profile: SECRET)
+    monkeypatch.setattr(page, "ask_secret", lambda profile: (SECRET, "passphrase"))
     with qtbot.waitSignal(page.secret_done, timeout=30_000):
         qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
     status = page.check_status.text()
@@ -280,7 +280,7 @@ def _choose_backend(page, backend: str) -> None:
 
 
 SSH_FIELDS = ("host", "user", "port", "identity_file", "proxy_jump", "ssh_config", "known_hosts",
-              "save_password_in_keyring")
+              "save_password_in_keyring", "secret_kind")
 
 
 def test_fields_follow_the_backend_ssh_for_remote_slurm_and_hostfile_settings_for_their_own(page, qtbot):
@@ -338,3 +338,44 @@ def test_check_results_stay_with_their_profile(page, qtbot):
         assert "Checking local" in page.check_status.text()
     assert blocker.args[0].profile_name == "local"
     assert page.results.rowCount() == 0 and "local:" not in page.check_status.text()
+
+
+def test_the_dialog_says_whether_the_secret_is_a_passphrase_or_a_password_and_the_profile_keeps_it(
+        page, qtbot, use_keyring):
+    from PySide6.QtWidgets import QRadioButton
+
+    from remote.profiles import KEYRING_SERVICE, load_profiles, profiles_path
+
+    backend = MemoryKeyring()
+    use_keyring(backend)
+    _remote_profile()
+    page.reload(select="gpu")
+    assert not page.form.editors["secret_kind"].isEnabled(), "only the dialog says what the secret is"
+    seen: dict[str, object] = {}
+
+    def answer(choice: str) -> None:
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QDialog) or dialog.objectName() != "secret_dialog":
+            QTimer.singleShot(50, lambda: answer(choice))
+            return
+        seen["default"] = dialog.findChild(QRadioButton, "secret_kind_passphrase").isChecked()
+        dialog.findChild(QRadioButton, f"secret_kind_{choice}").click()
+        qtbot.keyClicks(dialog.findChild(QLineEdit, "secret_edit"), SECRET)
+        dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok).click()
+
+    QTimer.singleShot(50, lambda: answer("password"))
+    with qtbot.waitSignal(page.secret_done, timeout=30_000):
+        qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
+    assert seen["default"] is True, "a new secret is taken for a passphrase unless the user says otherwise"
+    saved = load_profiles()["gpu"]
+    assert (saved.save_password_in_keyring, saved.secret_kind) == (True, "password")
+    assert "secret_kind: password" in profiles_path().read_text()
+    assert backend.store == {(KEYRING_SERVICE, "gpu:alice@login.example.org"): SECRET}
+    assert "password saved" in page.check_status.text()
+    _files_hold_no_part_of_the_secret()
+
+    QTimer.singleShot(50, lambda: answer("passphrase"))  # saved again, now as what it really is
+    with qtbot.waitSignal(page.secret_done, timeout=30_000):
+        qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
+    assert load_profiles()["gpu"].secret_kind == "passphrase"
+    assert "never sent" in page.check_status.text()
