@@ -20,6 +20,7 @@ from typing import Any
 from core.config import RunConfig, check_run_name, resolved_dict
 from core.plan import LaunchContext
 from core.store import TERMINAL_STATUSES, RunRow, Store, UnknownRunError
+from core.text import printable
 from remote.backends import Backend, BackendError, CancelResult, JobRef, JobStatus
 from remote.bundle import RUNS_DIR, stage_and_upload
 from remote.transport import Transport, TransportError, expand_home
@@ -27,6 +28,7 @@ from remote.transport import Transport, TransportError, expand_home
 log = logging.getLogger(__name__)
 
 POLL_BACKOFF_MAX_S = 120.0
+AMBIGUOUS_SHOWN = 10  # candidates listed for an ambiguous run id prefix
 
 
 class LaunchError(Exception):
@@ -266,7 +268,12 @@ def get_run(store: Store, run_id: str) -> RunRow:
         matches = [r for r in store.list_runs() if r.run_id.startswith(run_id)]
         if len(matches) == 1:
             return matches[0]
-        raise UnknownRunError(f"no run with id {run_id!r}" + (" (ambiguous prefix)" if matches else ""))
+        if matches:
+            shown = [f"{r.run_id} ({printable(r.name)}, {r.status})" for r in matches[:AMBIGUOUS_SHOWN]]
+            more = f", and {len(matches) - AMBIGUOUS_SHOWN} more" if len(matches) > AMBIGUOUS_SHOWN else ""
+            raise UnknownRunError(f"run id prefix {run_id!r} is ambiguous: it matches {len(matches)} runs: "
+                                  + "; ".join(shown) + more + ". Give more of the id.")
+        raise UnknownRunError(f"no run with id {run_id!r}")
     return row
 
 

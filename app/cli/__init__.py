@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Feature areas, each owning its subcommands (kept in one list so help output has a stable order).
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tunedeck: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`tunedeck runs --json | head`): not an error worth a traceback. Point stdout
+        # at /dev/null so that the flush at exit does not raise again, and exit as SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def subparsers_names(parser: argparse.ArgumentParser) -> set[str]:

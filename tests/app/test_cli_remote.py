@@ -125,8 +125,9 @@ def test_cancel_stops_the_run_and_confirms_its_processes_are_gone(capsys, cluste
     assert leftover_pids(LocalTransport(), run_id) == []
     rc, out, _ = run_cli(capsys, "status", run_id)
     assert out.strip() == "cancelled: cancelled by the user"
-    rc, out, _ = run_cli(capsys, "cancel", run_id)
-    assert rc == 0 and "already ended" in out
+    rc, out, err = run_cli(capsys, "cancel", run_id)
+    assert rc == 0 and "already ended" in out and "nothing to cancel" in out
+    assert "confirmed gone" not in out + err and len(out.strip().splitlines()) == 1  # one message, the right one
 
 
 def test_unknown_run_and_bad_config_fail_with_clear_errors(capsys, cluster, tmp_path):
@@ -189,3 +190,95 @@ def test_sync_skips_a_record_the_store_cannot_hold_shows_it_and_syncs_the_cluste
     assert "metrics.jsonl: 1 corrupt line skipped" in out
     rc, out, _ = run_cli(capsys, "sync")
     assert rc == 0 and "corrupt" not in out  # counted once
+
+
+def _stored_runs(*names: str, status: str = "finished") -> list[str]:
+    from core.store import Store
+
+    ids = []
+    with Store() as store:
+        for i, name in enumerate(names):
+            run_id = f"20260102-0000{i:02d}-{i:06x}"
+            store.create_run(run_id, name, None, None, cluster="local", backend="local", run_dir=None, status=status)
+            ids.append(run_id)
+    return ids
+
+
+def test_runs_and_status_escape_control_characters_in_names_one_run_per_line(capsys):
+    from core.store import Store
+
+    ids = _stored_runs("clear\x1b[2Jscreen", "two\nlines", "bidi\u202eevil", "plain ünïcode")
+    with Store() as store:
+        store.update_run(ids[0], status_reason="exit\x1b]0;title\x07 status 0")
+    rc, out, _ = run_cli(capsys, "runs")
+    assert rc == 0
+    lines = out.splitlines()
+    assert len(lines) == 4, out
+    assert not any(c in out for c in "\x1b\x07\u202e")
+    assert "clear\\x1b[2Jscreen" in out and "two\\nlines" in out and "bidi\\u202eevil" in out
+    assert "plain ünïcode" in out  # other text is left as it is
+    rc, out, _ = run_cli(capsys, "status", ids[0], "--no-refresh")
+    assert out.strip() == "finished: exit\\x1b]0;title\\x07 status 0"
+
+
+def test_launch_refuses_a_run_name_with_control_characters(capsys, cluster, config_file):
+    rc, _, err = run_cli(capsys, "launch", str(config_file), "--cluster", cluster, "--name", "x\x1b[2J")
+    assert rc == 1 and "control characters" in err and "\\x1b" in err
+    from core.store import Store
+
+    with Store() as store:
+        assert store.list_runs() == []  # refused before anything was recorded or uploaded
+
+
+def test_an_ambiguous_run_id_prefix_lists_the_candidates(capsys):
+    ids = _stored_runs("first", "second")
+    rc, _, err = run_cli(capsys, "status", "20260102-0000")
+    assert rc == 2 and "is ambiguous" in err
+    for run_id, name in zip(ids, ("first", "second"), strict=True):
+        assert f"{run_id} ({name}, finished)" in err
+    rc, out, _ = run_cli(capsys, "status", ids[1][:-2], "--no-refresh")
+    assert rc == 0 and out.startswith("finished")
+
+
+def test_runs_json_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _stored_runs(*[f"run {i} " + "x" * 200 for i in range(600)])  # well over a pipe buffer of JSON
+    script = Path(sys.executable).with_name("tunedeck")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "app"]
+    proc = subprocess.Popen([*argv, "runs", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=os.environ.copy())
+    assert proc.stdout.read(100).startswith(b"[")  # what `| head -c 100` reads, then it exits
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+def test_sync_follow_prints_each_state_once_and_on_sigterm_says_the_streams_are_not_complete(
+        capsys, cluster, config_file):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run_id = launch(capsys, config_file, "slow")
+    wait_status(capsys, run_id, "running")
+    script = Path(sys.executable).with_name("tunedeck")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "app"]
+    proc = subprocess.Popen([*argv, "sync", "-f"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ.copy())
+    try:
+        time.sleep(9)  # several status polls (every 2 s) of a run whose state does not change
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        run_cli(capsys, "cancel", run_id, "--grace", "2")
+    assert proc.returncode == 0, err
+    assert out.count(f"{run_id}: running") == 1, out
+    assert "streams complete" not in out
+    assert f"still active: {run_id}" in out and "NOT complete" in out

@@ -226,3 +226,21 @@ def test_a_suspected_hang_is_shown_in_the_status_bar(main_window):
     main_window.events.hang.emit(warning)  # (it raised a TypeError in the event loop: message is a method)
     assert main_window.statusBar().currentMessage() == warning.message().splitlines()[0]
     assert "suspected hang" in main_window.statusBar().currentMessage()
+
+
+def test_run_names_with_control_characters_show_escaped_in_the_table_and_tab(main_window, qtbot, store):
+    page = main_window.runs_page
+    qtbot.waitUntil(lambda: not page.is_refreshing, timeout=5000)
+    _add_run(store, "r1", "two\nlines\x1b[2J", "failed", [1.0])
+    store.update_run("r1", status_reason="boom\x1b]0;x\x07")
+    with qtbot.waitSignal(page.refreshed, timeout=5000):
+        page.refresh()
+    assert page.model.data(page.model.index(0, 0)) == "two\\nlines\\x1b[2J"
+    assert page.model.data(page.model.index(0, 2)) == "failed — boom\\x1b]0;x\\x07"
+    page.select_runs(["r1"])
+    qtbot.mouseClick(page.open_button, Qt.MouseButton.LeftButton)
+    assert main_window.tabs.tabText(main_window.tabs.currentIndex()) == "two\\nlines\\x1b[2J"
+    view = main_window.run_tabs["r1"]
+    qtbot.waitUntil(lambda: view.loaded, timeout=10_000)
+    assert view.title_label.text() == "two\\nlines\\x1b[2J"
+    assert view.title_label.textFormat() == Qt.TextFormat.PlainText

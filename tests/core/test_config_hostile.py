@@ -193,3 +193,18 @@ def test_any_yaml_tree_gives_a_config_or_a_config_error_within_a_second(text):
         assert len(str(exc)) < 20_000  # bounded: no echo of an expanded tree
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0, f"took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("clear\x1b[2J", "\\x1b"), ("two\nlines", "\\n"), ("tab\there", "\\t"), ("bidi\u202eevil", "\\u202e"),
+    ("nul\x00", "\\x00"),
+])
+def test_a_run_name_with_control_characters_is_refused_saying_which(name, shown):
+    from core.config import validate_data
+    from core.presets import load_preset
+
+    data = load_preset("tiny-demo").model_dump(mode="json")
+    data["name"] = name
+    _, problems = validate_data(data)
+    (problem,) = [p for p in problems if p.path == "name"]
+    assert "control characters" in problem.message and f"({shown})" in problem.message

@@ -142,7 +142,7 @@ def test_broken_yaml_is_reported_with_its_line():
 
 
 def test_bad_names_are_rejected():
-    for name in ("", "has space", "-dash", "a/b", "x" * 65):
+    for name in ("", "has space", "-dash", "a/b", "x" * 65, "gpu\n", "gpu\x1b[2J", "gpu\r"):
         with pytest.raises(ValidationError):
             ClusterProfile(name=name, backend="hostfile", host="h")
 

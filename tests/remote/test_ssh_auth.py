@@ -20,7 +20,14 @@ import paramiko
 import pytest
 
 from app.cli import main
-from remote.profiles import ClusterProfile, close_transports, get_profile, make_transport, save_profile, set_secret
+from remote.profiles import (
+    ClusterProfile,
+    close_transports,
+    get_profile,
+    make_transport,
+    save_profile,
+    set_secret,
+)
 from remote.transport import AuthenticationFailed, ChangedHostKeyError, UnknownHostKeyError
 from tests.remote.test_profiles import MemoryKeyring
 
