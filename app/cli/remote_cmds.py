@@ -206,52 +206,54 @@ def _corrupt_counts(store, run_id: str) -> dict[str, int]:
 def cmd_logs(args: argparse.Namespace) -> int:
     from core.records import RunPaths
     from core.store import TERMINAL_STATUSES
+    from remote.logfollow import follow_file
     from remote.runs import refresh_cluster, transport_for_run
+    from remote.transport import TransportError
 
     with _store() as store:
         row = _run(store, args.run)
         if not row.run_dir:
             raise CliError(f"run {row.run_id} was never uploaded ({_state_line(row)})")
-        transport = transport_for_run(row)
+        try:
+            transport = transport_for_run(row)
+        except Exception as exc:  # noqa: BLE001 -- a removed profile and the like: say which, no traceback
+            raise CliError(f"run {row.run_id}: {exc}") from None
         path = f"{row.run_dir}/{RunPaths.STDOUT}"
-        size = transport.size(path) or 0
-        start = max(0, size - args.tail)
-        data = transport.read_bytes(path, start) if size else b""
+        try:
+            size = transport.size(path) or 0
+            start = max(0, size - args.tail)
+            data = transport.read_bytes(path, start) if size else b""
+        except TransportError as exc:
+            raise CliError(f"cannot read the output of run {row.run_id}: {exc}", code=3) from None
         out = sys.stdout.buffer
         out.write(data)
         out.flush()
         if not args.follow:
             return 0
-        pos = start + len(data)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        proc = transport.start(["tail", "-c", f"+{pos + 1}", "-F", path])
-        next_poll = 0.0
-        try:
-            while not stop.is_set():
-                chunk = proc.read(0.5)
-                if chunk is None:
-                    proc.close()
-                    time.sleep(1.0)  # the connection dropped: resume where we were
-                    proc = transport.start(["tail", "-c", f"+{pos + 1}", "-F", path])
-                    continue
-                if chunk:
-                    out.write(chunk)
-                    out.flush()
-                    pos += len(chunk)
-                if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + 5.0
-                    if row.status not in TERMINAL_STATUSES:
-                        try:
-                            refresh_cluster(store, row.cluster, [row], transport)
-                        except Exception as exc:  # noqa: BLE001 -- keep following through a failed poll
-                            print(f"tunedeck: warning: status poll failed: {exc}", file=sys.stderr)
-                        row = _run(store, row.run_id)
-                    if row.status in TERMINAL_STATUSES and (transport.size(path) or 0) <= pos:
-                        break
-        finally:
-            proc.close()
-        print(f"[tunedeck] run {row.run_id}: {_state_line(row)}", file=sys.stderr)
+        current = [row]
+
+        def write(chunk: bytes) -> None:
+            out.write(chunk)
+            out.flush()
+
+        def ended() -> bool:
+            if current[0].status not in TERMINAL_STATUSES:
+                try:
+                    refresh_cluster(store, current[0].cluster, [current[0]], transport)
+                except Exception as exc:  # noqa: BLE001 -- keep following through a failed poll
+                    print(f"tunedeck: warning: status poll failed: {exc}", file=sys.stderr)
+                current[0] = _run(store, current[0].run_id)
+            return current[0].status in TERMINAL_STATUSES
+
+        def retry(exc: BaseException, delay: float) -> None:
+            print(f"[tunedeck] connection lost ({exc}); reconnecting in {delay:g} s and resuming at the byte "
+                  "where the output stopped", file=sys.stderr, flush=True)
+
+        follow_file(transport, path, start + len(data), write, stop=stop, ended=ended, on_retry=retry)
+        print(f"[tunedeck] run {row.run_id}: {_state_line(current[0])}" if current[0].status in TERMINAL_STATUSES
+              else f"[tunedeck] stopped following run {row.run_id} ({_state_line(current[0])})", file=sys.stderr)
     return 0
 
 
