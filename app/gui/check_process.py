@@ -34,6 +34,7 @@ class CheckRequest:
     seed: int = 0
     fields: tuple[str, ...] | None = None
     jobs: int = 1
+    allow_no_text: bool = False  # a file without text gives a report marked NO TEXT CHECKED, not an error
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,10 @@ def matched_row_texts(train_paths: tuple[str, ...], indices: set[int], fields: t
         for unit in plan_units(file_index, path):
             for where, row, _done in iter_rows(unit):
                 if index in indices:
-                    out[index] = dict(row_segments(row, list(fields) if fields else None, unit, where))
+                    # A text too long to hold (a LongText) is left out: the page then shows the matched text
+                    # alone, not hundreds of MB in a text view.
+                    out[index] = {name: text for name, text in row_segments(row, list(fields) if fields else None,
+                                                                             unit, where) if isinstance(text, str)}
                 index += 1
                 if index > last or cancel.is_set():
                     return out
@@ -90,7 +94,8 @@ def compute(request: CheckRequest, progress: Callable[[int, int], None], cancel:
 
     report, flagged = scan(list(request.train_paths), list(request.eval_specs),
                            fields=list(request.fields) if request.fields else None, mode=request.mode,
-                           seed=request.seed, jobs=request.jobs, progress=throttled, cancel=cancel)
+                           seed=request.seed, jobs=request.jobs, progress=throttled, cancel=cancel,
+                           allow_no_text=request.allow_no_text)
     indices = {m["train_index"] for item in report.get("items", []) for m in item.get("matches", [])}
     rows = matched_row_texts(request.train_paths, indices, request.fields, cancel)
     if cancel.is_set():

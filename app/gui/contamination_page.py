@@ -7,6 +7,7 @@ here. The check runs in a child process driven from a pool thread (app.gui.check
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from pathlib import Path
@@ -284,6 +285,10 @@ class ContaminationPage(QWidget):
         self.mode_combo.addItems(MODES)
         self.mode_combo.setToolTip("sampled: OpenAI's three random 50-character windows per item; exhaustive: every "
                                    "window; ngram13: GPT-3 style 13-word n-grams")
+        self.allow_no_text_check = QCheckBox("Report files without text (marked NO TEXT CHECKED) instead of failing")
+        self.allow_no_text_check.setObjectName("allow_no_text_check")
+        self.allow_no_text_check.setToolTip("A training file whose rows hold no text (say, only number columns) "
+                                            "cannot be checked; by default that stops the check with an error")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setToolTip("Seed for the sampled windows (the same seed gives the same report)")
@@ -307,6 +312,7 @@ class ContaminationPage(QWidget):
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
         form.addRow("Training data", train_row)
         form.addRow("Text fields", self.fields_edit)
+        form.addRow("", self.allow_no_text_check)
         form.addRow("Eval sets", evals)
         options = QHBoxLayout()
         options.addWidget(QLabel("Mode"))
@@ -444,7 +450,7 @@ class ContaminationPage(QWidget):
         specs += [s for row in self.eval_rows.values() if (s := row.spec())]
         fields = tuple(f.strip() for f in self.fields_edit.text().split(",") if f.strip()) or None
         return CheckRequest(tuple(self.train_paths()), tuple(specs), self.mode_combo.currentText(),
-                            self.seed_spin.value(), fields)
+                            self.seed_spin.value(), fields, allow_no_text=self.allow_no_text_check.isChecked())
 
     # ------------------------------------------------------------------ running
 
@@ -526,7 +532,12 @@ class ContaminationPage(QWidget):
             counts[0] += 1
             counts[1] += int(i["contaminated"])
         parts = [f"{BENCHMARK_TITLES.get(b, b)}: {c} of {n}" for b, (n, c) in per_bench.items()]
-        self.summary_label.setText(f"<b>{n_bad}</b> of {len(items)} eval items contaminated — " + ", ".join(parts))
+        text = f"<b>{n_bad}</b> of {len(items)} eval items contaminated — " + ", ".join(parts)
+        warnings = result.report.get("warnings") or []
+        if warnings:
+            # Loud: "0 contaminated" means nothing when some training text was never compared.
+            text = "".join(f"<div style='color:#cf222e; font-weight:600'>⚠ {html.escape(w)}</div>" for w in warnings) + text
+        self.summary_label.setText(text)
         for b in (self.export_button, self.clean_button, self.attach_button):
             b.setEnabled(True)
         if self.proxy.rowCount():

@@ -18,11 +18,18 @@ Decisions worth knowing:
   listed in `boilerplate_windows` (reported, not excluded); `matches` keeps the first `max_matches_per_item`
   in training order, `n_matching_rows` counts them all.
 
+- A training file whose rows hold no text at all (numbers only, no string field) is an error: nothing was
+  compared, so "0 contaminated" would be false comfort. With allow_no_text the report is written with a
+  "NO TEXT CHECKED: ..." entry in `warnings`.
+- A JSONL line over 8 MB is streamed from the file and its long strings matched a window at a time
+  (longline.py, matcher.scan_long), with the same result as matching it whole: memory does not grow with it.
+
 Report (schema "tunedeck.contamination", version 1): method, params, seed, train {files [{path, sha256, rows,
-bytes}], fingerprint, rows}, evals [{benchmark, path, sha256, n_items}], items [{benchmark, task_id, question,
-contaminated, windows [{text, eval_span, n_rows}], n_matching_rows, matches [{train_index, train_id, field,
-eval_span, train_span, text, window, file_index, file_row}], matched_spans, boilerplate_windows}], summary
-{benchmark: {items, contaminated, percent}}, shard (null, or {index, count} in a partial report).
+bytes, text_rows, text_chars}], fingerprint, rows, text_chars}, evals [{benchmark, path, sha256, n_items}], items
+[{benchmark, task_id, question, contaminated, windows [{text, eval_span, n_rows}], n_matching_rows, matches
+[{train_index, train_id, field, eval_span, train_span, text, window, file_index, file_row}], matched_spans,
+boilerplate_windows}], summary {benchmark: {items, contaminated, percent}}, shard (null, or {index, count} in a
+partial report), warnings [text].
 """
 
 from core.decontam.clean import write_clean, write_outputs

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.decontam.normalize import ascii_tables, offset_map, process, raw_span
+from core.decontam.normalize import ascii_tables, offset_array, offset_map, process, raw_span
 
 TINY = 16  # patterns shorter than this are searched with str.find
 _MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -298,7 +298,7 @@ class SubstringMatcher:
         hits: list[Hit] = []
         for sid in sorted(found):
             row, fname, raw = seg_meta[sid]
-            omap = offset_map(raw)
+            omap = offset_array(raw)  # numpy: a list of Python ints would take ~36 bytes per character
             for (k, _diag), spans in found[sid].items():
                 item_idx, widx, ptext, poff, _ = self.patterns[k]
                 item = self.items[item_idx]
@@ -363,6 +363,102 @@ class NgramMatcher:
                 if j is not None:
                     run_start = prev = j
         return hits
+
+
+# ---------------------------------------------------------------------------------------- long texts
+
+LONG_WINDOW_CHARS = 1 << 20  # a long text is matched this many characters at a time, plus context
+
+
+def _count_alnum(text: str) -> int:
+    return len(process(text))
+
+
+def _count_words(text: str) -> int:
+    return len(_WORD_RE.findall(text))
+
+
+def _context_end(buf: str, i: int, need: int, count, done: bool) -> int | None:
+    """An index j >= i such that buf[i:j] holds `need` units and j is not inside a word; None when the
+    buffer ends first and more text is coming."""
+    n, step = len(buf), max(64, 2 * need)
+    while True:
+        j = min(n, i + step)
+        if count(buf[i:j]) >= need:
+            break
+        if j == n:
+            return n if done else None
+        step *= 2
+    while j < n and buf[j].isalnum():
+        j += 1
+    return None if j == n and not done else j
+
+
+def _context_start(buf: str, i: int, need: int, count) -> int:
+    """An index j <= i such that buf[j:i] holds `need` units (or j == 0) and j is not inside a word."""
+    step = max(64, 2 * need)
+    while True:
+        j = max(0, i - step)
+        if j == 0 or count(buf[j:i]) >= need:
+            break
+        step *= 2
+    while j > 0 and buf[j - 1].isalnum():
+        j -= 1
+    return j
+
+
+def scan_long(matcher, pieces, fname: str, cancel=None) -> tuple[list[Hit], int]:
+    """Hits in ONE long text given as consecutive pieces, with memory bounded by a window, not the text;
+    returns (hits with row 0 and spans over the whole text, its length in characters).
+
+    The text is cut into own regions of LONG_WINDOW_CHARS; each is matched with enough context on both sides
+    (as many alphanumerics, or words for n-grams, as the longest pattern holds, and never inside a word)
+    that every match STARTING in the region lies whole in the window. Only those are kept, so each match is
+    found once, whole, exactly as in the text matched at once."""
+    if isinstance(matcher, NgramMatcher):
+        need, count = max((len(q) for q in matcher.qwords), default=0) + matcher.n, _count_words
+    else:
+        need, count = max((len(p[2]) for p in matcher.patterns), default=0) + 1, _count_alnum
+    it = iter(pieces)
+    buf, buf_at, own, left, done = "", 0, 0, 0, False
+    hits: list[Hit] = []
+    while True:
+        own_end = right = None
+        while True:
+            while not done and buf_at + len(buf) - own < LONG_WINDOW_CHARS + 4 * need + 64:
+                try:
+                    buf += next(it)
+                except StopIteration:
+                    done = True
+            own_end = min(own + LONG_WINDOW_CHARS, buf_at + len(buf))
+            end = _context_end(buf, own_end - buf_at, need, count, done)
+            if end is not None:
+                right = buf_at + end
+                break
+            try:  # the right context runs past what is buffered: read on
+                buf += next(it)
+            except StopIteration:
+                done = True
+        if cancel is not None and cancel.is_set():
+            from core.decontam.run import Cancelled
+
+            raise Cancelled()
+        window = buf[left - buf_at: right - buf_at]
+        for _row, name, item, widx, espan, (ts, te), text in matcher.scan([(0, [(fname, window)])]):
+            if own <= left + ts < own_end:
+                hits.append((0, name, item, widx, espan, (left + ts, left + te), text))
+        if done and own_end >= buf_at + len(buf):
+            break
+        own = own_end
+        left = buf_at + _context_start(buf, own - buf_at, need, count)
+        buf, buf_at = buf[left - buf_at:], left
+    if getattr(matcher, "mode", None) == "sampled":
+        # one occurrence per window and field, the first, as when the text is matched at once
+        first: dict[tuple[int, int], Hit] = {}
+        for h in sorted(hits, key=lambda h: h[5][0]):
+            first.setdefault((h[2], h[3]), h)
+        hits = list(first.values())
+    return hits, buf_at + len(buf)
 
 
 def make_matcher(items: list[Item], *, mode: str, window: int, casefold: bool):

@@ -91,6 +91,17 @@ def offset_map(text: str) -> list[int]:
     return [i for i, ch in enumerate(text) if ch.isalnum()]
 
 
-def raw_span(omap: list[int], start: int, end: int) -> tuple[int, int]:
-    """Raw [start, end) of the processed span [start, end) (end > start)."""
-    return omap[start], omap[end - 1] + 1
+def offset_array(text: str):
+    """offset_map as a numpy array (8 bytes per kept character, not a Python int object each): what a long
+    training text with a match needs to map the match back."""
+    import numpy as np
+
+    if text.isascii():
+        offset_map("")  # builds the lookup table
+        return np.flatnonzero(_ASCII_ALNUM[np.frombuffer(text.encode("ascii"), dtype=np.uint8)])
+    return np.fromiter((i for i, ch in enumerate(text) if ch.isalnum()), dtype=np.int64)
+
+
+def raw_span(omap, start: int, end: int) -> tuple[int, int]:
+    """Raw [start, end) of the processed span [start, end) (end > start); omap a list or a numpy array."""
+    return int(omap[start]), int(omap[end - 1]) + 1

@@ -148,7 +148,10 @@ def iter_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tupl
 
 
 def _jsonl_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tuple[Any, dict[str, Any]]], int]]:
-    limit = (unit.end if unit.end is not None else Path(unit.path).stat().st_size) - unit.start
+    from core.decontam.longline import LONG_LINE_BYTES, LineParser
+
+    end = unit.end if unit.end is not None else Path(unit.path).stat().st_size
+    limit = end - unit.start
     done = 0
     local = 0  # lines of this unit before the block
     with open(unit.path, "rb") as f:
@@ -167,18 +170,33 @@ def _jsonl_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tu
             if remaining <= 0 and rest:
                 lines.append(rest)  # a last line without a newline
             done += len(block)  # progress moves a block at a time
-            if not lines:
-                continue
-            try:  # the common case: every line a JSON object, parsed in one comprehension
-                rows = [fast_loads(line) for line in lines]
-                ok = all(type(row) is dict for row in rows)
-            except ValueError:
-                ok = False
-            if ok:
-                yield zip(range(local + 1, local + 1 + len(rows)), rows, strict=True), done
-            else:
-                yield list(_jsonl_careful(unit, lines, local)), done
-            local += len(lines)
+            if lines:
+                try:  # the common case: every line a JSON object, parsed in one comprehension
+                    rows = [fast_loads(line) for line in lines]
+                    ok = all(type(row) is dict for row in rows)
+                except ValueError:
+                    ok = False
+                if ok:
+                    yield zip(range(local + 1, local + 1 + len(rows)), rows, strict=True), done
+                else:
+                    yield list(_jsonl_careful(unit, lines, local)), done
+                local += len(lines)
+            if len(rest) > LONG_LINE_BYTES and remaining > 0:
+                # A very long line: parse it from the file in a stream instead of gathering it (its long
+                # strings stay in the file as LongText), then go on after its newline.
+                read_to = unit.start + done
+                local += 1
+                row, line_end = LineParser(f, unit.path, read_to - len(rest), end, _Where(unit, local)).line()
+                rest = b""
+                if hasher is not None:  # the line's bytes past what was read, in order, for the file's sha256
+                    f.seek(read_to)
+                    for pos in range(read_to, line_end, READ_BYTES):
+                        hasher.update(f.read(min(READ_BYTES, line_end - pos)))
+                f.seek(line_end)
+                remaining -= line_end - read_to
+                done += line_end - read_to
+                if row is not None:
+                    yield [(local, row)], done
 
 
 def _jsonl_careful(unit: Unit, lines: list[bytes], local: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -200,6 +218,10 @@ def _jsonl_careful(unit: Unit, lines: list[bytes], local: int) -> Iterator[tuple
                 bad = f"undecodable bytes: not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
             except json.JSONDecodeError as exc:
                 bad = f"malformed JSON line ({exc.msg} at column {exc.colno})"
+            except RecursionError:
+                bad = "malformed JSON line (nested too deeply)"
+            except ValueError as exc:  # an integer beyond Python's 4300-digit limit
+                bad = f"malformed JSON line ({str(exc)[:120]})"
         if bad is None and type(row) is not dict:
             bad = f"expected a JSON object, got {type(row).__name__}"
         if bad:
@@ -311,17 +333,18 @@ def where_of(unit: Unit, where: Any) -> str:
     return str(_Where(unit, where)) if isinstance(where, int) else str(where)
 
 
-def row_segments(row: dict[str, Any], fields: list[str] | None, unit: Unit, where: Any) -> list[tuple[str, str]]:
+def row_segments(row: dict[str, Any], fields: list[str] | None, unit: Unit, where: Any) -> list[tuple[str, Any]]:
     """The text fields of a row as (field name, raw text); chat lists give `messages[3].content`.
 
-    Default: every string field and list of strings / chat messages, except the row id (`id`, `task_id`)."""
+    Default: every string field and list of strings / chat messages, except the row id (`id`, `task_id`).
+    The text is a str, or a LongText (core.decontam.longline) for a string too long to hold."""
     if fields is None:
         out = [(name, value) for name, value in row.items() if type(value) is str and name not in ID_FIELDS]
         if len(out) == len(row) - ("id" in row) - ("task_id" in row):  # every other field was a string
             return out
-        out = []
-    else:
-        out = []
+    from core.decontam.longline import LongText  # (here: the fast path above is the hot one)
+
+    out = []
     for name in fields or [n for n in row if n not in ID_FIELDS]:
         if name not in row:
             if fields:
@@ -329,14 +352,14 @@ def row_segments(row: dict[str, Any], fields: list[str] | None, unit: Unit, wher
                                     f"(this row has {', '.join(map(repr, row))})")
             continue
         value = row[name]
-        if isinstance(value, str):
+        if isinstance(value, str | LongText):
             out.append((name, value))
         elif isinstance(value, list):
             for i, el in enumerate(value):
-                if isinstance(el, str):
+                if isinstance(el, str | LongText):
                     out.append((f"{name}[{i}]", el))
                 elif isinstance(el, dict):
-                    key = next((k for k in CHAT_KEYS if isinstance(el.get(k), str)), None)
+                    key = next((k for k in CHAT_KEYS if isinstance(el.get(k), str | LongText)), None)
                     if key:
                         out.append((f"{name}[{i}].{key}", el[key]))
         elif value is not None and fields:

@@ -43,6 +43,9 @@ def finalize(report: dict[str, Any]) -> dict[str, Any]:
         base += f["rows"]
     report["train"]["rows"] = base
     report["train"]["fingerprint"] = fingerprint([f["sha256"] for f in files])
+    if all(f.get("text_chars") is not None for f in files):  # (reports of older versions lack the counts)
+        report["train"]["text_chars"] = sum(f["text_chars"] for f in files)
+    report.setdefault("warnings", [])
     cap, limit = params["max_matches_per_item"], params["boilerplate_rows"]
     summary: dict[str, dict[str, Any]] = {}
     for item in report["items"]:
@@ -89,6 +92,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
                                 "eval sets or training files than shard 0")
     reports = sorted(reports, key=lambda r: r["shard"]["index"])
     out = json.loads(json.dumps(reports[0]))
+    out["warnings"] = [w for r in reports for w in r.get("warnings", [])]
     for i, f in enumerate(out["train"]["files"]):
         owner = reports[i % count]["train"]["files"][i]
         if owner["rows"] is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.decontam.matcher import MODES, Item, make_matcher, prepare_items
+from core.decontam.matcher import MODES, Item, make_matcher, prepare_items, scan_long
 from core.decontam.normalize import raw_span
 from core.decontam.reader import (
     DecontamError,
@@ -83,20 +83,27 @@ def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int],
     batch: list[tuple[int, list[tuple[str, str]]]] = []  # (position in batch, segments) for the matcher
     meta: list[tuple[int, dict[str, Any]]] = []  # (row index in the unit, row) at the same position
 
+    text_rows = text_chars = 0
+    no_text_example: dict[str, str] | None = None  # the fields of a row without text, for the error message
+
+    def record(row: int, row_obj: dict[str, Any], fname: str, item: int, widx: int, espan, tspan, text: str) -> None:
+        rows.setdefault(item, set()).add(row)
+        key = widx if sampled else espan
+        key_rows.setdefault((item, key), set()).add(row)
+        key_text.setdefault((item, key), text)
+        lst = hits.setdefault(item, [])
+        lst.append({"file_index": unit.file_index, "file_row": row, "train_id": row_id(row_obj), "field": fname,
+                    "window": widx if sampled else None, "eval_span": list(espan),
+                    "train_span": list(tspan), "text": text})
+        if len(lst) > 4 * spec.cap:
+            lst.sort(key=match_sort_key)
+            del lst[spec.cap:]
+
     def flush() -> None:
+        nonlocal text_chars
+        text_chars += sum(len(t) for _, segs in batch for _, t in segs)
         for pos, fname, item, widx, espan, tspan, text in matcher.scan(batch):
-            row, row_obj = meta[pos]
-            rows.setdefault(item, set()).add(row)
-            key = widx if sampled else espan
-            key_rows.setdefault((item, key), set()).add(row)
-            key_text.setdefault((item, key), text)
-            lst = hits.setdefault(item, [])
-            lst.append({"file_index": unit.file_index, "file_row": row, "train_id": row_id(row_obj), "field": fname,
-                        "window": widx if sampled else None, "eval_span": list(espan),
-                        "train_span": list(tspan), "text": text})
-            if len(lst) > 4 * spec.cap:
-                lst.sort(key=match_sort_key)
-                del lst[spec.cap:]
+            record(*meta[pos], fname, item, widx, espan, tspan, text)
         batch.clear()
         meta.clear()
 
@@ -106,8 +113,20 @@ def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int],
         for where, row in rows_in:  # per row: only what cannot wait for the batch
             segs = row_segments(row, fields, unit, where)
             if segs:
-                batch.append((len(batch), segs))
-                meta.append((n_rows, row))
+                text_rows += 1
+                if any(type(t) is not str for _, t in segs):
+                    # a string too long to hold (LongText): matched alone, a window at a time
+                    for fname, long_text in [(f, t) for f, t in segs if type(t) is not str]:
+                        found, n_chars = scan_long(matcher, long_text.pieces(), fname, cancel)
+                        text_chars += n_chars
+                        for _, name, item, widx, espan, tspan, text in found:
+                            record(n_rows, row, name, item, widx, espan, tspan, text)
+                    segs = [(f, t) for f, t in segs if type(t) is str]
+                if segs:
+                    batch.append((len(batch), segs))
+                    meta.append((n_rows, row))
+            elif no_text_example is None:
+                no_text_example = {str(k): type(v).__name__ for k, v in list(row.items())[:12]}
             n_rows += 1
         if done >= flush_at:  # batches are bounded by input bytes (reader batches are ~READ_BYTES)
             flush()
@@ -125,6 +144,7 @@ def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int],
         lst.sort(key=match_sort_key)
         del lst[spec.cap:]
     return {"file_index": unit.file_index, "start": unit.start, "n_rows": n_rows, "hits": hits,
+            "text_rows": text_rows, "text_chars": text_chars, "no_text_example": no_text_example,
             "rows": {k: sorted(v) for k, v in rows.items()},
             "keys": {k: len(v) for k, v in key_rows.items()}, "key_text": key_text}
 
@@ -166,7 +186,8 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
          mode: str = "sampled", seed: int = 0, window: int = 50, casefold: bool = False, jobs: int = 1,
          shard: tuple[int, int] | None = None, max_matches_per_item: int = 20, boilerplate_rows: int = 50,
          question_with_tests: bool = False, progress: Callable[[int, int | None], None] | None = None,
-         cancel: threading.Event | None = None) -> tuple[dict[str, Any], dict[tuple[int, int], list[int]]]:
+         cancel: threading.Event | None = None,
+         allow_no_text: bool = False) -> tuple[dict[str, Any], dict[tuple[int, int], list[int]]]:
     """run_check plus the flagged rows: {(file index, row in file): [item indexes]} (all, not capped)."""
     if mode not in MODES:
         raise DecontamError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -245,11 +266,20 @@ def scan(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, field
                 raise
     check_cancel()
     digests = {fi: h.hexdigest() for fi, h in hashers.items()}
-    return _assemble(train_paths, own, evalsets, items, spec, results, shard, boilerplate_rows, cancel, digests)
+    return _assemble(train_paths, own, evalsets, items, spec, results, shard, boilerplate_rows, cancel, digests,
+                     allow_no_text)
+
+
+def _no_text_message(path: str, rows: int, fields: tuple[str, ...] | None, example: dict[str, str] | None) -> str:
+    where = f"the field{'s' if fields and len(fields) > 1 else ''} {', '.join(fields)}" if fields else "any field"
+    seen = ", ".join(f"{k} ({v})" for k, v in (example or {}).items())
+    return (f"{path}: no text was checked: none of its {rows} rows has text in {where}"
+            + (f" (a row's fields: {seen})" if seen else "") + ". Nothing was compared, so this data cannot be "
+            "called clean")
 
 
 def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, results, shard, boilerplate_rows, cancel,
-              digests: dict[int, str]):
+              digests: dict[int, str], allow_no_text: bool = False):
     files = []
     for i, path in enumerate(train_paths):
         if i in own:
@@ -259,6 +289,7 @@ def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, resu
         else:
             files.append({"path": path, "sha256": None, "rows": None, "bytes": None})
     file_rows = {i: 0 for i in own}
+    text = {i: [0, 0, None] for i in own}  # rows with text, characters checked, a row without text
     items = []
     windows = []
     for it in prepared:
@@ -274,11 +305,14 @@ def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, resu
         fi = res["file_index"]
         offset = file_rows[fi]
         file_rows[fi] += res["n_rows"]
+        text[fi][0] += res["text_rows"]
+        text[fi][1] += res["text_chars"]
+        text[fi][2] = text[fi][2] or res["no_text_example"]
         for item_idx, lst in res["hits"].items():
             for m in lst:
                 m["file_row"] += offset
             items[item_idx]["matches"].extend(lst)
-        for item_idx, rows in res["rows"].items():
+        for item_idx, rows in sorted(res["rows"].items()):  # (item order: the same however rows were read)
             items[item_idx]["n_matching_rows"] += len(rows)
             for r in rows:
                 flagged.setdefault((fi, offset + r), []).append(item_idx)
@@ -293,10 +327,20 @@ def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, resu
         item["matched_spans"] = [spans[k] for k in sorted(spans)]
         item["matches"].sort(key=match_sort_key)
         del item["matches"][spec.cap:]
+    warnings = []
     for i in own:
         if file_rows[i] == 0:
             raise DecontamError(f"{train_paths[i]}: no rows (the file holds only blank lines)")
         files[i]["rows"] = file_rows[i]
+        files[i]["text_rows"], files[i]["text_chars"] = text[i][0], text[i][1]
+        if text[i][1] == 0:
+            # Zero characters compared is no evidence of cleanliness: refused, unless asked for, then loud.
+            message = _no_text_message(train_paths[i], file_rows[i], spec.fields, text[i][2])
+            if not allow_no_text:
+                raise DecontamError(f"{message}. Name the text columns with --field NAME, or pass --allow-no-text "
+                                    "to write the report anyway, marked NO TEXT CHECKED.")
+            warnings.append(f"NO TEXT CHECKED: {message}; its rows count as clean only because nothing was "
+                            "compared.")
     report = {
         "schema": SCHEMA, "version": VERSION, "method": METHODS[spec.mode],
         "params": {"window": spec.window, "casefold": spec.casefold, "mode": spec.mode,
@@ -306,7 +350,7 @@ def _assemble(train_paths, own, evalsets, prepared: list[Item], spec: Spec, resu
         "train": {"files": files, "fingerprint": None, "rows": None},
         "evals": [{"benchmark": es.name, "path": es.path, "sha256": es.sha256, "n_items": len(es.tasks)}
                   for es in evalsets],
-        "items": items, "summary": {}, "shard": None,
+        "items": items, "summary": {}, "shard": None, "warnings": warnings,
     }
     if shard is not None:
         for item in report["items"]:
@@ -321,7 +365,7 @@ def run_check(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, 
               mode: str = "sampled", seed: int = 0, window: int = 50, casefold: bool = False, jobs: int = 1,
               shard: tuple[int, int] | None = None, max_matches_per_item: int = 20, boilerplate_rows: int = 50,
               question_with_tests: bool = False, progress: Callable[[int, int | None], None] | None = None,
-              cancel: threading.Event | None = None) -> dict[str, Any]:
+              cancel: threading.Event | None = None, allow_no_text: bool = False) -> dict[str, Any]:
     """Check training data against eval sets and return the report; writes nothing.
 
     progress(bytes_done, bytes_total) is called regularly; setting `cancel` stops the work promptly with
@@ -329,4 +373,5 @@ def run_check(train_paths: list[str], eval_specs: list[str] | list[EvalSet], *, 
     for merge_reports)."""
     return scan(train_paths, eval_specs, fields=fields, mode=mode, seed=seed, window=window, casefold=casefold,
                 jobs=jobs, shard=shard, max_matches_per_item=max_matches_per_item, boilerplate_rows=boilerplate_rows,
-                question_with_tests=question_with_tests, progress=progress, cancel=cancel)[0]
+                question_with_tests=question_with_tests, progress=progress, cancel=cancel,
+                allow_no_text=allow_no_text)[0]

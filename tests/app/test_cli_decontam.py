@@ -128,3 +128,30 @@ def test_data_download_verifies_sha256_and_keeps_nothing_on_mismatch(tmp_path, f
     monkeypatch.setattr(evalsets, "UPSTREAM", {"mbppplus": dict(good, url=f"{base}/missing.gz")})
     assert main(["data", "download", "--dest", str(dest)]) == 2
     assert "404" in capsys.readouterr().err
+
+
+def test_a_report_path_that_is_a_directory_fails_at_once_and_writes_no_clean_set(tmp_path, train, capsys):
+    (tmp_path / "report-dir").mkdir()
+    rc = main(["decontaminate", "--train", str(train), "--eval", "humaneval", "--report", str(tmp_path / "report-dir"),
+               "--write-clean", str(tmp_path / "clean.jsonl"), "--no-progress"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "report-dir: is a directory" in err and "nothing was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report-dir", "train.jsonl"]
+
+
+def test_training_data_without_text_is_an_error_unless_allowed_then_a_loud_warning(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3], "y": [0.1, 0.2, 0.3]}), data)
+    argv = ["decontaminate", "--train", str(data), "--eval", "humaneval", "--report", str(tmp_path / "r.json"),
+            "--no-progress"]
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2 and "no text was checked" in err and "0 contaminated" not in out
+    assert not (tmp_path / "r.json").exists()
+    rc = main([*argv, "--allow-no-text"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "tunedeck: WARNING: NO TEXT CHECKED" in err
+    assert json.loads((tmp_path / "r.json").read_text())["warnings"][0].startswith("NO TEXT CHECKED")

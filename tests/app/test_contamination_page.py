@@ -209,3 +209,21 @@ def test_ui_thread_never_stalls_over_100ms_while_a_50mb_check_runs(page, qtbot, 
         if worst < STALL_LIMIT_MS:
             break
     assert min(worst_seen) < STALL_LIMIT_MS, worst_seen
+
+
+def test_a_file_without_text_fails_the_check_or_with_the_option_shows_a_loud_warning(page, qtbot, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"score": [1, 2, 3]}), data)
+    page.set_train_paths([str(data)])
+    page.hide()  # no modal error box in the test: the failure is read from the signal
+    with qtbot.waitSignal(page.check_failed, timeout=CHECK_TIMEOUT_MS) as blocker:
+        page.start_check()
+    assert "no text was checked" in blocker.args[0]
+    page.show()
+    page.allow_no_text_check.setChecked(True)
+    result = _run(page, qtbot)
+    assert result.report["warnings"] and "NO TEXT CHECKED" in page.summary_label.text()
+    assert "score (int)" in page.summary_label.text()
