@@ -83,15 +83,23 @@ def plan_units(file_index: int, path: str, unit_bytes: int | None = None) -> lis
     with open(p, "rb") as f:
         while start < size:
             end = start + unit_bytes
-            if end >= size:
-                end = size
-            else:
-                f.seek(end)
-                f.readline()  # finish the line that straddles the cut
-                end = min(f.tell(), size)
+            # finish the line that straddles the cut
+            end = size if end >= size else min(_next_line_start(f, end), size)
             units.append(Unit(file_index, path, fmt, start, end))
             start = end
     return units
+
+
+def _next_line_start(f: Any, pos: int) -> int:
+    """The offset just past the first newline at or after `pos` (or the file's end), found in blocks:
+    f.readline() would hold a whole line, and a line may be hundreds of MB."""
+    f.seek(pos)
+    while block := f.read(READ_BYTES):
+        nl = block.find(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
+        pos += len(block)
+    return pos
 
 
 def unit_bytes_total(unit: Unit) -> int:
