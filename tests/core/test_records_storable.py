@@ -22,19 +22,26 @@ _json = st.recursive(_json_scalars, lambda children: st.one_of(
 
 
 def _record(kind: str) -> st.SearchStrategy[dict]:
-    """Records with every required field present but any JSON value in them (and a few extra fields)."""
-    required = {
-        "metrics": ["t", "attempt", "step", "epoch", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"],
-        "evals": ["t", "attempt", "step", "checkpoint", "benchmark", "subset", "n_tasks", "samples_per_task",
-                  "temperature", "pass@1"],
-        "events": ["t", "attempt", "event", "detail"],
-    }[kind]
-    good = {"t": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(1 << 66), 1 << 66),
-            "subset": st.sampled_from(["all", "clean", "contaminated"]),
-            "event": st.sampled_from(["started", "warning", "eval_started"]),
-            "detail": st.dictionaries(st.text(max_size=4), _json, max_size=3)}
-    fields = {name: (good.get(name, _json) | _json) for name in required}
-    return st.fixed_dictionaries(fields, optional={"extra": _json, "pass@10": _json})
+    """Records of the right shape (so most pass the type checks) whose values roam: integers far beyond 64
+    bits, non-finite floats, text with lone surrogates, nested extras."""
+    big_int = st.integers(min_value=-(1 << 70), max_value=1 << 70)
+    number = big_int | st.floats(allow_nan=True, allow_infinity=True)
+    text = st.text(max_size=8)  # surrogates included
+    fields = {"t": number, "attempt": big_int, "step": big_int}
+    if kind == "metrics":
+        fields.update({name: number | st.none() for name in
+                       ("epoch", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")})
+        optional = {"gpu_mem_gb": number, "extra": _json}
+    elif kind == "evals":
+        fields.update({"checkpoint": text, "benchmark": text, "subset": st.sampled_from(["all", "clean"]),
+                       "n_tasks": big_int, "samples_per_task": big_int, "temperature": number,
+                       "pass@1": number | st.none()})
+        optional = {"pass@10": number}
+    else:
+        fields.update({"event": st.sampled_from(["started", "warning", "eval_started"]),
+                       "detail": st.dictionaries(text, _json, max_size=3)})
+        optional = {}
+    return st.fixed_dictionaries(fields, optional=optional)
 
 
 @pytest.fixture(scope="module")
