@@ -209,6 +209,30 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
 
 # What a saved secret is: a key passphrase never leaves this machine; a password is sent to the server.
 SECRET_KINDS = ("passphrase", "password")
+_OPENSSH_MAGIC = b"openssh-key-v1\0"
+
+
+def key_file_is_encrypted(path: str) -> bool | None:
+    """Whether a private key file needs a passphrase (OpenSSH or PEM format); None when it cannot be read
+    or is no key file we know."""
+    try:
+        data = Path(path).expanduser().read_bytes()[: 1 << 20]
+    except OSError:
+        return None
+    if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+        body = data.split(b"-----BEGIN OPENSSH PRIVATE KEY-----", 1)[1].split(b"-----END", 1)[0]
+        try:
+            raw = base64.b64decode(b"".join(body.split()))
+        except ValueError:
+            return None
+        if not raw.startswith(_OPENSSH_MAGIC):
+            return None
+        at = len(_OPENSSH_MAGIC)
+        cipher = raw[at + 4: at + 4 + int.from_bytes(raw[at: at + 4], "big")]
+        return cipher != b"none"
+    if b"-----BEGIN" in data and b"PRIVATE KEY-----" in data:
+        return b"ENCRYPTED" in data  # Proc-Type: 4,ENCRYPTED, or BEGIN ENCRYPTED PRIVATE KEY (PKCS#8)
+    return None
 
 
 def _connect_hop(target: SshTarget, sock, *, timeout: float, passphrase: str | None = None,

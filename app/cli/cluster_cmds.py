@@ -129,6 +129,14 @@ def _add(args: argparse.Namespace) -> int:
         if not secret:
             raise CliError(f"{flag}: nothing on stdin")
         if args.password_stdin and args.identity_file:
+            from remote.ssh import key_file_is_encrypted
+
+            if key_file_is_encrypted(args.identity_file):
+                # Most likely the key's passphrase given the wrong name: as a "password" it would be sent out.
+                raise CliError(f"--identity-file {args.identity_file} is encrypted, so it needs its passphrase: give "
+                               "that with --passphrase-stdin (it unlocks the key here and is never sent). "
+                               "--password-stdin is for a login password, which is sent to the cluster; nothing "
+                               "was saved")
             print(f"note: saved as the SSH login password (sent to {profile.host} when no key logs in); if it is the "
                   f"passphrase of {args.identity_file}, use --passphrase-stdin instead", file=sys.stderr)
         from keyring.errors import KeyringError

@@ -126,7 +126,12 @@ def store_secret(ctx: WorkContext, profile: Any, secret: str) -> str | None:
     from keyring.errors import KeyringError, NoKeyringError
 
     from remote.profiles import set_secret
+    from remote.ssh import key_file_is_encrypted
 
+    if profile.secret_kind == "password" and profile.identity_file and key_file_is_encrypted(profile.identity_file):
+        return (f"{profile.identity_file} is encrypted, so it needs its passphrase: save that as “Passphrase of my "
+                "SSH key” (it unlocks the key here and is never sent). A login password is sent to the cluster; "
+                "nothing was saved.")
     try:
         set_secret(profile, secret)
     except NoKeyringError:

@@ -379,3 +379,22 @@ def test_the_dialog_says_whether_the_secret_is_a_passphrase_or_a_password_and_th
         qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
     assert load_profiles()["gpu"].secret_kind == "passphrase"
     assert "never sent" in page.check_status.text()
+
+
+def test_a_password_for_a_profile_with_an_encrypted_key_is_refused_as_a_likely_passphrase(
+        page, qtbot, use_keyring, monkeypatch, tmp_path):
+    import paramiko
+
+    from remote.profiles import load_profiles
+
+    backend = MemoryKeyring()
+    use_keyring(backend)
+    key = tmp_path / "enc_key"
+    paramiko.ECDSAKey.generate().write_private_key_file(str(key), password="pw")
+    _remote_profile(identity_file=str(key))
+    page.reload(select="gpu")
+    monkeypatch.setattr(page, "ask_secret", lambda profile: (SECRET, "password"))
+    with qtbot.waitSignal(page.secret_done, timeout=30_000):
+        qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
+    assert "is encrypted" in page.check_status.text() and "nothing was saved" in page.check_status.text()
+    assert backend.store == {} and load_profiles()["gpu"].save_password_in_keyring is False

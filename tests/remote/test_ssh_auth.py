@@ -252,15 +252,41 @@ def test_cli_passphrase_stdin_then_check_sends_no_password(fake_sshd, memory_key
     assert PASSPHRASE not in out.out + out.err
 
 
-def test_cli_password_stdin_saves_a_password_and_says_so_when_a_key_file_is_given(
+def test_cli_password_stdin_refuses_an_encrypted_key_and_saves_a_password_for_a_plain_one(
         fake_sshd, memory_keyring, encrypted_key, tmp_path, monkeypatch, capsys):
     path, _ = encrypted_key
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSPHRASE + "\n"))
+    # The repro: an encrypted key and its passphrase given as --password-stdin.
+    assert main(["cluster", "add", "pw", "--backend", "slurm", "--host", "h", "--user", "u", "--identity-file",
+                 str(path), "--password-stdin"]) == 2
+    err = capsys.readouterr().err
+    assert "is encrypted" in err and "--passphrase-stdin" in err and "nothing was saved" in err
+    assert memory_keyring.store == {}
+    with pytest.raises(Exception, match="no cluster profile"):
+        get_profile("pw")
+    plain = tmp_path / "plain_key"
+    paramiko.ECDSAKey.generate().write_private_key_file(str(plain))
     monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
     assert main(["cluster", "add", "pw", "--backend", "slurm", "--host", "h", "--user", "u", "--identity-file",
-                 str(path), "--password-stdin"]) == 0
+                 str(plain), "--password-stdin"]) == 0
     assert get_profile("pw").secret_kind == "password"
     assert memory_keyring.store == {("tunedeck", "pw:u@h"): PASSWORD}
     err = capsys.readouterr().err
     assert "saved as the SSH login password" in err and "--passphrase-stdin" in err
     with pytest.raises(SystemExit):  # one secret, said to be one thing
         main(["cluster", "add", "both", "--backend", "slurm", "--host", "h", "--password-stdin", "--passphrase-stdin"])
+
+
+def test_encrypted_key_files_are_recognised_in_openssh_and_pem_formats(tmp_path):
+    import subprocess
+
+    from remote.ssh import key_file_is_encrypted
+
+    for name, passphrase in (("enc", "secret"), ("plain", "")):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(tmp_path / name)],
+                       check=True)
+    paramiko.RSAKey.generate(2048).write_private_key_file(str(tmp_path / "pem_enc"), password="secret")
+    paramiko.RSAKey.generate(2048).write_private_key_file(str(tmp_path / "pem_plain"))
+    (tmp_path / "junk").write_text("not a key")
+    assert [key_file_is_encrypted(str(tmp_path / n)) for n in ("enc", "plain", "pem_enc", "pem_plain", "junk",
+                                                               "missing")] == [True, False, True, False, None, None]
