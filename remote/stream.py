@@ -587,7 +587,7 @@ def sync_all(store: Store, *, profile: str | None = None, transports: dict[str, 
             continue
         try:
             out[row.run_id] = Streamer(store, transports[row.cluster], row.run_id, row.run_dir).drain()
-        except (TransportError, OSError) as exc:  # the machine is unreachable: skip its other runs at once
+        except TransportError as exc:  # the machine is unreachable: skip its other runs at once
             log.warning("sync of run %s failed: %s", row.run_id, exc)
             errors[row.cluster] = str(exc)
             out[row.run_id] = {"error": str(exc)}  # type: ignore[dict-item]

@@ -250,7 +250,11 @@ class LineParser:
         while len(self.buf) - self.i < LONG_STRING_BYTES + 2 and self._fill(LONG_STRING_BYTES):
             pass
         content = self.i + 1
-        end = _closing_quote(self.buf, content, min(len(self.buf), content + LONG_STRING_BYTES + 1))
+        stop = min(len(self.buf), content + LONG_STRING_BYTES + 1)
+        newline = self.buf.find(b"\n", content, stop)  # a JSON string never spans lines
+        end = _closing_quote(self.buf, content, stop if newline < 0 else newline)
+        if end is None and newline >= 0:
+            raise self.error("a string that is not closed on its line")
         if end is not None:
             raw = self.buf[self.i: end + 1]
             self.i = end + 1
@@ -264,6 +268,10 @@ class LineParser:
         backslashes = 0
         while True:
             q, backslashes = _scan_for_quote(self.buf, scanned, backslashes)
+            newline = self.buf.find(b"\n", scanned, len(self.buf) if q is None else q)
+            if newline >= 0:
+                self.i = newline
+                raise self.error("a string that is not closed on its line")
             if q is not None:
                 end_abs = self.base + q
                 self.i = q + 1

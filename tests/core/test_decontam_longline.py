@@ -121,6 +121,9 @@ def test_a_malformed_long_line_is_named_by_line(tmp_path, monkeypatch):
     path.write_text('{"text": "ok"}\n{"text": "' + "x" * 200 + '"\n')
     with pytest.raises(DecontamError, match=r"t\.jsonl:2: malformed JSON line"):
         scan([str(path)], ["humaneval"])
+    path.write_text('{"text": "' + "x" * 200 + '\n{"text": "ok"}\n')  # a string left open: not read on
+    with pytest.raises(DecontamError, match=r"t\.jsonl:1: malformed JSON line \(a string that is not closed"):
+        scan([str(path)], ["humaneval"])
     path.write_text('{"a": ' + "[" * 300 + "]" * 300 + ', "text": "' + "x" * 200 + '"}\n')
     with pytest.raises(DecontamError, match=r"t\.jsonl:1: malformed JSON line \(nested more than"):
         scan([str(path)], ["humaneval"])
