@@ -719,7 +719,8 @@ def _node_for_path(root: yaml.Node | None, parts: list[str]) -> tuple[yaml.Node 
 # tree of billions of nodes ("billion laughs").
 MAX_CONFIG_BYTES = 1 << 20
 MAX_NESTING = 100
-MAX_EXPANDED_NODES = 100_000
+MAX_VALUES = 10_000  # values (scalars and collections) written in the file
+MAX_EXPANDED_NODES = 100_000  # values once aliases are expanded
 MAX_INT_DIGITS = 30  # an int64 has at most 19 digits; longer ones are refused before Python parses them
 _INT_TAG = "tag:yaml.org,2002:int"
 # libyaml when present (10x faster); its event parser and the pure-Python one are both iterative.
@@ -730,11 +731,17 @@ def _syntax_problem(message: str, mark: Any = None, path: str = "") -> Problem:
     return Problem(path, message, "syntax", mark.line + 1 if mark else None, mark.column + 1 if mark else None)
 
 
-def _check_nesting(text: str) -> list[Problem]:
-    """Refuse nesting deeper than MAX_NESTING from the event stream, before anything recursive sees it
-    (PyYAML's composer and constructor recurse once per level; libyaml's C composer would crash)."""
-    depth = 0
+def _check_shape(text: str) -> list[Problem]:
+    """Refuse nesting deeper than MAX_NESTING and more than MAX_VALUES values from the event stream, before
+    anything recursive or costly sees them (PyYAML's composer and constructor recurse once per level;
+    libyaml's C composer would crash; half a million values take seconds to build and check)."""
+    depth = values = 0
     for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent | yaml.ScalarEvent):
+            values += 1
+            if values > MAX_VALUES:
+                return [_syntax_problem(f"more than {MAX_VALUES:,} values; a run config has a few hundred (is "
+                                        "this the right file?)", event.start_mark)]
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_NESTING:
@@ -826,7 +833,7 @@ def parse_yaml_text(text: str, source: str = "<config>") -> tuple[Any, yaml.Node
         raise ConfigError([Problem("", f"{size:,} bytes: a run config is at most {MAX_CONFIG_BYTES:,} bytes (a few KB "
                                        "is usual); is this the right file?", "syntax")], source)
     try:
-        problems = _check_nesting(text)
+        problems = _check_shape(text)
         root = None if problems else yaml.compose(text, Loader=_LOADER)
         if root is not None:
             problems = _node_problems(root)

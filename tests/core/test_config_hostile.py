@@ -208,3 +208,9 @@ def test_a_run_name_with_control_characters_is_refused_saying_which(name, shown)
     _, problems = validate_data(data)
     (problem,) = [p for p in problems if p.path == "name"]
     assert "control characters" in problem.message and f"({shown})" in problem.message
+
+
+def test_a_file_of_half_a_million_values_is_refused_before_they_are_built():
+    err = refused_within("name: x\nlist: [" + ",".join(["1"] * 500_000) + "]\n")
+    (problem,) = err.problems
+    assert "more than 10,000 values" in problem.message and problem.line == 2
