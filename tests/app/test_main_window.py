@@ -244,3 +244,4 @@ def test_run_names_with_control_characters_show_escaped_in_the_table_and_tab(mai
     qtbot.waitUntil(lambda: view.loaded, timeout=10_000)
     assert view.title_label.text() == "two\\nlines\\x1b[2J"
     assert view.title_label.textFormat() == Qt.TextFormat.PlainText
+

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.store import Store
+from core.text import unprintable_chars
 from remote.profiles import ClusterProfile, make_transport
 from remote.runs import LaunchError, launch, refresh_cluster
 from remote.transport import LocalTransport
@@ -101,13 +102,17 @@ def test_local_launch_with_hostile_names_paths_and_fields_never_runs_injected_te
         try:
             run_id = launch(cfg, profile.name, store, name=name, profile=profile, transport=transport)
         except LaunchError as exc:
-            # Refused values must be named, and the run recorded as failed with that reason.
-            assert any(word in str(exc) for word in ("run_dir", "name", "path", "PYTHONPATH")), str(exc)
-            row = store.list_runs()[0]
-            assert row.status == "failed" and row.status_reason.startswith("launch failed")
+            if unprintable_chars(name):
+                # A run name is one line of plain text: refused, saying why, before anything is recorded.
+                assert "control characters" in str(exc) and store.list_runs() == []
+            else:
+                # Refused values must be named, and the run recorded as failed with that reason.
+                assert any(word in str(exc) for word in ("run_dir", "name", "path", "PYTHONPATH")), str(exc)
+                row = store.list_runs()[0]
+                assert row.status == "failed" and row.status_reason.startswith("launch failed")
         else:
             row = store.get_run(run_id)
-            assert row.name == name
+            assert row.name == name and not unprintable_chars(name)
             assert wait_ended(store, run_id, profile.name, transport) == "finished"
             run_dir = Path(row.run_dir)
             assert run_dir.parent.parent == work_root
@@ -135,9 +140,13 @@ def test_ssh_launch_with_hostile_work_root_and_name_never_runs_injected_text(
     profile = ssh_profile(f"q-{backend}", backend, sshd_server, work_root, **extra)
     profile = profile.model_copy(update={"python": rec, "env_setup": f"export PATH={bin_dir}:$PATH"})
     transport = make_transport(profile)
-    name = INJECTIONS[1] + INJECTIONS[5] + INJECTIONS[2]
+    name = INJECTIONS[1] + INJECTIONS[6] + INJECTIONS[2]
     try:
         with Store(tmp_path / "store.sqlite3") as store:
+            # A name with a newline (INJECTIONS[5]) is refused before anything is recorded or uploaded.
+            with pytest.raises(LaunchError, match="control characters"):
+                launch(fast_config(), profile.name, store, name=INJECTIONS[5], profile=profile, transport=transport)
+            assert store.list_runs() == []
             run_id = launch(fast_config(), profile.name, store, name=name, profile=profile, transport=transport)
             row = store.get_run(run_id)
             assert wait_ended(store, run_id, profile.name, transport, timeout=120) == "finished", row
