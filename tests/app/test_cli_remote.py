@@ -271,7 +271,7 @@ def test_sync_follow_prints_each_state_once_and_on_sigterm_says_the_streams_are_
     proc = subprocess.Popen([*argv, "sync", "-f"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ.copy())
     try:
-        time.sleep(9)  # several status polls (every 2 s) of a run whose state does not change
+        time.sleep(6)  # three status polls (every 2 s) of a run whose state does not change
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
