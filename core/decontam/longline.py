@@ -27,6 +27,11 @@ _BACKSLASH = 0x5C
 _QUOTE = b'"'
 
 
+class LongRow(dict):
+    """A row parsed by LineParser: the only kind of row that may hold LongText values (the matcher's hot
+    loop tells it apart with one type check)."""
+
+
 class LongText:
     """A JSON string of a training row too long to hold in memory: where its bytes are in the file.
 
@@ -158,7 +163,7 @@ class LineParser:
 
     # ---------------------------------------------------------------------------------------- grammar
 
-    def line(self) -> tuple[dict[str, Any] | None, int]:
+    def line(self) -> tuple[LongRow | None, int]:
         """(the row, or None for a blank line; offset just past the line's newline)."""
         c = self._ws()
         row = None
@@ -170,7 +175,7 @@ class LineParser:
         end = self.base + self.i + (1 if c == 0x0A else 0)
         if row is not None and type(row) is not dict:
             raise DecontamError(f"{self.where}: expected a JSON object, got {type(row).__name__}")
-        return row, end
+        return (LongRow(row) if row is not None else None), end
 
     def _value(self, depth: int) -> Any:
         if depth > MAX_DEPTH:

@@ -24,6 +24,7 @@ import numpy as np
 from core.decontam.normalize import ascii_tables, offset_array, offset_map, process, raw_span
 
 TINY = 16  # patterns shorter than this are searched with str.find
+SHORT_OMAP = 1 << 16  # characters of a matched field up to which its offset map is a plain list
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 MODES = ("sampled", "exhaustive", "ngram13")
 NGRAM = 13
@@ -298,7 +299,9 @@ class SubstringMatcher:
         hits: list[Hit] = []
         for sid in sorted(found):
             row, fname, raw = seg_meta[sid]
-            omap = offset_array(raw)  # numpy: a list of Python ints would take ~36 bytes per character
+            # A list is quickest for the usual field; past SHORT_OMAP characters a numpy array (a list takes
+            # ~36 bytes per character: a 300 MB field would need 10 GB)
+            omap = offset_map(raw) if len(raw) < SHORT_OMAP else offset_array(raw)
             for (k, _diag), spans in found[sid].items():
                 item_idx, widx, ptext, poff, _ = self.patterns[k]
                 item = self.items[item_idx]

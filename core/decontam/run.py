@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.decontam.longline import LongRow
 from core.decontam.matcher import MODES, Item, make_matcher, prepare_items, scan_long
 from core.decontam.normalize import raw_span
 from core.decontam.reader import (
@@ -101,7 +102,7 @@ def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int],
 
     def flush() -> None:
         nonlocal text_chars
-        text_chars += sum(len(t) for _, segs in batch for _, t in segs)
+        text_chars += sum([len(t) for _, segs in batch for _, t in segs])
         for pos, fname, item, widx, espan, tspan, text in matcher.scan(batch):
             record(*meta[pos], fname, item, widx, espan, tspan, text)
         batch.clear()
@@ -114,7 +115,7 @@ def process_unit(unit: Unit, state: dict[str, Any], on_progress: Callable[[int],
             segs = row_segments(row, fields, unit, where)
             if segs:
                 text_rows += 1
-                if any(type(t) is not str for _, t in segs):
+                if type(row) is LongRow:  # (the only rows that may hold a LongText: one check per row)
                     # a string too long to hold (LongText): matched alone, a window at a time
                     for fname, long_text in [(f, t) for f, t in segs if type(t) is not str]:
                         found, n_chars = scan_long(matcher, long_text.pieces(), fname, cancel)
