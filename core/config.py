@@ -24,13 +24,12 @@ SCHEMA_VERSION = 1
 
 
 def check_run_name(name: str) -> str:
-    """A run name is one line of plain text: control characters (terminal escapes, newlines) are refused,
-    since the name is printed by `tunedeck runs` and shown by the app."""
-    from core.text import unprintable_chars
+    """A run name is one line of plain text (core.names.clean_name's rules: no control or invisible format
+    characters, such as terminal escapes and newlines), since it is printed by `tunedeck runs` and shown by
+    the app. Returned as given: the check changes nothing."""
+    from core.names import clean_name
 
-    bad = unprintable_chars(name)
-    if bad:
-        raise ValueError(f"contains control characters ({', '.join(bad)}); a run name is one line of plain text")
+    clean_name(name)
     return name
 
 

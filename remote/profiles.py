@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.fsutil import atomic_write_text
+from core.names import printable
 from core.paths import config_dir, local_runs_dir
-from core.text import printable
 from remote.transport import AuthenticationFailed, LocalTransport, Transport, UnknownHostKeyError
 
 LOCAL = "local"

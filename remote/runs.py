@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from core.config import RunConfig, check_run_name, resolved_dict
+from core.names import printable
 from core.plan import LaunchContext
 from core.store import TERMINAL_STATUSES, RunRow, Store, UnknownRunError
-from core.text import printable
 from remote.backends import Backend, BackendError, CancelResult, JobRef, JobStatus
 from remote.bundle import RUNS_DIR, stage_and_upload
 from remote.transport import Transport, TransportError, expand_home

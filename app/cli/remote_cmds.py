@@ -82,7 +82,7 @@ def _run(store, run_id: str):
 
 
 def _state_line(row) -> str:
-    from core.text import printable
+    from core.names import printable
 
     return printable(row.status + (f": {row.status_reason}" if row.status_reason else ""))
 
@@ -258,7 +258,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from core.text import printable
+    from core.names import printable
     from remote.runs import cancel
 
     with _store() as store:

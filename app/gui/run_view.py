@@ -45,10 +45,10 @@ from PySide6.QtWidgets import (
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
 from app.gui.store_watch import MetricColumns, RunBatch, StoreWatcher
 from app.gui.workers import Worker
+from core.names import printable
 from core.records import RunPaths, unconfined_evaluations
 from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series, unconfined_pass_at_1
 from core.store import TERMINAL_STATUSES, RunRow, Store
-from core.text import printable
 
 log = logging.getLogger(__name__)
 

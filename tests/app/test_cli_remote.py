@@ -223,7 +223,7 @@ def test_runs_and_status_escape_control_characters_in_names_one_run_per_line(cap
 
 def test_launch_refuses_a_run_name_with_control_characters(capsys, cluster, config_file):
     rc, _, err = run_cli(capsys, "launch", str(config_file), "--cluster", cluster, "--name", "x\x1b[2J")
-    assert rc == 1 and "control characters" in err and "\\x1b" in err
+    assert rc == 1 and "control or invisible format characters" in err and "U+001B" in err
     from core.store import Store
 
     with Store() as store:

@@ -196,8 +196,8 @@ def test_any_yaml_tree_gives_a_config_or_a_config_error_within_a_second(text):
 
 
 @pytest.mark.parametrize("name, shown", [
-    ("clear\x1b[2J", "\\x1b"), ("two\nlines", "\\n"), ("tab\there", "\\t"), ("bidi\u202eevil", "\\u202e"),
-    ("nul\x00", "\\x00"),
+    ("clear\x1b[2J", "U+001B"), ("two\nlines", "U+000A"), ("tab\there", "U+0009"), ("bidi\u202eevil", "U+202E"),
+    ("nul\x00", "U+0000"),
 ])
 def test_a_run_name_with_control_characters_is_refused_saying_which(name, shown):
     from core.config import validate_data
@@ -207,7 +207,7 @@ def test_a_run_name_with_control_characters_is_refused_saying_which(name, shown)
     data["name"] = name
     _, problems = validate_data(data)
     (problem,) = [p for p in problems if p.path == "name"]
-    assert "control characters" in problem.message and f"({shown})" in problem.message
+    assert "control or invisible format characters" in problem.message and f"({shown})" in problem.message
 
 
 def test_a_file_of_half_a_million_values_is_refused_before_they_are_built():

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.names import clean_name
 from core.store import Store
-from core.text import unprintable_chars
 from remote.profiles import ClusterProfile, make_transport
 from remote.runs import LaunchError, launch, refresh_cluster
 from remote.transport import LocalTransport
@@ -38,6 +38,15 @@ import json, os, sys
 with open("argv.json", "w") as f:
     json.dump({{"argv": sys.argv[1:], "cwd": os.getcwd()}}, f)
 """
+
+
+def refused_name(name: str) -> bool:
+    """Whether launch refuses `name` as a run name (control characters, blank, too long) before recording it."""
+    try:
+        clean_name(name)
+    except ValueError:
+        return True
+    return False
 
 
 def sentinel_paths(*roots: Path) -> list[Path]:
@@ -102,9 +111,9 @@ def test_local_launch_with_hostile_names_paths_and_fields_never_runs_injected_te
         try:
             run_id = launch(cfg, profile.name, store, name=name, profile=profile, transport=transport)
         except LaunchError as exc:
-            if unprintable_chars(name):
+            if refused_name(name):
                 # A run name is one line of plain text: refused, saying why, before anything is recorded.
-                assert "control characters" in str(exc) and store.list_runs() == []
+                assert "run name" in str(exc) and store.list_runs() == []
             else:
                 # Refused values must be named, and the run recorded as failed with that reason.
                 assert any(word in str(exc) for word in ("run_dir", "name", "path", "PYTHONPATH")), str(exc)
@@ -112,7 +121,7 @@ def test_local_launch_with_hostile_names_paths_and_fields_never_runs_injected_te
                 assert row.status == "failed" and row.status_reason.startswith("launch failed")
         else:
             row = store.get_run(run_id)
-            assert row.name == name and not unprintable_chars(name)
+            assert row.name == name and not refused_name(name)
             assert wait_ended(store, run_id, profile.name, transport) == "finished"
             run_dir = Path(row.run_dir)
             assert run_dir.parent.parent == work_root
@@ -144,7 +153,7 @@ def test_ssh_launch_with_hostile_work_root_and_name_never_runs_injected_text(
     try:
         with Store(tmp_path / "store.sqlite3") as store:
             # A name with a newline (INJECTIONS[5]) is refused before anything is recorded or uploaded.
-            with pytest.raises(LaunchError, match="control characters"):
+            with pytest.raises(LaunchError, match="control or invisible format characters"):
                 launch(fast_config(), profile.name, store, name=INJECTIONS[5], profile=profile, transport=transport)
             assert store.list_runs() == []
             run_id = launch(fast_config(), profile.name, store, name=name, profile=profile, transport=transport)
