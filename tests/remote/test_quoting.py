@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.names import clean_name
+from core.config import check_run_name
 from core.store import Store
 from remote.profiles import ClusterProfile, make_transport
 from remote.runs import LaunchError, launch, refresh_cluster
@@ -43,7 +43,7 @@ with open("argv.json", "w") as f:
 def refused_name(name: str) -> bool:
     """Whether launch refuses `name` as a run name (control characters, blank, too long) before recording it."""
     try:
-        clean_name(name)
+        check_run_name(name)
     except ValueError:
         return True
     return False
