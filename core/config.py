@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,20 +25,14 @@ SCHEMA_VERSION = 1
 
 
 def check_run_name(name: str) -> str:
-    """A run name is one line of plain text (core.names.clean_name's rules: no control or invisible format
-    characters, such as terminal escapes and newlines), since it is printed by `tunedeck runs` and shown by
-    the app. Returned as given: the check changes nothing."""
-    import unicodedata
-
-    from core.names import clean_name
-
-    # clean_name looks at the name stripped (a name typed in a dialog); a config's name is used as written,
-    # so a newline at either end counts too.
+    """A run name is one line of plain text: no control or invisible format characters (terminal escapes,
+    newlines, bidi overrides), since it is printed by `tunedeck runs` and shown by the app. The rule of
+    core.names.clean_name, applied to the name as written (not stripped), and not imported from there: this
+    module ships with the job, core.names does not. Returned as given: the check changes nothing."""
     bad = sorted({f"U+{ord(c):04X}" for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
                   and c != "\u200d"})
     if bad:
         raise ValueError(f"a run name cannot contain control or invisible format characters ({', '.join(bad)})")
-    clean_name(name)  # its other rules: not blank, not too long
     return name
 
 
