@@ -277,6 +277,8 @@ class ClusterShape(Section):
 
 
 BenchmarkName = Literal["humaneval", "mbpp", "humanevalplus", "mbppplus"]
+EvalPlacement = Literal["auto", "slurm", "alongside", "after_training", "devices"]
+EVAL_PLACEMENTS: tuple[str, ...] = ("auto", "slurm", "alongside", "after_training", "devices")
 
 
 class BenchmarkSpec(Section):
@@ -303,6 +305,20 @@ class EvaluationSection(Section):
         "(namespaces as root, else bubblewrap, else unprivileged user namespaces); where none works the "
         "evaluation refuses to run them. bwrap / userns: only that one. unconfined: resource limits only, "
         "the samples run as you, with your files, keys and network; every pass@1 it gives is marked unconfined.",
+    )
+    placement: EvalPlacement = Field(
+        "auto",
+        description="Where each checkpoint's evaluation runs. slurm: its own Slurm job with evaluation.gpus GPUs "
+        "(training keeps all of its GPUs); alongside: beside training on the job's own devices (small models, CPU "
+        "runs); after_training: on the job's GPUs once training has released them; devices: on the GPUs the cluster "
+        "profile reserves for evaluation (eval_devices), training uses the rest. auto: chosen from the backend and "
+        "the estimate (the plan preview says which and why).",
+    )
+    gpus: int | None = Field(
+        None,
+        gt=0,
+        description="GPUs of one evaluation (vLLM tensor parallel / transformers device_map across them). Default: "
+        "the fewest of one node that hold the weights + KV cache by the estimate.",
     )
 
 
@@ -540,6 +556,56 @@ def check_benchmark_paths(evaluation: EvaluationSection) -> str | None:
     if len(set(names)) != len(names):
         return "evaluation.benchmarks lists a benchmark twice"
     return None
+
+
+def _eval_memory_text(m) -> str:
+    """The numbers of an evaluation memory estimate, as a rule message shows them."""
+    return (f"weights {m.weights / 1e9:.1f} GB + KV cache {m.kv_cache / 1e9:.1f} GB for {m.sequences} sequences "
+            f"(evaluation.batch_size x n_samples) x ({m.prompt_tokens} prompt + {m.new_tokens} new tokens) + "
+            f"working memory {m.working / 1e9:.1f} GB + overhead {m.overhead / 1e9:.1f} GB = {m.total / 1e9:.1f} GB")
+
+
+@rule("evaluation.gpus", "evaluation.batch_size", "evaluation.max_new_tokens", "cluster.gpus_per_node", "cluster.gpu_memory_gb")
+def check_evaluation_fits(evaluation: EvaluationSection, model: ModelSection, cluster: ClusterShape) -> str | None:
+    # Imported here: core.estimate builds on this module.
+    from core.estimate import USABLE_GPU_FRACTION, evaluation_gpus, evaluation_memory
+
+    if evaluation.when == "never" or model.architecture is None or cluster.memory_gb is None:
+        return None
+    usable = USABLE_GPU_FRACTION * cluster.memory_gb
+    if evaluation.gpus is not None:
+        if evaluation.gpus > cluster.gpus_per_node:
+            return (f"evaluation.gpus ({evaluation.gpus}) exceeds cluster.gpus_per_node ({cluster.gpus_per_node}): "
+                    "one evaluation runs on one node")
+        m = evaluation_memory(model, cluster, evaluation, evaluation.gpus)
+        if not m.fits:
+            return (f"evaluation does not fit: {_eval_memory_text(m)}, i.e. {m.per_gpu / 1e9:.1f} GB on each of "
+                    f"evaluation.gpus {m.gpus}, more than the usable {usable:.1f} GB of a {cluster.memory_gb:g} GB GPU; "
+                    "raise evaluation.gpus or lower evaluation.batch_size / max_new_tokens")
+        return None
+    if evaluation_gpus(model, cluster, evaluation) is None:
+        m = evaluation_memory(model, cluster, evaluation, cluster.gpus_per_node)
+        return (f"evaluation does not fit on one node: {_eval_memory_text(m)}, i.e. {m.per_gpu / 1e9:.1f} GB on each "
+                f"of all {cluster.gpus_per_node} GPUs (cluster.gpus_per_node), more than the usable {usable:.1f} GB of "
+                f"a {cluster.memory_gb:g} GB GPU; lower evaluation.batch_size or evaluation.max_new_tokens")
+    return None
+
+
+@rule("evaluation.placement", "evaluation.gpus", "cluster.gpu_memory_gb")
+def check_alongside_fits(evaluation: EvaluationSection, model: ModelSection, training: TrainingSection,
+                         deepspeed: DeepSpeedSection, attention: AttentionSection, cluster: ClusterShape) -> str | None:
+    from core.estimate import alongside_memory
+
+    if evaluation.placement != "alongside" or evaluation.when == "never" or model.architecture is None \
+            or cluster.memory_gb is None:
+        return None
+    side = alongside_memory(model, training, deepspeed, attention, cluster, evaluation)
+    if side.fits:
+        return None
+    return (f"evaluation.placement 'alongside' does not fit: training peaks at {side.training / 1e9:.1f} GB per GPU "
+            f"and the evaluation adds {side.evaluation / 1e9:.1f} GB on each of its {side.gpus} GPUs "
+            f"({side.training / 1e9:.1f} + {side.evaluation / 1e9:.1f} = {(side.training + side.evaluation) / 1e9:.1f} GB "
+            f"> {cluster.memory_gb:g} GB); use placement slurm, after_training or devices (or auto)")
 
 
 @rule("training.save_steps", "training.max_steps")

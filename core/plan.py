@@ -20,11 +20,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from core.config import RunConfig, resolved_dict
+from core.evalstate import eval_job_prefix
 from core.fsutil import atomic_write_text
+from core.placement import PlacementError, PlacementPlan, resolve_placement
 from core.records import RunPaths
 
 JOB_MODULE = "remote.job.train"
 TORCHRUN_MODULE = "remote.job.torchrun"  # torchrun with a clean end on SIGTERM (remote/job/torchrun.py)
+EVAL_MODULE = "remote.job.evaluate"
+QUEUE_MODULE = "remote.job.evalqueue"
 Backend = Literal["slurm", "hostfile", "local"]
 BACKENDS: tuple[str, ...] = ("slurm", "hostfile", "local")
 # Seconds of notice Slurm gives (SIGTERM to the batch shell) before a time limit or preemption kill,
@@ -54,6 +58,7 @@ class LaunchContext:
     hosts: tuple[str, ...] | list[str] = ("localhost",)
     cpus_per_task: int | None = None  # default: one per process on CPU clusters, cluster default on GPUs
     extra_env: dict[str, str] = field(default_factory=dict)
+    eval_devices: tuple[int, ...] | list[int] = ()  # GPUs of the first node the profile reserves for evaluation
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -65,6 +70,7 @@ class LaunchContext:
         if not self.python:
             raise PlanError("python: the interpreter must not be empty")
         object.__setattr__(self, "hosts", tuple(self.hosts))
+        object.__setattr__(self, "eval_devices", tuple(int(d) for d in self.eval_devices))
         for key in self.extra_env:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise PlanError(f"extra_env: {key!r} is not a valid environment variable name")
@@ -85,6 +91,18 @@ def slurm_job_name(text: str, max_len: int = 64) -> str:
     """A job name Slurm shows cleanly (squeue truncates and some sites choke on odd characters)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
     return name[:max_len] or "tunedeck"
+
+
+def placement_plan(config: RunConfig, ctx: LaunchContext) -> PlacementPlan:
+    """The evaluation placement of this launch (PlanError names the field when it cannot work here)."""
+    try:
+        return resolve_placement(config, ctx.backend, ctx.eval_devices)
+    except PlacementError as exc:
+        raise PlanError(f"evaluation.placement: {exc}") from None
+
+
+def _evaluating(config: RunConfig) -> bool:
+    return config.evaluation.when != "never"
 
 
 # ------------------------------------------------------------------------------------- DeepSpeed JSON
@@ -231,7 +249,13 @@ def render_hostfile(config: RunConfig, ctx: LaunchContext) -> str:
     for host in hosts:
         if not re.fullmatch(r"[A-Za-z0-9_.:@%-]+", host):
             raise PlanError(f"hosts: {host!r} is not a host name the DeepSpeed hostfile can hold")
-    return "".join(f"{h} slots={config.cluster.gpus_per_node}\n" for h in hosts[: config.cluster.nodes])
+    slots = [config.cluster.gpus_per_node] * config.cluster.nodes
+    if ctx.backend == "hostfile" and _evaluating(config):
+        plan = placement_plan(config, ctx)
+        if plan.placement == "devices":
+            # The first node lists every GPU (training's and evaluation's); --include picks training's.
+            slots[0] = max((*plan.devices, *plan.training_devices)) + 1
+    return "".join(f"{h} slots={n}\n" for h, n in zip(hosts[: config.cluster.nodes], slots, strict=True))
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -257,10 +281,17 @@ def hostfile_command(config: RunConfig, ctx: LaunchContext) -> list[str]:
         argv += ["--no_ssh_check", "--master_addr", "127.0.0.1"]
     else:
         argv += ["--master_addr", ctx.hosts[0]]
+    plan = placement_plan(config, ctx) if ctx.backend == "hostfile" and _evaluating(config) else None
+    if plan is not None and plan.placement == "devices":
+        # Training on the first node's other GPUs (the launcher sets each node's CUDA_VISIBLE_DEVICES from
+        # this); --include and --num_gpus exclude each other.
+        first = f"{ctx.hosts[0]}:{','.join(str(d) for d in plan.training_devices)}"
+        argv += ["--include", "@".join([first, *ctx.hosts[1: config.cluster.nodes]])]
+    else:
+        # On a host without GPUs the launcher starts one process unless told how many.
+        argv += ["--num_gpus", str(config.cluster.gpus_per_node)]
     return [
         *argv,
-        # On a host without GPUs the launcher starts one process unless told how many.
-        "--num_gpus", str(config.cluster.gpus_per_node),
         # The job reads LOCAL_RANK from its environment; its argv stays exactly `RUN_DIR`.
         "--no_local_rank",
         "--module", JOB_MODULE,
@@ -290,10 +321,33 @@ def _script(lines: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_training(config: RunConfig, ctx: LaunchContext, command: list[str], backend: str) -> list[str]:
+    """The script's last lines: training (exec'd, so a SIGTERM to the script reaches the launcher, which
+    forwards it to the ranks), or for placement after_training, training and then the evaluations it queued
+    (a SIGTERM kills this shell before it gets there: a cancelled run evaluates nothing more)."""
+    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
+    plan = placement_plan(config, ctx) if ctx.backend == backend and _evaluating(config) else None
+    lines = []
+    if plan is not None and plan.placement == "devices":
+        # Training sees only its GPUs; the evaluations get the reserved ones (derived.evaluation in config.json).
+        lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(d) for d in plan.training_devices)}")
+    if plan is None or plan.placement != "after_training":
+        return [*lines, f"exec {shlex.join(command)} >> {stdout} 2>&1"]
+    drain = [ctx.python, "-m", QUEUE_MODULE, "drain", "--run-dir", ctx.run_dir]
+    # `command`: the program is a quoted value, whatever characters its path holds.
+    return [
+        *lines,
+        "rc=0",
+        f"command {shlex.join(command)} >> {stdout} 2>&1 || rc=$?",
+        "# evaluation.placement after_training: the checkpoints queued during training, now on the freed GPUs",
+        f"command {shlex.join(drain)} >> {shlex.quote(ctx.path(RunPaths.EVAL_LOG))} 2>&1 || true",
+        'exit "$rc"',
+    ]
+
+
 def render_local_script(config: RunConfig, ctx: LaunchContext) -> str:
     """launch.sh for the local backend: torchrun in the foreground of this script, output appended to
-    stdout.log; `exec` so a SIGTERM to the script's process reaches torchrun, which forwards it to ranks."""
-    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
+    stdout.log."""
     return _script(
         [
             "#!/bin/bash",
@@ -303,7 +357,7 @@ def render_local_script(config: RunConfig, ctx: LaunchContext) -> str:
             f"cd {shlex.quote(ctx.run_dir)}",
             *_env_setup(ctx),
             *_exports(config, ctx),
-            f"exec {shlex.join(local_command(config, ctx))} >> {stdout} 2>&1",
+            *_run_training(config, ctx, local_command(config, ctx), "local"),
         ]
     )
 
@@ -311,7 +365,6 @@ def render_local_script(config: RunConfig, ctx: LaunchContext) -> str:
 def render_hostfile_launch(config: RunConfig, ctx: LaunchContext) -> str:
     """launch.sh for the hostfile backend (started with `setsid nohup`): the deepspeed launcher, run from
     the run directory so it finds .deepspeed_env, output appended to stdout.log."""
-    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
     return _script(
         [
             "#!/bin/bash",
@@ -321,7 +374,7 @@ def render_hostfile_launch(config: RunConfig, ctx: LaunchContext) -> str:
             f"cd {shlex.quote(ctx.run_dir)}",
             *_env_setup(ctx),
             *_exports(config, ctx),
-            f"exec {shlex.join(hostfile_command(config, ctx))} >> {stdout} 2>&1",
+            *_run_training(config, ctx, hostfile_command(config, ctx), "hostfile"),
         ]
     )
 
@@ -397,6 +450,53 @@ def render_slurm_script(config: RunConfig, ctx: LaunchContext) -> str:
     )
 
 
+def render_eval_slurm(config: RunConfig, ctx: LaunchContext) -> str:
+    """eval.slurm: one checkpoint's evaluation as its own Slurm job (placement slurm).
+
+    Submitted by the training job when a checkpoint is complete (or by `tunedeck eval` / the app to
+    re-queue one) as `sbatch --job-name=tunedeck-<run>-eval-step-<N> eval.slurm --checkpoint CKPT --step N
+    --attempt A`; the name lets squeue show the run and the step, and lets a cancel of the run find its
+    evaluations. No --requeue: a re-run would score the same checkpoint twice.
+    """
+    plan = placement_plan(config, ctx)
+    c = config.cluster
+    opts: list[tuple[str, str]] = [
+        ("job-name", sbatch_value("job_name", slurm_job_name(eval_job_prefix(ctx.run_id) + "step"))),
+        ("nodes", "1"),
+        ("ntasks", "1"),
+    ]
+    if c.gpu_type != "cpu":
+        opts.append(("gpus-per-node", str(plan.gpus)))
+    if ctx.cpus_per_task is not None:
+        opts.append(("cpus-per-task", str(int(ctx.cpus_per_task))))
+    for name, value in (("partition", ctx.partition), ("account", ctx.account), ("qos", ctx.qos), ("time", ctx.time_limit)):
+        if value:
+            opts.append((name, sbatch_value(name if name != "time" else "time_limit", value)))
+    opts += [
+        ("chdir", sbatch_value("run_dir", ctx.run_dir)),
+        ("output", sbatch_value("run_dir", ctx.path(RunPaths.EVAL_LOG), filename=True)),
+        ("open-mode", "append"),
+        ("no-requeue", ""),
+    ]
+    header = [f"#SBATCH --{name}={value}" if value else f"#SBATCH --{name}" for name, value in opts]
+    command = [ctx.python, "-m", EVAL_MODULE, "--run-dir", ctx.run_dir]
+    return _script(
+        [
+            "#!/bin/bash",
+            f"# TuneDeck run {_comment(ctx.run_id)}: one checkpoint's evaluation ({plan.gpus} "
+            f"{'device' if c.gpu_type == 'cpu' else 'GPU'}{'s' if plan.gpus != 1 else ''}).",
+            *header,
+            _SHELLCHECK_LITERALS,
+            "set -euo pipefail",
+            f"cd {shlex.quote(ctx.run_dir)}",
+            *_env_setup(ctx),
+            *_exports(config, ctx),
+            # "$@": --checkpoint, --step, --attempt from the sbatch command line.
+            f'exec {shlex.join(command)} "$@"',
+        ]
+    )
+
+
 # -------------------------------------------------------------------------------------------- writing
 
 
@@ -410,11 +510,17 @@ def launch_script(config: RunConfig, ctx: LaunchContext) -> str:
 def render_plan(config: RunConfig, ctx: LaunchContext) -> dict[str, str]:
     """Every launch file as text, keyed by its RunPaths name. Files whose backend cannot hold a value
     (e.g. a run_dir with a quote for the DeepSpeed launcher) are left out unless ctx.backend needs them."""
+    plan = placement_plan(config, ctx)
+    resolved = resolved_dict(config)
+    # The job reads where its evaluations go from here (the placement depends on the backend and profile).
+    resolved["derived"]["evaluation"] = plan.to_json()
     files: dict[str, str] = {
         RunPaths.CONFIG_YAML: config.to_yaml(),
-        RunPaths.CONFIG_JSON: json.dumps(resolved_dict(config), indent=2, sort_keys=False) + "\n",
+        RunPaths.CONFIG_JSON: json.dumps(resolved, indent=2, sort_keys=False) + "\n",
         RunPaths.DS_CONFIG: json.dumps(render_ds_config(config), indent=2) + "\n",
     }
+    if plan.placement == "slurm" and _evaluating(config):
+        files[RunPaths.EVAL_SLURM] = render_eval_slurm(config, ctx)
     optional = {
         RunPaths.HOSTFILE: ("hostfile", render_hostfile),
         RunPaths.DEEPSPEED_ENV: ("hostfile", render_deepspeed_env),
@@ -436,7 +542,7 @@ def write_plan(config: RunConfig, ctx: LaunchContext, out_dir: str | Path) -> di
     out = Path(out_dir)
     written: dict[str, Path] = {}
     for name, text in files.items():
-        mode = 0o755 if name in (RunPaths.LOCAL_SCRIPT, RunPaths.SLURM_SCRIPT) else 0o644
+        mode = 0o755 if name in (RunPaths.LOCAL_SCRIPT, RunPaths.SLURM_SCRIPT, RunPaths.EVAL_SLURM) else 0o644
         atomic_write_text(out / name, text, mode=mode)
         written[name] = out / name
     return written

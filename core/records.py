@@ -7,8 +7,10 @@ metrics.jsonl  t, attempt, step, epoch, samples, tokens, loss, lr, grad_norm, to
 evals.jsonl    t, attempt, step, checkpoint, benchmark, subset, n_tasks, samples_per_task, temperature,
                pass@1 [, pass@10, ...] [, sandbox: the sandbox mode its samples ran in]
 events.jsonl   t, attempt, event, detail
-eval_events.jsonl  the same, written by the evaluation processes (eval_started / eval_finished / eval_failed;
-               eval_started's detail.sandbox is sandbox_capabilities(): mode "unconfined" marks its pass@1)
+eval_events.jsonl  the same, written by the evaluation processes and the evaluation queue (eval_requested for a
+               re-queue, eval_started / eval_progress / eval_finished / eval_failed / eval_cancelled), each
+               append under RunPaths.EVAL_WRITE_LOCK; eval_started's detail.sandbox is sandbox_capabilities():
+               mode "unconfined" marks its pass@1
 NaN and infinities are written as null.
 """
 
@@ -50,7 +52,9 @@ class RunPaths:
     TOKENIZER = "tokenizer"  # a tokenizer trained at start (train:bpe), reused on resume
     EVAL_LOG = "eval.log"  # stdout/stderr of the evaluation subprocesses
     EVAL_EVENTS = "eval_events.jsonl"  # the evaluation processes' own events (events.jsonl has one writer)
-    EVAL_LOCK = ".eval.lock"  # evaluations of one run take turns on this lock
+    EVAL_LOCK = ".eval.lock"  # evaluations sharing the job's devices take turns on this lock
+    EVAL_WRITE_LOCK = ".eval-write.lock"  # held for each append to evals.jsonl / eval_events.jsonl (one writer)
+    EVAL_SLURM = "eval.slurm"  # the batch script of one checkpoint's evaluation (placement slurm)
     PGID = "pgid"  # process group of a detached hostfile/local job
     EXIT_STATUS = "exit_status"  # the launch script's exit status, written by the detach wrapper
 
@@ -141,8 +145,10 @@ EVENT_KINDS = (
     "checkpoint_saved",
     "eval_requested",
     "eval_started",
+    "eval_progress",
     "eval_finished",
     "eval_failed",
+    "eval_cancelled",
     "preempted",
     "finished",
     "failed",

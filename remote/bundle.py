@@ -2,7 +2,7 @@
 
 Layout under `<work_root>/runs/<run_id>/`: the launch plan (core.plan.write_plan: config.yaml, config.json,
 ds_config.json, hostfile, .deepspeed_env, launch.slurm, launch.sh), run.json, the detach wrapper, and
-code/ with the job code (core/{__init__,records,evalsets,passk,fsutil,config}.py, remote/__init__.py,
+code/ with the job code (core/{__init__,records,evalsets,passk,fsutil,config,evalstate}.py, remote/__init__.py,
 remote/job/**.py, and core/decontam/** for decontamination jobs). Dataset files go once per content to
 `<work_root>/datasets/<sha256>/<name>` and the shipped config points at them there; a file whose sha256
 is already present is not uploaded again.
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # config.py: the job reads its config.json through the app's own schema (pydantic + PyYAML, both on every
 # machine that can train: DeepSpeed depends on pydantic, transformers on PyYAML).
-CORE_JOB_MODULES = ("__init__.py", "records.py", "evalsets.py", "passk.py", "fsutil.py", "config.py")
+CORE_JOB_MODULES = ("__init__.py", "records.py", "evalsets.py", "passk.py", "fsutil.py", "config.py", "evalstate.py")
 DATASETS_DIR = "datasets"
 RUNS_DIR = "runs"
 COMPLETE = ".complete"  # written last into a dataset directory upload
@@ -182,7 +182,7 @@ def upload_bundle(bundle: Bundle, transport: Transport,
     for d in dirs:
         transport.makedirs(d)
     for rel, local in bundle.files.items():
-        mode = 0o755 if rel.endswith(".sh") or rel == RunPaths.SLURM_SCRIPT else 0o644
+        mode = 0o755 if rel.endswith(".sh") or rel in (RunPaths.SLURM_SCRIPT, RunPaths.EVAL_SLURM) else 0o644
         transport.put_file(local, f"{bundle.run_dir}/{rel}", mode=mode)
         counts["files"] += 1
     if progress:

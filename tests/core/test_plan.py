@@ -350,7 +350,10 @@ def test_write_plan_writes_every_file_atomically_with_executable_scripts(tmp_pat
     assert set(written) == names
     assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == sorted(names)  # no temp files left
     assert os.access(written[RunPaths.LOCAL_SCRIPT], os.X_OK)
-    assert json.loads(written[RunPaths.CONFIG_JSON].read_text()) == json.loads(json.dumps(resolved_dict(cfg)))
+    shipped = json.loads(written[RunPaths.CONFIG_JSON].read_text())
+    evaluation = shipped["derived"].pop("evaluation")  # where the job sends its evaluations (placement)
+    assert shipped == json.loads(json.dumps(resolved_dict(cfg)))
+    assert evaluation["placement"] == "alongside" and evaluation["backend"] == "local" and "CPU run" in evaluation["why"]
     assert RunConfig.model_validate(__import__("yaml").safe_load(written[RunPaths.CONFIG_YAML].read_text())) == cfg
 
 
