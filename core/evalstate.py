@@ -150,6 +150,8 @@ def derive_eval_states(events: Iterable[Mapping[str, Any]], run_status: str | No
                         gpus=_gpus(detail.get("gpus")) or s.gpus, tokens=_int(detail.get("tokens_generated")),
                         tokens_per_s=_float(detail.get("tokens_per_s")), pass_at_1=dict(pass_at))
         elif name == "eval_failed":
+            if s.state == CANCELLED:
+                continue  # the cancel's SIGTERM, reported by the evaluation itself: it stays cancelled
             s = replace(s, state=FAILED, ended_t=t, error=str(detail.get("error") or "no error text recorded"))
         elif name == "eval_cancelled":
             s = replace(s, state=CANCELLED, ended_t=t, error=str(detail.get("reason") or "cancelled"))

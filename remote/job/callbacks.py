@@ -5,8 +5,10 @@ rank that failed writes itself (otherwise a crash on rank 1 would leave no trace
 
 Checkpoints: the Trainer writes RUN_DIR/checkpoints/checkpoint-N (DeepSpeed shards, gathered 16-bit
 model.safetensors, tokenizer, trainer state); `CheckpointCallback.on_save` then waits for every rank, copies
-the resolved run config in, writes the COMPLETE marker last, prunes to the newest K complete checkpoints
-(removing stale incomplete ones), and asks for an evaluation. Only complete checkpoints are resumed from.
+the resolved run config in, writes the COMPLETE marker last, hands the checkpoint to the evaluation queue
+(remote.job.evalqueue: the run's placement decides where it runs), and prunes to the newest K complete
+checkpoints (removing stale incomplete ones; one still awaiting its evaluation keeps its weights). Only
+complete checkpoints are resumed from.
 """
 
 from __future__ import annotations
@@ -95,9 +97,9 @@ class Recorder:
         self._events = JsonlWriter(paths.events) if enabled else None
         self._metrics = JsonlWriter(paths.metrics) if enabled else None
 
-    def event(self, kind: str, detail: dict[str, Any] | None = None) -> None:
+    def event(self, kind: str, detail: dict[str, Any] | None = None, t: float | None = None) -> None:
         if self._events is not None:
-            self._events.write(event_record(kind, self.attempt, detail))
+            self._events.write(event_record(kind, self.attempt, detail, t=t))
             print(f"[tunedeck] {kind}: {json.dumps(detail or {}, default=str)[:2000]}", flush=True)
 
     def failure(self, exc: BaseException) -> None:
@@ -240,24 +242,27 @@ class MetricsCallback(TrainerCallback):
         self._last_t, self._last_tokens, self._last_logged_step = now, tokens, state.global_step
 
 
+# Files of a checkpoint an evaluation reads; a checkpoint kept only for its pending evaluation is slimmed to
+# these (its optimizer shards, the bulk of a ZeRO-3 checkpoint, go).
+EVAL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+              "special_tokens_map.json", "chat_template.jinja", RUN_CONFIG_IN_CHECKPOINT)
+WEIGHTS_ONLY_MARKER = "WEIGHTS_ONLY"  # a slimmed checkpoint: evaluable, no longer resumable
+
+
 def evaluation_command(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> list[str]:
-    return [sys.executable, "-m", "remote.job.evaluate", "--run-dir", str(paths.root), "--checkpoint", str(checkpoint),
-            "--step", str(step), "--attempt", str(attempt)]
+    from remote.job.evalqueue import evaluate_command
+
+    return evaluate_command(paths, str(checkpoint), step, attempt)
 
 
-def start_evaluation(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> subprocess.Popen[bytes] | None:
-    """Start remote.job.evaluate detached (own session, output appended to eval.log); None when
-    TUNEDECK_NO_EVAL=1. Training goes on while it runs (the app follows its eval_* events); only at its
-    end does the job wait for its evaluations (CheckpointCallback.wait_for_evaluations)."""
-    if os.environ.get("TUNEDECK_NO_EVAL") == "1":
-        return None
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}  # not part of the training group
-    with open(paths / EVAL_LOG, "ab") as log:
-        proc = subprocess.Popen(evaluation_command(paths, checkpoint, step, attempt), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=paths.root)
-    return proc
+def start_evaluation(paths: RunPaths, checkpoint: Path, step: int,
+                     attempt: int) -> tuple[dict[str, Any], subprocess.Popen[bytes] | None]:
+    """Hand a complete checkpoint to the run's evaluation placement (remote.job.evalqueue): a detached
+    process on this node (alongside / devices), a Slurm job (slurm) or a place in the queue that runs once
+    training has ended (after_training). Returns the eval_requested detail and the local process, if any."""
+    from remote.job.evalqueue import request
+
+    return request(paths, checkpoint, step, attempt)
 
 
 class CheckpointCallback(TrainerCallback):
@@ -288,13 +293,21 @@ class CheckpointCallback(TrainerCallback):
         atomic_write_text(ckpt / RunPaths.COMPLETE_MARKER, f"{time.time():.3f}\n")  # LAST: the checkpoint counts now
         self.last_complete = (step, ckpt)
         self.recorder.event("checkpoint_saved", {"step": step, "path": str(ckpt)})
-        self.prune(current=step)
         final = bool(state.max_steps) and step >= state.max_steps
         if self.eval_when == "per_checkpoint" or (self.eval_when == "end" and final):
-            proc = start_evaluation(self.paths, ckpt, step, self.recorder.attempt)
-            if proc is not None:
-                self.evaluations[ckpt] = proc
-            self.recorder.event("eval_requested", {"step": step, "checkpoint": str(ckpt), "pid": proc.pid if proc else None})
+            t = time.time()  # before the submission: the evaluation's own events come after this
+            try:
+                detail, proc = start_evaluation(self.paths, ckpt, step, self.recorder.attempt)
+            except Exception as exc:  # noqa: BLE001 -- a refused submission must not stop training
+                detail, proc = {"step": step, "checkpoint": str(ckpt), "pid": None}, None
+                self.recorder.event("eval_requested", detail, t=t)
+                self.recorder.event("eval_failed", {"step": step, "checkpoint": str(ckpt),
+                                                    "error": f"could not be queued: {type(exc).__name__}: {exc}"})
+            else:
+                if proc is not None:
+                    self.evaluations[ckpt] = proc
+                self.recorder.event("eval_requested", detail, t=t)
+        self.prune(current=step)
 
     def evaluation_pending(self, ckpt: Path) -> bool:
         proc = self.evaluations.get(ckpt)
@@ -306,8 +319,8 @@ class CheckpointCallback(TrainerCallback):
         return False
 
     def wait_for_evaluations(self, timeout_s: float) -> list[str]:
-        """Block until the evaluations this job started have ended (at most timeout_s); returns the
-        checkpoints whose evaluation is still running then."""
+        """Block until the evaluations this job started on its node have ended (at most timeout_s); returns
+        the checkpoints whose evaluation is still running then. Slurm evaluations are jobs of their own."""
         deadline = time.monotonic() + timeout_s
         for ckpt, proc in list(self.evaluations.items()):
             try:
@@ -317,21 +330,62 @@ class CheckpointCallback(TrainerCallback):
             self.evaluations.pop(ckpt, None)
         return [str(c) for c in self.evaluations]
 
+    def _queued_steps(self) -> set[int]:
+        """Steps whose evaluation is queued or running outside this process's children (a Slurm job, the
+        after-training queue), from the run's event files."""
+        from remote.job.evalqueue import pending_steps
+
+        try:
+            return pending_steps(self.paths)
+        except Exception as exc:  # noqa: BLE001 -- unreadable records: spare nothing more, but say so
+            print(f"[tunedeck] cannot read the evaluation queue: {exc}", file=sys.stderr, flush=True)
+            return set()
+
     def prune(self, current: int) -> None:
         """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete leftovers.
 
-        A checkpoint whose evaluation (started by this job) is still queued or running is spared until a
-        later save: evaluations run one at a time, and pruning must not pull a model from under one.
+        A checkpoint whose evaluation is still queued or running is spared until a later save: pruning must
+        not pull a model from under one. Beyond the kept ones, such a checkpoint keeps only what the
+        evaluation reads (weights, config, tokenizer); its optimizer state, most of its size, goes.
         """
         complete = self.paths.complete_checkpoints()
         complete_dirs = {d for _, d in complete}
-        doomed = [d for _, d in complete[:-self.keep] if not self.evaluation_pending(d)] if self.keep > 0 else []
+        queued = self._queued_steps() if self.eval_when != "never" else set()
+        old = complete[:-self.keep] if self.keep > 0 else []
+        doomed, slim = [], []
+        for step, d in old:
+            (slim if self.evaluation_pending(d) or step in queued else doomed).append(d)
         if self.paths.checkpoints.is_dir():
             for d in self.paths.checkpoints.iterdir():
                 if d.is_dir() and d.name.startswith("checkpoint-") and d not in complete_dirs and d != self.paths.checkpoint(current):
+                    if (d / WEIGHTS_ONLY_MARKER).exists():
+                        step_text = d.name[len("checkpoint-"):]
+                        if step_text.isdigit() and int(step_text) in queued:
+                            continue  # slimmed earlier and still awaiting its evaluation
                     doomed.append(d)  # a save cut short by a hard kill: never resumed, never kept
         for d in doomed:
             shutil.rmtree(d, ignore_errors=True)
+        for d in slim:
+            slim_checkpoint(d)
+
+
+def slim_checkpoint(ckpt: Path) -> None:
+    """Reduce a checkpoint to what an evaluation reads. The COMPLETE marker goes first (it is no longer a
+    checkpoint training can resume from), then everything but the weights, config and tokenizer files."""
+    marker = ckpt / RunPaths.COMPLETE_MARKER
+    if not marker.exists():
+        return
+    atomic_write_text(ckpt / WEIGHTS_ONLY_MARKER, "kept for its pending evaluation\n")
+    marker.unlink()
+    for item in ckpt.iterdir():
+        keep = item.name in EVAL_FILES or item.name == WEIGHTS_ONLY_MARKER or (
+            item.is_file() and item.name.startswith("model") and item.suffix in (".safetensors", ".json"))
+        if keep:
+            continue
+        if item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
 
 
 class PartitionProbe(TrainerCallback):

@@ -30,7 +30,7 @@ from typing import Any
 from core.evalsets import MBPP_FEWSHOT_IDS, EvalSet, EvalTask, load_eval_set, load_mbpp
 from core.fsutil import atomic_write_text
 from core.passk import pass_at_k_all
-from core.records import JsonlWriter, RunPaths, eval_record, event_record
+from core.records import JsonlWriter, RunPaths, eval_record
 from remote.job import prompts_eval
 from remote.job.sandbox import SandboxJob, run_samples, sandbox_capabilities
 
@@ -128,20 +128,16 @@ def subsets_for(task_ids: Sequence[str], report: dict[str, set[str]] | None) -> 
 # ------------------------------------------------------------------------------------------ generation
 
 
-class _StopOnStrings:
-    """StoppingCriteria: a row is done once its new text contains a stop string (checked per row)."""
+@dataclass
+class GenStats:
+    """What one generate() call produced: tokens generated (all samples) and the seconds it took."""
 
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str]):
-        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, tuple(stops)
+    tokens: int = 0
+    seconds: float = 0.0
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        done = []
-        for row in input_ids:
-            text = self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True)
-            done.append(any(s in text for s in self.stops))
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
 
 
 def choose_backend() -> str:
@@ -159,28 +155,74 @@ def choose_backend() -> str:
     return "transformers"
 
 
-class Generator:
-    """Loads a model once and generates n completions per prompt (raw text, cut at the stop strings)."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as the cluster names them (CUDA_VISIBLE_DEVICES, else 0..n-1)."""
+    import torch
 
-    def __init__(self, model_path: str, tokenizer_path: str | None = None, backend: str | None = None):
+    if not torch.cuda.is_available():
+        return []
+    n = torch.cuda.device_count()
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:n] if len(named) >= n else [str(i) for i in range(n)]
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices of the prompts, longest first: batches of similar length pad little, and the largest batch
+    (the one that decides whether the KV cache fits) runs first, so a memory error comes at once."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
+class Generator:
+    """Loads a model once and generates n completions per prompt (raw text, cut at the stop strings).
+
+    Engines: vLLM when it is importable and a GPU exists (tensor parallel across the evaluation's GPUs),
+    else transformers, with the model spread over the visible GPUs (device_map) when there are several,
+    prompts sorted by length into batches, and a static KV cache (allocated once per batch shape, written in
+    place: it does not grow, nor reallocate, per generated token).
+    """
+
+    def __init__(self, model_path: str, tokenizer_path: str | None = None, backend: str | None = None,
+                 gpus: int | None = None):
         self.model_path = model_path
-        self.backend = backend or choose_backend()
-        if self.backend == "vllm":
+        self.engine = backend or choose_backend()
+        self.stats = GenStats()
+        gpu_ids = visible_gpus()
+        self.gpu_ids = gpu_ids[: gpus or len(gpu_ids)]
+        if self.engine == "vllm":
             from vllm import LLM
 
-            self.llm = LLM(model=model_path, tokenizer=tokenizer_path or model_path)
+            if self.gpu_ids:  # tensor parallel over exactly the evaluation's GPUs
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
+
+            self.llm = LLM(model=model_path, tokenizer=tokenizer_path or model_path,
+                           tensor_parallel_size=max(1, len(self.gpu_ids)))
             self.tokenizer = self.llm.get_tokenizer()
             return
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
         self.tokenizer.padding_side = "left"  # decoder-only: pad on the left so new tokens line up
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if self.gpu_ids else torch.float32}
+        if len(self.gpu_ids) > 1:
+            # accelerate splits the layers over the evaluation's GPUs (each holds a share of the weights and
+            # of the KV cache); generation then runs through them in turn.
+            kwargs["device_map"] = "auto"
+            kwargs["max_memory"] = {i: torch.cuda.get_device_properties(i).total_memory for i in range(len(self.gpu_ids))}
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
+        if len(self.gpu_ids) == 1:
+            self.model = self.model.to("cuda")
+        self.device = "cuda" if self.gpu_ids else "cpu"  # where inputs go (the first layer's device)
+
+    @property
+    def backend(self) -> str:
+        return self.engine
+
+    def describe_gpus(self) -> str:
+        """`cpu`, or the GPU ids used (as CUDA_VISIBLE_DEVICES names them)."""
+        return ",".join(self.gpu_ids) if self.gpu_ids else "cpu"
 
     def chat_template(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -188,39 +230,64 @@ class Generator:
     def generate(self, prompts: Sequence[prompts_eval.PromptSpec], gen: GenSettings,
                  progress: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None) -> list[list[str]]:
-        if self.backend == "vllm":
-            return self._generate_vllm(prompts, gen)
-        import torch
-        from transformers import StoppingCriteriaList
+        """n completions per prompt, in the prompts' order; self.stats counts tokens and time of this call."""
+        started = time.monotonic()
+        if self.engine == "vllm":
+            out, tokens = self._generate_vllm(prompts, gen)
+            if progress is not None:
+                progress(len(prompts), len(prompts))
+        else:
+            out, tokens = self._generate_transformers(prompts, gen, progress, cancel)
+        self.stats = GenStats(tokens, time.monotonic() - started)
+        return out
 
-        out: list[list[str]] = []
-        # Group prompts with the same stops (always true within one benchmark) into batches.
-        for start in range(0, len(prompts), gen.batch_size):
+    def _generate_transformers(self, prompts: Sequence[prompts_eval.PromptSpec], gen: GenSettings,
+                               progress: Callable[[int, int], None] | None,
+                               cancel: threading.Event | None) -> tuple[list[list[str]], int]:
+        import torch
+
+        lengths = [len(ids) for ids in self.tokenizer([p.text for p in prompts])["input_ids"]]
+        order = length_order(lengths)
+        out: list[list[str] | None] = [None] * len(prompts)
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        tokens = done = 0
+        for start in range(0, len(order), gen.batch_size):
             if cancel is not None and cancel.is_set():
                 raise EvalError("cancelled")
-            batch = prompts[start:start + gen.batch_size]
+            idx = order[start:start + gen.batch_size]
+            batch = [prompts[i] for i in idx]
             enc = self.tokenizer([p.text for p in batch], return_tensors="pt", padding=True).to(self.device)
             prompt_len = enc["input_ids"].shape[1]
             stops = sorted({s for p in batch for s in p.stops})
-            kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "num_return_sequences": gen.n_samples,
-                                      "pad_token_id": self.tokenizer.pad_token_id}
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": gen.max_new_tokens, "num_return_sequences": gen.n_samples, "pad_token_id": pad,
+                # Preallocated once for the longest batch, then reused: the cache never grows per token.
+                "cache_implementation": "static",
+                # No torch.compile: every batch shape would compile anew (minutes for a large model).
+                "disable_compile": True,
+            }
             if gen.greedy:
                 kwargs["do_sample"] = False
             else:
                 kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
             if stops:
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(self.tokenizer, prompt_len, stops)])
+                # transformers' own per-row stop-string check (finished rows are padded, not decoded again).
+                kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
             with torch.no_grad():
                 seqs = self.model.generate(**enc, **kwargs)
-            texts = self.tokenizer.batch_decode(seqs[:, prompt_len:], skip_special_tokens=True)
-            for i, p in enumerate(batch):
-                rows = texts[i * gen.n_samples:(i + 1) * gen.n_samples]
-                out.append([prompts_eval.truncate(t, p.stops) for t in rows])
+            new = seqs[:, prompt_len:]
+            tokens += generated_tokens(new.tolist(), eos, pad)
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for j, (i, p) in enumerate(zip(idx, batch, strict=True)):
+                rows = texts[j * gen.n_samples:(j + 1) * gen.n_samples]
+                out[i] = [prompts_eval.truncate(t, p.stops) for t in rows]
+            done += len(idx)
             if progress is not None:
-                progress(len(out), len(prompts))
-        return out
+                progress(done, len(prompts))
+        return [o if o is not None else [] for o in out], tokens
 
-    def _generate_vllm(self, prompts: Sequence[prompts_eval.PromptSpec], gen: GenSettings) -> list[list[str]]:
+    def _generate_vllm(self, prompts: Sequence[prompts_eval.PromptSpec], gen: GenSettings) -> tuple[list[list[str]], int]:
         from vllm import SamplingParams
 
         stops = sorted({s for p in prompts for s in p.stops})
@@ -228,7 +295,26 @@ class Generator:
                                 top_p=1.0 if gen.greedy else gen.top_p, max_tokens=gen.max_new_tokens,
                                 stop=stops or None)
         results = self.llm.generate([p.text for p in prompts], params)
-        return [[prompts_eval.truncate(o.text, p.stops) for o in r.outputs] for p, r in zip(prompts, results, strict=True)]
+        tokens = sum(len(o.token_ids) for r in results for o in r.outputs)
+        texts = [[prompts_eval.truncate(o.text, p.stops) for o in r.outputs] for p, r in zip(prompts, results, strict=True)]
+        return texts, tokens
+
+
+def generated_tokens(rows: Sequence[Sequence[int]], eos: int | None, pad: int | None) -> int:
+    """Tokens generated over all rows: up to and including the first end-of-sequence token; the padding a
+    finished row gets while others go on is not counted."""
+    total = 0
+    for row in rows:
+        n = 0
+        for tok in row:
+            if tok == eos:
+                n += 1
+                break
+            if tok == pad:
+                break
+            n += 1
+        total += n
+    return total
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -373,40 +459,55 @@ def evaluate_model(
     attempt: int = 0,
     tokenizer_path: str | None = None,
     backend: str | None = None,
+    gpus: int | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     sandbox: str = "auto",
+    started_detail: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate with a model and score it on each benchmark; returns the evals records written to
     OUT_DIR/evals.jsonl (samples go to OUT_DIR/samples/). `sandbox` is the evaluation.sandbox policy: where
-    it cannot be met, SandboxUnavailable says why before a model is loaded or any code runs."""
+    it cannot be met, SandboxUnavailable says why before a model is loaded or any code runs. Each benchmark's
+    records are appended under the run's write lock, so evaluations running side by side (Slurm jobs) never
+    interleave their lines."""
+    from remote.job.evalqueue import write_lock
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = load_contamination(contamination)
     sets = [load_benchmark(name, path, limit) for name, path in benchmarks]  # fail on bad specs before loading a model
     caps = sandbox_capabilities(sandbox)  # refuses here, before minutes of model loading
     started = time.monotonic()
-    generator = Generator(model_path, tokenizer_path, backend)
+    generator = Generator(model_path, tokenizer_path, backend, gpus)
+    gpu_text = generator.describe_gpus()
     if on_event:
         # `sandbox` says how the samples ran (caps["mode"] == "unconfined" puts a badge on this pass@1)
-        on_event("eval_started", {"step": step, "checkpoint": str(model_path), "backend": generator.backend,
-                                  "benchmarks": [es.name for es, _ in sets], "sandbox": caps})
+        on_event("eval_started", {"step": step, "checkpoint": str(model_path), "engine": generator.engine,
+                                  "backend": generator.engine, "gpus": gpu_text,
+                                  "benchmarks": [es.name for es, _ in sets], "sandbox": caps,
+                                  **(started_detail or {})})
     records: list[dict[str, Any]] = []
-    with JsonlWriter(out / RunPaths.EVALS) as writer:
-        for es, fewshot in sets:
-            chat = generator.chat_template if template == "chat-template" else None
-            prompts = [prompts_eval.build_prompt(t, kind, template, system_prompt, fewshot, chat) for t in es.tasks]
-            texts = generator.generate(prompts, gen, (lambda d, n, b=es.name: progress(f"generate {b}", d, n)) if progress else None, cancel)
-            completions = {p.task_id: comps for p, comps in zip(prompts, texts, strict=True)}
-            rows = score_completions(es, completions, kind, timeout_s,
-                                     progress=(lambda d, n, b=es.name: progress(f"run {b}", d, n)) if progress else None,
-                                     cancel=cancel, cache_dir=out / ".cache", sandbox=sandbox)
-            subsets = subsets_for([t.task_id for t in es.tasks], report)
+    tokens, gen_seconds = 0, 0.0
+    for es, fewshot in sets:
+        chat = generator.chat_template if template == "chat-template" else None
+        prompts = [prompts_eval.build_prompt(t, kind, template, system_prompt, fewshot, chat) for t in es.tasks]
+        texts = generator.generate(prompts, gen, (lambda d, n, b=es.name: progress(f"generate {b}", d, n)) if progress else None, cancel)
+        tokens += generator.stats.tokens
+        gen_seconds += generator.stats.seconds
+        completions = {p.task_id: comps for p, comps in zip(prompts, texts, strict=True)}
+        rows = score_completions(es, completions, kind, timeout_s,
+                                 progress=(lambda d, n, b=es.name: progress(f"run {b}", d, n)) if progress else None,
+                                 cancel=cancel, cache_dir=out / ".cache", sandbox=sandbox)
+        subsets = subsets_for([t.task_id for t in es.tasks], report)
+        with write_lock(RunPaths(out)), JsonlWriter(out / RunPaths.EVALS) as writer:
             records += write_outputs(out, es, rows, subsets, step=step, attempt=attempt, checkpoint=str(model_path),
                                      gen=gen, evals_writer=writer, sandbox_mode=caps["mode"])
     if on_event:
         on_event("eval_finished", {"step": step, "seconds": round(time.monotonic() - started, 2),
+                                   "engine": generator.engine, "gpus": gpu_text, "tokens_generated": tokens,
+                                   "generate_s": round(gen_seconds, 3),
+                                   "tokens_per_s": round(tokens / gen_seconds, 2) if gen_seconds > 0 else None,
                                    "pass@1": {f"{r['benchmark']}/{r['subset']}": r["pass@1"] for r in records}})
     return records
 
@@ -460,26 +561,51 @@ def score_samples_file(
                              sandbox_mode=caps["mode"])
 
 
+PROGRESS_EVERY_S = 5.0  # eval_progress events: at most one per this many seconds (and each phase's end)
+
+
+class ProgressEvents:
+    """Turns progress callbacks into throttled `eval_progress` events (the app shows them as a bar)."""
+
+    def __init__(self, emit: Callable[[str, dict[str, Any]], None], step: int, every_s: float = PROGRESS_EVERY_S):
+        self.emit, self.step, self.every_s = emit, step, every_s
+        self._last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self._last >= self.every_s:
+            self._last = now
+            self.emit("eval_progress", {"step": self.step, "phase": phase, "done": int(done), "total": int(total)})
+
+
 def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str], step: int,
                         attempt: int = 0, cancel: threading.Event | None = None) -> list[dict[str, Any]]:
     """Evaluate one checkpoint of a run as its config.json says; records join RUN_DIR/evals.jsonl.
 
-    Holds RUN_DIR/.eval.lock (flock) for the whole evaluation so that concurrent requests queue up.
+    Where the run's evaluations share the job's devices (placements other than slurm), this holds
+    RUN_DIR/.eval.lock (flock) for the whole evaluation, so that checkpoints queue up; a Slurm evaluation has
+    its own GPUs and runs at once. Every append to the record files holds the write lock either way.
     """
     # The schema needs pydantic; imported here, so that scoring in the sandbox (which imports this module) keeps
     # to the standard library, e.g. driven by a system python as another user.
     from core.config import load_resolved_json
+    from remote.job.evalqueue import append_event, placement_of
 
     paths = RunPaths(run_dir)
     ckpt = Path(checkpoint)
-    events = JsonlWriter(paths / EVAL_EVENTS)
-    lock_fd = os.open(paths / EVAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    placement = placement_of(paths)
+    where = placement.get("placement", "alongside")
+    # Beside training on its GPUs, vLLM would claim most of a GPU training holds: transformers there.
+    engine = "transformers" if where == "alongside" else None
+    job = os.environ.get("SLURM_JOB_ID")
+    lock_fd = os.open(paths / EVAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644) if where != "slurm" else None
+
+    def on_event(event: str, detail: dict[str, Any]) -> None:
+        append_event(paths, event, attempt, detail)
+
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one evaluation per run at a time: checkpoints queue here
-
-        def on_event(event: str, detail: dict[str, Any]) -> None:
-            events.write(event_record(event, attempt, detail))
-
+        if lock_fd is not None:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one evaluation at a time on the job's devices: they queue here
         try:
             cfg = load_resolved_json(paths.config_json)  # a config.json the schema refuses is an eval_failed too
             model, data, ev = cfg.model, cfg.data, cfg.evaluation
@@ -498,15 +624,17 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
                 template=data.prompt_template, system_prompt=data.system_prompt,
                 gen=gen, limit=ev.limit, timeout_s=ev.timeout_s,
                 contamination=data.contamination_report, step=step, attempt=attempt,
-                tokenizer_path=tokenizer, cancel=cancel, on_event=on_event, sandbox=ev.sandbox,
+                tokenizer_path=tokenizer, backend=engine, gpus=int(placement.get("gpus") or 0) or None,
+                cancel=cancel, on_event=on_event, progress=ProgressEvents(on_event, step), sandbox=ev.sandbox,
+                started_detail={"placement": where, **({"job_id": job} if job else {}), "pid": os.getpid()},
             )
         except Exception as exc:  # process boundary: record the failure for the GUI, then re-raise
             on_event("eval_failed", {"step": step, "checkpoint": str(ckpt), "error": f"{type(exc).__name__}: {exc}"})
             raise
     finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        os.close(lock_fd)
-        events.close()
+        if lock_fd is not None:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
 
 
 class EvaluationStopped(Exception):

@@ -192,12 +192,23 @@ def test_tiny_random_model_generates_and_is_scored_per_checkpoint(tmp_path: Path
     for r in rows:
         assert {"task_id", "completion", "passed", "error", "seconds"} <= set(r)
         assert r["passed"] is False and r["error"] and r["completion"]
-    events, _ = read_records(run / "eval_events.jsonl", "events")
+    all_events, _ = read_records(run / "eval_events.jsonl", "events")
+    events = [e for e in all_events if e["event"] != "eval_progress"]
     assert [e["event"] for e in events] == ["eval_started", "eval_finished"]
-    assert events[0]["detail"]["backend"] == "transformers"
+    assert events[0]["detail"]["engine"] == events[0]["detail"]["backend"] == "transformers"
+    assert events[0]["detail"]["gpus"] == "cpu" and events[0]["detail"]["placement"] == "alongside"
     assert "pid_namespace" in events[0]["detail"]["sandbox"]
     assert events[0]["detail"]["sandbox"]["confined"] and {r["sandbox"] for r in evals} == {events[0]["detail"]["sandbox"]["mode"]}
     assert unconfined_evaluations(events) == set()
+    finished = events[1]["detail"]
+    assert finished["engine"] == "transformers" and finished["gpus"] == "cpu"
+    # 4 tasks x at most 12 new tokens; a random model rarely stops early, and never generates nothing
+    assert 4 <= finished["tokens_generated"] <= 48
+    assert finished["tokens_per_s"] == pytest.approx(finished["tokens_generated"] / finished["generate_s"], rel=0.01)
+    progress = [e["detail"] for e in all_events if e["event"] == "eval_progress"]
+    # each phase reports its end (throttled in between): generation of 4 prompts, then 4 sandboxed runs
+    assert {"phase": "generate humaneval", "done": 4, "total": 4, "step": 20} in progress
+    assert {"phase": "run humaneval", "done": 4, "total": 4, "step": 20} in progress
     assert not (run / "events.jsonl").exists()  # the training rank 0 is that file's only writer
 
 
@@ -425,3 +436,51 @@ def test_sigterm_ends_an_evaluation_with_an_eval_failed_event(tmp_path: Path, ti
     events, _ = read_records(run / "eval_events.jsonl", "events")
     assert [e["event"] for e in events] == ["eval_started", "eval_failed"]
     assert "EvaluationStopped: stopped by signal 15" in events[-1]["detail"]["error"] and events[-1]["detail"]["step"] == 7
+
+
+# ------------------------------------------------------------------------------------------- engines
+
+
+def test_prompts_are_batched_longest_first_and_answers_come_back_in_prompt_order() -> None:
+    assert evaluate.length_order([5, 9, 1, 9, 3]) == [1, 3, 0, 4, 2]  # ties keep their order
+
+
+def test_transformers_engine_uses_one_static_cache_per_batch_and_counts_tokens(tiny_model: Path) -> None:
+    """Batches of prompts sorted by length give the answers one prompt at a time gives (in the prompts'
+    order); each batch generates into one preallocated StaticCache (never grown or replaced per token); the
+    tokens counted are the tokens generated."""
+    from transformers import StaticCache
+
+    prompts = [prompts_eval.build_prompt(t, "base") for t in load_humaneval().tasks[:5]]
+    gen_one = evaluate.GenSettings(max_new_tokens=10, batch_size=1)
+    generator = evaluate.Generator(str(tiny_model))
+    one_by_one = generator.generate(prompts, gen_one)
+    tokens_one = generator.stats.tokens
+
+    caches: list[tuple[int, str, int]] = []  # (cache id, type, batch rows) of every forward pass
+    hook = generator.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: caches.append((id(_cache(kwargs)), type(_cache(kwargs)).__name__,
+                                                kwargs["input_ids"].shape[0])), with_kwargs=True)
+    try:
+        batched = generator.generate(prompts, evaluate.GenSettings(max_new_tokens=10, batch_size=2))
+    finally:
+        hook.remove()
+    assert batched == one_by_one
+    assert generator.stats.tokens == tokens_one and 5 <= tokens_one <= 50
+    assert generator.engine == "transformers" and generator.describe_gpus() == "cpu"
+    assert {kind for _, kind, _ in caches} == {StaticCache.__name__}
+    per_batch = [rows for _, _, rows in caches]
+    assert len({cid for cid, _, _ in caches}) == 3  # batches of 2, 2, 1 prompts: one cache each
+    assert per_batch[0] == 2 and per_batch[-1] == 1
+    lengths = [len(generator.tokenizer(p.text)["input_ids"]) for p in prompts]
+    assert evaluate.length_order(lengths)[-1] == lengths.index(min(lengths))  # the shortest goes last
+
+
+def test_generated_tokens_stop_at_end_of_sequence_and_ignore_padding() -> None:
+    assert evaluate.generated_tokens([[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [0, 0, 0, 0, 0]], eos=2, pad=0) == 3 + 5 + 0
+    assert evaluate.generated_tokens([[5, 2, 2, 2]], eos=2, pad=2) == 2  # pad == eos (Llama): the first ends it
+
+
+def _cache(kwargs: dict) -> object:
+    """The KV cache a forward pass gets (`cache` in transformers 5.25, `past_key_values` before)."""
+    return kwargs.get("cache", kwargs.get("past_key_values"))
