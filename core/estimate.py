@@ -180,6 +180,7 @@ class Estimate:
     assumed_time_hours: float | None = None  # at the stated MFU (or the CPU rate), also when a measurement replaced it
     measured: MeasuredTime | None = None  # from --calibrate RUN: what time_hours then is
     cpu_rate: bool = False  # time from the CPU rate (gpu_type cpu) rather than a GPU datasheet
+    evaluation: EvalMemory | None = None  # one checkpoint's evaluation on the fewest GPUs that hold it
 
     @property
     def examples_seen(self) -> int | None:
@@ -639,6 +640,12 @@ def estimate(
         notes.append(f"training.max_steps ({t.max_steps}) caps the run")
     if cpu_rate:
         notes.append("CPU run: start-up (imports, DeepSpeed's shared-memory op, data) adds ~30-60 s before step 1")
+    eval_memory = None
+    if config.evaluation.when != "never":
+        eval_gpus = evaluation_gpus(config.model, c, config.evaluation)
+        eval_memory = evaluation_memory(config.model, c, config.evaluation, eval_gpus or c.gpus_per_node)
+        assumptions.append(Assumption("eval prompt", f"{eval_memory.prompt_tokens} tokens",
+                                      "longest prompt of the benchmarks at 3 characters per token"))
     return Estimate(
         parameter_count=p,
         world_size=c.world_size,
@@ -666,6 +673,7 @@ def estimate(
         assumed_time_hours=assumed_hours,
         measured=measured,
         cpu_rate=cpu_rate,
+        evaluation=eval_memory,
     )
 
 
@@ -752,6 +760,20 @@ def format_estimate(est: Estimate) -> str:
         lines.append(f"  time, measured rate   {_time(est.measured.hours)}   ({est.measured.basis})")
         lines.append(f"  time, assumed         {_time(est.assumed_time_hours)}{assumed}")
     lines += [f"  note: {n}" for n in est.notes]
+    if est.evaluation is not None:
+        e = est.evaluation
+        lines += [
+            "",
+            "Evaluation (one checkpoint)",
+            f"  weights               {_gb(e.weights)}",
+            f"  KV cache              {_gb(e.kv_cache)}   ({e.sequences} sequences x ({e.prompt_tokens} prompt + "
+            f"{e.new_tokens} new tokens))",
+            f"  working memory        {_gb(e.working)}",
+            f"  overhead              {_gb(e.overhead)}",
+            f"  total                 {_gb(e.total)}   on {e.gpus} {'device' if e.gpus == 1 else 'GPUs'}"
+            + (f" ({_gb(e.per_gpu).strip()} each, {e.per_gpu / e.gpu_memory:.0%} of {e.gpu_memory / GB:g} GB)"
+               if e.gpu_memory else ""),
+        ]
     lines += ["", "Assumptions"]
     width = max(len(a.name) for a in est.assumptions)
     lines += [f"  {a.name:<{width}}  {a.value:<36} {a.why}" for a in est.assumptions]

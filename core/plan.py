@@ -536,9 +536,57 @@ def render_plan(config: RunConfig, ctx: LaunchContext) -> dict[str, str]:
     return files
 
 
-def write_plan(config: RunConfig, ctx: LaunchContext, out_dir: str | Path) -> dict[str, Path]:
-    """Render everything first, then write each file atomically into out_dir (launch scripts executable)."""
-    files = render_plan(config, ctx)
+REFERENCE_STEP = 0  # a measured reference is "step 0" of its evaluation-only run
+
+
+def render_reference_plan(config: RunConfig, ctx: LaunchContext, model_path: str) -> dict[str, str]:
+    """The files of an evaluation-only run: `model_path` (a model directory on the cluster) evaluated on the
+    config's benchmarks with the same harness as a run's checkpoints, as one Slurm job (launch.slurm) or a
+    detached process (launch.sh). Its pass@1 becomes a measured reference."""
+    _check_no_control("model path", model_path)
+    slurm = ctx.backend == "slurm"
+    gpus = config.evaluation.gpus or 1
+    evaluation = {"placement": "slurm" if slurm else "alongside", "requested": "reference", "backend": ctx.backend,
+                  "gpus": gpus if config.cluster.gpu_type != "cpu" else 1, "devices": [], "training_devices": [],
+                  "why": "an evaluation-only run (measured reference)", "memory_gb": None}
+    resolved = resolved_dict(config)
+    resolved["derived"]["evaluation"] = evaluation
+    resolved["derived"]["reference_model"] = model_path
+    command = [ctx.python, "-m", EVAL_MODULE, "--run-dir", ctx.run_dir, "--checkpoint", model_path,
+               "--step", str(REFERENCE_STEP), "--attempt", "1"]
+    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
+    body = [_SHELLCHECK_LITERALS, "set -euo pipefail", f"cd {shlex.quote(ctx.run_dir)}", *_env_setup(ctx),
+            *_exports(config, ctx)]
+    files = {
+        RunPaths.CONFIG_YAML: config.to_yaml(),
+        RunPaths.CONFIG_JSON: json.dumps(resolved, indent=2, sort_keys=False) + "\n",
+    }
+    if slurm:
+        opts = [("job-name", sbatch_value("job_name", slurm_job_name(f"tunedeck-{ctx.run_id}-reference"))),
+                ("nodes", "1"), ("ntasks", "1")]
+        if config.cluster.gpu_type != "cpu":
+            opts.append(("gpus-per-node", str(gpus)))
+        for name, value in (("partition", ctx.partition), ("account", ctx.account), ("qos", ctx.qos), ("time", ctx.time_limit)):
+            if value:
+                opts.append((name, sbatch_value(name if name != "time" else "time_limit", value)))
+        opts += [("chdir", sbatch_value("run_dir", ctx.run_dir)),
+                 ("output", sbatch_value("run_dir", ctx.path(RunPaths.STDOUT), filename=True)),
+                 ("open-mode", "append")]
+        header = [f"#SBATCH --{name}={value}" for name, value in opts]
+        files[RunPaths.SLURM_SCRIPT] = _script(["#!/bin/bash", f"# TuneDeck run {_comment(ctx.run_id)}: evaluation of "
+                                                f"{_comment(model_path)} (measured reference).", *header, *body,
+                                                f"exec {shlex.join(command)}"])
+    files[RunPaths.LOCAL_SCRIPT] = _script(["#!/bin/bash", f"# TuneDeck run {_comment(ctx.run_id)}: evaluation of "
+                                            f"{_comment(model_path)} (measured reference).", *body,
+                                            f"exec {shlex.join(command)} >> {stdout} 2>&1"])
+    return files
+
+
+def write_plan(config: RunConfig, ctx: LaunchContext, out_dir: str | Path,
+               files: dict[str, str] | None = None) -> dict[str, Path]:
+    """Render everything first (or take `files`, already rendered), then write each file atomically into
+    out_dir (launch scripts executable)."""
+    files = render_plan(config, ctx) if files is None else files
     out = Path(out_dir)
     written: dict[str, Path] = {}
     for name, text in files.items():

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+from core.evalstate import eval_job_prefix, step_of_job_name
 from core.records import RunPaths
 from remote.transport import CommandResult, RemoteCommandError, Transport
 
@@ -321,6 +322,29 @@ class SlurmBackend(Backend):
                 tasks.setdefault(base, []).append((parts[1].strip(), parts[2].strip()))
         return {job_id: _aggregate(lines) for job_id, lines in tasks.items()}
 
+    def eval_jobs(self, transport: Transport, run_ids: list[str]) -> dict[str, list[tuple[str, str, int]]]:
+        """{run id: [(job id, SLURM STATE, step)]} of the runs' evaluation jobs Slurm still holds as queued or
+        running (placement slurm: each checkpoint's evaluation is a job named tunedeck-<run>-eval-step-<N>).
+        One squeue call for every run."""
+        if not run_ids:
+            return {}
+        res = transport.run(["squeue", "-h", "--me", "-o", "%i|%T|%j"], timeout=60, check=False)
+        if res.rc != 0:
+            raise RemoteCommandError(transport.name, "squeue", res.rc, res.stderr)
+        prefixes = {eval_job_prefix(r): r for r in run_ids}
+        out: dict[str, list[tuple[str, str, int]]] = {}
+        for line in res.stdout.splitlines():
+            parts = line.strip().split("|", 2)
+            if len(parts) != 3:
+                continue
+            job_id, state, name = (p.strip() for p in parts)
+            for prefix, run_id in prefixes.items():
+                step = step_of_job_name(run_id, name) if name.startswith(prefix) else None
+                if step is not None and SLURM_STATES.get(state.split()[0].rstrip("+")) in ("pending", "running",
+                                                                                          "completing"):
+                    out.setdefault(run_id, []).append((job_id, state, step))
+        return out
+
     def _exit_code(self, transport: Transport, job_id: str) -> str:
         res = transport.run(["scontrol", "show", "job", "-o", job_id], timeout=30, check=False)
         m = re.search(r"\bExitCode=(\S+)", res.stdout)
@@ -346,6 +370,15 @@ class SlurmBackend(Backend):
                 out[job.run_id] = JobStatus(state, ", ".join(x for x in (text, reason) if x))
             else:
                 out[job.run_id] = JobStatus(state, "" if base in ("RUNNING", "COMPLETED") else base)
+        ended = [j.run_id for j in jobs if out.get(j.run_id) is not None and out[j.run_id].state in ("finished", "failed")]
+        if ended:
+            # Training is over but its evaluation jobs are queued or running: the run is still completing
+            # (its records keep streaming in); its own ending is said in the reason.
+            for run_id, evals in self.eval_jobs(transport, ended).items():
+                st = out[run_id]
+                what = ", ".join(f"step {step} ({state.lower()}, job {jid})" for jid, state, step in sorted(evals, key=lambda e: e[2]))
+                out[run_id] = JobStatus("completing", f"training {st.state}" + (f" ({st.reason})" if st.reason else "")
+                                        + f"; evaluating {what}", st.exit_code)
         return out
 
     def cancel(self, transport: Transport, job: JobRef, *, grace_s: float = CANCEL_GRACE_S,
@@ -367,6 +400,22 @@ class SlurmBackend(Backend):
             steps.append(f"NOT confirmed: Slurm still shows job {job.job_id} as {state}")
             return CancelResult(False, "; ".join(steps))
         steps.append(f"Slurm shows job {job.job_id} as {state}")
+        # The run's evaluation jobs, now that the job that submits them has ended (none can appear any more).
+        evals = self.eval_jobs(transport, [job.run_id]).get(job.run_id, [])
+        if evals:
+            ids = [jid for jid, _, _ in evals]
+            res = transport.run(["scancel", *ids], timeout=60, check=False)
+            steps.append(f"scancel of {len(ids)} evaluation job(s) {', '.join(ids)}"
+                         + (f" (exit {res.rc}: {res.stderr.strip()})" if res.rc else ""))
+            while True:
+                left = self.eval_jobs(transport, [job.run_id]).get(job.run_id, [])
+                if not left:
+                    steps.append("no evaluation job of the run is left in squeue")
+                    break
+                if time.monotonic() >= deadline:
+                    steps.append(f"NOT confirmed: evaluation jobs {', '.join(j for j, _, _ in left)} remain")
+                    return CancelResult(False, "; ".join(steps))
+                time.sleep(0.5)
         while True:
             pids = leftover_pids(transport, job.run_id)
             if not pids:

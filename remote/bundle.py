@@ -137,10 +137,12 @@ def ship_config(config: RunConfig, work_root: str, base_dir: Path | None = None
 
 def build_bundle(config: RunConfig, ctx: LaunchContext, work_root: str, stage_dir: Path, *,
                  base_dir: Path | None = None, run_info: dict[str, Any] | None = None,
-                 include_decontam: bool = False) -> Bundle:
-    """Stage the run's files under `stage_dir` (nothing is uploaded yet)."""
+                 include_decontam: bool = False,
+                 renderer: Callable[[RunConfig, LaunchContext], dict[str, str]] | None = None) -> Bundle:
+    """Stage the run's files under `stage_dir` (nothing is uploaded yet). `renderer` replaces the training
+    launch plan (core.plan.render_plan), e.g. with an evaluation-only run's files."""
     shipped, uploads = ship_config(config, work_root, base_dir)
-    written = write_plan(shipped, ctx, stage_dir)
+    written = write_plan(shipped, ctx, stage_dir, renderer(shipped, ctx) if renderer is not None else None)
     bundle = Bundle(stage_dir=stage_dir, run_dir=ctx.run_dir, config=shipped, datasets=uploads)
     for name, path in written.items():
         bundle.files[name] = path
@@ -192,11 +194,12 @@ def upload_bundle(bundle: Bundle, transport: Transport,
 
 def stage_and_upload(config: RunConfig, ctx: LaunchContext, work_root: str, transport: Transport, *,
                      base_dir: Path | None = None, run_info: dict[str, Any] | None = None,
-                     include_decontam: bool = False) -> Bundle:
+                     include_decontam: bool = False,
+                     renderer: Callable[[RunConfig, LaunchContext], dict[str, str]] | None = None) -> Bundle:
     """build_bundle in a temp dir, then upload_bundle."""
     with tempfile.TemporaryDirectory(prefix="tunedeck-bundle-") as tmp:
         bundle = build_bundle(config, ctx, work_root, Path(tmp), base_dir=base_dir, run_info=run_info,
-                              include_decontam=include_decontam)
+                              include_decontam=include_decontam, renderer=renderer)
         upload_bundle(bundle, transport)
     return bundle
 

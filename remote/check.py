@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from remote.transport import ChangedHostKeyError, CommandTimeout, ConnectError, HostKeyError, Transport
@@ -132,6 +134,17 @@ class CheckReport:
     profile: str
     items: list[CheckItem] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    checked_at: float = field(default_factory=time.time)
+    backend: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"profile": self.profile, "backend": self.backend, "checked_at": self.checked_at,
+                "items": [asdict(i) for i in self.items], "raw": self.raw}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckReport:
+        return cls(str(data["profile"]), [CheckItem(**i) for i in data.get("items", [])], dict(data.get("raw") or {}),
+                   float(data.get("checked_at") or 0.0), str(data.get("backend") or ""))
 
     @property
     def ok(self) -> bool:
@@ -279,7 +292,7 @@ def build_report(profile, data: dict[str, Any]) -> CheckReport:
     writable = bool(data.get("work_root_writable"))
     items.append(CheckItem("work_root", writable, root + ("" if data.get("work_root_exists") else " (will be created)"),
                            None if writable else "choose a writable --work-root"))
-    return CheckReport(profile.name, items, data)
+    return CheckReport(profile.name, items, data, backend=profile.backend)
 
 
 def check_cluster(profile, transport: Transport | None = None, *, timeout: float = 120) -> CheckReport:
@@ -291,16 +304,18 @@ def check_cluster(profile, transport: Transport | None = None, *, timeout: float
     try:
         result = transport.run_shell(probe_script(profile), timeout=timeout, check=False)
     except (HostKeyError, ConnectError, CommandTimeout) as exc:
-        return CheckReport(profile.name, [CheckItem("connection", False, str(exc), _connection_fix(exc))])
+        return CheckReport(profile.name, [CheckItem("connection", False, str(exc), _connection_fix(exc))],
+                           backend=profile.backend)
     line = next((ln for ln in reversed(result.stdout.splitlines()) if ln.startswith(_MARK)), None)
     if line is None:
         stderr = result.stderr.strip()[-1500:] or "(no output)"
         if result.rc == 97:
             return CheckReport(profile.name, [CheckItem("env_setup", False, f"`{profile.env_setup}` failed: {stderr}",
-                                                        "fix the profile's env_setup command")])
+                                                        "fix the profile's env_setup command")],
+                               backend=profile.backend)
         return CheckReport(profile.name, [CheckItem(
             "python", False, f"`{profile.python}` did not run the probe (exit {result.rc}): {stderr}",
-            "install Python >= 3.10 or set the profile's python / env_setup")])
+            "install Python >= 3.10 or set the profile's python / env_setup")], backend=profile.backend)
     return build_report(profile, json.loads(line[len(_MARK):]))
 
 
@@ -330,3 +345,66 @@ def _connection_fix(exc: Exception) -> str:
     if isinstance(exc, HostKeyError):
         return "check the fingerprint, then `tunedeck cluster trust NAME`"
     return "check the host, user, port and keys (ssh-agent or --identity-file)"
+
+
+# ------------------------------------------------------------------------------ the last check, kept
+
+
+def checks_dir() -> Path:
+    from core.paths import config_dir
+
+    return config_dir() / "checks"
+
+
+def save_report(report: CheckReport) -> Path:
+    """Keep a profile's latest check (config dir/checks/NAME.json; no secrets are in it): launches and the
+    config page judge against it without probing the cluster again within a day."""
+    from core.fsutil import atomic_write_text
+
+    path = checks_dir() / f"{report.profile}.json"
+    atomic_write_text(path, json.dumps(report.to_json(), indent=1))
+    return path
+
+
+def load_report(profile_name: str) -> CheckReport | None:
+    """The profile's last stored check, or None (never checked, or the file is unreadable)."""
+    path = checks_dir() / f"{profile_name}.json"
+    try:
+        return CheckReport.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def gpu_facts(report: CheckReport) -> tuple[int | None, str | None, float | None, str]:
+    """(GPUs per node, GPU name, memory per GPU in GB, where that was seen) from a check.
+
+    nvidia-smi on the probed machine counts where training runs there (local, hostfile); on a Slurm login
+    node without GPUs, the partition's gres (`gpu:8`, `gpu:a100:8`) says what a compute node has."""
+    from core.guardrails import parse_gres
+
+    raw = report.raw
+    gpus = raw.get("gpus") or []
+    if gpus and report.backend != "slurm":  # a Slurm login node's own GPUs say nothing of the compute nodes
+        name, mem = gpus[0], None
+        if "," in gpus[0]:
+            name, _, mem_text = gpus[0].rpartition(",")
+            digits = "".join(ch for ch in mem_text if ch.isdigit() or ch == ".")
+            mem = float(digits) / 1024 if digits else None  # nvidia-smi: MiB
+        return len(gpus), name.strip(), mem, "nvidia-smi"
+    if report.backend == "slurm" and raw.get("sinfo"):
+        best: tuple[int | None, str | None] = (None, None)
+        for line in str(raw["sinfo"]).splitlines():
+            parts = line.split()
+            if len(parts) >= 4:
+                n, kind = parse_gres(parts[3])
+                if n is not None and (best[0] is None or n > best[0]):
+                    best = (n, kind)
+        if best[0] is not None:
+            return best[0], best[1], None, "the Slurm partition's gres (sinfo)"
+        return None, None, None, "sinfo shows no GPU gres"
+    if not raw:
+        return None, None, None, "the check did not run"
+    why = raw.get("nvidia_smi_error") or ("nvidia-smi not found" if not raw.get("nvidia_smi") else "no GPU listed")
+    if report.backend == "slurm":
+        return None, None, None, why
+    return 0, None, None, why

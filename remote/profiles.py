@@ -38,6 +38,7 @@ _HEADER = (
 _REMOTE_ONLY: dict[str, Any] = {"ui": {"show_if": {"backend": ["slurm", "hostfile"]}}}
 _SLURM_ONLY: dict[str, Any] = {"ui": {"show_if": {"backend": "slurm"}}}
 _HOSTFILE_ONLY: dict[str, Any] = {"ui": {"show_if": {"backend": "hostfile"}}}
+_NOT_SLURM: dict[str, Any] = {"ui": {"show_if": {"backend": ["hostfile", "local"]}}}  # Slurm gives evaluations jobs
 
 
 class ProfileError(Exception):
@@ -68,6 +69,12 @@ class ClusterProfile(BaseModel):
     nodes: int | None = Field(None, gt=0, description="Nodes per job (default: from the run config).", json_schema_extra=_REMOTE_ONLY)
     gpus_per_node: int | None = Field(None, gt=0, description="GPUs per node (default: from the run config).", json_schema_extra=_REMOTE_ONLY)
     hostfile_hosts: list[str] = Field(default_factory=list, description="DeepSpeed hostfile lines, e.g. `node1 slots=8`.", json_schema_extra=_HOSTFILE_ONLY)
+    eval_devices: str | None = Field(
+        None,
+        description="GPUs of the first node reserved for evaluation, e.g. `7` or `6,7` (hostfile/local): "
+        "evaluation.placement devices runs evaluations there while training uses the others.",
+        json_schema_extra=_NOT_SLURM,
+    )
     connect_timeout_s: float = Field(15.0, gt=0, description="Seconds to wait for the SSH connection.", json_schema_extra=_REMOTE_ONLY)
     keepalive_s: float = Field(15.0, gt=0, description="Seconds between SSH keepalives.", json_schema_extra=_REMOTE_ONLY)
     save_password_in_keyring: bool = Field(False, description="Use a passphrase/password saved in the OS keyring.", json_schema_extra=_REMOTE_ONLY)
@@ -91,6 +98,17 @@ class ClusterProfile(BaseModel):
             if not line.strip() or "\n" in line or line.strip().startswith("#"):
                 raise ValueError(f"hostfile line {line!r}: expected `HOST slots=N`")
         return [line.strip() for line in value]
+
+    @field_validator("eval_devices")
+    @classmethod
+    def _check_eval_devices(cls, value: str | None) -> str | None:
+        from core.placement import PlacementError, parse_devices
+
+        try:
+            parse_devices(value)
+        except PlacementError as exc:
+            raise ValueError(str(exc)) from None
+        return value.replace(" ", "") if value else None
 
     @model_validator(mode="after")
     def _check_backend_host(self) -> ClusterProfile:

@@ -35,6 +35,14 @@ class LaunchError(Exception):
     """The run could not be started; the run (if recorded) is marked failed with the same message."""
 
 
+class LaunchRefused(LaunchError):
+    """The guardrails found reasons the run cannot work (nothing was recorded or started; force overrides)."""
+
+    def __init__(self, preflight: Any):
+        self.preflight = preflight
+        super().__init__(preflight.format())
+
+
 def new_run_id(now: float | None = None) -> str:
     """Sortable and unique: UTC time to the second plus 24 random bits, e.g. 20261125-203000-1a2b3c."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
@@ -85,9 +93,16 @@ def launch_context(profile: Any, run_id: str, run_dir: str, **overrides: Any) ->
         master_port=random.randint(20000, 39999),
         partition=getattr(profile, "partition", None), account=getattr(profile, "account", None),
         qos=getattr(profile, "qos", None), time_limit=getattr(profile, "time_limit", None), hosts=hosts,
+        eval_devices=_eval_devices(profile),
     )
     values.update(overrides)
     return LaunchContext(**values)
+
+
+def _eval_devices(profile: Any) -> tuple[int, ...]:
+    from core.placement import parse_devices
+
+    return parse_devices(getattr(profile, "eval_devices", None))
 
 
 def apply_profile_shape(config: RunConfig, profile: Any) -> RunConfig:
@@ -108,10 +123,14 @@ def apply_profile_shape(config: RunConfig, profile: Any) -> RunConfig:
 def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | None = None,
            base_dir: Path | None = None, profile: Any = None, transport: Transport | None = None,
            progress: Callable[[str], None] | None = None, include_decontam: bool = False,
-           ctx_overrides: dict[str, Any] | None = None) -> str:
+           ctx_overrides: dict[str, Any] | None = None, force: bool = False, tags: tuple[str, ...] = (),
+           renderer: Callable[[RunConfig, LaunchContext], dict[str, str]] | None = None) -> str:
     """Upload the run and start it detached on the profile's machine; returns the new run id.
 
-    The job id (Slurm) or process group id (hostfile/local) is in the store when this returns.
+    Unless `force`, the guardrails (remote.preflight: training data, the profile's last cluster check, GPU
+    shape and memory, the estimate, the evaluation placement) run first; LaunchRefused says why, with
+    nothing recorded or started. The job id (Slurm) or process group id (hostfile/local) is in the store
+    when this returns.
     """
     profile = profile if profile is not None else _profile(profile_name)
     transport = transport if transport is not None else _transport(profile)
@@ -123,9 +142,19 @@ def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | No
             raise LaunchError(f"run name {name!r}: {exc}") from None
         config = config.model_copy(update={"name": name})
     config = apply_profile_shape(config, profile)
+    if not force:
+        from remote.preflight import preflight
+
+        if progress:
+            progress(f"checking that run {config.name!r} can work on {profile.name}")
+        found = preflight(config, profile, transport)
+        if not found.ok:
+            raise LaunchRefused(found)
     run_id = new_run_id()
     row = store.create_run(run_id, config.name, config.to_yaml(), resolved_dict(config), cluster=profile.name,
                            backend=profile.backend, run_dir=None, preset=config.preset, status="created")
+    if tags:
+        row = store.update_run(run_id, tags=tags)
     try:
         work_root = work_root_for(profile, transport)
         run_dir = f"{work_root}/{RUNS_DIR}/{run_id}"
@@ -134,7 +163,8 @@ def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | No
         if progress:
             progress(f"uploading run {run_id} to {transport.name}:{run_dir}")
         stage_and_upload(config, ctx, work_root, transport, base_dir=base_dir,
-                         run_info={"name": config.name, "cluster": profile.name}, include_decontam=include_decontam)
+                         run_info={"name": config.name, "cluster": profile.name}, include_decontam=include_decontam,
+                         renderer=renderer)
         job_id = backend.submit(transport, run_dir, run_id)
         store.update_run(run_id, job_id=job_id, status="pending", status_reason=None)
         if progress:
@@ -144,6 +174,71 @@ def launch(config: RunConfig, profile_name: str, store: Store, *, name: str | No
     except Exception as exc:
         store.update_run(run_id, status="failed", status_reason=f"launch failed: {exc}", finished_at=time.time())
         raise LaunchError(f"run {run_id} on {profile.name}: {exc}") from exc
+
+
+REFERENCE_TAG = "reference"  # an evaluation-only run of a model: its pass@1 is a measured reference
+
+
+def reference_config(model_path: str, label: str, *, benchmarks: list[tuple[str, str | None]] | None = None,
+                     gpus: int = 1, kind: str = "base", template: str = "raw", limit: int | None = None,
+                     max_new_tokens: int = 512, batch_size: int = 16, n_samples: int = 1,
+                     temperature: float | None = None, timeout_s: float = 10.0,
+                     contamination: str | None = None, sandbox: str = "auto") -> RunConfig:
+    """The config of an evaluation-only run (nothing is trained: the model is evaluated as it is)."""
+    sampled = n_samples > 1
+    data: dict[str, Any] = {
+        "schema_version": 1, "name": label, "description": f"measured reference: {model_path}",
+        "model": {"name_or_path": model_path, "kind": kind, "init": "pretrained"},
+        "data": {"prompt_template": template, **({"contamination_report": contamination} if contamination else {})},
+        "cluster": {"nodes": 1, "gpus_per_node": max(1, gpus), "gpu_type": "cpu" if gpus == 0 else "unknown",
+                    **({"gpu_memory_gb": 1.0} if gpus == 0 else {})},
+        "evaluation": {"benchmarks": [{"name": n, **({"path": p} if p else {})} for n, p in (benchmarks or [("humaneval", None)])],
+                       "when": "end", "decoding": "sampled" if sampled else "greedy", "n_samples": n_samples,
+                       "temperature": temperature if temperature is not None else 0.2,
+                       "max_new_tokens": max_new_tokens, "batch_size": batch_size, "timeout_s": timeout_s,
+                       "sandbox": sandbox,
+                       **({"limit": limit} if limit else {}), **({"gpus": gpus} if gpus else {})},
+    }
+    return RunConfig.model_validate(data)
+
+
+def launch_reference(model_path: str, profile_name: str, store: Store, config: RunConfig, *, profile: Any = None,
+                     transport: Transport | None = None, progress: Callable[[str], None] | None = None,
+                     force: bool = False) -> str:
+    """Evaluate a model on the cluster with the same harness as checkpoints; returns the run id.
+
+    The run is tagged `reference` and named by its label: its pass@1 shows on every pass@1 chart of the same
+    benchmark as a measured marker beside the published line. Unless `force`, the profile's last check must
+    show the evaluation's packages.
+    """
+    from core.plan import render_reference_plan
+
+    profile = profile if profile is not None else _profile(profile_name)
+    transport = transport if transport is not None else _transport(profile)
+    if not force:
+        from core.guardrails import Preflight, launch_findings
+        from remote.preflight import cluster_facts
+
+        facts = cluster_facts(profile, transport)
+        found = [f for f in launch_findings(config, profile.backend, facts) if f.code == "missing_packages"]
+        if found:
+            raise LaunchRefused(Preflight(tuple(found), facts))
+    return launch(config, profile.name, store, profile=profile, transport=transport, progress=progress, force=True,
+                  tags=(REFERENCE_TAG,), renderer=lambda cfg, ctx: render_reference_plan(cfg, ctx, model_path))
+
+
+def measured_references(store: Store) -> list[dict[str, Any]]:
+    """Every measured reference's pass@1 (subset all): label, benchmark, pass@1, run id, model path."""
+    out = []
+    for row in store.list_runs():
+        if REFERENCE_TAG not in row.tags:
+            continue
+        model = (row.config().get("model") or {}).get("name_or_path")
+        for rec in store.evals(row.run_id):
+            if rec["subset"] == "all" and rec.get("pass@1") is not None:
+                out.append({"label": row.name, "benchmark": rec["benchmark"], "pass@1": rec["pass@1"],
+                            "run_id": row.run_id, "model": model, "n_tasks": rec["n_tasks"], "t": rec["t"]})
+    return out
 
 
 def job_ref(row: RunRow) -> JobRef:

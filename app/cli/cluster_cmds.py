@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--nodes", type=int, help="nodes per job")
     add.add_argument("--gpus-per-node", type=int, help="GPUs per node")
     add.add_argument("--hostfile", type=Path, help="DeepSpeed hostfile (lines `HOST slots=N`) for --backend hostfile")
+    add.add_argument("--eval-devices", help="GPUs of the first node reserved for evaluation, e.g. 7 or 6,7 "
+                                            "(hostfile/local; evaluation.placement devices)")
     secret = add.add_mutually_exclusive_group()
     secret.add_argument("--passphrase-stdin", action="store_true",
                         help="read the SSH key's passphrase from stdin and save it in the OS keyring; it only "
@@ -107,7 +109,7 @@ def _add(args: argparse.Namespace) -> int:
         "proxy_jump": args.proxy_jump, "ssh_config": args.ssh_config, "known_hosts": args.known_hosts,
         "work_root": args.work_root, "env_setup": args.env_setup, "python": args.python,
         "partition": args.partition, "account": args.account, "qos": args.qos, "time_limit": args.time_limit,
-        "nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
+        "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "eval_devices": args.eval_devices,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.hostfile is not None:
@@ -174,7 +176,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from remote.check import check_cluster
+    from remote.check import check_cluster, save_report
     from remote.profiles import close_transports
 
     profile = _profile(args.name)
@@ -182,6 +184,10 @@ def _check(args: argparse.Namespace) -> int:
         report = check_cluster(profile, timeout=args.timeout)
     finally:
         close_transports()
+    try:
+        save_report(report)  # launches judge against it (see remote.preflight)
+    except OSError as exc:
+        print(f"tunedeck: warning: cannot keep the check result: {exc}", file=sys.stderr)
     if args.json:
         print(json.dumps({"profile": report.profile, "ok": report.ok, "install_command": report.install_command,
                           "items": [vars(i) for i in report.items]}, indent=2))

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path, help="Run config YAML.")
     p.add_argument("--cluster", default="local", help="Cluster profile name (default: local, this machine).")
     p.add_argument("--name", help="Run name (default: the config's name).")
+    p.add_argument("--force", action="store_true",
+                   help="Launch even when the guardrails say the run cannot work (no training data, packages the "
+                        "cluster check found missing, GPUs that do not match, an estimate that does not fit).")
     p.set_defaults(handler=cmd_launch)
 
     p = subparsers.add_parser("runs", help="List runs, their states and latest pass@1 (with its 95%% interval).")
@@ -90,7 +93,7 @@ def _state_line(row) -> str:
 def cmd_launch(args: argparse.Namespace) -> int:
     from core.config import ConfigError, load_config
     from remote.profiles import ProfileError, get_profile
-    from remote.runs import LaunchError, launch
+    from remote.runs import LaunchError, LaunchRefused, launch
 
     try:
         config = load_config(args.file)
@@ -105,7 +108,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     with _store() as store:
         try:
             run_id = launch(config, profile.name, store, name=args.name, base_dir=args.file.resolve().parent,
-                            profile=profile, progress=lambda msg: print(msg, file=sys.stderr))
+                            profile=profile, progress=lambda msg: print(msg, file=sys.stderr), force=args.force)
+        except LaunchRefused as exc:
+            raise CliError(f"{args.file} on {profile.name}: {exc}", code=1) from None
         except LaunchError as exc:
             raise CliError(str(exc), code=1) from None
     print(run_id)

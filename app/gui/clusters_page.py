@@ -101,6 +101,12 @@ def run_cluster_check(ctx: WorkContext, profile: Any) -> CheckOutcome | HostKeyP
         if unknown is not None:
             return HostKeyPrompt(profile.name, unknown.host, unknown.key_type, unknown.fingerprint_sha256, unknown)
     report = check_cluster(profile)
+    from remote.check import save_report
+
+    try:
+        save_report(report)  # what launches and the config page judge against (remote.preflight)
+    except OSError as exc:
+        log.warning("cannot keep the check of %s: %s", profile.name, exc)
     lines = _check_lines(report)
     if report.ok:
         summary = "all required parts present" + (f" ({len(report.warnings)} warnings)" if report.warnings else "")

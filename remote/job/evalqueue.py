@@ -111,8 +111,8 @@ def run_id_of(paths: RunPaths) -> str:
         return os.environ.get("TUNEDECK_RUN_ID") or paths.root.name
 
 
-def request(paths: RunPaths, checkpoint: str | os.PathLike[str], step: int,
-            attempt: int) -> tuple[dict[str, Any], subprocess.Popen[bytes] | None]:
+def request(paths: RunPaths, checkpoint: str | os.PathLike[str], step: int, attempt: int,
+            training_over: bool = False) -> tuple[dict[str, Any], subprocess.Popen[bytes] | None]:
     """Hand one checkpoint to the run's placement; returns the `eval_requested` detail (job id or pid) and
     the process started on this node, if any.
 
@@ -124,7 +124,7 @@ def request(paths: RunPaths, checkpoint: str | os.PathLike[str], step: int,
                               "gpus": placement.get("gpus"), "pid": None}
     if os.environ.get("TUNEDECK_NO_EVAL") == "1":
         return detail, None
-    if where == "after_training":
+    if where == "after_training" and not training_over:
         detail["queued"] = "until training has released the GPUs"
         return detail, None
     if where == "slurm":
@@ -184,8 +184,6 @@ def _stop(state: EvalState) -> str:
         if out.returncode != 0:
             raise QueueError(f"scancel {state.job_id} failed: {out.stderr.strip()}")
         return f"scancel {state.job_id}"
-    if state.placement == "after_training" and state.state == QUEUED:
-        return "removed from the queue"
     if state.job_id and state.job_id.isdigit() and int(state.job_id) > 1:
         pgid = int(state.job_id)
         try:
@@ -201,6 +199,8 @@ def _stop(state: EvalState) -> str:
             time.sleep(0.2)
         os.killpg(pgid, signal.SIGKILL)
         return f"killed process group {pgid} (no exit {CANCEL_WAIT_S:g} s after SIGTERM)"
+    if state.state == QUEUED:
+        return "removed from the queue"
     return "nothing was running"
 
 
@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             attempt = previous.attempt if previous is not None else _attempt(paths)
             checkpoint = _checkpoint_for(paths, args.step, args.checkpoint)
             t = time.time()
-            detail, _proc = request(paths, checkpoint, args.step, attempt)
+            # after_training, re-queued once the job (and its drain) has ended: the GPUs are free now.
+            over = (paths / RunPaths.EXIT_STATUS).exists()
+            detail, _proc = request(paths, checkpoint, args.step, attempt, training_over=over)
             append_event(paths, "eval_requested", attempt, {**detail, "source": "requeue"}, t=t)
             print(json.dumps(detail))
         elif args.action == "cancel":

@@ -109,7 +109,8 @@ def test_local_launch_with_hostile_names_paths_and_fields_never_runs_injected_te
     transport = LocalTransport("q-local")
     with Store(tmp / "store.sqlite3") as store:
         try:
-            run_id = launch(cfg, profile.name, store, name=name, profile=profile, transport=transport)
+            # force: the profile's python is a recorder script, which the launch guardrails find is no Python.
+            run_id = launch(cfg, profile.name, store, name=name, profile=profile, transport=transport, force=True)
         except LaunchError as exc:
             if refused_name(name):
                 # A run name is one line of plain text: refused, saying why, before anything is recorded.
@@ -154,9 +155,12 @@ def test_ssh_launch_with_hostile_work_root_and_name_never_runs_injected_text(
         with Store(tmp_path / "store.sqlite3") as store:
             # A name with a newline (INJECTIONS[5]) is refused before anything is recorded or uploaded.
             with pytest.raises(LaunchError, match="control or invisible format characters"):
-                launch(fast_config(), profile.name, store, name=INJECTIONS[5], profile=profile, transport=transport)
+                launch(fast_config(), profile.name, store, name=INJECTIONS[5], profile=profile, transport=transport,
+                       force=True)
             assert store.list_runs() == []
-            run_id = launch(fast_config(), profile.name, store, name=name, profile=profile, transport=transport)
+            # force: the profile's python is a recorder script, which the launch guardrails find is no Python.
+            run_id = launch(fast_config(), profile.name, store, name=name, profile=profile, transport=transport,
+                            force=True)
             row = store.get_run(run_id)
             assert wait_ended(store, run_id, profile.name, transport, timeout=120) == "finished", row
             got = json.loads((Path(row.run_dir) / "argv.json").read_text())
@@ -166,7 +170,7 @@ def test_ssh_launch_with_hostile_work_root_and_name_never_runs_injected_text(
             if backend == "hostfile":
                 bad = profile.model_copy(update={"work_root": str(tmp_path / INJECTIONS[0])})
                 with pytest.raises(LaunchError, match="DeepSpeed's launcher passes unescaped"):
-                    launch(fast_config(), bad.name, store, profile=bad, transport=transport)
+                    launch(fast_config(), bad.name, store, profile=bad, transport=transport, force=True)
                 refused = store.list_runs()[0]
                 assert refused.status == "failed" and "use a path without them" in refused.status_reason
     finally:
