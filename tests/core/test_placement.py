@@ -72,12 +72,12 @@ def test_auto_placement_per_backend_says_which_and_why() -> None:
 
 def test_a_placement_the_backend_cannot_do_is_refused_with_the_choices() -> None:
     cfg = variant("codellama-7b-base", evaluation={"placement": "slurm"})
-    with pytest.raises(PlacementError, match="not available on the hostfile backend.*alongside, after_training, devices"):
+    with pytest.raises(PlacementError, match=r"not available on the hostfile backend.*alongside, after_training, devices"):
         resolve_placement(cfg, "hostfile")
     devices = variant("codellama-7b-base", evaluation={"placement": "devices"})
     with pytest.raises(PlacementError, match="eval_devices"):
         resolve_placement(devices, "local")
-    with pytest.raises(PlanError, match="evaluation.placement"):
+    with pytest.raises(PlanError, match=r"evaluation\.placement"):
         render_plan(cfg, ctx("hostfile"))
     assert parse_devices(" 6, 7") == (6, 7)
     with pytest.raises(PlacementError):
