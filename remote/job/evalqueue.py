@@ -192,9 +192,7 @@ def _stop(state: EvalState) -> str:
             return f"process group {pgid} had already ended"
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
+            if not group_alive(pgid):
                 return f"stopped process group {pgid}"
             time.sleep(0.2)
         os.killpg(pgid, signal.SIGKILL)
@@ -202,6 +200,18 @@ def _stop(state: EvalState) -> str:
     if state.state == QUEUED:
         return "removed from the queue"
     return "nothing was running"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (an exited one its parent has not reaped yet does not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 # -------------------------------------------------------------------------------------------- drain
