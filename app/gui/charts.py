@@ -22,6 +22,7 @@ from core.series import EmaState, Segment
 RUN_COLORS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 SUBSET_COLORS = {"all": "#0072B2", "clean": "#009E73", "contaminated": "#D55E00"}
 UNCONFINED_COLOR = "#cf222e"  # the badge on pass@1 measured without a sandbox
+MEASURED_COLOR = "#8250df"  # a measured reference without a published line of the same name
 
 pg.setConfigOptions(antialias=False, useOpenGL=False)
 
@@ -412,6 +413,7 @@ class PassAtOneChart(ChartWidget):
         self.benchmark = benchmark
         self.plot.setYRange(0, 100)
         self.references: dict[str, Reference] = {}
+        self._measured: dict[str, tuple[pg.ScatterPlotItem, pg.TextItem]] = {}
         # Labels alternate between the left and the middle in value order, so close numbers (GPT-4 67.0,
         # Phind 67.6) do not print over each other.
         for i, ref in enumerate(sorted(references_for(benchmark), key=lambda r: r.pass_at_1)):
@@ -433,6 +435,40 @@ class PassAtOneChart(ChartWidget):
     def set_reference_visible(self, model: str, visible: bool) -> None:
         self._lines[("ref", model)].setVisible(visible)
 
+    def set_measured(self, measured: Sequence[tuple[str, float]]) -> None:
+        """Measured references (label, pass@1 in %): a diamond marker each, at the right end of the curves,
+        beside the published line of the same name (shown then), which it shares its colour with."""
+        wanted = {label: value for label, value in measured}
+        for label in [k for k in self._measured if k not in wanted]:
+            for item in self._measured.pop(label):
+                self.plot.removeItem(item)
+        for label, value in wanted.items():
+            published = self.references.get(label)
+            color = "#555555" if published is not None else MEASURED_COLOR
+            if published is not None:
+                self.set_reference_visible(label, True)
+            items = self._measured.get(label)
+            if items is None:
+                marker = pg.ScatterPlotItem(symbol="d", size=13, brush=pg.mkBrush(color), pen=pg.mkPen("w", width=1))
+                text = pg.TextItem(anchor=(1.0, 1.1), color=color)
+                self.plot.addItem(marker, ignoreBounds=True)
+                self.plot.addItem(text, ignoreBounds=True)
+                items = self._measured[label] = (marker, text)
+            marker, text = items
+            marker.setData([self._measured_x()], [value])
+            marker.setToolTip(f"{label}: {value:.1f} (measured with this harness)"
+                              + (f"; published {published.pass_at_1:g}" if published else ""))
+            text.setText(f"{label} measured {value:.1f}")
+            text.setPos(self._measured_x(), value)
+
+    def measured(self) -> dict[str, float]:
+        """Measured references shown: label -> pass@1 (%)."""
+        return {label: float(items[0].data["y"][0]) for label, items in self._measured.items()}
+
+    def _measured_x(self) -> float:
+        xs = [float(np.nanmax(c.xData)) for c in self._curves.values() if c.xData is not None and len(c.xData)]
+        return max(xs) if xs else 0.0
+
     def visible_references(self) -> list[str]:
         return [m for m in self.references if self._lines[("ref", m)].isVisible()]
 
@@ -443,6 +479,8 @@ class PassAtOneChart(ChartWidget):
         item = self.curve(key, name=f"{label} {subset}" if label else subset, color=color or SUBSET_COLORS[subset],
                           width=2, style=style, symbol="o")
         item.setData(steps, values)
+        if self._measured:  # keep the measured markers at the right end of the curves
+            self.set_measured(list(self.measured().items()))
         return key
 
     def set_unconfined(self, subset: str, steps: np.ndarray, values: np.ndarray) -> None:

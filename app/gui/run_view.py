@@ -43,8 +43,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
+from app.gui.eval_panel import EvaluationsPanel
 from app.gui.store_watch import MetricColumns, RunBatch, StoreWatcher
 from app.gui.workers import Worker
+from core.evalstate import EVAL_EVENTS, EvalState, derive_eval_states
 from core.names import printable
 from core.records import RunPaths, unconfined_evaluations
 from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series, unconfined_pass_at_1
@@ -403,6 +405,8 @@ class RunView(QWidget):
 
     notified = Signal(str, str)  # title, message (finished / failed), also shown in the banner
     batch_applied = Signal(int)  # metric rows added by the batch just rendered
+    measured_loaded = Signal(int)  # measured references read from the store
+    eval_action_done = Signal(str)  # a cancel / re-queue of one evaluation was answered (its text)
 
     def __init__(self, store: Store, run_id: str, parent: QWidget | None = None, *,
                  watcher: StoreWatcher | None = None):
@@ -425,6 +429,9 @@ class RunView(QWidget):
         self._evaluating: dict[tuple[int, int], dict[str, Any]] = {}
         self._eval_failures: dict[tuple[int, int], str] = {}
         self._unconfined: set[tuple[int, int]] = set()  # (attempt, step) evaluated with evaluation.sandbox: unconfined
+        self._eval_events: list[dict[str, Any]] = []  # evaluation events and training starts (core.evalstate)
+        self.eval_states: dict[int, EvalState] = {}
+        self.eval_action_result: Any = None  # the last cancel / re-queue answer (tests wait on it)
         self.notifications: list[tuple[str, str]] = []
         self._workers: list[Worker] = []
         self._tray: QSystemTrayIcon | None = None
@@ -562,6 +569,12 @@ class RunView(QWidget):
         self.bottom_tabs.setDocumentMode(True)
         self.bottom_tabs.addTab(self.console, "Log")
         self.bottom_tabs.addTab(self.samples, "Samples")
+        self.evaluations = EvaluationsPanel()
+        self.evaluations.cancel_requested.connect(self._on_evaluation_cancel)
+        self.evaluations.requeue_requested.connect(self._on_evaluation_request)
+        self.evaluations.evaluate_requested.connect(self._on_evaluation_request)
+        self.evaluations.checkpoints_wanted.connect(self._on_evaluations_checkpoints_wanted)
+        self.bottom_tabs.addTab(self.evaluations, "Evaluations")
         self.bottom_tabs.currentChanged.connect(self._on_bottom_tab)
 
         self.splitter = QSplitter(Qt.Orientation.Vertical)
@@ -716,6 +729,35 @@ class RunView(QWidget):
                     chart.set_subset(self.run_id, "", subset, steps, values, color=SUBSET_COLORS[subset])
                     chart.set_unconfined(subset, *unconfined_pass_at_1(self._evals, bench, subset, self._unconfined))
         self.pass_placeholder.setVisible(not benchmarks)
+        if benchmarks:
+            self._load_measured_references()
+
+    def _load_measured_references(self) -> None:
+        """Measured references (evaluation-only runs tagged `reference`) as markers on the pass@1 charts."""
+        store = self.store
+
+        def work(_ctx: Any) -> list[dict[str, Any]]:
+            from remote.runs import measured_references
+
+            return measured_references(store)
+
+        worker = Worker(work)
+        worker.signals.finished.connect(lambda _rid, refs: self._on_measured_references(refs))
+        worker.signals.failed.connect(lambda _rid, msg: log.warning("measured references: %s", msg))
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_measured_references(self, refs: list[dict[str, Any]]) -> None:
+        if self._closed:
+            return
+        for bench, chart in self.pass_charts.items():
+            latest: dict[str, tuple[float, float]] = {}  # label -> (t, pass@1 %): the newest measurement
+            for r in refs:
+                newer = r["label"] not in latest or r["t"] >= latest[r["label"]][0]
+                if r["benchmark"] == bench and r["run_id"] != self.run_id and newer:
+                    latest[r["label"]] = (r["t"], 100.0 * float(r["pass@1"]))
+            chart.set_measured([(label, v) for label, (_t, v) in sorted(latest.items())])
+        self.measured_loaded.emit(len(refs))
 
     def _append_log(self, text: str) -> None:
         bar = self.console.verticalScrollBar()
@@ -734,6 +776,8 @@ class RunView(QWidget):
         self.title_label.setText(printable(row.name))
         self.title_label.setToolTip(f"{row.run_id}\n{row.cluster or '?'} ({row.backend or '?'}) {row.run_dir or ''}")
         self._render_status()
+        if previous is None or previous.status != row.status:
+            self._refresh_eval_states()
         self.cancel_button.setEnabled(row.status not in TERMINAL_STATUSES and bool(row.job_id))
         if row.status in TERMINAL_STATUSES:
             self.hang_banner.hide()
@@ -782,6 +826,8 @@ class RunView(QWidget):
             self._draw_pass_at_1()
         for e in events:
             name = e["event"]
+            if name == "started" or name in EVAL_EVENTS:
+                self._eval_events.append(e)
             if name == "started":  # a new attempt: an evaluation an earlier one left without an end is gone
                 self._evaluating = {k: v for k, v in self._evaluating.items() if k[0] >= int(e["attempt"])}
                 continue
@@ -803,6 +849,7 @@ class RunView(QWidget):
                 self._eval_failures[key] = str(detail.get("error") or "no error text recorded")
                 failed_now.append(key)
         self._render_status()
+        self._refresh_eval_states()
         if self._eval_failures != failures_before:  # else leave the strip as it is (shown, or dismissed)
             self._render_eval_failures()
         if announce:
@@ -906,6 +953,74 @@ class RunView(QWidget):
     def _on_bottom_tab(self, index: int) -> None:
         if self.bottom_tabs.widget(index) is self.samples:
             self.samples.refresh()
+
+    # ------------------------------------------------------------------ evaluations
+
+    def _refresh_eval_states(self) -> None:
+        """Each checkpoint's evaluation state (core.evalstate) into the Evaluations tab."""
+        self.eval_states = derive_eval_states(self._eval_events, self.run.status if self.run is not None else None)
+        self.evaluations.set_states(self.eval_states)
+
+    def _eval_action(self, text: str, fn: Callable[[Any], Any]) -> None:
+        self.evaluations.set_busy(text)
+        worker = Worker(fn)
+        worker.signals.finished.connect(lambda _rid, res: self._on_eval_action(str(res), "ok"))
+        worker.signals.failed.connect(lambda _rid, msg: self._on_eval_action(msg, "error"))
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_eval_action(self, text: str, kind: str) -> None:
+        self.eval_action_result = (kind, text)
+        if self._closed:
+            return
+        self.evaluations.set_busy(None)
+        self.banner.show_message(_escape(text), kind)
+        self.watcher.wake()
+        self.eval_action_done.emit(text)
+
+    def _on_evaluation_cancel(self, step: int) -> None:
+        store, run_id = self.store, self.run_id
+
+        def work(_ctx: Any) -> str:
+            from remote.evals import cancel_evaluation
+
+            return f"Evaluation of step {step}: {cancel_evaluation(store, run_id, step)}"
+
+        self._eval_action(f"Cancelling the evaluation of step {step}…", work)
+
+    def _on_evaluation_request(self, step: int) -> None:
+        store, run_id = self.store, self.run_id
+        checkpoint = self.eval_states[step].checkpoint if step in self.eval_states else None
+
+        def work(_ctx: Any) -> str:
+            from remote.evals import request_evaluation
+
+            detail = request_evaluation(store, run_id, step, checkpoint)
+            where = f"Slurm job {detail['job_id']}" if detail.get("job_id") else (detail.get("placement") or "queued")
+            return f"Evaluation of step {step} queued ({where})"
+
+        self._eval_action(f"Queuing the evaluation of step {step}…", work)
+
+    def _on_evaluations_checkpoints_wanted(self) -> None:
+        store, run_id = self.store, self.run_id
+
+        def work(_ctx: Any) -> list[int]:
+            from remote.evals import list_checkpoints
+
+            return list_checkpoints(store, run_id)
+
+        worker = Worker(work)
+        worker.signals.finished.connect(lambda _rid, steps: self._on_checkpoints_listed(steps))
+        worker.signals.failed.connect(lambda _rid, msg: self._on_eval_action(f"Cannot list checkpoints: {msg}", "error"))
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_checkpoints_listed(self, steps: list[int]) -> None:
+        if self._closed:
+            return
+        step = self.evaluations.choose_checkpoint(steps)
+        if step is not None:
+            self._on_evaluation_request(step)
 
     # ------------------------------------------------------------------ cancel
 
