@@ -70,6 +70,7 @@ SECTION_TITLES = {
 VALIDATE_DELAY_MS = 0
 YAML_PARSE_DELAY_MS = 250
 PREVIEW_DELAY_MS = 150
+CHECK_DELAY_MS = 400  # the launch guardrails read the profile's stored check (and re-run it once a day)
 
 
 # ------------------------------------------------------------------------------------ schema walking
@@ -660,6 +661,7 @@ def render_previews(ctx: WorkContext, config: RunConfig) -> Previews:
     texts["Slurm script"] = render_slurm_script(config, slurm)
     hostfile = LaunchContext(run_id="preview", run_dir=run_dir, backend="hostfile", hosts=hosts)
     texts["hostfile"] = render_hostfile(config, hostfile)
+    texts["Evaluation"] = render_placement_preview(config, slurm)
     try:
         from core.estimate import estimate, format_estimate
     except ModuleNotFoundError:
@@ -669,6 +671,48 @@ def render_previews(ctx: WorkContext, config: RunConfig) -> Previews:
     return Previews(ctx.request_id, texts)
 
 
+def render_placement_preview(config: RunConfig, slurm: Any) -> str:
+    """Where each backend would run this config's evaluations, and why; the Slurm evaluation job script."""
+    from core.placement import PlacementError, resolve_placement
+    from core.plan import PlanError, render_eval_slurm
+
+    parts = []
+    for backend in ("slurm", "hostfile", "local"):
+        try:
+            parts.append(resolve_placement(config, backend).describe())
+        except PlacementError as exc:
+            parts.append(f"evaluation placement on {backend}: cannot work: {exc}")
+    try:
+        if resolve_placement(config, "slurm").placement == "slurm" and config.evaluation.when != "never":
+            parts.append("Slurm evaluation job (eval.slurm, one per checkpoint):\n" + render_eval_slurm(config, slurm))
+    except (PlacementError, PlanError):
+        pass
+    return "\n\n".join(parts)
+
+
+@dataclass(frozen=True)
+class LaunchCheck:
+    """The guardrails' findings for one (config, profile), crossing from the worker to the page."""
+
+    request_id: int
+    profile: str
+    paragraphs: tuple[str, ...]
+    checked: str  # when the cluster check behind it ran ("just now", "3 h ago", "never")
+    notes: tuple[str, ...] = ()
+
+
+def check_launch(ctx: WorkContext, config: RunConfig, profile_name: str) -> LaunchCheck:
+    """Worker body: remote.preflight for the chosen profile (re-runs its cluster check when a day old)."""
+    from remote.preflight import preflight
+    from remote.profiles import get_profile
+    from remote.runs import apply_profile_shape
+
+    profile = get_profile(profile_name)
+    found = preflight(apply_profile_shape(config, profile), profile)
+    checked = found.facts.age_text() if found.facts is not None else "never"
+    return LaunchCheck(ctx.request_id, profile_name, tuple(f.paragraph() for f in found.findings), checked, found.notes)
+
+
 class ConfigPage(QWidget):
     """New run: preset picker, generated form, YAML view, previews, Save/Open and Launch."""
 
@@ -676,6 +720,7 @@ class ConfigPage(QWidget):
     file_saved = Signal(str)
     launched = Signal(str)  # run id
     problems_changed = Signal(int)
+    findings_changed = Signal(int)  # launch guardrail findings for the chosen cluster (-1: could not check)
 
     def __init__(self, store_provider: Callable[[], Any] | None = None, parent: QWidget | None = None):
         super().__init__(parent)
@@ -687,6 +732,9 @@ class ConfigPage(QWidget):
         self._workers: dict[int, Worker] = {}
         self._preview_request = 0
         self._launch_worker: Worker | None = None
+        self._check_request = 0
+        self.launch_check: LaunchCheck | None = None
+        self.refusal_box: QMessageBox | None = None
 
         # toolbar
         self.preset_combo = QComboBox()
@@ -708,6 +756,7 @@ class ConfigPage(QWidget):
         self.profile_combo.setObjectName("profile_combo")
         self.profile_combo.setMinimumWidth(100)
         self.profile_combo.setToolTip("Cluster profile to launch on (edit them on the Clusters page)")
+        self.profile_combo.currentTextChanged.connect(lambda _name: self._check_timer.start())
         self.launch_button = QPushButton("Launch")
         self.launch_button.setObjectName("launch_button")
         self.launch_button.setToolTip("Launch this config on the chosen cluster (Ctrl+L)")
@@ -729,6 +778,11 @@ class ConfigPage(QWidget):
         self.banner.setWordWrap(True)
         self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
         self.banner.linkActivated.connect(self.reveal_field)
+        # What the launch guardrails say for this config on the chosen cluster (the same as Launch will).
+        self.findings_label = QLabel()
+        self.findings_label.setObjectName("launch_findings")
+        self.findings_label.setWordWrap(True)
+        self.findings_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         # left: the form
         self.form = SchemaForm()
@@ -759,7 +813,7 @@ class ConfigPage(QWidget):
         yl.addWidget(self.yaml_status)
         self.tabs.addTab(yaml_page, "YAML")
         self.previews: dict[str, QPlainTextEdit] = {}
-        for title in ("Estimate", "ds_config.json", "Slurm script", "hostfile"):
+        for title in ("Estimate", "Evaluation", "ds_config.json", "Slurm script", "hostfile"):
             view = QPlainTextEdit()
             view.setObjectName(f"preview:{title}")
             view.setReadOnly(True)
@@ -782,12 +836,15 @@ class ConfigPage(QWidget):
         layout.setContentsMargins(10, 10, 10, 6)
         layout.addLayout(bar)
         layout.addWidget(self.banner)
+        layout.addWidget(self.findings_label)
         layout.addWidget(splitter, 1)
 
         self._yaml_timer = QTimer(self, singleShot=True, interval=YAML_PARSE_DELAY_MS)
         self._yaml_timer.timeout.connect(self.apply_yaml)
         self._preview_timer = QTimer(self, singleShot=True, interval=PREVIEW_DELAY_MS)
         self._preview_timer.timeout.connect(self._start_previews)
+        self._check_timer = QTimer(self, singleShot=True, interval=CHECK_DELAY_MS)
+        self._check_timer.timeout.connect(self._start_launch_check)
         self._syncing = False
         # What the form held when last loaded or saved: changes since then are "unsaved" (asked about before a
         # preset or another file replaces them).
@@ -905,9 +962,11 @@ class ConfigPage(QWidget):
         self.problems_changed.emit(len(self.problems))
         if self.config is not None:
             self._preview_timer.start()
+            self._check_timer.start()
         else:
             for view in self.previews.values():
                 view.setPlainText("Fix the problems in the config to see this preview.")
+            self.findings_label.clear()
 
     def _show_banner(self, unplaced: list[Problem]) -> None:
         if not self.problems:
@@ -1103,8 +1162,47 @@ class ConfigPage(QWidget):
             if current in names:
                 self.profile_combo.setCurrentText(current)
 
-    def launch(self) -> None:
-        """Launch the current config on the chosen profile, in a worker; `launched(run_id)` on success."""
+    # ------------------------------------------------------------------ launch guardrails
+
+    def _start_launch_check(self) -> None:
+        if self.config is None:
+            return
+        profile = self.profile_combo.currentText() or "local"
+        worker = Worker(check_launch, self.config, profile)
+        self._check_request = worker.request_id
+        worker.signals.finished.connect(self._on_launch_check)
+        worker.signals.failed.connect(self._on_launch_check_failed)
+        self._track(worker)
+        worker.start()
+
+    def _on_launch_check(self, request_id: int, result: LaunchCheck) -> None:
+        if request_id != self._check_request:
+            return  # the config or the cluster changed meanwhile
+        self.launch_check = result
+        if not result.paragraphs:
+            self.findings_label.setText(f"✓ Nothing stops a launch on {result.profile} "
+                                        f"(cluster check: {result.checked})")
+            self.findings_label.setStyleSheet("color: #1a7f37; padding: 2px;")
+        else:
+            n = len(result.paragraphs)
+            items = "".join(f"<li>{html.escape(p)}</li>" for p in result.paragraphs)
+            self.findings_label.setText(
+                f"<b>Launch on {html.escape(result.profile)} would be refused ({n} reason{'s' if n != 1 else ''}; "
+                f"cluster check: {html.escape(result.checked)})</b><ul style='margin:2px'>{items}</ul>")
+            self.findings_label.setStyleSheet("color: #9a6700; padding: 2px;")
+        self.findings_changed.emit(len(result.paragraphs))
+
+    def _on_launch_check_failed(self, request_id: int, message: str) -> None:
+        if request_id != self._check_request:
+            return
+        self.launch_check = None
+        self.findings_label.setText(f"Cannot check this launch: {html.escape(message)}")
+        self.findings_label.setStyleSheet(ERROR_STYLE + " padding: 2px;")
+        self.findings_changed.emit(-1)
+
+    def launch(self, force: bool = False) -> None:
+        """Launch the current config on the chosen profile, in a worker; `launched(run_id)` on success. When
+        the guardrails refuse it, a dialog shows why and offers to launch anyway (force)."""
         if self.config is None:
             QMessageBox.warning(self, "Launch", "The config has problems; fix them first.")
             return
@@ -1115,7 +1213,7 @@ class ConfigPage(QWidget):
         from remote.runs import launch
 
         def work(ctx: WorkContext, config: RunConfig, profile_name: str) -> str:
-            return launch(config, profile_name, store)
+            return launch(config, profile_name, store, force=force)
 
         worker = Worker(work, self.config, profile)
         worker.signals.finished.connect(self._on_launch_finished)
@@ -1136,7 +1234,26 @@ class ConfigPage(QWidget):
 
     def _on_launch_failed(self, _rid: int, message: str) -> None:
         self._launch_done()
+        if "launch refused:" in message:
+            self.confirm_force(message)
+            return
         QMessageBox.critical(self, "Launch failed", message)
+
+    def confirm_force(self, message: str) -> QMessageBox:
+        """The guardrails' refusal, with "Launch anyway" (the CLI's --force) and "Cancel"."""
+        reasons = message.split("launch refused:", 1)[1].split("\n\n", 1)[-1]
+        box = QMessageBox(QMessageBox.Icon.Warning, "Launch refused",
+                          "This run cannot work as configured:\n\n" + reasons,
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("launch_refused")
+        box.button(QMessageBox.StandardButton.Yes).setText("Launch anyway")
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.finished.connect(lambda result: self.launch(force=True) if result == QMessageBox.StandardButton.Yes
+                             else None)
+        self.refusal_box = box
+        box.open()
+        return box
 
 
 def yaml_problem(text: str) -> tuple[str | None, Any]:

@@ -280,3 +280,49 @@ def test_a_file_that_does_not_parse_clears_the_previous_form_and_its_problems(pa
     # fixing the YAML brings the form back
     page.yaml_edit.setPlainText(load_preset("tiny-demo").to_yaml())
     assert page.apply_yaml() and page.form.isEnabled() and page.config == load_preset("tiny-demo")
+
+
+def test_evaluation_preview_says_where_each_backend_evaluates_and_why(page, qtbot):
+    page.load_preset("phind-codellama-34b-v1")
+    view = page.previews["Evaluation"]
+    qtbot.waitUntil(lambda: "evaluation placement on slurm" in view.toPlainText(), timeout=10_000)
+    text = view.toPlainText()
+    assert "evaluation placement on slurm: slurm (auto)" in text and "own Slurm job on 2 GPUs" in text
+    assert "evaluation placement on hostfile: after_training (auto)" in text
+    assert "KV cache" in text and "#SBATCH --gpus-per-node=2" in text  # the evaluation job script
+    assert "evaluation.placement" in page.form.rows and "evaluation.gpus" in page.form.rows  # in the form
+
+
+def test_the_page_shows_the_launch_guardrails_findings_before_launch_is_pressed(qtbot, tmp_path):
+    import sys
+
+    from core.store import Store
+    from remote.profiles import ClusterProfile, save_profile
+
+    save_profile(ClusterProfile(name="cpu-only", backend="local", python=sys.executable, nodes=1, gpus_per_node=2))
+    store = Store(tmp_path / "store.sqlite3")
+    page = ConfigPage(store_provider=lambda: store)
+    qtbot.addWidget(page)
+    page.show()
+    try:
+        page.refresh_profiles()
+        page.load_preset("tiny-demo")
+        page.profile_combo.setCurrentText("cpu-only")
+        qtbot.waitUntil(lambda: page.launch_check is not None and page.launch_check.profile == "cpu-only", timeout=60_000)
+        assert page.launch_check.paragraphs == () and "Nothing stops a launch on cpu-only" in page.findings_label.text()
+        with qtbot.waitSignal(page.findings_changed, timeout=60_000) as changed:
+            page.load_preset("phind-codellama-34b-v1")
+        assert changed.args[0] == 3
+        text = page.findings_label.text()
+        assert "would be refused (3 reasons" in text
+        assert "No training data" in text and "No GPU where this config needs GPUs" in text
+        assert "does not fit in GPU memory" in text
+        # Launch anyway: the same findings, with the choice the CLI's --force gives
+        page.launch()
+        qtbot.waitUntil(lambda: page.refusal_box is not None and page.refusal_box.isVisible(), timeout=60_000)
+        assert "No training data" in page.refusal_box.text()
+        assert page.refusal_box.button(page.refusal_box.StandardButton.Yes).text() == "Launch anyway"
+        page.refusal_box.reject()
+        assert store.list_runs() == []
+    finally:
+        store.close()
