@@ -9,6 +9,7 @@ in a worker too, and `runs_edited` tells the window (tab titles follow).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ STATUS_COLORS = {  # (light, dark)
     "running": ("#1a7f37", "#4ade80"), "pending": ("#9a6700", "#facc15"), "completing": ("#0969da", "#60a5fa"),
     "finished": ("#57606a", "#a1a1aa"), "failed": ("#cf222e", "#f87171"), "cancelled": ("#8250df", "#c084fc"),
 }
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -371,6 +375,7 @@ class RunsPage(QWidget):
     refreshed = Signal(int)  # number of runs
     runs_edited = Signal(list)  # run ids renamed, tagged, annotated, archived or deleted (written to the store)
     edit_failed = Signal(str)
+    model_evaluation_done = Signal(str)  # run id, or "" when it was refused or failed
 
     def __init__(self, store: Any, parent: QWidget | None = None):
         super().__init__(parent)
@@ -416,11 +421,20 @@ class RunsPage(QWidget):
         self.edit_button.setToolTip("Rename, tag, annotate, archive or delete the selected runs")
         self.edit_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.edit_button.setMenu(self.edit_menu)
+        self.evaluate_button = QPushButton("Evaluate model…")
+        self.evaluate_button.setObjectName("evaluate_model_button")
+        self.evaluate_button.setToolTip("Evaluate a model on a cluster (e.g. Code Llama-34B itself) with the same "
+                                        "harness as checkpoints: a measured reference for the pass@1 charts")
+        self.evaluate_button.clicked.connect(self.ask_model_evaluation)
+        self.eval_dialog: Any = None
+        self.eval_result: Any = None  # the last "Evaluate model…" outcome (run id or error text)
+        self.eval_message: QMessageBox | None = None
         bar = QHBoxLayout()
         bar.addWidget(self.filter_edit, 1)
         bar.addWidget(self.archived_check)
         bar.addWidget(refresh)
         bar.addWidget(self.edit_button)
+        bar.addWidget(self.evaluate_button)
         bar.addWidget(self.open_button)
         bar.addWidget(self.compare_button)
 
@@ -683,3 +697,75 @@ class RunsPage(QWidget):
         ids = self.selected_run_ids()
         if len(ids) >= 2:
             self.compare_requested.emit(ids)
+
+    # ------------------------------------------------------------------ evaluate a model
+
+    def ask_model_evaluation(self) -> Any:
+        """Open the "Evaluate model…" dialog (window-modal, answered asynchronously)."""
+        from app.gui.eval_dialog import EvaluateModelDialog
+
+        try:
+            from remote.profiles import load_profiles
+
+            clusters = list(load_profiles())
+        except Exception as exc:  # noqa: BLE001 -- a broken profiles file: say so, offer this machine only
+            log.warning("cannot read cluster profiles: %s", exc)
+            clusters = ["local"]
+        dialog = EvaluateModelDialog(clusters, self)
+        dialog.accepted.connect(lambda: self.evaluate_model(dialog.request()))
+        self.eval_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def evaluate_model(self, request: Any, force: bool = False) -> None:
+        """Launch the evaluation-only run in a worker; the new run opens when it is started."""
+        if request is None:
+            return
+        store = self.store
+
+        def work(_ctx: Any) -> str:
+            from remote.runs import launch_reference, reference_config
+
+            config = reference_config(
+                request.model_path, request.label, benchmarks=[_bench(b) for b in request.benchmarks],
+                gpus=request.gpus, limit=request.limit, max_new_tokens=request.max_new_tokens,
+                batch_size=request.batch_size)
+            return launch_reference(request.model_path, request.cluster, store, config, force=force)
+
+        worker = Worker(work)
+        worker.signals.finished.connect(lambda _rid, run_id: self._on_model_evaluation(run_id))
+        worker.signals.failed.connect(lambda _rid, msg: self._on_model_evaluation_failed(request, msg))
+        self.evaluate_button.setEnabled(False)
+        self._eval_worker = worker
+        worker.start()
+
+    def _on_model_evaluation(self, run_id: str) -> None:
+        self.evaluate_button.setEnabled(True)
+        self.eval_result = run_id
+        self.schedule_refresh()
+        self.open_requested.emit(run_id)
+        self.model_evaluation_done.emit(run_id)
+
+    def _on_model_evaluation_failed(self, request: Any, message: str) -> None:
+        self.evaluate_button.setEnabled(True)
+        self.eval_result = message
+        self.model_evaluation_done.emit("")
+        refused = "launch refused:" in message
+        box = QMessageBox(QMessageBox.Icon.Warning if refused else QMessageBox.Icon.Critical,
+                          "Evaluation refused" if refused else "Evaluation failed",
+                          message.split("launch refused:", 1)[1].strip() if refused else message,
+                          (QMessageBox.StandardButton.Yes if refused else QMessageBox.StandardButton.NoButton)
+                          | QMessageBox.StandardButton.Cancel, self)
+        if refused:
+            box.button(QMessageBox.StandardButton.Yes).setText("Evaluate anyway")
+            box.finished.connect(lambda result: self.evaluate_model(request, force=True)
+                                 if result == QMessageBox.StandardButton.Yes else None)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        self.eval_message = box
+        box.open()
+
+
+def _bench(spec: str) -> tuple[str, str | None]:
+    from core.evalsets import parse_eval_spec
+
+    return parse_eval_spec(spec)

@@ -119,3 +119,36 @@ def test_a_measured_reference_is_a_marker_beside_the_published_line(qtbot, store
     marker, text = chart._measured["Code Llama-34B"]
     assert list(marker.data["x"]) == [20.0] and "measured 47.0" in text.toPlainText()
     close_view(view)
+
+
+def test_evaluate_model_from_the_runs_page_launches_a_measured_reference_run(qtbot, store, tmp_path):
+    import sys
+
+    from app.gui.runs_page import RunsPage
+    from remote.profiles import ClusterProfile, save_profile
+    from tests.job.test_evaluate import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny-coder")
+    save_profile(ClusterProfile(name="here", backend="local", python=sys.executable))
+    page = RunsPage(store)
+    qtbot.addWidget(page)
+    page.show()
+    dialog = page.ask_model_evaluation()
+    dialog.model_edit.setText(str(model))
+    dialog.cluster_combo.setCurrentText("here")
+    dialog.limit_spin.setValue(1)
+    dialog.gpus_spin.setValue(0)
+    dialog.tokens_spin.setValue(4)
+    with qtbot.waitSignal(page.open_requested, timeout=120_000) as opened:
+        dialog._on_accept()
+    run_id = opened.args[0]
+    row = store.get_run(run_id)
+    assert row.name == "tiny-coder" and "reference" in row.tags and row.cluster == "here"
+    assert row.config()["model"]["name_or_path"] == str(model)
+    # the job evaluates the model and writes its pass@1 into the run directory
+    evals = Path(row.run_dir) / RunPaths.EVALS
+    deadline = time.monotonic() + 300
+    while not (evals.exists() and evals.read_text().strip()):
+        assert time.monotonic() < deadline, (Path(row.run_dir) / RunPaths.STDOUT).read_text()[-2000:]
+        time.sleep(0.5)
+    assert json.loads(evals.read_text().splitlines()[0])["n_tasks"] == 1
