@@ -136,7 +136,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_config_render(args: argparse.Namespace) -> int:
-    from core.plan import LaunchContext, PlanError, write_plan
+    from core.plan import LaunchContext, PlanError, placement_plan, write_plan
 
     cfg = _load(args.file)
     out: Path = args.out
@@ -172,6 +172,7 @@ def cmd_config_render(args: argparse.Namespace) -> int:
     print(f"wrote the launch plan for {cfg.name!r} (run dir on target: {run_dir}):")
     for path in written.values():
         print(f"  {path}")
+    print(placement_plan(cfg, ctx).describe())  # where the evaluations go on this backend, and why
     return 0
 
 
