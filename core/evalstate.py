@@ -127,6 +127,8 @@ def derive_eval_states(events: Iterable[Mapping[str, Any]], run_status: str | No
             continue
         prev = states.get(step)
         if name == "eval_requested":
+            if detail.get("skipped"):
+                continue  # recorded with evaluation switched off (TUNEDECK_NO_EVAL): nothing will run
             states[step] = EvalState(
                 step=step, state=QUEUED, attempt=attempt, checkpoint=detail.get("checkpoint"),
                 placement=detail.get("placement") or (prev.placement if prev else None),

@@ -123,6 +123,7 @@ def request(paths: RunPaths, checkpoint: str | os.PathLike[str], step: int, atte
     detail: dict[str, Any] = {"step": int(step), "checkpoint": str(checkpoint), "placement": where,
                               "gpus": placement.get("gpus"), "pid": None}
     if os.environ.get("TUNEDECK_NO_EVAL") == "1":
+        detail["skipped"] = "TUNEDECK_NO_EVAL=1"  # recorded, but nothing will evaluate it
         return detail, None
     if where == "after_training" and not training_over:
         detail["queued"] = "until training has released the GPUs"

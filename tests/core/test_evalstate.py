@@ -77,3 +77,8 @@ def test_slurm_job_names_carry_run_and_step_and_are_read_back() -> None:
     assert step_of_job_name("20240101-000000-abcd", name) == 120
     assert step_of_job_name("20240101-000000-ffff", name) is None
     assert step_of_job_name("20240101-000000-abcd", "tunedeck-20240101-000000-abcd") is None
+
+
+def test_a_request_recorded_with_evaluation_switched_off_is_no_evaluation() -> None:
+    events = [ev("eval_requested", 1.0, step=20, placement="alongside", pid=None, skipped="TUNEDECK_NO_EVAL=1")]
+    assert derive_eval_states(events) == {}
