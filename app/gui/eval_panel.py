@@ -99,7 +99,12 @@ class EvaluationsPanel(QWidget):
                 if col == 1:
                     item.setForeground(QColor(STATE_COLORS.get(s.state, "#6e7781")))
                     item.setToolTip(s.error or s.label())
-            self.table.setCellWidget(row, 2, _progress(s))
+            bar = self.table.cellWidget(row, 2)
+            if not isinstance(bar, QProgressBar):  # one bar per row, kept and updated
+                bar = QProgressBar()
+                bar.setTextVisible(True)
+                self.table.setCellWidget(row, 2, bar)
+            _show_progress(bar, s)
         if selected in self.states:
             self.select_step(selected)
         n_open = sum(1 for s in self.states.values() if s.open)
@@ -181,9 +186,7 @@ def _where(s: EvalState) -> str:
     return (s.placement or "").replace("_", " ")
 
 
-def _progress(s: EvalState) -> QWidget:
-    bar = QProgressBar()
-    bar.setTextVisible(True)
+def _show_progress(bar: QProgressBar, s: EvalState) -> None:
     if s.state == RUNNING and s.total:
         bar.setRange(0, s.total)
         bar.setValue(s.done)
@@ -198,7 +201,6 @@ def _progress(s: EvalState) -> QWidget:
         bar.setRange(0, 1)
         bar.setValue(0)
         bar.setFormat(s.state)
-    return bar
 
 
 __all__ = ["EvaluationsPanel"]

@@ -849,7 +849,8 @@ class RunView(QWidget):
                 self._eval_failures[key] = str(detail.get("error") or "no error text recorded")
                 failed_now.append(key)
         self._render_status()
-        self._refresh_eval_states()
+        if any(e["event"] == "started" or e["event"] in EVAL_EVENTS for e in events):
+            self._refresh_eval_states()
         if self._eval_failures != failures_before:  # else leave the strip as it is (shown, or dismissed)
             self._render_eval_failures()
         if announce:

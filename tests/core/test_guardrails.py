@@ -7,14 +7,18 @@ import time
 from core.guardrails import ClusterFacts, MissingPart, Preflight, gpu_family, launch_findings, parse_gres
 from core.presets import load_preset
 
-CPU_ONLY = ClusterFacts(profile="laptop", backend="local", checked_at=time.time() - 120, gpus_per_node=0,
+
+def cpu_only() -> ClusterFacts:
+    """A profile checked two minutes ago that found no GPU."""
+    return ClusterFacts(profile="laptop", backend="local", checked_at=time.time() - 120, gpus_per_node=0,
                         gpu_source="nvidia-smi not found")
 
 
 def test_phind_preset_on_a_cpu_only_profile_is_refused_for_data_and_gpus() -> None:
-    findings = launch_findings(load_preset("phind-codellama-34b-v1"), "local", CPU_ONLY)
+    facts = cpu_only()
+    findings = launch_findings(load_preset("phind-codellama-34b-v1"), "local", facts)
     assert [f.code for f in findings] == ["no_data", "gpus"]
-    text = Preflight(tuple(findings), CPU_ONLY).format()
+    text = Preflight(tuple(findings), facts).format()
     assert "2 reasons" in text and "--force" in text
     assert "8 GPUs per node of type A100-80GB (80 GB each)" in text and "no GPU (nvidia-smi not found)" in text
     assert "34B-parameter model cannot train on CPU" in text and "2 min ago" in text
@@ -23,7 +27,7 @@ def test_phind_preset_on_a_cpu_only_profile_is_refused_for_data_and_gpus() -> No
 
 
 def test_tiny_preset_on_the_same_profile_goes() -> None:
-    assert launch_findings(load_preset("tiny-demo"), "local", CPU_ONLY) == []
+    assert launch_findings(load_preset("tiny-demo"), "local", cpu_only()) == []
 
 
 def test_missing_packages_refusal_carries_the_checks_fix_line() -> None:

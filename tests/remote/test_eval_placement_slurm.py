@@ -55,7 +55,7 @@ def test_each_checkpoint_is_evaluated_by_its_own_slurm_job_and_its_pass_at_1_arr
         prefix = eval_job_prefix(run_id)
         during_training: set[str] = set()  # evaluation job names seen while the training job was running
         completing = False
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             jobs = squeue(slurm_cluster)
             main_running = any(j[0] == row.job_id and j[2] == "RUNNING" for j in jobs)
@@ -68,7 +68,8 @@ def test_each_checkpoint_is_evaluated_by_its_own_slurm_job_and_its_pass_at_1_arr
                 break
             time.sleep(1.0)
         row = store.get_run(run_id)
-        assert row.status == "finished", (row.status, row.status_reason, (Path(row.run_dir) / "eval.log").read_text()[-3000:])
+        assert row.status == "finished", (row.status, row.status_reason, _tail(Path(row.run_dir) / "stdout.log"),
+                                          _tail(Path(row.run_dir) / "eval.log"))
         # While training ran, squeue listed evaluations as jobs of their own, named with run id and step.
         assert during_training, "no evaluation job was seen in squeue while the training job ran"
         assert during_training <= {f"{prefix}step-{s}" for s in (3, 6)}
@@ -143,3 +144,7 @@ def test_cancelling_the_run_cancels_its_queued_and_running_evaluation_jobs(sshd_
         slurm_cluster.cancel_all()
         transport.close()
         store.close()
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else f"({path.name} missing)"
