@@ -159,3 +159,32 @@ def test_eval_rejects_an_unknown_sandbox_policy(tmp_path: Path, capsys: pytest.C
         main(["eval", "--samples", "s.jsonl", "--bench", "humaneval", "--out", str(tmp_path), "--sandbox", "none"])
     assert exit_info.value.code == 2
     assert "--sandbox: invalid choice: 'none'" in capsys.readouterr().err
+
+
+def test_eval_of_a_runs_checkpoint_lists_cancels_and_requeues_it(tmp_path: Path, repo_root: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`tunedeck eval --run RUN --list / --step N --cancel / --step N` through the real queue tool on this
+    machine (a run directory whose placement is after_training: nothing is evaluated here)."""
+    from core.records import RunPaths
+    from core.store import Store
+    from remote.job.evalqueue import append_event
+    from tests.app.run_feed import create_run
+    from tests.app.test_eval_panel import _run_dir
+
+    run = _run_dir(tmp_path, repo_root)
+    with Store() as store:
+        create_run(store, "20260101-000000-aaaaaa", run_dir=run, job_id="4244", status="finished")
+    append_event(RunPaths(run), "eval_requested", 1, {"step": 20, "placement": "after_training",
+                                                      "checkpoint": str(run / "checkpoints/checkpoint-20")})
+    (run / RunPaths.EXIT_STATUS).write_text("1\n")  # the job is over: a re-queue now starts at once
+    assert main(["eval", "--run", "20260101", "--list"]) == 0
+    assert "step     20  failed: ended without a result: the run finished" in capsys.readouterr().out
+    # the queue on the cluster still holds it (its drain never ran it): a cancel takes it off
+    assert main(["eval", "--run", "20260101", "--step", "20", "--cancel"]) == 0
+    assert "removed from the queue" in capsys.readouterr().out
+    assert main(["eval", "--run", "20260101", "--list"]) == 0
+    assert "step     20  cancelled" in capsys.readouterr().out
+    assert main(["eval", "--run", "20260101", "--step", "20", "--cancel"]) == 1  # nothing open any more
+    assert "no queued or running evaluation of step 20 (it is cancelled)" in capsys.readouterr().err
+    assert main(["eval", "--run", "20260101", "--step", "30", "--no-wait"]) == 1
+    assert "no checkpoint of step 30 there" in capsys.readouterr().err
