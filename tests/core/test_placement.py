@@ -109,7 +109,7 @@ def test_after_training_runs_the_queue_once_training_exits_and_devices_pin_train
     phind = variant("phind-codellama-34b-v1", cluster={"nodes": 1})
     local = render_local_script(phind, ctx("local"))
     lines = local.splitlines()
-    train = next(i for i, ln in enumerate(lines) if "torch.distributed.run" in ln)
+    train = next(i for i, ln in enumerate(lines) if "remote.job.torchrun" in ln)
     drain = next(i for i, ln in enumerate(lines) if "remote.job.evalqueue drain" in ln)
     assert train < drain and lines[-1] == 'exit "$rc"' and lines[train].endswith("|| rc=$?")
     assert not any(ln.startswith("exec ") for ln in lines)  # the shell must outlive training to drain
