@@ -567,8 +567,9 @@ def _eval_memory_text(m) -> str:
 
 @rule("evaluation.gpus", "evaluation.batch_size", "evaluation.max_new_tokens", "cluster.gpus_per_node", "cluster.gpu_memory_gb")
 def check_evaluation_fits(evaluation: EvaluationSection, model: ModelSection, cluster: ClusterShape) -> str | None:
-    # Imported here: core.estimate builds on this module.
-    from core.estimate import USABLE_GPU_FRACTION, evaluation_gpus, evaluation_memory
+    # Imported here: core.evalmemory (shipped with the job, standard library only) is the same module the
+    # estimate and the placement use.
+    from core.evalmemory import USABLE_GPU_FRACTION, evaluation_gpus, evaluation_memory
 
     if evaluation.when == "never" or model.architecture is None or cluster.memory_gb is None:
         return None
@@ -589,23 +590,6 @@ def check_evaluation_fits(evaluation: EvaluationSection, model: ModelSection, cl
                 f"of all {cluster.gpus_per_node} GPUs (cluster.gpus_per_node), more than the usable {usable:.1f} GB of "
                 f"a {cluster.memory_gb:g} GB GPU; lower evaluation.batch_size or evaluation.max_new_tokens")
     return None
-
-
-@rule("evaluation.placement", "evaluation.gpus", "cluster.gpu_memory_gb")
-def check_alongside_fits(evaluation: EvaluationSection, model: ModelSection, training: TrainingSection,
-                         deepspeed: DeepSpeedSection, attention: AttentionSection, cluster: ClusterShape) -> str | None:
-    from core.estimate import alongside_memory
-
-    if evaluation.placement != "alongside" or evaluation.when == "never" or model.architecture is None \
-            or cluster.memory_gb is None:
-        return None
-    side = alongside_memory(model, training, deepspeed, attention, cluster, evaluation)
-    if side.fits:
-        return None
-    return (f"evaluation.placement 'alongside' does not fit: training peaks at {side.training / 1e9:.1f} GB per GPU "
-            f"and the evaluation adds {side.evaluation / 1e9:.1f} GB on each of its {side.gpus} GPUs "
-            f"({side.training / 1e9:.1f} + {side.evaluation / 1e9:.1f} = {(side.training + side.evaluation) / 1e9:.1f} GB "
-            f"> {cluster.memory_gb:g} GB); use placement slurm, after_training or devices (or auto)")
 
 
 @rule("training.save_steps", "training.max_steps")

@@ -123,6 +123,14 @@ def resolve_placement(config: RunConfig, backend: str, eval_devices: tuple[int, 
                 f"evaluation.placement {requested!r} is not available on the {backend} backend "
                 f"(it offers {', '.join(allowed)}); choose one of those or auto")
         why = "evaluation.placement in the config"
+        if requested == "alongside" and not cpu and have_arch and c.memory_gb is not None:
+            side = alongside_memory(config.model, config.training, config.deepspeed, config.attention, c, ev)
+            if side.fits is False:
+                raise PlacementError(
+                    f"evaluation.placement 'alongside' does not fit: training peaks at {_gb(side.training)} per GPU "
+                    f"and the evaluation adds {_gb(side.evaluation)} on each of its {side.gpus} GPU"
+                    f"{'s' if side.gpus != 1 else ''} ({_gb(side.training + side.evaluation)} > {c.memory_gb:g} GB); "
+                    "use after_training or devices (or auto)")
     if placement == "devices":
         if not eval_devices:
             raise PlacementError(

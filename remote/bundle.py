@@ -2,7 +2,7 @@
 
 Layout under `<work_root>/runs/<run_id>/`: the launch plan (core.plan.write_plan: config.yaml, config.json,
 ds_config.json, hostfile, .deepspeed_env, launch.slurm, launch.sh), run.json, the detach wrapper, and
-code/ with the job code (core/{__init__,records,evalsets,passk,fsutil,config,evalstate}.py, remote/__init__.py,
+code/ with the job code (core/{__init__,records,evalsets,passk,fsutil,config,evalstate,evalmemory}.py, remote/__init__.py,
 remote/job/**.py, and core/decontam/** for decontamination jobs). Dataset files go once per content to
 `<work_root>/datasets/<sha256>/<name>` and the shipped config points at them there; a file whose sha256
 is already present is not uploaded again.
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # config.py: the job reads its config.json through the app's own schema (pydantic + PyYAML, both on every
 # machine that can train: DeepSpeed depends on pydantic, transformers on PyYAML).
-CORE_JOB_MODULES = ("__init__.py", "records.py", "evalsets.py", "passk.py", "fsutil.py", "config.py", "evalstate.py")
+CORE_JOB_MODULES = ("__init__.py", "records.py", "evalsets.py", "passk.py", "fsutil.py", "config.py", "evalstate.py", "evalmemory.py")
 DATASETS_DIR = "datasets"
 RUNS_DIR = "runs"
 COMPLETE = ".complete"  # written last into a dataset directory upload

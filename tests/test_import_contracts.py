@@ -21,7 +21,8 @@ JOB_DIR = REPO / "remote" / "job"
 
 # core modules shipped in every run bundle (remote.bundle.CORE_JOB_MODULES): each uses the standard library,
 # other shipped core modules, and at most the third-party packages listed for it here.
-SHIPPED_CORE = {"core", "core.records", "core.evalsets", "core.passk", "core.fsutil", "core.config", "core.evalstate"}
+SHIPPED_CORE = {"core", "core.records", "core.evalsets", "core.passk", "core.fsutil", "core.config", "core.evalstate",
+                "core.evalmemory"}
 # core.config is the run config's schema, which the job reads its config.json with: pydantic (a dependency
 # of DeepSpeed) and PyYAML (a dependency of transformers) are on every machine that can train.
 SHIPPED_CORE_THIRD_PARTY = {"core.config": {"pydantic", "yaml"}}

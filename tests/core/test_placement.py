@@ -84,6 +84,15 @@ def test_a_placement_the_backend_cannot_do_is_refused_with_the_choices() -> None
         parse_devices("7,seven")
 
 
+def test_alongside_that_does_not_fit_beside_training_names_both_peaks() -> None:
+    # 100 sequences: the evaluation alone fits one GPU (70 GB), but not beside training's 20 GB peak.
+    cfg = variant("codellama-7b-base", evaluation={"placement": "alongside", "batch_size": 100})
+    with pytest.raises(PlacementError, match=r"training peaks at 19\.8 GB.*adds 70\.2 GB.*90\.1 GB > 80 GB"):
+        resolve_placement(cfg, "local")
+    with pytest.raises(PlanError, match="does not fit"):
+        render_plan(cfg, ctx("local"))
+
+
 def test_reserved_gpus_too_small_for_the_evaluation_name_the_numbers() -> None:
     cfg = variant("phind-codellama-34b-v1", cluster={"gpus_per_node": 7}, training={"global_batch_size": 112},
                   evaluation={"placement": "devices"})

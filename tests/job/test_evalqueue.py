@@ -143,18 +143,19 @@ def test_pruning_keeps_only_the_weights_of_a_checkpoint_whose_evaluation_is_pend
     assert not kept.exists()
 
 
-def test_the_queue_tool_runs_from_the_shipped_code_directory(tmp_path: Path, repo_root: Path) -> None:
+def test_the_queue_tool_runs_from_the_shipped_code_directory(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
+    from remote.bundle import job_code_files
+
     code = tmp_path / "code"
-    (code / "core").mkdir(parents=True)
-    (code / "core" / "__init__.py").write_text("")
-    for name in ("records", "evalsets", "passk", "fsutil", "evalstate"):
-        shutil.copy(repo_root / "core" / f"{name}.py", code / "core")
-    shutil.copytree(repo_root / "remote" / "job", code / "remote" / "job", ignore=shutil.ignore_patterns("__pycache__"))
-    (code / "remote" / "__init__.py").write_text("")
-    (code / "pydantic.py").write_text("raise ImportError('pydantic is not available on the cluster')\n")
+    for rel, path in job_code_files().items():  # exactly what the bundle ships
+        (code / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, code / rel)
+    # the app's side (Qt, SSH) is not on a cluster: an import of it fails loudly
+    for blocked in ("PySide6", "paramiko", "pyqtgraph"):
+        (code / f"{blocked}.py").write_text(f"raise ImportError('{blocked} is not available on the cluster')\n")
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"derived": {"evaluation": {"placement": "after_training"}}}))
