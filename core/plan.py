@@ -290,40 +290,31 @@ def _script(lines: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _launch_sh(config: RunConfig, ctx: LaunchContext, what: str, argv: list[str]) -> str:
+    """A launch.sh: into the run directory, the profile's environment, the job's variables, then `exec` the
+    launcher with its output appended to stdout.log (exec: a SIGTERM to the script reaches the launcher)."""
+    return _script([
+        "#!/bin/bash",
+        f"# TuneDeck run {_comment(ctx.run_id)}: {what}.",
+        _SHELLCHECK_LITERALS,
+        "set -euo pipefail",
+        f"cd {shlex.quote(ctx.run_dir)}",
+        *_env_setup(ctx),
+        *_exports(config, ctx),
+        f"exec {shlex.join(argv)} >> {shlex.quote(ctx.path(RunPaths.STDOUT))} 2>&1",
+    ])
+
+
 def render_local_script(config: RunConfig, ctx: LaunchContext) -> str:
-    """launch.sh for the local backend: torchrun in the foreground of this script, output appended to
-    stdout.log; `exec` so a SIGTERM to the script's process reaches torchrun, which forwards it to ranks."""
-    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
-    return _script(
-        [
-            "#!/bin/bash",
-            f"# TuneDeck run {_comment(ctx.run_id)}: local launch (torchrun, standalone).",
-            _SHELLCHECK_LITERALS,
-            "set -euo pipefail",
-            f"cd {shlex.quote(ctx.run_dir)}",
-            *_env_setup(ctx),
-            *_exports(config, ctx),
-            f"exec {shlex.join(local_command(config, ctx))} >> {stdout} 2>&1",
-        ]
-    )
+    """launch.sh for the local backend: torchrun in the foreground of this script, which forwards a SIGTERM
+    to the ranks."""
+    return _launch_sh(config, ctx, "local launch (torchrun, standalone)", local_command(config, ctx))
 
 
 def render_hostfile_launch(config: RunConfig, ctx: LaunchContext) -> str:
     """launch.sh for the hostfile backend (started with `setsid nohup`): the deepspeed launcher, run from
-    the run directory so it finds .deepspeed_env, output appended to stdout.log."""
-    stdout = shlex.quote(ctx.path(RunPaths.STDOUT))
-    return _script(
-        [
-            "#!/bin/bash",
-            f"# TuneDeck run {_comment(ctx.run_id)}: DeepSpeed hostfile launch.",
-            _SHELLCHECK_LITERALS,
-            "set -euo pipefail",
-            f"cd {shlex.quote(ctx.run_dir)}",
-            *_env_setup(ctx),
-            *_exports(config, ctx),
-            f"exec {shlex.join(hostfile_command(config, ctx))} >> {stdout} 2>&1",
-        ]
-    )
+    the run directory so it finds .deepspeed_env."""
+    return _launch_sh(config, ctx, "DeepSpeed hostfile launch", hostfile_command(config, ctx))
 
 
 def _comment(text: str) -> str:

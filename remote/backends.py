@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from core.records import RunPaths
+from core.store import TERMINAL_STATUSES
 from remote.transport import CommandResult, RemoteCommandError, Transport
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class JobStatus:
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("finished", "failed", "cancelled")
+        return self.state in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ class SlurmBackend(Backend):
         while time.monotonic() < deadline:
             found = self.query(transport, [job.job_id])
             state = found.get(job.job_id, ("GONE", ""))[0]
-            if SLURM_STATES.get(state.split()[0].rstrip("+"), "") in ("finished", "failed", "cancelled") or \
+            if SLURM_STATES.get(state.split()[0].rstrip("+"), "") in TERMINAL_STATUSES or \
                     state == "GONE":
                 break
             time.sleep(0.5)
