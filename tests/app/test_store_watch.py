@@ -41,7 +41,7 @@ def test_every_view_of_the_window_shares_one_watcher_and_an_idle_run_is_never_re
     assert idle.point_count() == 10
     assert watcher.polls_by_run["idle"] == idle_reads  # its run did not change: not one read
     quiet = watcher.polls
-    qtbot.wait(1500)  # nothing changes anywhere: three poll ticks, and no subscription is read
+    qtbot.wait(1200)  # nothing changes anywhere: two poll ticks, and no subscription is read
     assert watcher.polls == quiet
     window.close()
     assert not watcher.running
@@ -56,7 +56,7 @@ def test_the_stream_wakes_the_watcher_directly_without_waiting_for_its_poll(qtbo
     view.show()
     qtbot.waitUntil(lambda: view.loaded, timeout=WAIT_MS)
     feed.metrics(range(1, 6))
-    qtbot.wait(1000)
+    qtbot.wait(600)
     assert view.point_count() == 0  # not told, not polled yet
     started = time.monotonic()
     threading.Thread(target=watcher.notify, args=("r1", "metrics.jsonl", 5)).start()  # as the streamer calls it
