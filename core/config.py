@@ -118,7 +118,8 @@ class DemoDataset(Section):
 class DataSection(Section):
     train_files: list[str] = Field(
         default_factory=list,
-        description="Training files (JSONL, JSON, Parquet or CSV), read in order through `datasets`.",
+        description="Training files (.jsonl/.ndjson, .json, .parquet, .csv/.tsv or .arrow), read in order: the "
+        "contamination check and training read them alike (core/datafiles.py).",
         json_schema_extra=ui(widget="paths"),
     )
     dataset_dir: str | None = Field(
@@ -596,13 +597,6 @@ def check_evaluation_fits(evaluation: EvaluationSection, model: ModelSection, cl
 def check_save_within_run(training: TrainingSection) -> str | None:
     if training.max_steps is not None and training.save_steps > training.max_steps:
         return f"training.save_steps ({training.save_steps}) exceeds training.max_steps ({training.max_steps}): no checkpoint would be saved before the end"
-    return None
-
-
-@rule("attention.implementation", "training.packing")
-def check_packing_attention(attention: AttentionSection, training: TrainingSection) -> str | None:
-    # transformers builds a block-diagonal mask for sdpa/eager from position ids, so packing is safe with
-    # every implementation; nothing to reject, kept as the place where a future unsafe combination goes.
     return None
 
 

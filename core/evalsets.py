@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.records import jsonl_objects
+
 # Where users get the files (`tunedeck data download`); sha256 of the upstream files as published.
 UPSTREAM: dict[str, dict[str, str]] = {
     "mbpp": {
@@ -81,17 +83,7 @@ def _read_lines(path: Path) -> tuple[list[dict[str, Any]], str]:
             raw = gzip.decompress(raw)
         except OSError as exc:
             raise EvalSetError(f"{path}: not a gzip file ({exc})") from None
-    rows = []
-    for line_no, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EvalSetError(f"{path}:{line_no}: not a JSON line ({exc})") from None
-        if not isinstance(row, dict):
-            raise EvalSetError(f"{path}:{line_no}: expected a JSON object")
-        rows.append(row)
+    rows = [row for _line_no, row in jsonl_objects(raw, path, EvalSetError)]
     if not rows:
         raise EvalSetError(f"{path}: no rows")
     return rows, digest
@@ -241,9 +233,3 @@ def load_eval_set(spec: str, **options: Any) -> EvalSet:
     if name == "humaneval":
         return load_humaneval(path)
     return LOADERS[name](path, **options) if options else LOADERS[name](path)
-
-
-def default_data_dir() -> Path | None:
-    """Where benchmark files are looked up when no path is given: $TUNEDECK_BENCH_DATA, else None."""
-    env = os.environ.get("TUNEDECK_BENCH_DATA")
-    return Path(env) if env else None

@@ -7,7 +7,7 @@ otherwise computed from the stored pass@1 and task count (Wilson over tasks, con
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,19 +53,26 @@ def _subset_results(results: Mapping[str, tuple[str, list[bool]]], subset: str) 
     return {t: passes for t, (s, passes) in results.items() if subset == "all" or s == subset}
 
 
+def latest_evals(evals: Iterable[Mapping[str, Any]]) -> dict[tuple[int, str, str], Mapping[str, Any]]:
+    """The eval record that counts for each (step, benchmark, subset): the latest attempt's (a resumed run that
+    evaluated a checkpoint again), and within an attempt the latest written."""
+    latest: dict[tuple[int, str, str], tuple[tuple[float, float], Mapping[str, Any]]] = {}
+    for rec in evals:
+        key = (int(rec["step"]), str(rec["benchmark"]), str(rec["subset"]))
+        rank = (rec.get("attempt") or 0, rec.get("t") or 0.0)
+        if key not in latest or rank >= latest[key][0]:
+            latest[key] = (rank, rec)
+    return {key: rec for key, (_rank, rec) in latest.items()}
+
+
 def eval_points(evals: Sequence[Mapping[str, Any]],
                 task_results: Mapping[tuple[int, str], Mapping[str, tuple[str, list[bool]]]] | None = None,
                 ) -> list[EvalPoint]:
     """An EvalPoint per (step, benchmark, subset) of a run's evals records (Store.evals; the latest attempt
     wins), ordered by step. `task_results` maps (step, benchmark) to Store.task_results for the evaluations
     whose per-sample rows are stored."""
-    latest: dict[tuple[int, str, str], Mapping[str, Any]] = {}
-    for rec in evals:
-        key = (int(rec["step"]), str(rec["benchmark"]), str(rec["subset"]))
-        if key not in latest or rec.get("attempt", 0) >= latest[key].get("attempt", 0):
-            latest[key] = rec
     points = []
-    for (step, bench, subset), rec in sorted(latest.items()):
+    for (step, bench, subset), rec in sorted(latest_evals(evals).items()):
         per_task = (task_results or {}).get((step, bench))
         results = _subset_results(per_task, subset) if per_task else None
         if results and len(results) != rec.get("n_tasks"):

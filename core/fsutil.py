@@ -36,11 +36,6 @@ def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
             tmp.chmod(mode)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -11,7 +11,6 @@ every sample (the per-task rates).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.records import jsonl_objects
 from core.uncertainty import Interval, mcnemar_exact_p, paired_difference_interval, pass_at_k_interval
 
 SUBSET_CHOICES = ("all", "clean", "contaminated")
@@ -172,15 +172,7 @@ def read_samples_file(path: str | os.PathLike[str], benchmark: str | None = None
     except OSError as exc:
         raise ComparisonError(f"{path}: {exc.strerror or exc}") from None
     rows: list[_Located] = []
-    for line_no, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ComparisonError(f"{p}:{line_no}: not JSON ({exc})") from None
-        if not isinstance(rec, dict):
-            raise ComparisonError(f"{p}:{line_no}: expected a JSON object per line")
+    for line_no, rec in jsonl_objects(data, p, ComparisonError):
         row = _Located(rec)
         row.line_no = line_no
         rows.append(row)

@@ -44,8 +44,3 @@ def pass_at_k_all(results: Mapping[str, Sequence[bool]], ks: Iterable[int] | Non
         if 1 <= k <= n_min:
             out[k] = sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
     return out
-
-
-def default_ks(n: int) -> list[int]:
-    """The ks reported for n samples per task: every k <= n."""
-    return list(range(1, n + 1))

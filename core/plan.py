@@ -345,38 +345,32 @@ def _run_training(config: RunConfig, ctx: LaunchContext, command: list[str], bac
     ]
 
 
+def _launch_sh(config: RunConfig, ctx: LaunchContext, what: str, argv: list[str], backend: str) -> str:
+    """A launch.sh: into the run directory, the profile's environment, the job's variables, then the
+    launcher with its output appended to stdout.log (_run_training: exec'd, or followed by the queued
+    evaluations for placement after_training)."""
+    return _script([
+        "#!/bin/bash",
+        f"# TuneDeck run {_comment(ctx.run_id)}: {what}.",
+        _SHELLCHECK_LITERALS,
+        "set -euo pipefail",
+        f"cd {shlex.quote(ctx.run_dir)}",
+        *_env_setup(ctx),
+        *_exports(config, ctx),
+        *_run_training(config, ctx, argv, backend),
+    ])
+
+
 def render_local_script(config: RunConfig, ctx: LaunchContext) -> str:
-    """launch.sh for the local backend: torchrun in the foreground of this script, output appended to
-    stdout.log."""
-    return _script(
-        [
-            "#!/bin/bash",
-            f"# TuneDeck run {_comment(ctx.run_id)}: local launch (torchrun, standalone).",
-            _SHELLCHECK_LITERALS,
-            "set -euo pipefail",
-            f"cd {shlex.quote(ctx.run_dir)}",
-            *_env_setup(ctx),
-            *_exports(config, ctx),
-            *_run_training(config, ctx, local_command(config, ctx), "local"),
-        ]
-    )
+    """launch.sh for the local backend: torchrun in the foreground of this script, which forwards a SIGTERM
+    to the ranks."""
+    return _launch_sh(config, ctx, "local launch (torchrun, standalone)", local_command(config, ctx), "local")
 
 
 def render_hostfile_launch(config: RunConfig, ctx: LaunchContext) -> str:
     """launch.sh for the hostfile backend (started with `setsid nohup`): the deepspeed launcher, run from
-    the run directory so it finds .deepspeed_env, output appended to stdout.log."""
-    return _script(
-        [
-            "#!/bin/bash",
-            f"# TuneDeck run {_comment(ctx.run_id)}: DeepSpeed hostfile launch.",
-            _SHELLCHECK_LITERALS,
-            "set -euo pipefail",
-            f"cd {shlex.quote(ctx.run_dir)}",
-            *_env_setup(ctx),
-            *_exports(config, ctx),
-            *_run_training(config, ctx, hostfile_command(config, ctx), "hostfile"),
-        ]
-    )
+    the run directory so it finds .deepspeed_env."""
+    return _launch_sh(config, ctx, "DeepSpeed hostfile launch", hostfile_command(config, ctx), "hostfile")
 
 
 def _comment(text: str) -> str:

@@ -504,6 +504,18 @@ def read_records(path: str | os.PathLike[str], kind: str | None = None) -> tuple
     return res.records, res.corrupt
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def jsonl_objects(data: bytes, path: str | os.PathLike[str], error: type[Exception]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSONL file that must hold one JSON object per line;
+    `error` is raised naming the first line that does not (`PATH:LINE: not JSON (...)`)."""
+    rows = []
+    for line_no, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise error(f"{path}:{line_no}: not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise error(f"{path}:{line_no}: expected a JSON object per line")
+        rows.append((line_no, row))
+    return rows

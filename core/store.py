@@ -523,38 +523,37 @@ class Store:
         return IngestResult(inserted=inserted, duplicates=duplicates)
 
     @staticmethod
-    def _insert_metrics(conn: sqlite3.Connection, run_id: str, records: Sequence[dict[str, Any]]) -> int:
+    def _insert_or_ignore(conn: sqlite3.Connection, table: str, columns: Sequence[str],
+                          rows: list[tuple[Any, ...]]) -> int:
+        """Insert rows, ignoring those whose key is already stored (a re-delivered record); returns how many
+        were new."""
+        before = conn.total_changes
+        conn.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)})"
+                         f" VALUES ({', '.join('?' * len(columns))})", rows)
+        return conn.total_changes - before
+
+    @classmethod
+    def _insert_metrics(cls, conn: sqlite3.Connection, run_id: str, records: Sequence[dict[str, Any]]) -> int:
         rows = []
         for rec in records:
             extra = {k: v for k, v in rec.items() if k not in _METRIC_COLUMNS}
             rows.append((run_id, *(rec[c] for c in _METRIC_COLUMNS), _json(extra) if extra else None))
-        before = conn.total_changes
-        conn.executemany(
-            f"INSERT OR IGNORE INTO metrics (run_id, {', '.join(_METRIC_COLUMNS)}, extra)"
-            f" VALUES ({', '.join('?' * (len(_METRIC_COLUMNS) + 2))})", rows)
-        return conn.total_changes - before
+        return cls._insert_or_ignore(conn, "metrics", ("run_id", *_METRIC_COLUMNS, "extra"), rows)
 
-    @staticmethod
-    def _insert_evals(conn: sqlite3.Connection, run_id: str, records: Sequence[dict[str, Any]]) -> int:
+    @classmethod
+    def _insert_evals(cls, conn: sqlite3.Connection, run_id: str, records: Sequence[dict[str, Any]]) -> int:
         rows = []
         for rec in records:
             pass_at = {k: v for k, v in rec.items() if k.startswith("pass@")}
             rows.append((run_id, *(rec[c] for c in _EVAL_COLUMNS), _json(pass_at)))
-        before = conn.total_changes
-        conn.executemany(
-            f"INSERT OR IGNORE INTO evals (run_id, {', '.join(_EVAL_COLUMNS)}, pass_at)"
-            f" VALUES ({', '.join('?' * (len(_EVAL_COLUMNS) + 2))})", rows)
-        return conn.total_changes - before
+        return cls._insert_or_ignore(conn, "evals", ("run_id", *_EVAL_COLUMNS, "pass_at"), rows)
 
-    @staticmethod
-    def _insert_events(conn: sqlite3.Connection, run_id: str, records: Sequence[dict[str, Any]]) -> int:
+    @classmethod
+    def _insert_events(cls, conn: sqlite3.Connection, run_id: str, records: Sequence[dict[str, Any]]) -> int:
         # Both events files land here; their keys (attempt, t, event) cannot collide, since only the evaluation
         # processes write eval_started / eval_finished / eval_failed and only training writes the rest.
         rows = [(run_id, rec["t"], rec["attempt"], rec["event"], _json(rec["detail"])) for rec in records]
-        before = conn.total_changes
-        conn.executemany("INSERT OR IGNORE INTO events (run_id, t, attempt, event, detail) VALUES (?, ?, ?, ?, ?)",
-                         rows)
-        return conn.total_changes - before
+        return cls._insert_or_ignore(conn, "events", ("run_id", "t", "attempt", "event", "detail"), rows)
 
     def _insert_logs(self, conn: sqlite3.Connection, run_id: str, chunks: Sequence[dict[str, Any]],
                      end_offset: int) -> int:
@@ -594,15 +593,6 @@ class Store:
         return self._metric_dicts(
             f"SELECT rowid, {', '.join(_METRIC_COLUMNS)}, extra FROM metrics WHERE run_id = ? AND rowid > ?"
             " ORDER BY attempt, step", (run_id, since_rowid))
-
-    def latest_metrics_per_step(self, run_id: str) -> list[dict[str, Any]]:
-        """One record per step, from the latest attempt that logged it (a resumed attempt supersedes the steps
-        it redid), ordered by step."""
-        return self._metric_dicts(
-            f"SELECT m.rowid, {', '.join('m.' + c for c in _METRIC_COLUMNS)}, m.extra FROM metrics m"
-            " JOIN (SELECT step, MAX(attempt) AS attempt FROM metrics WHERE run_id = ? GROUP BY step) latest"
-            " ON m.step = latest.step AND m.attempt = latest.attempt"
-            " WHERE m.run_id = ? ORDER BY m.step", (run_id, run_id))
 
     def _metric_dicts(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         cur = self._conn().cursor()
@@ -757,39 +747,39 @@ class Store:
     # ------------------------------------------------------------------ compare view
 
     def summary(self, run_id: str) -> dict[str, Any]:
-        """Numbers for the compare view.
+        """Numbers for the runs table and the compare view, by core.series' rules (RunSeries.summary).
 
         steps: the last step logged; final_loss: loss at the last step that has one (latest attempt per step);
         tokens: the tokens count at the last step; wall_time_s: last t - first t over all metric records;
-        best_pass_at_1: {benchmark: {subset: best pass@1 over all checkpoints}}.
+        metric_points: the number of metric records; best_pass_at_1: {benchmark: {subset: best pass@1 over
+        all checkpoints}}.
         """
+        from core.series import MetricBatch, RunSeries, run_summary  # numpy: only the app needs summaries
+
         with self.snapshot() as conn:
-            latest = conn.execute(
-                "SELECT m.step, m.loss, m.tokens FROM metrics m"
-                " JOIN (SELECT step, MAX(attempt) AS attempt FROM metrics WHERE run_id = ? GROUP BY step) l"
-                " ON m.step = l.step AND m.attempt = l.attempt WHERE m.run_id = ? ORDER BY m.step DESC",
-                (run_id, run_id)).fetchall()
-            span = conn.execute("SELECT MIN(t), MAX(t), COUNT(*) FROM metrics WHERE run_id = ?", (run_id,)).fetchone()
-            eval_rows = conn.execute("SELECT benchmark, subset, pass_at FROM evals WHERE run_id = ?",
-                                     (run_id,)).fetchall()
-        final_loss = next((r["loss"] for r in latest if r["loss"] is not None), None)
-        best: dict[str, dict[str, float]] = {}
-        for r in eval_rows:
-            value = json.loads(r["pass_at"]).get("pass@1")
-            if value is None:
-                continue
-            per_subset = best.setdefault(r["benchmark"], {})
-            if value > per_subset.get(r["subset"], float("-inf")):
-                per_subset[r["subset"]] = value
-        return {
-            "run_id": run_id,
-            "steps": latest[0]["step"] if latest else None,
-            "final_loss": final_loss,
-            "tokens": latest[0]["tokens"] if latest else None,
-            "wall_time_s": (span[1] - span[0]) if span[2] else None,
-            "metric_points": span[2],
-            "best_pass_at_1": best,
-        }
+            rows = conn.execute("SELECT attempt, step, tokens, t, loss FROM metrics WHERE run_id = ?",
+                                (run_id,)).fetchall()
+            evals = self.evals(run_id)
+        series = RunSeries()
+        series.extend(MetricBatch.from_table(rows, ("attempt", "step", "tokens", "t", "loss")))
+        return run_summary(run_id, series, evals)
+
+    # ------------------------------------------------------------------ watching
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection (thread or process) committed to the store."""
+        return self._conn().execute("PRAGMA data_version").fetchone()[0]
+
+    def change_marks(self, run_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """Per run, a mark that changes when its row changes or any of its streams ingests (one indexed read
+        per run: what lets a watcher skip runs that did not change)."""
+        conn = self._conn()
+        out: dict[str, tuple[Any, ...]] = {}
+        for run_id in run_ids:
+            out[run_id] = tuple(conn.execute(
+                'SELECT (SELECT updated_at FROM runs WHERE run_id = ?), SUM("offset"), SUM(line_no),'
+                " SUM(corrupt_count), COUNT(*) FROM stream_offsets WHERE run_id = ?", (run_id, run_id)).fetchone())
+        return out
 
 
 def _sample_problems(row: Any) -> list[str]:

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from core.evalstate import eval_job_prefix, step_of_job_name
 from core.records import RunPaths
+from core.store import TERMINAL_STATUSES
 from remote.transport import CommandResult, RemoteCommandError, Transport
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class JobStatus:
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("finished", "failed", "cancelled")
+        return self.state in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -392,7 +393,7 @@ class SlurmBackend(Backend):
         while time.monotonic() < deadline:
             found = self.query(transport, [job.job_id])
             state = found.get(job.job_id, ("GONE", ""))[0]
-            if SLURM_STATES.get(state.split()[0].rstrip("+"), "") in ("finished", "failed", "cancelled") or \
+            if SLURM_STATES.get(state.split()[0].rstrip("+"), "") in TERMINAL_STATUSES or \
                     state == "GONE":
                 break
             time.sleep(0.5)

@@ -2,8 +2,8 @@
 
 Layout under `<work_root>/runs/<run_id>/`: the launch plan (core.plan.write_plan: config.yaml, config.json,
 ds_config.json, hostfile, .deepspeed_env, launch.slurm, launch.sh), run.json, the detach wrapper, and
-code/ with the job code (core/{__init__,records,evalsets,passk,fsutil,config,evalstate,evalmemory}.py, remote/__init__.py,
-remote/job/**.py, and core/decontam/** for decontamination jobs). Dataset files go once per content to
+code/ with the job code (core/{__init__,records,evalsets,passk,fsutil,config,evalstate,evalmemory,cancel,datafiles}.py,
+remote/__init__.py, remote/job/**.py, and core/decontam/** for decontamination jobs). Dataset files go once per content to
 `<work_root>/datasets/<sha256>/<name>` and the shipped config points at them there; a file whose sha256
 is already present is not uploaded again.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import core
 import remote
-from core.config import RunConfig, resolved_dict
+from core.config import RunConfig
 from core.fsutil import atomic_write_text, sha256_file
 from core.plan import LaunchContext, write_plan
 from core.records import RunPaths
@@ -32,8 +32,10 @@ from remote.transport import Transport
 log = logging.getLogger(__name__)
 
 # config.py: the job reads its config.json through the app's own schema (pydantic + PyYAML, both on every
-# machine that can train: DeepSpeed depends on pydantic, transformers on PyYAML).
-CORE_JOB_MODULES = ("__init__.py", "records.py", "evalsets.py", "passk.py", "fsutil.py", "config.py", "evalstate.py", "evalmemory.py")
+# machine that can train: DeepSpeed depends on pydantic, transformers on PyYAML). datafiles.py: the one reader
+# of training data (the job loads its rows through it, with `datasets`).
+CORE_JOB_MODULES = ("__init__.py", "records.py", "evalsets.py", "passk.py", "fsutil.py", "config.py", "evalstate.py",
+                    "evalmemory.py", "cancel.py", "datafiles.py")
 DATASETS_DIR = "datasets"
 RUNS_DIR = "runs"
 COMPLETE = ".complete"  # written last into a dataset directory upload
@@ -202,7 +204,3 @@ def stage_and_upload(config: RunConfig, ctx: LaunchContext, work_root: str, tran
                               include_decontam=include_decontam, renderer=renderer)
         upload_bundle(bundle, transport)
     return bundle
-
-
-def shipped_resolved(bundle: Bundle) -> dict[str, Any]:
-    return resolved_dict(bundle.config)

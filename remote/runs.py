@@ -251,7 +251,7 @@ def _apply(store: Store, row: RunRow, st: JobStatus) -> RunRow:
     state, reason = st.state, st.reason
     if state == "unknown":
         # Slurm forgot the job (MinJobAge) before we saw its end: the job's own events say how it ended.
-        ends = [e["event"] for e in store.events(row.run_id) if e["event"] in ("finished", "failed", "cancelled")]
+        ends = [e["event"] for e in store.events(row.run_id) if e["event"] in TERMINAL_STATUSES]
         if ends:
             state = ends[-1]
             reason = f"{reason}; the job reported {ends[-1]}"

@@ -56,7 +56,10 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 STATUS_WAIT_S = 10.0
 LARGE_UPLOAD_BYTES = 4 << 20  # bigger uploads use their own SFTP session
-MAX_EXTRA_CONNECTIONS = 8  # beyond the main one, for servers with a low MaxSessions  # after EOF, how long the exit status may lag behind
+# Connections beyond the main one, opened only when a server refuses another session on it (sshd's MaxSessions,
+# 10 by default). A run streams over one channel (its follower, remote/stream.py), so a default server carries
+# about eight live runs beside the SFTP session and a status command before a second connection is needed.
+MAX_EXTRA_CONNECTIONS = 8
 _CHUNK = 65536
 _PID_MARK = b"tunedeck-pid "
 # Errors paramiko raises when the link is gone (socket closed, transport dead, EOF mid-packet).
@@ -811,20 +814,3 @@ def _sftp_exists(sftp: paramiko.SFTPClient, path: str) -> bool:
         return True
     except FileNotFoundError:
         return False
-
-
-def scan_host_key(target: SshTarget, timeout: float = 15.0) -> paramiko.PKey:
-    """The key the host offers (no login), reached through its ProxyJump chain (whose keys must be known)."""
-    hops: list[paramiko.SSHClient] = []
-    try:
-        sock = _open_socket(target, timeout, hops) or socket.create_connection((target.hostname, target.port),
-                                                                                timeout=timeout)
-        t = paramiko.Transport(sock)
-        try:
-            t.start_client(timeout=timeout)
-            return t.get_remote_server_key()
-        finally:
-            t.close()
-    finally:
-        for h in hops:
-            h.close()

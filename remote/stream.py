@@ -7,11 +7,14 @@ the offset just past the last complete line ingested, in the SAME transaction as
 (Store.ingest), so whoever resumes (after a dropped connection, an app restart, a laptop sleep) starts
 there and every record arrives once. A partial last line is held back until its newline arrives.
 
-Transport: `tail -c +OFFSET -F FILE` through Transport.start (low latency: inotify on the machine, pushed
-over the channel), restarted from the stored offset when the channel ends; polling `read_bytes` is the
-fallback and the final drain. Bytes are aligned by their file position, so overlapping deliveries (a
-restarted tail, a drain racing the tail) are dropped, never ingested twice. A file shorter than the stored
-offset was truncated or rewritten: the stream is reset and read again (the store deduplicates records).
+Transport: one follower process per run (remote/job/follow.py, shipped in the run bundle, standard library
+only) started through Transport.start: it follows all of the run's files and frames what it sends by file
+and byte offset, so one SSH channel serves one run (inotify where the kernel offers it, a stat every half
+second for shared file systems). When the channel ends it is started again from the stored offsets. Polling
+`read_bytes` is the fallback (no python3 on the machine) and the final drain. Bytes are aligned by their file
+position, so overlapping deliveries (a restarted follower, a drain racing it) are dropped, never ingested
+twice. A file shorter than the stored offset, or replaced, was rewritten: the stream is reset and read again
+(the store deduplicates records).
 """
 
 from __future__ import annotations
@@ -21,24 +24,26 @@ import itertools
 import logging
 import sqlite3
 import statistics
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core.records import FILE_KIND, FeedResult, IncrementalReader, RunPaths
 from core.store import TERMINAL_STATUSES, IngestResult, RunRow, Store, StreamConflictError
-from remote.transport import StreamProcess, Transport, TransportError
+from remote.job import follow
+from remote.transport import LocalTransport, StreamProcess, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
 UpdateCallback = Callable[[str, str, int], None]  # (run_id, file_name, n_new)
 
-SIZE_CHECK_S = 5.0  # how often a tail-followed file's size is compared with the offset (truncation)
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-FILE_WAIT_S = 0.5  # how often a follower checks whether a file the job has not written yet exists
+FOLLOWER = f"{RunPaths.JOB_CODE}/remote/job/follow.py"  # the follower's place in a run directory
 LOG_CHUNK_MAX = 64 << 10  # stdout without a newline is ingested in pieces this large
 FINAL_READ_TRIES = 5  # a run that ended is read to its end this many times before the manager gives up
 CATCH_UP_S = 24 * 3600.0  # runs that ended this recently get one final read when a manager starts
@@ -206,6 +211,14 @@ class _FileState:
                  batch_error)
         return IngestResult(inserted=inserted, duplicates=duplicates)
 
+    def restart_from_zero(self, size: int) -> None:
+        """The follower found the file shrunk or replaced and sends it again from byte 0."""
+        with self.lock:
+            log.warning("%s of run %s was rewritten (now %d bytes; stored offset %d): reading it again",
+                        self.file_name, self.s.run_id, size, self.committed)
+            self.s.store.reset_stream(self.s.run_id, self.file_name)
+            self.load()
+
     def check_truncated(self, size: int | None) -> bool:
         with self.lock:
             if size is not None and size < self.committed:
@@ -237,23 +250,27 @@ class _FileState:
 
 
 class Streamer:
-    """Follows one run's streamed files into the store (one thread per file when started)."""
+    """Follows one run's streamed files into the store: one follower process (one channel) when started."""
 
     def __init__(self, store: Store, transport: Transport, run_id: str, run_dir: str, *,
-                 on_update: UpdateCallback | None = None, use_tail: bool = True, poll_s: float = 1.0,
-                 files: tuple[str, ...] = RunPaths.STREAMED):
+                 on_update: UpdateCallback | None = None, follow: bool = True, poll_s: float = 1.0,
+                 files: tuple[str, ...] = RunPaths.STREAMED, python: str | None = None):
         self.store = store
         self.transport = transport
         self.run_id = run_id
         self.run_dir = run_dir
         self.on_update = on_update
-        self.use_tail = use_tail
+        self.follow = follow
         self.poll_s = poll_s
+        # The follower needs only the standard library: this interpreter here, any python3 on a cluster.
+        self.python = python or (sys.executable if isinstance(transport, LocalTransport) else "python3")
         self.files = {name: _FileState(self, name) for name in files}
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._procs: dict[str, StreamProcess] = {}
-        self._procs_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._proc: StreamProcess | None = None
+        self._proc_lock = threading.Lock()
+        self._inline_follower = False  # the run's bundle has no follower (an older TuneDeck launched it)
+        self._bundled_seen = False
         # Hang watchdog inputs: arrival time of the last new metric, and recent (step, t) pairs.
         self.started_at = time.monotonic()
         self.last_metric_at: float | None = None
@@ -264,25 +281,29 @@ class Streamer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        for name in self.files:
-            t = threading.Thread(target=self._follow, args=(name,), name=f"stream-{self.run_id}-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._thread = threading.Thread(target=self._run, name=f"stream-{self.run_id}", daemon=True)
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the follower thread to end (it closes its own channel within a read timeout); see stop()."""
+        self._stop.set()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End following and wait for it. Stopping several streamers: request_stop() each first, then
+        stop() each, so that their channels close in parallel."""
         self._stop.set()
-        with self._procs_lock:
-            procs = list(self._procs.values())
-        for p in procs:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._proc_lock:
+            proc = self._proc  # still there only if the thread did not end in time
+        if proc is not None:
             with contextlib.suppress(Exception):
-                p.close()
-        for t in self._threads:
-            t.join(timeout)
-        self._threads.clear()
+                proc.close()
 
     @property
     def running(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
+        return self._thread is not None and self._thread.is_alive()
 
     def drain(self) -> dict[str, int]:
         """One polling pass over every file to its current end: {file: new records}."""
@@ -290,71 +311,98 @@ class Streamer:
 
     # ------------------------------------------------------------------ following
 
-    def _follow(self, name: str) -> None:
-        st = self.files[name]
+    def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
-                got = self._follow_tail(st) if self.use_tail else self._follow_poll(st)
+                got = self._follow_remote() if self.follow else self._follow_poll()
                 failures = 0 if got else failures + 1
-            except Exception as exc:  # noqa: BLE001 -- thread boundary: log, back off, resume from the stored offset
+            except Exception as exc:  # noqa: BLE001 -- thread boundary: log, back off, resume from the stored offsets
                 failures += 1
-                log.warning("streaming %s of run %s: %s (retrying)", name, self.run_id, exc)
+                log.warning("streaming run %s: %s (retrying)", self.run_id, exc)
             if self._stop.is_set():
                 break
-            st.rewind()
+            for st in self.files.values():
+                st.rewind()
             self._stop.wait(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
 
-    def _follow_tail(self, st: _FileState) -> bool:
-        """Run one `tail -F` from the committed offset until its channel ends; True if bytes arrived."""
-        st.rewind()
-        st.need_restart = False
-        # GNU tail -F on a file that does not exist yet falls back to polling once a second when it appears
-        # (measured: ~0.5 s median latency instead of < 1 ms with inotify), so wait for the file first.
-        while not self._stop.is_set() and self.transport.size(st.path) is None:
-            self._stop.wait(FILE_WAIT_S)
-        if self._stop.is_set():
+    def follower_argv(self) -> list[str]:
+        """The command that starts this run's follower from the stored offsets: the run bundle's copy, or this
+        installation's (sent inline) for a run whose bundle has none."""
+        python = self.python
+        starts = [f"{name}={st.committed}" for name, st in self.files.items()]
+        bundled = f"{self.run_dir.rstrip('/')}/{FOLLOWER}"
+        if not self._inline_follower and not self._bundled_seen:
+            self._inline_follower = self.transport.size(bundled) is None
+            self._bundled_seen = not self._inline_follower
+        if self._inline_follower:
+            return [python, "-u", "-c", Path(follow.__file__).read_text(encoding="utf-8"), self.run_dir, *starts]
+        return [python, "-u", bundled, self.run_dir, *starts]
+
+    def _follow_remote(self) -> bool:
+        """Run one follower until its channel ends (or a stream must restart); True if bytes arrived."""
+        for st in self.files.values():
+            st.rewind()
+            st.need_restart = False
+        by_index = list(self.files.values())
+        try:
+            proc = self.transport.start(self.follower_argv())
+        except FileNotFoundError:  # this machine (LocalTransport) has no such interpreter
+            self._no_follower(None)
             return False
-        start = st.committed
-        proc = self.transport.start(["tail", "-c", f"+{start + 1}", "-F", st.path])
-        with self._procs_lock:
-            self._procs[st.file_name] = proc
+        with self._proc_lock:
+            self._proc = proc
+        decoder = follow.FrameDecoder()
+        hello = False
         got = False
-        pos = start
-        next_size_check = time.monotonic() + SIZE_CHECK_S
         try:
             while not self._stop.is_set():
                 try:
                     data = proc.read(0.5)
                 except (TransportError, OSError, EOFError) as exc:
-                    log.info("tail of %s (run %s) ended: %s", st.file_name, self.run_id, exc)
+                    log.info("follower of run %s ended: %s", self.run_id, exc)
                     break
                 if data is None:
+                    if not hello:
+                        self._no_follower(proc)
                     break
-                if data:
-                    got = True
-                    st.feed(pos, data)
-                    pos += len(data)
-                if st.need_restart:
+                for frame in decoder.feed(data) if data else ():
+                    kind = frame[0]
+                    if kind == "data":
+                        got = True
+                        by_index[frame[1]].feed(frame[2], frame[3])
+                    elif kind == "truncated":
+                        by_index[frame[1]].restart_from_zero(frame[2])
+                    elif kind == "hello":
+                        hello = True
+                        if frame[1] != follow.PROTOCOL_VERSION and not self._inline_follower:
+                            log.info("run %s: its bundled follower speaks protocol %d, not %d: sending ours",
+                                     self.run_id, frame[1], follow.PROTOCOL_VERSION)
+                            self._inline_follower = True
+                            return got
+                if any(st.need_restart for st in by_index):
                     break
-                if time.monotonic() >= next_size_check:
-                    next_size_check = time.monotonic() + SIZE_CHECK_S
-                    if st.check_truncated(self.transport.size(st.path)):
-                        break
         finally:
-            with self._procs_lock:
-                self._procs.pop(st.file_name, None)
+            with self._proc_lock:
+                self._proc = None
             with contextlib.suppress(Exception):
                 proc.close()
         return got
 
-    def _follow_poll(self, st: _FileState) -> bool:
+    def _no_follower(self, proc: StreamProcess | None) -> None:
+        """The follower ended before saying hello: without a python3 there, poll the files instead."""
+        if proc is None or proc.returncode == 127:
+            log.warning("run %s: no python3 on %s to follow the run with; polling its files every %g s instead",
+                        self.run_id, self.transport.name, self.poll_s)
+            self.follow = False
+
+    def _follow_poll(self) -> bool:
         got = False
         while not self._stop.is_set():
-            before = st.expected
-            st.drain()
-            got = got or st.expected != before
-            if st.need_restart:
+            for st in self.files.values():
+                before = st.expected
+                st.drain()
+                got = got or st.expected != before
                 st.need_restart = False
             self._stop.wait(self.poll_s)
         return got
@@ -412,7 +460,7 @@ class StreamManager:
     def __init__(self, store: Store, *, on_update: UpdateCallback | None = None,
                  on_status: Callable[[RunRow], None] | None = None,
                  on_hang: Callable[[HangWarning], None] | None = None, poll_s: float = 5.0,
-                 use_tail: bool = True, transports: dict[str, Transport] | None = None,
+                 follow: bool = True, transports: dict[str, Transport] | None = None,
                  hang_k: float = HANG_K, hang_min_s: float = HANG_MIN_S):
         from remote.runs import StatusPoller
 
@@ -421,7 +469,7 @@ class StreamManager:
         self.on_status = on_status
         self.on_hang = on_hang
         self.poll_s = poll_s
-        self.use_tail = use_tail
+        self.follow = follow
         self.transports = dict(transports or {})
         self.hang_k = hang_k
         self.hang_min_s = hang_min_s
@@ -455,8 +503,7 @@ class StreamManager:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(30)
-        for s in list(self.streamers.values()):
-            s.stop()
+        stop_all(list(self.streamers.values()))
         self.streamers.clear()
 
     def _loop(self) -> None:
@@ -486,7 +533,7 @@ class StreamManager:
                 try:
                     self.streamers[row.run_id] = Streamer(self.store, self.transport(row.cluster), row.run_id,
                                                           row.run_dir, on_update=self.on_update,
-                                                          use_tail=self.use_tail)
+                                                          follow=self.follow)
                 except Exception as exc:  # noqa: BLE001 -- an unknown profile: report, keep the others going
                     self.errors[row.cluster] = str(exc)
         for row in changed.values():
@@ -517,7 +564,7 @@ class StreamManager:
                     self.errors[row.cluster] = str(exc)
                     continue
                 streamer = Streamer(self.store, transport, row.run_id, row.run_dir, on_update=self.on_update,
-                                    use_tail=self.use_tail)
+                                    follow=self.follow)
                 self.streamers[row.run_id] = streamer
                 streamer.start()
             if row.status == "running" and self.on_hang is not None:
@@ -554,6 +601,14 @@ class StreamManager:
             if (deadline is not None and time.monotonic() >= deadline) or (stop is not None and stop.is_set()):
                 return False
             time.sleep(min(self.poll_s, 1.0))
+
+
+def stop_all(streamers: list[Streamer]) -> None:
+    """Stop streamers together: each closes its own channel at once, not one after another."""
+    for s in streamers:
+        s.request_stop()
+    for s in streamers:
+        s.stop()
 
 
 def sync_all(store: Store, *, profile: str | None = None, transports: dict[str, Transport] | None = None,

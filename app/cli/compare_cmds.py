@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.cli import CliError
+from app.cli.errors import CliError
 
 INTERVAL_NOTE = ("95% intervals: pass@1 by {a_method}; B - A by {diff_method}. McNemar's exact test: two-sided "
                  "binomial on the {discordant} task(s) solved by one side only.")

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from app.cli import CliError
+from app.cli.errors import CliError
 
 EXIT_INVALID = 1
 CHARS_PER_TOKEN = 3.5  # Code Llama's tokenizer on code and English prose: ~3-4 characters per token
@@ -178,28 +178,20 @@ def cmd_config_render(args: argparse.Namespace) -> int:
 
 def _count_data(paths: list[Path], cfg):
     """DatasetStats from files: rows counted and characters of the prompt fields / CHARS_PER_TOKEN."""
-    import datasets
     from tqdm import tqdm
 
+    from core import datafiles
     from core.estimate import DatasetStats
 
     fields = [cfg.data.instruction_field, cfg.data.answer_field]
     if cfg.data.system_field:
         fields.append(cfg.data.system_field)
-    builders = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
     rows = chars = 0
     for path in paths:
-        if path.is_dir():
-            ds = datasets.load_from_disk(str(path))
-        elif path.is_file():
-            builder = builders.get(path.suffix.lower())
-            if builder is None:
-                raise CliError(f"{path}: unknown data format (use .jsonl, .json, .parquet, .csv or a saved dataset dir)")
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        else:
-            raise CliError(f"{path}: no such file or directory")
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        try:  # the reader training uses (core/datafiles.py): a file counted here is a file the job can read
+            ds = datafiles.load_dataset([path])
+        except datafiles.DataFileError as exc:
+            raise CliError(str(exc)) from None
         missing = [f for f in fields if f not in ds.column_names]
         if missing:
             raise CliError(f"{path}: no column {', '.join(missing)} (columns: {', '.join(ds.column_names)}); "

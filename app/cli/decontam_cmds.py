@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.cli import CliError
+from app.cli.errors import CliError
 
 MERGE_WORD = "merge"
 

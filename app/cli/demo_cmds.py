@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from app.cli import CliError
+    from app.cli.errors import CliError
     from core.store import Store
     from remote.demo import check_demo_contamination, demo_config, demo_report_path, ensure_demo_dataset
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from app.cli import CliError
+from app.cli.errors import CliError
 
 
 def register(subparsers: Any) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.cli import CliError
+from app.cli.errors import CliError
 
 STATE_WIDTH = 10
 
@@ -283,7 +283,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from remote.stream import StreamManager, sync_all
+    from remote.stream import StreamManager, stop_all, sync_all
 
     with _store() as store:
         if not args.follow:
@@ -319,8 +319,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             sync_all(store, profile=args.cluster)
             idle = manager.run_until_idle(stop=stop)
         finally:
-            for s in list(manager.streamers.values()):
-                s.stop()
+            stop_all(list(manager.streamers.values()))
         if idle:
             print("all runs ended; streams complete", flush=True)
             return 0

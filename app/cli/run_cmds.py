@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from app.cli import CliError
+from app.cli.errors import CliError
 
 ACTIVE_STATUSES = ("pending", "running", "completing")
 

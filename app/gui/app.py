@@ -1,4 +1,4 @@
-"""QApplication setup: style, light/dark palette following the system, icon, and `run_gui`."""
+"""QApplication setup (style, palette, icon from app.gui.theme) and `run_gui`."""
 
 from __future__ import annotations
 
@@ -6,91 +6,17 @@ import logging
 import os
 import sys
 
-from PySide6.QtCore import QCoreApplication, Qt, QThreadPool, QTimer
-from PySide6.QtGui import QColor, QFont, QFontDatabase, QGuiApplication, QIcon, QPalette
+from PySide6.QtCore import QCoreApplication, QThreadPool, QTimer
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
-from resources import RESOURCES_DIR
+from app.gui.theme import app_icon, apply_palette
 
 log = logging.getLogger(__name__)
 
 ORG_NAME = "TuneDeck"
 APP_NAME = "TuneDeck"
-ICON_PATH = RESOURCES_DIR / "icons" / "tunedeck.svg"
 SHUTDOWN_WAIT_MS = 10_000
-
-
-def is_dark() -> bool:
-    """Whether the app currently shows the dark palette (follows the system's colour scheme)."""
-    app = QGuiApplication.instance()
-    if app is None:
-        return False
-    scheme = QGuiApplication.styleHints().colorScheme()
-    if scheme == Qt.ColorScheme.Dark:
-        return True
-    if scheme == Qt.ColorScheme.Light:
-        return False
-    return app.palette().color(QPalette.ColorRole.Window).lightness() < 128
-
-
-def _palette(dark: bool) -> QPalette:
-    pal = QPalette()
-    if dark:
-        colors = {
-            QPalette.ColorRole.Window: "#202225", QPalette.ColorRole.WindowText: "#e3e5e8",
-            QPalette.ColorRole.Base: "#17181a", QPalette.ColorRole.AlternateBase: "#25272b",
-            QPalette.ColorRole.Text: "#e3e5e8", QPalette.ColorRole.Button: "#2b2d31",
-            QPalette.ColorRole.ButtonText: "#e3e5e8", QPalette.ColorRole.Highlight: "#3b82f6",
-            QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#2b2d31",
-            QPalette.ColorRole.ToolTipText: "#e3e5e8", QPalette.ColorRole.PlaceholderText: "#8a8f98",
-            QPalette.ColorRole.Link: "#60a5fa", QPalette.ColorRole.Mid: "#3a3d42",
-            QPalette.ColorRole.Midlight: "#34373c", QPalette.ColorRole.Dark: "#111214",
-            QPalette.ColorRole.Light: "#45484e",
-        }
-        disabled = "#6b6f76"
-    else:
-        colors = {
-            QPalette.ColorRole.Window: "#f3f4f6", QPalette.ColorRole.WindowText: "#1f2328",
-            QPalette.ColorRole.Base: "#ffffff", QPalette.ColorRole.AlternateBase: "#f6f8fa",
-            QPalette.ColorRole.Text: "#1f2328", QPalette.ColorRole.Button: "#f6f7f9",
-            QPalette.ColorRole.ButtonText: "#1f2328", QPalette.ColorRole.Highlight: "#2563eb",
-            QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#ffffff",
-            QPalette.ColorRole.ToolTipText: "#1f2328", QPalette.ColorRole.PlaceholderText: "#8c959f",
-            QPalette.ColorRole.Link: "#0969da", QPalette.ColorRole.Mid: "#d0d7de",
-            QPalette.ColorRole.Midlight: "#e5e7eb", QPalette.ColorRole.Dark: "#9ca3af",
-            QPalette.ColorRole.Light: "#ffffff",
-        }
-        disabled = "#a0a7b0"
-    for role, color in colors.items():
-        pal.setColor(role, QColor(color))
-    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText):
-        pal.setColor(QPalette.ColorGroup.Disabled, role, QColor(disabled))
-    return pal
-
-
-def apply_palette(app: QApplication, dark: bool | None = None) -> None:
-    """Apply the light or dark palette (None: follow the system's colour scheme)."""
-    if dark is None:
-        forced = os.environ.get("TUNEDECK_COLOR_SCHEME", "").lower()  # light | dark: override the system's
-        dark = forced == "dark" if forced in ("light", "dark") else QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
-    app.setPalette(_palette(dark))
-    app.setProperty("tunedeck_dark", dark)
-
-
-def palette_is_dark() -> bool:
-    app = QApplication.instance()
-    return bool(app and app.property("tunedeck_dark"))
-
-
-def monospace_font(point_size: int | None = None) -> QFont:
-    font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
-    if point_size:
-        font.setPointSize(point_size)
-    return font
-
-
-def app_icon() -> QIcon:
-    return QIcon(str(ICON_PATH))
 
 
 def create_app(argv: list[str] | None = None) -> QApplication:

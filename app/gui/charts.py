@@ -1,6 +1,6 @@
 """Live charts: curves created once, then `setData` with peak downsampling and clip-to-view.
 
-Widgets here only render arrays that core.series computed. Measured (FACTS.md): 1M points per frame cost
+Widgets here only render arrays that core.series computed (MetricChart draws core.series.Curve objects). Measured (FACTS.md): 1M points per frame cost
 ~11 ms with `setDownsampling(auto=True, method='peak')` + `setClipToView(True)`, ~140 ms without.
 """
 
@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from core.references import DEFAULT_SHOWN, Reference, references_for
-from core.series import EmaState, Segment
+from core.series import Curve, CurveSegment
 
 # Colour-blind-safe qualitative palette (Okabe-Ito), cycled per run.
 RUN_COLORS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -25,10 +25,6 @@ UNCONFINED_COLOR = "#cf222e"  # the badge on pass@1 measured without a sandbox
 MEASURED_COLOR = "#8250df"  # a measured reference without a published line of the same name
 
 pg.setConfigOptions(antialias=False, useOpenGL=False)
-
-
-def run_color(index: int) -> str:
-    return RUN_COLORS[index % len(RUN_COLORS)]
 
 
 def _configure_plot(plot: pg.PlotItem, downsample: bool) -> None:
@@ -170,43 +166,6 @@ class ChartWidget(QWidget):
         return path
 
 
-class _Buffer:
-    """A growing x/y/smoothed array triple (capacity doubles), so appends are amortised O(new points)."""
-
-    def __init__(self, weight: float):
-        self.x = np.empty(1024)
-        self.y = np.empty(1024)
-        self.s = np.empty(1024)
-        self.n = 0
-        self.ema = EmaState(weight)
-        self.magnitude = 0.0  # the largest |y| so far (finite values only): what a flat curve's y-range scales to
-        self.lo, self.hi = np.inf, -np.inf  # finite y bounds so far
-
-    def append(self, x: np.ndarray, y: np.ndarray) -> None:
-        need = self.n + x.size
-        if need > self.x.size:
-            cap = max(need, 2 * self.x.size)
-            for name in ("x", "y", "s"):
-                grown = np.empty(cap)
-                grown[: self.n] = getattr(self, name)[: self.n]
-                setattr(self, name, grown)
-        self.x[self.n : need] = x
-        self.y[self.n : need] = y
-        self.s[self.n : need] = self.ema.extend(y)
-        self.n = need
-        finite = y[np.isfinite(y)]
-        if finite.size:
-            lo, hi = float(finite.min()), float(finite.max())
-            self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
-            self.magnitude = max(abs(self.lo), abs(self.hi))
-
-    def reset(self, weight: float) -> None:
-        self.n = 0
-        self.ema = EmaState(weight)
-        self.magnitude = 0.0
-        self.lo, self.hi = np.inf, -np.inf
-
-
 FLAT_SPAN = 0.02  # the y-axis never spans less than this share of the data's magnitude (a constant lr, say)
 ENVELOPE_MIN_POINTS = 1 << 16  # longer curves are drawn from a min/max envelope while the whole run is in view
 ENVELOPE_MAX_BINS = 4096  # ~3 bins per pixel on a wide chart: the envelope draws what peak downsampling would
@@ -249,16 +208,15 @@ class _Envelope:
 
 
 class MetricChart(ChartWidget):
-    """One training metric for one or more runs: raw (faint) and smoothed curves, one segment per attempt,
-    a dotted line where each resumed attempt starts. Live data is appended (only new points are smoothed);
-    a smoothing change or an x-axis change replaces the data."""
+    """One training metric for one or more runs, each a core.series.Curve: raw (faint) and smoothed lines, one
+    segment per attempt, a dotted line where each resumed attempt starts. The curve computes (only what is
+    new, on `refresh`); the chart hands its arrays to pyqtgraph."""
 
     def __init__(self, title: str, y_label: str, parent: QWidget | None = None, log_y: bool = False):
         super().__init__(title, y_label, parent=parent)
-        self.smoothing = 0.6
         self.show_raw = True
-        self._buffers: dict[tuple[str, int], _Buffer] = {}
-        self._labels: dict[str, tuple[str, str]] = {}
+        self._runs: dict[str, tuple[str, str, Curve]] = {}  # run key -> (label, colour, curve)
+        self._drawn: dict[tuple[str, int], CurveSegment] = {}  # what each attempt's items show
         self._envelopes: dict[tuple, _Envelope] = {}
         self._zoomed = False
         self.use_envelope = True  # False: always hand pyqtgraph every point (the benchmark's baseline)
@@ -270,7 +228,7 @@ class MetricChart(ChartWidget):
         self.plot.getViewBox().sigXRangeChanged.connect(self._on_x_range_changed)
 
     def _data_x_span(self) -> tuple[float, float] | None:
-        spans = [(b.x[0], b.x[b.n - 1]) for b in self._buffers.values() if b.n]
+        spans = [(seg.x[0], seg.x[-1]) for seg in self._drawn.values() if seg.n]
         if not spans:
             return None
         return min(a for a, _ in spans), max(b for _, b in spans)
@@ -283,9 +241,9 @@ class MetricChart(ChartWidget):
         zoomed = (x_range[1] - x_range[0]) < ENVELOPE_ZOOM * (span[1] - span[0])
         if zoomed != self._zoomed:
             self._zoomed = zoomed
-            for run_key, attempt in list(self._buffers):
-                if self._buffers[(run_key, attempt)].n >= ENVELOPE_MIN_POINTS:
-                    self._push(run_key, attempt)
+            for (run_key, attempt), seg in list(self._drawn.items()):
+                if seg.n >= ENVELOPE_MIN_POINTS:
+                    self._push(run_key, attempt, seg)
 
     def _set_curve(self, item: pg.PlotDataItem, key: tuple, x: np.ndarray, y: np.ndarray) -> None:
         """setData with the full arrays, or their envelope for a long curve while the whole run is in view."""
@@ -300,80 +258,95 @@ class MetricChart(ChartWidget):
             item.setData(x, y, connect="finite")
         item.full_data = (x, y)
 
-    def set_smoothing(self, weight: float) -> None:
-        """Re-smooth every buffer with a new weight (0 shows the raw curve alone)."""
-        self.smoothing = weight
-        self._envelopes.clear()
-        for (run_key, attempt), buf in self._buffers.items():
-            x, y = buf.x[: buf.n].copy(), buf.y[: buf.n].copy()
-            buf.reset(weight)
-            buf.append(x, y)
-            self._push(run_key, attempt)
+    def set_curve(self, run_key: str, label: str, color: str, curve: Curve) -> None:
+        """Show `curve` as the run's line (replacing what the run showed) and draw it."""
+        self.clear_run(run_key)
+        self._runs[run_key] = (label, color, curve)
+        self.refresh(run_key)
+
+    def set_label(self, run_key: str, label: str) -> None:
+        if run_key in self._runs and self._runs[run_key][0] != label:
+            _old, color, curve = self._runs[run_key]
+            self.set_curve(run_key, label, color, curve)
+
+    def refresh(self, run_key: str | None = None) -> bool:
+        """Bring the drawn lines up to their curves (one run, or every run): only the attempts that changed
+        are handed to pyqtgraph again. True when anything was redrawn."""
+        drew = False
+        for key in [run_key] if run_key is not None else list(self._runs):
+            if key not in self._runs:
+                continue
+            curve = self._runs[key][2]
+            update = curve.refresh()
+            if update.reset:
+                self._drop_attempts(key, curve.attempts)
+            for attempt in curve.attempts if update.reset else update.changed:
+                self._push(key, attempt, curve.segment(attempt))
+                drew = True
+        if drew:
+            self._keep_flat_curves_readable()
+        return drew
 
     def set_show_raw(self, show: bool) -> None:
         was = self.show_raw
         self.show_raw = show
         if show and not was:  # hidden raw curves were not kept up to date (see _push): refresh them
-            for run_key, attempt in list(self._buffers):
-                self._push(run_key, attempt)
-        for key, item in self._curves.items():
-            if len(key) == 3 and key[2] == "raw":
-                item.setVisible(show and self.smoothing > 0)
+            for (run_key, attempt), seg in list(self._drawn.items()):
+                self._push(run_key, attempt, seg)
+        for (run_key, _attempt, kind), item in self._curves.items():
+            if kind == "raw":
+                item.setVisible(show and self._runs[run_key][2].smoothing > 0)
 
-    def clear_run(self, run_key: str) -> None:
-        for key in [k for k in self._buffers if k[0] == run_key]:
-            del self._buffers[key]
+    def _drop_attempts(self, run_key: str, attempts: list[int]) -> None:
+        """Before a full redraw: keep the items of attempts still there (curves are created once, then
+        setData), unless the first attempt (the one named in the legend) changed."""
+        drawn = sorted(a for r, a in self._drawn if r == run_key)
+        if drawn[:1] != attempts[:1]:
+            self._clear_items(run_key)
+            return
+        keep = set(attempts)
+        for attempt in [a for a in drawn if a not in keep]:
+            del self._drawn[(run_key, attempt)]
+        self.remove_curves([k for k in self._curves if k[0] != run_key or k[1] in keep])
+        self.remove_lines([k for k in self._lines if k[0] != run_key or k[1] in keep])
+
+    def _clear_items(self, run_key: str) -> None:
+        for key in [k for k in self._drawn if k[0] == run_key]:
+            del self._drawn[key]
         for key in [k for k in self._envelopes if k[0] == run_key]:
             del self._envelopes[key]
         self.remove_curves([k for k in self._curves if k[0] != run_key])
         self.remove_lines([k for k in self._lines if k[0] != run_key])
 
-    def set_run(self, run_key: str, label: str, color: str, segs: Sequence[Segment]) -> None:
-        """Replace one run's data with these per-attempt segments."""
-        self.clear_run(run_key)
-        self._labels[run_key] = (label, color)
-        for seg in segs:
-            self.append(run_key, seg.attempt, seg.x, seg.y)
+    def clear_run(self, run_key: str) -> None:
+        self._clear_items(run_key)
+        self._runs.pop(run_key, None)
 
-    def append(self, run_key: str, attempt: int, x: np.ndarray, y: np.ndarray, label: str | None = None,
-               color: str | None = None) -> None:
-        """Append new points of one attempt (live streaming)."""
-        if label is not None or color is not None or run_key not in self._labels:
-            old = self._labels.get(run_key, (run_key, RUN_COLORS[len(self._labels) % len(RUN_COLORS)]))
-            self._labels[run_key] = (label or old[0], color or old[1])
-        buf = self._buffers.get((run_key, attempt))
-        if buf is None:
-            buf = self._buffers[(run_key, attempt)] = _Buffer(self.smoothing)
-        x = np.asarray(x, dtype=float)
-        if x.size == 0:
-            return
-        buf.append(x, np.asarray(y, dtype=float))
-        self._push(run_key, attempt)
+    def run_keys(self) -> list[str]:
+        return list(self._runs)
 
     def point_count(self, run_key: str) -> int:
-        return sum(b.n for (r, _), b in self._buffers.items() if r == run_key)
+        return sum(seg.n for (r, _), seg in self._drawn.items() if r == run_key)
 
-    def _push(self, run_key: str, attempt: int) -> None:
-        buf = self._buffers[(run_key, attempt)]
-        label, color = self._labels[run_key]
-        attempts = sorted(a for r, a in self._buffers if r == run_key)
-        first = attempt == attempts[0]
+    def _push(self, run_key: str, attempt: int, seg: CurveSegment) -> None:
+        if self._drawn.get((run_key, attempt)) is not seg:  # new data, not more of the drawn one
+            for kind in ("raw", "smooth"):
+                self._envelopes.pop((run_key, attempt, kind), None)
+            self._drawn[(run_key, attempt)] = seg
+        label, color, curve = self._runs[run_key]
+        first = attempt == curve.attempts[0]
         name = label if first else None
-        if self.smoothing > 0:
-            raw = self.curve((run_key, attempt, "raw"), name=None, color=color, width=1, alpha=70)
+        raw = self.curve((run_key, attempt, "raw"), name=None, color=color, width=1, alpha=70)
+        line = self.curve((run_key, attempt, "smooth"), name=name, color=color, width=1)
+        if curve.smoothing > 0:
             if self.show_raw:  # a hidden curve's setData would still cost bounds and downsampling per update
-                self._set_curve(raw, (run_key, attempt, "raw"), buf.x[: buf.n], buf.y[: buf.n])
+                self._set_curve(raw, (run_key, attempt, "raw"), seg.x, seg.y)
             raw.setVisible(self.show_raw)
-            smooth = self.curve((run_key, attempt, "smooth"), name=name, color=color, width=1)
-            self._set_curve(smooth, (run_key, attempt, "smooth"), buf.x[: buf.n], buf.s[: buf.n])
         else:
-            raw = self.curve((run_key, attempt, "raw"), name=None, color=color, width=1, alpha=70)
             raw.setVisible(False)
-            line = self.curve((run_key, attempt, "smooth"), name=name, color=color, width=1)
-            self._set_curve(line, (run_key, attempt, "smooth"), buf.x[: buf.n], buf.y[: buf.n])
-        if not first and buf.n:
-            self.vline((run_key, attempt, "resume"), float(buf.x[0]), f"attempt {attempt}", color)
-        self._keep_flat_curves_readable()
+        self._set_curve(line, (run_key, attempt, "smooth"), seg.x, seg.smooth)
+        if not first and seg.n:
+            self.vline((run_key, attempt, "resume"), float(seg.x[0]), f"attempt {attempt}", color)
 
     def _keep_flat_curves_readable(self) -> None:
         """A curve that hardly varies (a constant learning rate, a throughput steady to the last digit) would
@@ -384,9 +357,9 @@ class MetricChart(ChartWidget):
         if self.log_y:
             wanted, clamp = 0.01, (None, None)
         else:
-            bufs = [b for b in self._buffers.values() if b.hi >= b.lo]
-            lo = min((b.lo for b in bufs), default=0.0)
-            hi = max((b.hi for b in bufs), default=0.0)
+            bufs = [b for b in (c.bounds() for _l, _c, c in self._runs.values()) if b[1] >= b[0]]
+            lo = min((b[0] for b in bufs), default=0.0)
+            hi = max((b[1] for b in bufs), default=0.0)
             magnitude = max(abs(lo), abs(hi))
             flat_span = FLAT_SPAN * magnitude if magnitude > 0 else 1e-9
             # Only a flat curve gets the floor: one that varies (a spike early on, say) stays free to zoom into

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.cancel import Cancelled
+
 log = logging.getLogger(__name__)
 
 PROGRESS_MIN_INTERVAL_S = 0.05  # at most 20 progress messages per second
@@ -45,13 +47,6 @@ class CheckResult:
     rows: dict[int, dict[str, str]] = field(default_factory=dict)  # train_index -> {field: raw text}
     seconds: float = 0.0
     flagged: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # for core.decontam.write_clean
-
-
-class CheckCancelled(Exception):
-    """The check stopped because it was asked to (named like core.decontam.Cancelled for the Worker)."""
-
-
-CheckCancelled.__name__ = "Cancelled"
 
 
 def matched_row_texts(train_paths: tuple[str, ...], indices: set[int], fields: tuple[str, ...] | None,
@@ -99,16 +94,14 @@ def compute(request: CheckRequest, progress: Callable[[int, int], None], cancel:
     indices = {m["train_index"] for item in report.get("items", []) for m in item.get("matches", [])}
     rows = matched_row_texts(request.train_paths, indices, request.fields, cancel)
     if cancel.is_set():
-        raise CheckCancelled()
+        raise Cancelled()
     return CheckResult(report, rows, time.monotonic() - started, flagged)
 
 
 def _child(request: CheckRequest, out: Any, cancel: Any) -> None:
-    from core.decontam import Cancelled
-
     try:
         result = compute(request, lambda d, t: out.put(("progress", d, t)), cancel)
-    except (Cancelled, CheckCancelled):
+    except Cancelled:
         out.put(("cancelled",))
     except Exception as exc:  # process boundary: report it to the parent, which shows it
         log.exception("contamination check failed")
@@ -118,7 +111,7 @@ def _child(request: CheckRequest, out: Any, cancel: Any) -> None:
 
 
 def run_in_process(request: CheckRequest, progress: Callable[[int, int], None], cancel: threading.Event) -> CheckResult:
-    """Run `compute` in a spawned child; returns its result, raises CheckCancelled or RuntimeError."""
+    """Run `compute` in a spawned child; returns its result, raises Cancelled or RuntimeError."""
     mp = multiprocessing.get_context("spawn")  # never fork a process that runs Qt
     out = mp.Queue()
     child_cancel = mp.Event()
@@ -132,7 +125,7 @@ def run_in_process(request: CheckRequest, progress: Callable[[int, int], None], 
                 cancel_at = time.monotonic()
             if cancel_at is not None and time.monotonic() - cancel_at > CANCEL_GRACE_S:
                 proc.terminate()
-                raise CheckCancelled()
+                raise Cancelled()
             try:
                 message = out.get(timeout=POLL_S)
             except queue_module.Empty:
@@ -145,7 +138,7 @@ def run_in_process(request: CheckRequest, progress: Callable[[int, int], None], 
             elif kind == "done":
                 return message[1]
             elif kind == "cancelled":
-                raise CheckCancelled()
+                raise Cancelled()
             else:
                 raise RuntimeError(message[1])
     finally:

@@ -35,7 +35,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.app import palette_is_dark
 from app.gui.config_form import (
     ERROR_STYLE,
     FieldEditor,
@@ -46,6 +45,7 @@ from app.gui.config_form import (
     set_path,
     show_if_met,
 )
+from app.gui.theme import palette_is_dark
 from app.gui.workers import WorkContext, Worker
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
 """Comparing any number of runs: overlaid smoothed curves, a metrics table, pass@1 bars, a config diff.
 
-The data (every run's metric columns, evals, summary and config) is read off the UI thread into a frozen
-CompareData; the widget only renders it. The diff logic lives in core.configdiff.
+Every compared run is a subscription of the app's StoreWatcher (one background thread for every view): its
+batches extend a core.series.RunSeries per run, from which come the curves (core.series.Curve) and the
+metrics table (RunSeries.summary); live runs update as they stream. The widget only renders; the diff logic
+lives in core.configdiff.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -36,52 +37,64 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.charts import RUN_COLORS, UNCONFINED_COLOR, ChartWidget, MetricChart
-from app.gui.run_view import DEFAULT_SMOOTHING, METRICS, UNSMOOTHED, add_export_actions, export_button
-from app.gui.store_watch import MetricColumns, metric_columns
-from app.gui.workers import Worker
+from app.gui.run_view import (
+    DEFAULT_SMOOTHING,
+    METRICS,
+    UNSMOOTHED,
+    add_export_actions,
+    export_button,
+    select_data,
+)
+from app.gui.store_watch import RunBatch, StoreWatcher
+from app.gui.theme import set_title_font
 from core.configdiff import diff, format_value
-from core.records import unconfined_evaluations
-from core.series import X_AXES, X_LABELS, Segment, unconfined_best
-from core.store import Store
+from core.records import SUBSETS
+from core.series import X_AXES, X_LABELS, Curve, EvalProgress, RunSeries, run_summary, unconfined_best
+from core.store import RunRow, Store
 
 log = logging.getLogger(__name__)
-
-RELOAD_DELAY_MS = 1500  # live updates of compared runs are coalesced: a reload at most this often
-SUBSETS = ("all", "clean", "contaminated")
 
 
 @dataclass(frozen=True)
 class RunData:
+    """One compared run as the table, the bars and the diff show it."""
+
     run_id: str
     name: str
     status: str
     color: str
     config: dict[str, Any]
-    summary: dict[str, Any]
-    metrics: tuple[MetricColumns, ...]
+    summary: dict[str, Any]  # core.series.run_summary
     evals: tuple[dict[str, Any], ...]
     unconfined: frozenset[tuple[int, int]] = frozenset()  # (attempt, step) evaluated unconfined
 
 
 @dataclass(frozen=True)
 class CompareData:
-    request_id: int
     runs: tuple[RunData, ...]
     missing: tuple[str, ...]  # run ids no longer in the store
 
 
-def load_compare_data(store: Store, run_ids: list[str], request_id: int = 0) -> CompareData:
-    """Everything the compare view shows, read from the store (runs on a worker thread)."""
-    runs, missing = [], []
-    for i, run_id in enumerate(run_ids):
-        row = store.get_run(run_id)
-        if row is None:
-            missing.append(run_id)
-            continue
-        runs.append(RunData(run_id, row.name, row.status, compare_color(i), row.config(), store.summary(run_id),
-                            metric_columns(store.metrics(run_id)), tuple(store.evals(run_id)),
-                            frozenset(unconfined_evaluations(store.events(run_id)))))
-    return CompareData(request_id, tuple(runs), tuple(missing))
+class _Compared:
+    """What the view holds for one compared run: its subscription, series, curve, evaluations and latest row."""
+
+    def __init__(self, run_id: str, color: str, curve_field: str, x_axis: str, smoothing: float):
+        self.run_id = run_id
+        self.color = color
+        self.sub_id = 0
+        self.loaded = False
+        self.missing = False
+        self.row: RunRow | None = None
+        self.evals: tuple[dict[str, Any], ...] = ()
+        self.progress = EvalProgress()  # which evaluations ran unconfined
+        self.series = RunSeries()
+        self.curve = Curve(self.series, curve_field, x_axis, smoothing)
+
+    def data(self) -> RunData:
+        assert self.row is not None
+        return RunData(self.run_id, self.row.name, self.row.status, self.color, self.row.config(),
+                       run_summary(self.run_id, self.series, self.evals), self.evals,
+                       frozenset(self.progress.unconfined))
 
 
 def compare_color(index: int) -> str:
@@ -116,11 +129,13 @@ def _fmt(value: Any, kind: str) -> str:
 
 
 class CompareView(QWidget):
-    """main_window opens it as `CompareView(store, run_ids, parent)` and calls attach_events."""
+    """The main window opens it as `CompareView(store, run_ids, parent, watcher=its watcher)`; without a
+    watcher the view starts its own."""
 
-    data_loaded = Signal(object)  # CompareData, once rendered
+    data_loaded = Signal(object)  # CompareData, once rendered (again after every live update)
 
-    def __init__(self, store: Store, run_ids: list[str], parent: QWidget | None = None):
+    def __init__(self, store: Store, run_ids: list[str], parent: QWidget | None = None, *,
+                 watcher: StoreWatcher | None = None):
         super().__init__(parent)
         self.setObjectName("compare_view")
         self.store = store
@@ -129,23 +144,21 @@ class CompareView(QWidget):
         self.x_axis = "step"
         self.metric_field = "loss"
         self.hidden: set[str] = set()
-        self._workers: list[Worker] = []
-        self._request = 0
+        self._runs: dict[str, _Compared] = {}
+        self._config_key: tuple = ()
         self._bar_items: list[Any] = []
         self._closed = False
-        self._reload_timer = QTimer(self, singleShot=True, interval=RELOAD_DELAY_MS)
-        self._reload_timer.timeout.connect(self.reload)
         self._build()
+        self._own_watcher = watcher is None
+        self.watcher = watcher if watcher is not None else StoreWatcher(store, parent=self)
+        self.watcher.failed.connect(self._on_watch_failed)
         self.reload()
 
     # ------------------------------------------------------------------ layout
 
     def _build(self) -> None:
         self.title_label = QLabel(f"Comparing {len(self.run_ids)} runs")
-        font = self.title_label.font()
-        font.setPointSizeF(font.pointSizeF() * 1.35)
-        font.setBold(True)
-        self.title_label.setFont(font)
+        set_title_font(self.title_label)
         self.state_label = QLabel("loading…")
         self.state_label.setStyleSheet("color: palette(placeholder-text);")
         refresh = QPushButton("Refresh")
@@ -190,7 +203,6 @@ class CompareView(QWidget):
         controls.addStretch(1)
         self.curve_chart = MetricChart("Loss", "loss")
         self.curve_chart.set_show_raw(False)  # overlays show smoothed curves only: raw noise hides the comparison
-        self.curve_chart.set_smoothing(DEFAULT_SMOOTHING)
         add_export_actions(self, self.curve_chart)
         curves = QWidget()
         curves_layout = QVBoxLayout(curves)
@@ -254,50 +266,70 @@ class CompareView(QWidget):
         layout.addWidget(body, 1)
 
     def closeEvent(self, event: Any) -> None:
-        self._closed = True
-        self._reload_timer.stop()
+        self.shutdown()
         super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop feeding this view (its own watcher, if it has one, stops)."""
+        self._closed = True
+        for run in self._runs.values():
+            self.watcher.unwatch(run.sub_id)
+        if self._own_watcher:
+            self.watcher.stop()
 
     def exportable_charts(self) -> list[tuple[str, ChartWidget, Any]]:
         return [(self.curve_chart.plot.titleLabel.text or "Curves", self.curve_chart, None),
                 ("pass@1 bars", self.bar_chart, self.export_bars_csv)]
 
-    def attach_events(self, events: Any) -> None:
-        """Reload (coalesced) when a compared run streams new records or changes state."""
-        events.updated.connect(lambda run_id, _f, _n: self._schedule_reload(run_id))
-        events.status_changed.connect(lambda row: self._schedule_reload(row.run_id))
-
-    def _schedule_reload(self, run_id: str) -> None:
-        if run_id in self.run_ids and not self._reload_timer.isActive():
-            self._reload_timer.start()
-
     # ------------------------------------------------------------------ data
 
     def reload(self) -> None:
-        """Read every compared run again, off the UI thread; stale replies are dropped."""
-        self._request += 1
-        request, store, run_ids = self._request, self.store, list(self.run_ids)
-        worker = Worker(lambda _ctx: load_compare_data(store, run_ids, request))
-        worker.signals.finished.connect(lambda _rid, data: self._on_loaded(data))
-        worker.signals.failed.connect(lambda _rid, msg: self.state_label.setText(f"Could not read the runs: {msg}"))
-        self._workers = [w for w in self._workers if not w.done.is_set()]
-        self._workers.append(worker)
-        worker.start()
+        """Read every compared run again from its start (the Refresh button); live updates need no reload."""
+        for run in self._runs.values():
+            self.watcher.unwatch(run.sub_id)
+        weight = 0.0 if self.metric_field in UNSMOOTHED else self.smoothing_slider.value() / 100
+        self._runs = {run_id: _Compared(run_id, compare_color(i), self.metric_field, self.x_axis, weight)
+                      for i, run_id in enumerate(self.run_ids)}
+        for run in self._runs.values():
+            self.curve_chart.clear_run(run.run_id)
+            run.sub_id = self.watcher.watch(run.run_id, self._on_batch, log_text=False)
 
-    def _on_loaded(self, data: CompareData) -> None:
-        if data.request_id != self._request or self._closed:
-            return  # a stale reply, or the tab was closed while the runs were read
-        self.data = data
-        text = f"{len(data.runs)} runs"
-        if data.missing:
-            text += f" ({len(data.missing)} deleted: {', '.join(data.missing)})"
+    def _on_watch_failed(self, run_id: str, message: str) -> None:
+        if run_id in self._runs or not run_id:
+            self.state_label.setText(f"Could not read the runs: {message}")
+
+    def _on_batch(self, batch: RunBatch) -> None:
+        run = self._runs.get(batch.run_id)
+        if self._closed or run is None or run.sub_id != batch.sub_id:
+            return  # a batch of a subscription replaced by a reload
+        run.loaded = True
+        run.missing = batch.missing
+        if batch.run is not None:
+            run.row = batch.run
+        if batch.evals is not None:
+            run.evals = batch.evals
+        if batch.events:
+            run.progress.apply(batch.events)
+        grew = batch.metrics is not None and run.series.extend(batch.metrics)
+        if not all(r.loaded for r in self._runs.values()):
+            return  # the first picture waits for every run
+        first = self.data is None
+        self.data = CompareData(tuple(r.data() for r in self._runs.values() if r.row is not None and not r.missing),
+                                tuple(r.run_id for r in self._runs.values() if r.missing or r.row is None))
+        text = f"{len(self.data.runs)} runs"
+        if self.data.missing:
+            text += f" ({len(self.data.missing)} deleted: {', '.join(self.data.missing)})"
         self.state_label.setText(text)
         self._fill_legend()
-        self._draw_curves()
+        if first or grew or batch.run is not None:
+            self._draw_curves()
         self._fill_metrics()
         self._draw_bars()
-        self._fill_diff()
-        self.data_loaded.emit(data)
+        config_key = tuple((r.run_id, r.config_json) for r in (x.row for x in self._runs.values()) if r is not None)
+        if config_key != self._config_key:
+            self._config_key = config_key
+            self._fill_diff()
+        self.data_loaded.emit(self.data)
 
     # ------------------------------------------------------------------ rendering
 
@@ -332,17 +364,16 @@ class CompareView(QWidget):
         chart.plot.setTitle(title)
         chart.plot.setLabel("left", next(y for f, _, y in METRICS if f == self.metric_field))
         chart.set_x_label(X_LABELS[self.x_axis])
-        shown = self.visible_runs()
-        for run_key in {k[0] for k in chart.curve_keys()} - {r.run_id for r in shown}:
+        shown = {r.run_id: r for r in self.visible_runs()}
+        for run_key in set(chart.run_keys()) - set(shown):
             chart.clear_run(run_key)
-        for run in shown:
-            segs = []
-            t0 = min((float(np.nanmin(c.data["t"])) for c in run.metrics if c.size), default=0.0)
-            for cols in run.metrics:
-                x = cols.data["t"] - t0 if self.x_axis == "wall_time" else cols.data[self.x_axis]
-                segs.append(Segment(cols.attempt, x, cols.data[self.metric_field]))
-            chart.set_run(run.run_id, run.name, run.color, segs)
-        chart.set_show_raw(False)
+        for run_id, data in shown.items():
+            run = self._runs[run_id]
+            if run_id not in chart.run_keys():
+                chart.set_curve(run_id, data.name, run.color, run.curve)
+            else:
+                chart.set_label(run_id, data.name)
+        chart.refresh()
 
     def _subset_columns(self) -> list[tuple[str, str]]:
         seen: set[tuple[str, str]] = set()
@@ -477,23 +508,25 @@ class CompareView(QWidget):
         if metric == self.metric_field:
             return
         self.metric_field = metric
-        index = self.metric_combo.findData(metric)
-        if index != self.metric_combo.currentIndex():
-            self.metric_combo.setCurrentIndex(index)
-        self.curve_chart.set_smoothing(0.0 if metric in UNSMOOTHED else self.smoothing_slider.value() / 100)
+        select_data(self.metric_combo, metric)
+        weight = 0.0 if metric in UNSMOOTHED else self.smoothing_slider.value() / 100
+        for run in self._runs.values():
+            run.curve = Curve(run.series, metric, self.x_axis, weight)
+            self.curve_chart.clear_run(run.run_id)
         self._draw_curves()
 
     def set_x_axis(self, axis: str) -> None:
         if axis == self.x_axis:
             return
         self.x_axis = axis
-        index = self.x_combo.findData(axis)
-        if index != self.x_combo.currentIndex():
-            self.x_combo.setCurrentIndex(index)
+        select_data(self.x_combo, axis)
+        for run in self._runs.values():
+            run.curve.set_x_axis(axis)
         self._draw_curves()
 
     def _on_smoothing_changed(self, value: int) -> None:
         self.smoothing_label.setText(f"{value / 100:.2f}")
         if self.metric_field not in UNSMOOTHED:
-            self.curve_chart.set_smoothing(value / 100)
-            self.curve_chart.set_show_raw(False)
+            for run in self._runs.values():
+                run.curve.set_smoothing(value / 100)
+            self._draw_curves()

@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.app import monospace_font
+from app.gui.theme import monospace_font
 from app.gui.workers import WorkContext, Worker
 from core.config import (
     MAX_CONFIG_BYTES,
@@ -632,11 +632,6 @@ class SchemaForm(QWidget):
             parts.pop()
         return None
 
-    def error_text(self, path: str) -> str:
-        row = self.rows.get(path)
-        label = row.error if row else self.group_errors[path]
-        return label.text() if label.isVisibleTo(self) or not label.isHidden() else ""
-
 
 # ------------------------------------------------------------------------------------------- the page
 
@@ -662,12 +657,9 @@ def render_previews(ctx: WorkContext, config: RunConfig) -> Previews:
     hostfile = LaunchContext(run_id="preview", run_dir=run_dir, backend="hostfile", hosts=hosts)
     texts["hostfile"] = render_hostfile(config, hostfile)
     texts["Evaluation"] = render_placement_preview(config, slurm)
-    try:
-        from core.estimate import estimate, format_estimate
-    except ModuleNotFoundError:
-        texts["Estimate"] = "(the pre-flight estimate is not available in this build)"
-    else:
-        texts["Estimate"] = format_estimate(estimate(config))
+    from core.estimate import estimate, format_estimate
+
+    texts["Estimate"] = format_estimate(estimate(config))
     return Previews(ctx.request_id, texts)
 
 
@@ -1149,13 +1141,10 @@ class ConfigPage(QWidget):
     # ------------------------------------------------------------------ launch
 
     def refresh_profiles(self) -> None:
+        from remote.profiles import load_profiles
+
         current = self.profile_combo.currentText()
-        try:
-            from remote.profiles import load_profiles
-        except ModuleNotFoundError:
-            names = ["local"]
-        else:
-            names = list(load_profiles())
+        names = list(load_profiles())
         with QSignalBlocker(self.profile_combo):
             self.profile_combo.clear()
             self.profile_combo.addItems(names)

@@ -47,9 +47,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.app import monospace_font, palette_is_dark
 from app.gui.check_process import CheckRequest, CheckResult, run_in_process
 from app.gui.table_model import RowTableModel
+from app.gui.theme import monospace_font, palette_is_dark
 from app.gui.workers import WorkContext, Worker
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,6 @@ a status bar with the cluster connections, shortcuts, recent files, and the Abou
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import logging
 import platform
@@ -21,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.app import app_icon
+from app.gui.theme import app_icon
 from app.gui.workers import WorkContext, Worker
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,7 @@ class MainWindow(QMainWindow):
         self.store = store if store is not None else Store()
         self.events = StoreEvents(self)
         self.stream_manager: Any = None
+        self.watcher: Any = None  # the StoreWatcher, made when the first run view or comparison opens
         self.run_tabs: dict[str, QWidget] = {}
         self._paired_dialog: Any = None  # the "Compare evaluations" chooser while it is open
         self._workers: list[Worker] = []
@@ -195,24 +195,26 @@ class MainWindow(QMainWindow):
         from remote.stream import StreamManager
 
         ev = self.events
-        self.stream_manager = StreamManager(
-            self.store,
-            on_update=lambda run_id, name, n: ev.updated.emit(run_id, name, int(n)),
-            on_status=ev.status_changed.emit,
-            on_hang=ev.hang.emit,
-        )
+
+        def on_update(run_id: str, name: str, n: int) -> None:
+            # On the streamer's thread: the watcher is woken directly; the runs page hears it through Qt.
+            watcher = self.watcher
+            if watcher is not None:
+                watcher.notify(run_id)
+            ev.updated.emit(run_id, name, int(n))
+
+        self.stream_manager = StreamManager(self.store, on_update=on_update, on_status=ev.status_changed.emit,
+                                            on_hang=ev.hang.emit)
         self.stream_manager.start()
 
     def _on_status_changed(self, row: Any) -> None:
         self.runs_page.schedule_refresh()
-        if row.status in ("finished", "failed", "cancelled"):
+        if row.is_terminal:
             reason = f" ({row.status_reason})" if row.status_reason else ""
             self.statusBar().showMessage(f"Run {self.run_title(row.run_id)} {row.status}{reason}", 10_000)
 
     def _on_hang(self, warning: Any) -> None:
-        message = getattr(warning, "message", None)  # HangWarning.message() builds the text
-        text = message() if callable(message) else str(warning)
-        self.statusBar().showMessage(text.splitlines()[0] if text else "", 15_000)
+        self.statusBar().showMessage(warning.message().splitlines()[0], 15_000)  # the warning's first line
 
     def _set_cluster_state(self, name: str, ok: bool, detail: str) -> None:
         self._cluster_state[name] = (ok, detail)
@@ -223,7 +225,7 @@ class MainWindow(QMainWindow):
         states = dict(self._cluster_state)
         if self.stream_manager is not None:
             errors = dict(self.stream_manager.errors)
-            streaming = [getattr(s.transport, "name", None) for s in list(self.stream_manager.streamers.values())]
+            streaming = [s.transport.name for s in list(self.stream_manager.streamers.values())]
             for cluster in filter(None, streaming):
                 n = streaming.count(cluster)
                 states[cluster] = (True, f"streaming {n} run{'s' if n != 1 else ''}")
@@ -269,25 +271,23 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Contamination report attached to the run config: {path}", 8000)
         self.tabs.setCurrentWidget(self.config_page)
 
-    def _optional_view(self, module: str, cls: str) -> Any:
-        """Engineer B's run/compare views, imported lazily (absent: nothing is shown)."""
-        try:
-            return getattr(importlib.import_module(module), cls)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            return None
+    def store_watcher(self) -> Any:
+        """The app's one StoreWatcher (every run view and comparison subscribes to it), made on first use:
+        its imports (numpy, the series model) stay off the window's start."""
+        if self.watcher is None:
+            from app.gui.store_watch import StoreWatcher
 
-    def open_run(self, run_id: str) -> QWidget | None:
+            self.watcher = StoreWatcher(self.store, parent=self)
+        return self.watcher
+
+    def open_run(self, run_id: str) -> QWidget:
         if run_id in self.run_tabs:
             self.tabs.setCurrentWidget(self.run_tabs[run_id])
             return self.run_tabs[run_id]
-        view_cls = self._optional_view("app.gui.run_view", "RunView")
-        if view_cls is None:
-            return None
-        view = view_cls(self.store, run_id, self)
-        if hasattr(view, "attach_events"):
-            view.attach_events(self.events)
+        from app.gui.run_view import RunView
+
+        view = RunView(self.store, run_id, self, watcher=self.store_watcher())
+        view.attach_events(self.events)
         self.run_tabs[run_id] = view
         index = self.tabs.addTab(view, self.run_title(run_id))
         self.tabs.setTabToolTip(index, run_id)
@@ -345,13 +345,10 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentIndex(index)
         return view
 
-    def open_compare(self, run_ids: list[str]) -> QWidget | None:
-        view_cls = self._optional_view("app.gui.compare_view", "CompareView")
-        if view_cls is None:
-            return None
-        view = view_cls(self.store, list(run_ids), self)
-        if hasattr(view, "attach_events"):
-            view.attach_events(self.events)
+    def open_compare(self, run_ids: list[str]) -> QWidget:
+        from app.gui.compare_view import CompareView
+
+        view = CompareView(self.store, list(run_ids), self, watcher=self.store_watcher())
         index = self.tabs.addTab(view, f"Compare ({len(run_ids)})")
         self.tabs.setTabToolTip(index, ", ".join(run_ids))
         self.tabs.setCurrentIndex(index)
@@ -514,6 +511,8 @@ class MainWindow(QMainWindow):
         if self.stream_manager is not None:
             self.stream_manager.stop()
             self.stream_manager = None
+        if self.watcher is not None:
+            self.watcher.stop()
         super().closeEvent(event)
 
 

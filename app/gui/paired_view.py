@@ -203,7 +203,7 @@ class PairedView(QWidget):
         lists.setLayout(lists_row)
 
         # the two completions side by side
-        from app.gui.app import monospace_font
+        from app.gui.theme import monospace_font
 
         self.a_title, self.b_title = QLabel("A"), QLabel("B")
         self.a_text, self.b_text = QPlainTextEdit(), QPlainTextEdit()

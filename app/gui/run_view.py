@@ -1,16 +1,15 @@
 """The live view of one run: training charts, pass@1 per checkpoint, log console, status, cancel, samples.
 
-Data arrives from a StoreWatcher (a background thread reading only what is new in the run store) as frozen
-RunBatch objects; this widget renders them and holds no logic beyond keeping the columns it was given.
+Data arrives from the app's StoreWatcher (one background thread reading only what is new in the run store) as
+frozen RunBatch objects. The run's series (core.series.RunSeries: attempts, the latest-attempt rule, curves
+per x-axis and smoothing) and its evaluation progress (core.series.EvalProgress) compute; this widget draws.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,21 @@ from PySide6.QtWidgets import (
 
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
 from app.gui.eval_panel import EvaluationsPanel
-from app.gui.store_watch import MetricColumns, RunBatch, StoreWatcher
+from app.gui.store_watch import RunBatch, StoreWatcher
+from app.gui.theme import app_icon, monospace_font, set_title_font, status_color
 from app.gui.workers import Worker
 from core.evalstate import EVAL_EVENTS, EvalState, derive_eval_states
 from core.names import printable
-from core.records import RunPaths, unconfined_evaluations
-from core.series import X_AXES, X_LABELS, Segment, pass_at_1_series, unconfined_pass_at_1
+from core.records import SUBSETS, RunPaths
+from core.series import (
+    X_AXES,
+    X_LABELS,
+    Curve,
+    EvalProgress,
+    RunSeries,
+    pass_at_1_series,
+    unconfined_pass_at_1,
+)
 from core.store import TERMINAL_STATUSES, RunRow, Store
 
 log = logging.getLogger(__name__)
@@ -59,8 +67,6 @@ DEFAULT_SMOOTHING = 0.6
 METRICS = (("loss", "Loss", "loss"), ("lr", "Learning rate", "lr"), ("grad_norm", "Gradient norm", "‖g‖"),
            ("tokens_per_s", "Throughput", "tokens/s"))
 UNSMOOTHED = {"lr"}  # a schedule is exact: smoothing it would only lag it
-STATUS_COLORS = {"running": "#1a7f37", "completing": "#1a7f37", "pending": "#9a6700", "created": "#6e7781",
-                 "finished": "#0969da", "failed": "#cf222e", "cancelled": "#8250df", "unknown": "#6e7781"}
 BANNER_STYLES = {
     "info": "background:#ddf4ff; color:#0a3069; border:1px solid #54aeff;",
     "ok": "background:#dafbe1; color:#116329; border:1px solid #4ac26b;",
@@ -120,6 +126,13 @@ def export_button(parent: QWidget, charts: Callable[[], Sequence[tuple[str, Char
 
     menu.aboutToShow.connect(rebuild)
     return button
+
+
+def select_data(combo: QComboBox, value: Any) -> None:
+    """Show the item whose data is `value` (no signal when it is already shown)."""
+    index = combo.findData(value)
+    if index != combo.currentIndex():
+        combo.setCurrentIndex(index)
 
 
 class Banner(QFrame):
@@ -184,26 +197,13 @@ def list_sample_files(row: RunRow) -> list[str]:
 def read_sample_file(row: RunRow, name: str) -> tuple[list[dict[str, Any]], int]:
     """(sample rows, number of unreadable lines) of one per-sample file, from the run dir or over the transport."""
     path = f"{row.run_dir}/{RunPaths.SAMPLES}/{name}"
-    if _is_local(row):
-        data = Path(path).read_bytes()
-    else:
-        from remote.runs import transport_for_run
+    from remote.samples import parse_sample_lines
 
-        data = transport_for_run(row).read_bytes(path)
-    rows, bad = [], 0
-    for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(rec, dict) and "task_id" in rec:
-            rows.append(rec)
-        else:
-            bad += 1
-    return rows, bad
+    if _is_local(row):
+        return parse_sample_lines(Path(path).read_bytes())
+    from remote.runs import transport_for_run
+
+    return parse_sample_lines(transport_for_run(row).read_bytes(path))
 
 
 class SampleViewer(QWidget):
@@ -250,8 +250,6 @@ class SampleViewer(QWidget):
         self.detail = QPlainTextEdit()
         self.detail.setReadOnly(True)
         self.detail.setPlaceholderText("Select a task to see its completion and error.")
-        from app.gui.app import monospace_font
-
         self.detail.setFont(monospace_font())
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.table)
@@ -351,57 +349,9 @@ class SampleViewer(QWidget):
 # ---------------------------------------------------------------------------------------------- run view
 
 
-@dataclass
-class _Columns:
-    """One attempt's metric columns as received, in chunks (concatenated only when the x-axis changes)."""
-
-    chunks: list[dict[str, np.ndarray]]
-
-    def append(self, data: dict[str, np.ndarray]) -> None:
-        self.chunks.append(data)
-        if len(self.chunks) >= 64:  # live batches are tiny: merge them so that per-array overhead stays bounded
-            self.chunks = [{k: np.concatenate([c[k] for c in self.chunks]) for k in data}]
-
-    def column(self, name: str) -> np.ndarray:
-        return np.concatenate([c[name] for c in self.chunks]) if self.chunks else np.empty(0)
-
-
-class _WakeHub:
-    """One slot per StreamManager signal source that wakes the watchers of the runs it names.
-
-    The stream reports every ingested batch (hundreds a second with several fast runs); one Python slot
-    per report, instead of one per open view, keeps that traffic cheap on the UI thread."""
-
-    _hubs: dict[int, _WakeHub] = {}
-
-    def __init__(self, events: Any):
-        self.watchers: dict[str, list[StoreWatcher]] = {}
-        events.updated.connect(self._on_updated)
-
-    @classmethod
-    def for_events(cls, events: Any) -> _WakeHub:
-        hub_key = id(events)
-        hub = cls._hubs.get(hub_key)
-        if hub is None:
-            hub = cls._hubs[hub_key] = cls(events)
-            events.destroyed.connect(lambda *_a, key=hub_key: cls._hubs.pop(key, None))
-        return hub
-
-    def add(self, run_id: str, watcher: StoreWatcher) -> None:
-        self.watchers.setdefault(run_id, []).append(watcher)
-
-    def discard(self, run_id: str, watcher: StoreWatcher) -> None:
-        group = self.watchers.get(run_id, [])
-        if watcher in group:
-            group.remove(watcher)
-
-    def _on_updated(self, run_id: str, _file_name: str, _n_new: int) -> None:
-        for watcher in self.watchers.get(run_id, ()):
-            watcher.wake()
-
-
 class RunView(QWidget):
-    """Live view of one run; main_window opens it as `RunView(store, run_id, parent)` and calls attach_events."""
+    """Live view of one run. The main window opens it as `RunView(store, run_id, parent, watcher=its watcher)`
+    and calls attach_events; without a watcher the view starts its own (tests, a view on its own)."""
 
     notified = Signal(str, str)  # title, message (finished / failed), also shown in the banner
     batch_applied = Signal(int)  # metric rows added by the batch just rendered
@@ -417,18 +367,13 @@ class RunView(QWidget):
         self.run: RunRow | None = None
         self.loaded = False
         self.x_axis = "step"
-        self.t0: float | None = None
-        self._columns: dict[int, _Columns] = {}
-        self._n_points = 0
-        self._last_step: int | None = None
+        self.series = RunSeries()
+        self.curves = {f: Curve(self.series, f, self.x_axis, 0.0 if f in UNSMOOTHED else DEFAULT_SMOOTHING)
+                       for f, _title, _y in METRICS}
+        self.progress = EvalProgress()
         self._corrupt: dict[str, int] = {}  # corrupt lines skipped per streamed file
         self._charts_stale = False
-        self._pending: list[MetricColumns] = []
         self._evals: tuple[dict[str, Any], ...] = ()
-        # From the evaluation processes' events, keyed (attempt, step): started and not yet ended, and failed.
-        self._evaluating: dict[tuple[int, int], dict[str, Any]] = {}
-        self._eval_failures: dict[tuple[int, int], str] = {}
-        self._unconfined: set[tuple[int, int]] = set()  # (attempt, step) evaluated with evaluation.sandbox: unconfined
         self._eval_events: list[dict[str, Any]] = []  # evaluation events and training starts (core.evalstate)
         self.eval_states: dict[int, EvalState] = {}
         self.eval_action_result: Any = None  # the last cancel / re-queue answer (tests wait on it)
@@ -437,15 +382,13 @@ class RunView(QWidget):
         self._tray: QSystemTrayIcon | None = None
         self.cancel_box: QMessageBox | None = None
         self.cancel_result: Any = None
-        self._events: Any = None
         self._closed = False
 
         self._build()
         self._own_watcher = watcher is None
         self.watcher = watcher if watcher is not None else StoreWatcher(store, parent=self)
-        self.watcher.batch.connect(self._on_batch)
         self.watcher.failed.connect(self._on_watch_failed)
-        self._sub_id = self.watcher.watch(run_id)
+        self._sub_id = self.watcher.watch(run_id, self._on_batch)
 
     # ------------------------------------------------------------------ layout
 
@@ -453,10 +396,7 @@ class RunView(QWidget):
         self.title_label = QLabel(self.run_id)
         self.title_label.setObjectName("run_title")
         self.title_label.setTextFormat(Qt.TextFormat.PlainText)  # a run name is text, never markup
-        font = self.title_label.font()
-        font.setPointSizeF(font.pointSizeF() * 1.35)
-        font.setBold(True)
-        self.title_label.setFont(font)
+        set_title_font(self.title_label)
         self.status_label = QLabel("loading…")
         self.status_label.setObjectName("run_status")
         self.status_label.setTextFormat(Qt.TextFormat.RichText)
@@ -529,10 +469,7 @@ class RunView(QWidget):
             chart = MetricChart(title, y_label)
             chart.set_x_label(X_LABELS["step"])
             chart.setMinimumSize(260, 180)
-            if field_name in UNSMOOTHED:
-                chart.set_smoothing(0.0)
-            else:
-                chart.set_smoothing(DEFAULT_SMOOTHING)
+            chart.set_curve(self.run_id, self.run_id, RUN_COLORS[0], self.curves[field_name])
             chart.legend.hide()  # one run per view: the title names the metric, the header the run
             add_export_actions(self, chart)
             self.charts[field_name] = chart
@@ -561,8 +498,6 @@ class RunView(QWidget):
         self.console.setMaximumBlockCount(LOG_MAX_BLOCKS)
         self.console.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.console.setPlaceholderText("The job's stdout appears here as it is streamed.")
-        from app.gui.app import monospace_font
-
         self.console.setFont(monospace_font())
         self.samples = SampleViewer(self.store, self.run_id)
         self.bottom_tabs = QTabWidget()
@@ -599,9 +534,7 @@ class RunView(QWidget):
         return out
 
     def attach_events(self, events: Any) -> None:
-        """Hook the main window's StreamManager signals: new records wake the watcher, hangs show a banner."""
-        _WakeHub.for_events(events).add(self.run_id, self.watcher)
-        self._events = events
+        """Hook the main window's StreamManager signals: a suspected hang shows a banner."""
         events.hang.connect(self.show_hang_warning)
 
     # ------------------------------------------------------------------ data in
@@ -611,32 +544,19 @@ class RunView(QWidget):
             self.banner.show_message(f"Reading this run from the store failed: {message}", "error")
 
     def _on_batch(self, batch: RunBatch) -> None:
-        if batch.sub_id != self._sub_id or self._closed:
+        if self._closed:
             return
+        if batch.missing:
+            self.banner.show_message(f"Run {self.run_id} is not in the run store (deleted?).", "warn")
         if batch.run is not None:
             self._set_run(batch.run, announce=not batch.first)
         if batch.events:
             self._apply_events(batch.events, announce=not batch.first)
-        if batch.replace:
-            self._columns.clear()
-            self._n_points = 0
-            self._last_step = None
-        for cols in batch.metrics:
-            held = self._columns.setdefault(cols.attempt, _Columns([]))
-            held.append(cols.data)
-            self._n_points += cols.size
-            if cols.size:
-                self._last_step = max(self._last_step or 0, int(np.nanmax(cols.data["step"])))
-        if batch.replace or batch.first:
-            self._recompute_t0()
-        if batch.replace or batch.first:
-            self._pending.clear()
+        if batch.metrics is not None and self.series.extend(batch.metrics):
             self._charts_stale = True
-        elif batch.metrics:
-            self._pending.extend(batch.metrics)
         if self.isVisible():
             self._flush_charts()
-        # else: a hidden tab only keeps the columns and draws what it missed once shown (4 open runs cost
+        # else: a hidden tab only keeps its series and draws what it missed once shown (4 open runs cost
         # the UI thread one chart update per batch, not four)
         if batch.evals is not None:
             self._evals = batch.evals
@@ -655,63 +575,28 @@ class RunView(QWidget):
         self._update_info()
         self.batch_applied.emit(batch.n_metric_rows)
 
-    def _recompute_t0(self) -> None:
-        starts = [float(np.nanmin(c.column("t"))) for c in self._columns.values() if c.chunks and c.column("t").size]
-        self.t0 = min(starts) if starts else None
-
-    def _x(self, data: dict[str, np.ndarray]) -> np.ndarray:
-        if self.x_axis == "wall_time":
-            return data["t"] - (self.t0 or 0.0)
-        return data[self.x_axis]
-
-    def _append_metrics(self, batch: Sequence[Any]) -> None:
-        for cols in batch:
-            x = self._x(cols.data)
-            for field_name, chart in self.charts.items():
-                chart.append(self.run_id, cols.attempt, x, cols.data[field_name], label=self._label(),
-                             color=RUN_COLORS[0])
-
-    def _redraw_metrics(self) -> None:
-        for field_name, chart in self.charts.items():
-            segs = []
-            for attempt in sorted(self._columns):
-                held = self._columns[attempt]
-                data = {name: held.column(name) for name in ("step", "tokens", "samples", "t", field_name)}
-                segs.append(Segment(attempt, self._x(data), data[field_name]))
-            chart.set_run(self.run_id, self._label(), RUN_COLORS[0], segs)
-            chart.set_x_label(X_LABELS[self.x_axis])
-        self._charts_stale = False
-        self._pending.clear()
-
     def _label(self) -> str:
         return printable(self.run.name) if self.run is not None else self.run_id
 
     def point_count(self) -> int:
-        """Metric rows held for the charts (after latest-attempt-wins)."""
-        return self._n_points
+        """Metric rows shown on the charts (each step once, from its latest attempt)."""
+        return len(self.series)
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
         self._flush_charts()
 
     def _flush_charts(self) -> None:
-        """Bring the charts up to the held columns: a full redraw after a replace, else append what is new."""
-        if self._charts_stale:
-            self._redraw_metrics()
-        elif self._pending:
-            if self.t0 is None:
-                self._recompute_t0()
-            merged: dict[int, list[dict[str, np.ndarray]]] = {}
-            for cols in self._pending:
-                merged.setdefault(cols.attempt, []).append(cols.data)
-            self._append_metrics([MetricColumns(a, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
-                                  for a, chunks in merged.items()])
-        self._pending.clear()
+        """Bring the charts up to the series: each curve converts and smooths only what is new."""
+        if not self._charts_stale:
+            return
+        self._charts_stale = False
+        for chart in self.charts.values():
+            chart.refresh()
 
     def steps_shown(self) -> np.ndarray:
         """Every step on the charts, attempt by attempt (for checks that nothing is missing or doubled)."""
-        return np.concatenate([self._columns[a].column("step") for a in sorted(self._columns)]) \
-            if self._columns else np.empty(0)
+        return self.series.steps()
 
     def _draw_pass_at_1(self) -> None:
         benchmarks = sorted({e["benchmark"] for e in self._evals})
@@ -723,11 +608,11 @@ class RunView(QWidget):
                 add_export_actions(self, chart)
                 self.pass_charts[bench] = chart
                 self.pass_layout.addWidget(chart, 1)
-            for subset in ("all", "clean", "contaminated"):
+            for subset in SUBSETS:
                 steps, values = pass_at_1_series(self._evals, bench, subset)
                 if steps.size:
                     chart.set_subset(self.run_id, "", subset, steps, values, color=SUBSET_COLORS[subset])
-                    chart.set_unconfined(subset, *unconfined_pass_at_1(self._evals, bench, subset, self._unconfined))
+                    chart.set_unconfined(subset, *unconfined_pass_at_1(self._evals, bench, subset, self.progress.unconfined))
         self.pass_placeholder.setVisible(not benchmarks)
         if benchmarks:
             self._load_measured_references()
@@ -774,6 +659,8 @@ class RunView(QWidget):
         previous = self.run
         self.run = row
         self.title_label.setText(printable(row.name))
+        for chart in self.charts.values():
+            chart.set_label(self.run_id, printable(row.name))
         self.title_label.setToolTip(f"{row.run_id}\n{row.cluster or '?'} ({row.backend or '?'}) {row.run_dir or ''}")
         self._render_status()
         if previous is None or previous.status != row.status:
@@ -793,7 +680,7 @@ class RunView(QWidget):
         row = self.run
         if row is None:
             return
-        color = STATUS_COLORS.get(row.status, "#6e7781")
+        color = status_color(row.status)
         reason = f" — {row.status_reason}" if row.status_reason else ""
         text = (f"<span style='color:{color}; font-weight:600'>● {row.status}</span>"
                 f"<span style='color:palette(placeholder-text)'>{_escape(reason)}</span>")
@@ -805,7 +692,7 @@ class RunView(QWidget):
             if row.status in TERMINAL_STATUSES:  # e.g. cancelled mid-evaluation: its process is gone too
                 label = f"evaluation of step{plural} {', '.join(map(str, steps))} ended without a result"
             text += f"<span style='color:{EVAL_COLOR}'> · {_escape(label)}</span>"
-            for (_attempt, step), detail in sorted(self._evaluating.items(), key=lambda kv: kv[0][1]):
+            for (_attempt, step), detail in sorted(self.progress.evaluating.items(), key=lambda kv: kv[0][1]):
                 tip += (f"\nstep {step}: evaluating {detail.get('checkpoint', '?')}"
                         f" on {', '.join(map(str, detail.get('benchmarks') or [])) or '?'}"
                         f" ({detail.get('backend', '?')})")
@@ -814,56 +701,34 @@ class RunView(QWidget):
 
     def evaluating_steps(self) -> list[int]:
         """Steps whose evaluation started (eval_started) and has not ended (eval_finished / eval_failed)."""
-        return sorted({step for _attempt, step in self._evaluating})
+        return self.progress.evaluating_steps()
 
     def _apply_events(self, events: Sequence[dict[str, Any]], announce: bool) -> None:
-        """Follow the evaluation processes' events (time order): what is being evaluated, what failed."""
-        failed_now: list[tuple[int, int]] = []
-        failures_before = dict(self._eval_failures)
-        unconfined = unconfined_evaluations(events) - self._unconfined
-        if unconfined:
-            self._unconfined |= unconfined
+        """Follow the evaluation processes' events: what is being evaluated, what failed, what ran unconfined."""
+        failures_before = dict(self.progress.failures)
+        unconfined_before = len(self.progress.unconfined)
+        failed_now = self.progress.apply(events)
+        for e in self.progress.ignored:
+            log.warning("run %s: %s event without an integer step: %r", self.run_id, e["event"], e.get("detail"))
+        self.progress.ignored.clear()
+        if len(self.progress.unconfined) != unconfined_before:
             self._draw_pass_at_1()
-        for e in events:
-            name = e["event"]
-            if name == "started" or name in EVAL_EVENTS:
-                self._eval_events.append(e)
-            if name == "started":  # a new attempt: an evaluation an earlier one left without an end is gone
-                self._evaluating = {k: v for k, v in self._evaluating.items() if k[0] >= int(e["attempt"])}
-                continue
-            if name not in ("eval_started", "eval_finished", "eval_failed"):
-                continue
-            detail = e.get("detail") or {}
-            step = detail.get("step")
-            if not isinstance(step, int) or isinstance(step, bool):
-                log.warning("run %s: %s event without an integer step: %r", self.run_id, name, detail)
-                continue
-            key = (int(e["attempt"]), step)
-            if name == "eval_started":
-                self._evaluating[key] = detail
-                continue
-            self._evaluating.pop(key, None)
-            if name == "eval_finished":
-                self._eval_failures.pop(key, None)  # a later evaluation of the same checkpoint succeeded
-            else:
-                self._eval_failures[key] = str(detail.get("error") or "no error text recorded")
-                failed_now.append(key)
+        self._eval_events.extend(e for e in events if e["event"] == "started" or e["event"] in EVAL_EVENTS)
         self._render_status()
         if any(e["event"] == "started" or e["event"] in EVAL_EVENTS for e in events):
             self._refresh_eval_states()
-        if self._eval_failures != failures_before:  # else leave the strip as it is (shown, or dismissed)
+        if self.progress.failures != failures_before:  # else leave the strip as it is (shown, or dismissed)
             self._render_eval_failures()
         if announce:
             for attempt, step in failed_now:
-                if (attempt, step) in self._eval_failures:
-                    self.notify(f"Run {self._label()}: evaluation of step {step} failed",
-                                self._eval_failures[(attempt, step)], "warn", banner=False)
+                self.notify(f"Run {self._label()}: evaluation of step {step} failed",
+                            self.progress.failures[(attempt, step)], "warn", banner=False)
 
     def _render_eval_failures(self) -> None:
-        if not self._eval_failures:
+        if not self.progress.failures:
             self.eval_banner.hide()
             return
-        failures = sorted(self._eval_failures.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        failures = sorted(self.progress.failures.items(), key=lambda kv: (kv[0][1], kv[0][0]))
         shown = failures[-EVAL_FAILURES_SHOWN:]
         lines = [f"<b>Evaluation of step {step} failed</b>: {_escape(error)}" for (_attempt, step), error in shown]
         if len(failures) > len(shown):
@@ -879,8 +744,6 @@ class RunView(QWidget):
             self.banner.show_message(f"<b>{_escape(title)}</b>: {_escape(message)}", kind)
         if QSystemTrayIcon.isSystemTrayAvailable():
             if self._tray is None:
-                from app.gui.app import app_icon
-
                 self._tray = QSystemTrayIcon(app_icon(), self)
                 self._tray.show()
             icon = {"error": QSystemTrayIcon.MessageIcon.Critical,
@@ -900,7 +763,7 @@ class RunView(QWidget):
         self.hang_banner.show_message(text, "warn")
 
     def _update_info(self) -> None:
-        n, last = self._n_points, self._last_step
+        n, last = len(self.series), self.series.last_step
         started = self.run.started_at if self.run is not None else None
         parts = [f"step {last}" if last is not None else "no steps yet", f"{n} points"]
         if self.run is not None and started and self.run.status not in TERMINAL_STATUSES:
@@ -920,17 +783,19 @@ class RunView(QWidget):
         if axis not in X_AXES or axis == self.x_axis:
             return
         self.x_axis = axis
-        index = self.x_combo.findData(axis)
-        if index != self.x_combo.currentIndex():
-            self.x_combo.setCurrentIndex(index)
-        self._redraw_metrics()
+        select_data(self.x_combo, axis)
+        for field_name, chart in self.charts.items():
+            self.curves[field_name].set_x_axis(axis)
+            chart.set_x_label(X_LABELS[axis])
+            chart.refresh()
 
     def _on_smoothing_changed(self, value: int) -> None:
         weight = value / 100
         self.smoothing_label.setText(f"{weight:.2f}")
         for field_name, chart in self.charts.items():
             if field_name not in UNSMOOTHED:
-                chart.set_smoothing(weight)
+                self.curves[field_name].set_smoothing(weight)
+                chart.refresh()
 
     def _on_raw_toggled(self, show: bool) -> None:
         for field_name, chart in self.charts.items():
@@ -1071,7 +936,7 @@ class RunView(QWidget):
             self.banner.show_message("<b>Cancel sent, but the job is NOT confirmed gone</b>: "
                                      f"{_escape(result.detail)}", "error")
             self.cancel_button.setEnabled(True)
-        self.watcher.wake()
+        self.watcher.notify(self.run_id)
 
     def _on_cancel_failed(self, message: str) -> None:
         self.cancel_result = message
@@ -1090,9 +955,6 @@ class RunView(QWidget):
         """Stop feeding this view (the watcher thread ends if this view owns it)."""
         self._closed = True
         self.samples.closed = True
-        if self._events is not None:
-            _WakeHub.for_events(self._events).discard(self.run_id, self.watcher)
-            self._events = None
         self.watcher.unwatch(self._sub_id)
         if self._own_watcher:
             self.watcher.stop()

@@ -45,8 +45,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.app import palette_is_dark
 from app.gui.table_model import RowTableModel
+from app.gui.theme import status_color
 from app.gui.workers import WorkContext, Worker
 from core.configdiff import MISSING, differing_paths, flatten, format_value, short_labels, sort_key
 from core.names import printable
@@ -57,10 +57,6 @@ COLUMNS = ("Name", "Cluster", "Status", "Created", "Steps", "Last loss", "Best p
 COL_TAGS, COL_NOTES = 7, 8
 MAX_CONFIG_COLUMNS = 24  # differing config fields shown as columns (the rest: tunedeck compare / the compare view)
 ACTIVE_STATUSES = ("pending", "running", "completing")
-STATUS_COLORS = {  # (light, dark)
-    "running": ("#1a7f37", "#4ade80"), "pending": ("#9a6700", "#facc15"), "completing": ("#0969da", "#60a5fa"),
-    "finished": ("#57606a", "#a1a1aa"), "failed": ("#cf222e", "#f87171"), "cancelled": ("#8250df", "#c084fc"),
-}
 
 
 log = logging.getLogger(__name__)
@@ -238,8 +234,8 @@ class RunsModel(RowTableModel):
             return tip + (f"\n\n{r.notes}" if r.notes else "")
         if role == Qt.ItemDataRole.ForegroundRole and r.archived and col == 0:
             return QColor("#8c959f")
-        if role == Qt.ItemDataRole.ForegroundRole and col == 2 and r.status in STATUS_COLORS:
-            return QColor(STATUS_COLORS[r.status][1 if palette_is_dark() else 0])
+        if role == Qt.ItemDataRole.ForegroundRole and col == 2:
+            return QColor(status_color(r.status))
         if role == Qt.ItemDataRole.TextAlignmentRole and col >= 4:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None

@@ -1,10 +1,18 @@
-"""The run views' feed: a background thread polls the run store and hands frozen batches to the UI thread.
+"""The app's feed of live run data: one background thread, with one SQLite connection, reads what is new in
+the run store for every open run view and comparison and hands frozen batches to the UI thread.
 
 The store is filled by the StreamManager (or `tunedeck sync`, or another process); the UI thread never
-queries it for live data. Each poll reads only what is new: metric rows past the largest rowid seen, stdout
-past the byte offset seen, events past the last seq. Batches are coalesced by the poll interval, so a run
-logging at 100 Hz costs the UI one batch per interval, not one per record. A StreamManager update (via
-`wake()`) makes the next poll happen at once, so latency stays low without polling fast.
+queries it for live data. Each poll of a subscription reads only what is new: metric rows past the largest
+rowid seen (sent as a columnar MetricBatch, built on this thread), stdout past the byte offset seen, events
+past the last seq. What wakes it:
+
+- the stream, directly from its threads (`notify(run_id)`: no hop through the UI thread), for the runs that
+  just ingested;
+- every POLL_S, one `PRAGMA data_version` (does any other connection, in this process or another, commit?),
+  and only when it moved, one indexed read per watched run (`Store.change_marks`) to find which runs did.
+
+So a tab whose run does not change costs nothing, and polls of a busy run are coalesced to one per
+MIN_POLL_GAP_S (a run logging at 100 Hz costs the UI one batch per gap, not one per record).
 """
 
 from __future__ import annotations
@@ -14,35 +22,23 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from core.records import RunPaths
+from core.series import MetricBatch
 from core.store import RunRow, Store
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5  # when nobody wakes the watcher (the store fed by another process)
+POLL_S = 0.5  # how often writers the stream does not report (another process) are looked for
 MIN_POLL_GAP_S = 0.4  # wakes come per ingested batch (hundreds a second across runs): polls stay this far apart
 LOG_MAX_BYTES = 256 << 10  # stdout handed to the console at most per batch (older text is dropped first)
-COLUMNS = ("step", "tokens", "samples", "t", "loss", "lr", "grad_norm", "tokens_per_s")
 _sub_ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class MetricColumns:
-    """One attempt's metric rows as columns (NaN where a value is missing), ordered by step."""
-
-    attempt: int
-    data: dict[str, np.ndarray] = field(compare=False)
-
-    @property
-    def size(self) -> int:
-        return int(self.data["step"].size)
 
 
 @dataclass(frozen=True)
@@ -52,8 +48,8 @@ class RunBatch:
     sub_id: int
     run_id: str
     first: bool  # the subscriber's first batch: everything stored so far
-    replace: bool  # metrics replace everything held (first batch, or an attempt changed which rows win)
-    metrics: tuple[MetricColumns, ...]
+    missing: bool  # the run is not (or no longer) in the store
+    metrics: MetricBatch | None  # new metric rows (every attempt; core.series.RunSeries applies the rules)
     evals: tuple[dict[str, Any], ...] | None  # every eval record, when they changed
     events: tuple[dict[str, Any], ...]  # new events
     log_text: str  # new stdout text
@@ -61,42 +57,24 @@ class RunBatch:
     run: RunRow | None  # the run row, when it changed
     corrupt: dict[str, int] | None = None  # corrupt lines skipped per streamed file, when that changed
 
-
     @property
     def n_metric_rows(self) -> int:
-        return sum(c.size for c in self.metrics)
-
-
-def metric_columns(records: Sequence[dict[str, Any]]) -> tuple[MetricColumns, ...]:
-    """Per-attempt columns with the latest attempt winning a step it redid (core.series.segments' rule)."""
-    latest: dict[int, int] = {}
-    for r in records:
-        step = r["step"]
-        latest[step] = max(latest.get(step, 0), r["attempt"])
-    by_attempt: dict[int, list[dict[str, Any]]] = {}
-    for r in records:
-        if latest[r["step"]] == r["attempt"]:
-            by_attempt.setdefault(r["attempt"], []).append(r)
-    out = []
-    for attempt in sorted(by_attempt):
-        rows = sorted(by_attempt[attempt], key=lambda r: r["step"])
-        data = {c: np.array([np.nan if r.get(c) is None else r[c] for r in rows], dtype=float) for c in COLUMNS}
-        out.append(MetricColumns(attempt, data))
-    return tuple(out)
+        return self.metrics.size if self.metrics is not None else 0
 
 
 @dataclass
 class _Cursor:
     sub_id: int
     run_id: str
+    with_log: bool
     first: bool = True
     metric_rowid: int = 0
-    max_attempt: int = 0
     evals_key: tuple = ()
     event_seq: int = 0
     log_offset: int = -1
     run: RunRow | None = None
     corrupt: dict[str, int] = field(default_factory=dict)
+    mark: tuple | None = None
 
 
 GIL_SWITCH_S = 0.001
@@ -115,12 +93,10 @@ def keep_ui_thread_responsive() -> None:
 
 
 class StoreWatcher(QObject):
-    """Polls the store for the watched runs on a background thread; `batch` carries RunBatch objects.
+    """Reads the store for every subscription on one background thread; each subscriber's RunBatch objects
+    reach its receiver on the UI thread. The main window owns one for the whole app."""
 
-    One thread (and so one SQLite connection) serves every run this watcher watches.
-    """
-
-    batch = Signal(object)  # RunBatch, delivered on the UI thread (queued)
+    _delivered = Signal(object)  # RunBatch, queued to the UI thread, then handed to its receiver
     failed = Signal(str, str)  # run id, message
 
     def __init__(self, store: Store, poll_s: float = POLL_S, parent: QObject | None = None, *,
@@ -131,67 +107,129 @@ class StoreWatcher(QObject):
         self.poll_s = poll_s
         self.min_gap_s = min_gap_s
         self._cursors: dict[int, _Cursor] = {}
+        self._receivers: dict[int, Callable[[RunBatch], None]] = {}
+        self._notified: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.polls = 0
+        self._data_version: int | None = None
+        self.polls = 0  # subscription polls that read the store (for tests and the soak)
+        self.polls_by_run: Counter[str] = Counter()
+        self._delivered.connect(self._deliver)
 
-    def watch(self, run_id: str) -> int:
-        """Start feeding `run_id` from its beginning; returns the subscription id carried by its batches."""
+    # ------------------------------------------------------------------ subscriptions (UI thread)
+
+    def watch(self, run_id: str, receiver: Callable[[RunBatch], None], *, log_text: bool = True) -> int:
+        """Feed `run_id` to `receiver` from its beginning; returns the subscription id its batches carry.
+        `log_text=False`: the subscriber does not show stdout (a comparison)."""
         sub_id = next(_sub_ids)
         with self._lock:
-            self._cursors[sub_id] = _Cursor(sub_id, run_id)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="store-watch", daemon=True)
-            self._thread.start()
-        self.wake()
+            self._cursors[sub_id] = _Cursor(sub_id, run_id, log_text)
+            self._receivers[sub_id] = receiver
+            self._notified.add(run_id)
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, name="store-watch", daemon=True)
+                self._thread.start()
+        self._wake.set()
         return sub_id
 
     def unwatch(self, sub_id: int) -> None:
         with self._lock:
             self._cursors.pop(sub_id, None)
+            self._receivers.pop(sub_id, None)
+
+    def _deliver(self, batch: RunBatch) -> None:
+        receiver = self._receivers.get(batch.sub_id)
+        if receiver is not None:  # else unwatched while the batch was queued: its view is gone
+            receiver(batch)
+
+    # ------------------------------------------------------------------ wake-ups (any thread)
+
+    def notify(self, run_id: str, *_ignored: Any) -> None:
+        """New records of `run_id` were just committed (called by the stream from its own threads)."""
+        with self._lock:
+            if not any(c.run_id == run_id for c in self._cursors.values()):
+                return
+            self._notified.add(run_id)
+        self._wake.set()
 
     def wake(self) -> None:
-        """Poll now (new records were just ingested)."""
+        """Read every watched run now (e.g. after a cancel, whose end the stream may not report)."""
+        with self._lock:
+            self._notified.update(c.run_id for c in self._cursors.values())
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._thread = None
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    # ------------------------------------------------------------------ the thread
+
     def _loop(self) -> None:
         last = 0.0
         while not self._stop.is_set():
-            self._wake.wait(self.poll_s)
+            with self._lock:
+                idle = not self._cursors
+            # Nothing watched: sleep until a subscription (or stop) wakes the thread, at no cost.
+            self._wake.wait(None if idle else self.poll_s)
             # Coalesce: however often the stream wakes us, the UI gets at most one batch per run per gap.
             self._stop.wait(max(0.0, last + self.min_gap_s - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 break
             last = time.monotonic()
-            with self._lock:
-                cursors = list(self._cursors.values())
-            for cur in cursors:
+            try:
+                due = self._due()
+            except Exception as exc:  # thread boundary: report, try again next time
+                log.exception("watching the run store failed")
+                self.failed.emit("", f"{type(exc).__name__}: {exc}")
+                continue
+            for cur in due:
                 try:
                     batch = self.poll(cur)
                 except Exception as exc:  # thread boundary: report, keep polling the others
                     log.exception("watching run %s failed", cur.run_id)
                     self.failed.emit(cur.run_id, f"{type(exc).__name__}: {exc}")
                     continue
-                with self._lock:
-                    if cur.sub_id not in self._cursors or self._stop.is_set():
-                        continue  # unwatched while polling: its view is gone
-                if batch is not None:
-                    self.batch.emit(batch)
-            self.polls += 1
+                self.polls += 1
+                self.polls_by_run[cur.run_id] += 1
+                if batch is not None and not self._stop.is_set():
+                    self._delivered.emit(batch)
+
+    def _due(self) -> list[_Cursor]:
+        """The subscriptions to read now: new ones, those of notified runs, and those whose run changed
+        without a notification (found by the store's change marks, read only when the store changed)."""
+        with self._lock:
+            cursors = list(self._cursors.values())
+            notified, self._notified = self._notified, set()
+        if not cursors:
+            return []
+        version = self.store.data_version()
+        moved = version != self._data_version
+        self._data_version = version
+        # A new subscription takes the mark its first read starts from, so that it is not read again for
+        # changes that read already saw.
+        if moved or any(c.mark is None for c in cursors):
+            marks = self.store.change_marks(sorted({c.run_id for c in cursors}))
+        else:
+            marks = {}
+        due = []
+        for cur in cursors:
+            mark = marks.get(cur.run_id, cur.mark)
+            if cur.first or cur.run_id in notified or mark != cur.mark:
+                due.append(cur)
+            cur.mark = mark
+        return due
 
     def poll(self, cur: _Cursor) -> RunBatch | None:
         """Read what is new for one subscriber (runs on the watcher thread); None when nothing is."""
@@ -200,20 +238,17 @@ class StoreWatcher(QObject):
         row = store.get_run(run_id)
         run_changed = row != cur.run
         cur.run = row
+        if row is None:
+            cur.first = False
+            if not (first or run_changed):
+                return None
+            return RunBatch(cur.sub_id, run_id, first, True, None, None, (), "", False, None)
 
         new = store.metrics(run_id, since_rowid=cur.metric_rowid)
-        replace = first
-        metrics: tuple[MetricColumns, ...] = ()
+        metrics = None
         if new:
             cur.metric_rowid = max(r["rowid"] for r in new)
-            attempts = {r["attempt"] for r in new}
-            # A new attempt may redo steps an earlier one logged, and an old attempt's late rows may lose to a
-            # newer one: either way the winners change, so the subscriber gets the whole picture again.
-            if not first and (max(attempts) > cur.max_attempt > 0 or min(attempts) < cur.max_attempt):
-                replace = True
-                new = store.metrics(run_id)
-            cur.max_attempt = max(cur.max_attempt, *attempts)
-            metrics = metric_columns(new)
+            metrics = MetricBatch.from_rows(new)
 
         evals = store.evals(run_id)
         evals_key = tuple((e["step"], e["attempt"], e["benchmark"], e["subset"], e["t"]) for e in evals)
@@ -224,16 +259,16 @@ class StoreWatcher(QObject):
         if events:
             cur.event_seq = max(e["seq"] for e in events)
 
-        log_text, log_reset = self._read_log(cur)
+        log_text, log_reset = self._read_log(cur) if cur.with_log else ("", False)
         corrupt = {name: n for name in RunPaths.STREAMED
                    if (n := store.stream_state(run_id, name)["corrupt_count"])}
         corrupt_changed = corrupt != cur.corrupt
         cur.corrupt = corrupt
         cur.first = False
-        if not (first or run_changed or metrics or evals_changed or events or log_text or log_reset
+        if not (first or run_changed or metrics is not None or evals_changed or events or log_text or log_reset
                 or corrupt_changed):
             return None
-        return RunBatch(cur.sub_id, run_id, first, replace, metrics,
+        return RunBatch(cur.sub_id, run_id, first, False, metrics,
                         tuple(evals) if (evals_changed or first) else None, tuple(events), log_text,
                         log_reset, row if (run_changed or first) else None,
                         corrupt if (corrupt_changed or first) else None)

@@ -16,12 +16,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from core.cancel import Cancelled
+
 log = logging.getLogger(__name__)
 _request_ids = itertools.count(1)
-
-
-class Cancelled(Exception):
-    """Raised by work that noticed its cancel flag (any exception named Cancelled counts the same)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class Worker(QRunnable):
             ctx = WorkContext(rid, self.cancel_event, self._progress)
             result = self._fn(ctx, *self._args, **self._kwargs)
         except Exception as exc:  # thread boundary: log and report, never let it vanish
-            if type(exc).__name__ == "Cancelled" or (self.is_cancelled and isinstance(exc, InterruptedError)):
+            if isinstance(exc, Cancelled) or (self.is_cancelled and isinstance(exc, InterruptedError)):
                 self.signals.cancelled.emit(rid)
             else:
                 log.exception("background work %s failed", getattr(self._fn, "__name__", self._fn))
@@ -88,25 +86,3 @@ class Worker(QRunnable):
                 self.signals.finished.emit(rid, result)
         finally:
             self.done.set()
-
-
-def run_in_background(
-    fn: Callable[..., Any],
-    *args: Any,
-    on_finished: Callable[[Any], None] | None = None,
-    on_failed: Callable[[str], None] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-    on_cancelled: Callable[[], None] | None = None,
-    **kwargs: Any,
-) -> Worker:
-    """Start `fn(ctx, ...)` on the pool with callbacks (called on the UI thread); returns the Worker."""
-    worker = Worker(fn, *args, **kwargs)
-    if on_finished:
-        worker.signals.finished.connect(lambda _rid, result: on_finished(result))
-    if on_failed:
-        worker.signals.failed.connect(lambda _rid, message: on_failed(message))
-    if on_progress:
-        worker.signals.progress.connect(lambda _rid, done, total: on_progress(done, total))
-    if on_cancelled:
-        worker.signals.cancelled.connect(lambda _rid: on_cancelled())
-    return worker.start()

@@ -16,8 +16,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from core.datafiles import train_split
 from core.decontam.longline import LongText
-from core.decontam.reader import READ_BYTES, DecontamError, check_path, iter_rows, plan_units, row_id
+from core.decontam.reader import (
+    READ_BYTES,
+    DecontamError,
+    check_path,
+    iter_rows,
+    open_arrow,
+    plan_units,
+    row_id,
+)
 from core.decontam.report import ids_document
 
 
@@ -231,10 +240,19 @@ def _write_one(path: str, fmt: str, target_tmp: Path, drop: set[int]) -> None:
                 mask = pa.array([base + i not in drop for i in range(batch.num_rows)])
                 writer.write_table(pa.Table.from_batches([batch]).filter(mask))
                 base += batch.num_rows
+    elif fmt == "arrow":
+        import pyarrow as pa
+
+        reader = open_arrow(path)
+        table = reader.read_all()
+        kept = table.filter(pa.array([i not in drop for i in range(table.num_rows)]))
+        new = pa.ipc.new_file if isinstance(reader, pa.ipc.RecordBatchFileReader) else pa.ipc.new_stream
+        with new(str(target_tmp), kept.schema) as writer:  # the input's own Arrow flavour
+            writer.write_table(kept)
     else:
         import datasets
 
-        ds = datasets.load_from_disk(path)
+        ds = train_split(datasets.load_from_disk(path), path)
         ds.select([i for i in range(len(ds)) if i not in drop]).save_to_disk(str(target_tmp))
 
 

@@ -71,11 +71,6 @@ def ascii_tables(casefold: bool) -> tuple[bytes, bytes]:
     return (_ASCII_LOWER if casefold else _ASCII_IDENTITY), _ASCII_DELETE
 
 
-def process_ascii_bytes(raw: bytes, casefold: bool = False) -> bytes:
-    """The fast path: `raw` must be ASCII (the caller checks `isascii()`)."""
-    return raw.translate(_ASCII_LOWER if casefold else _ASCII_IDENTITY, _ASCII_DELETE)
-
-
 _ASCII_ALNUM = None  # numpy lookup table, built on first use
 
 

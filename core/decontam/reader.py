@@ -1,10 +1,13 @@
-"""Training data reading: JSONL, JSON, Parquet, CSV and `datasets` saved directories, streamed in units.
+"""Training data rows, streamed in units for the contamination matcher.
+
+Which files are training data and their formats is core.datafiles' decision (shared with training and the
+app: a file accepted here is accepted there); this module streams their rows fast.
 
 The JSONL reader is our own (binary lines + orjson, the standard library json for lines orjson rejects): it
 streams with bounded memory, gives exact line numbers in errors and parses at ~900 MB/s here, where `datasets`
 streaming (`load_dataset("json", streaming=True)`) measured 26 MB/s on the same file. Parquet streams by record batch (pyarrow, as `datasets`
-does underneath), CSV by line (csv module, exact line numbers), saved datasets through `datasets.load_from_disk`
-(memory-mapped Arrow). A `.json` file holding one array is parsed whole (JSON arrays cannot be streamed);
+does underneath), CSV by line (csv module, exact line numbers), Arrow IPC files by record batch, saved datasets
+through `datasets.load_from_disk` (memory-mapped Arrow; a DatasetDict's train split, as training reads it). A `.json` file holding one array is parsed whole (JSON arrays cannot be streamed);
 a `.json` file holding JSON lines is read as JSONL.
 
 Big JSONL files are cut into units of UNIT_BYTES at line boundaries so that a process pool can share them;
@@ -19,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from core import datafiles
 
 try:  # twice the standard library's speed on JSONL; its result is the same, else we ask the standard library
     from orjson import loads as fast_loads
@@ -39,38 +44,23 @@ class DecontamError(Exception):
 class Unit:
     file_index: int
     path: str
-    fmt: str  # jsonl | json | parquet | csv | saved
+    fmt: str  # jsonl | json | parquet | csv | arrow | saved (core.datafiles.detect_format)
     start: int = 0  # byte offset (jsonl)
     end: int | None = None  # byte offset (jsonl), None: to the end
 
 
 def detect_format(path: Path) -> str:
-    if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-            return "saved"
-        raise DecontamError(f"{path}: a directory but not a saved dataset (no dataset_info.json / state.json)")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".json":
-        with open(path, "rb") as f:
-            head = f.read(4096).lstrip()
-        return "json" if head.startswith(b"[") else "jsonl"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".csv", ".tsv"):
-        return "csv"
-    raise DecontamError(f"{path}: unknown training data format {suffix or '(no suffix)'!r}: use .jsonl, .json, "
-                        ".parquet, .csv or a saved dataset directory")
+    try:
+        return datafiles.detect_format(path)
+    except datafiles.DataFileError as exc:
+        raise DecontamError(str(exc)) from None
 
 
 def check_path(path: str) -> tuple[Path, str]:
-    p = Path(path)
-    if not p.exists():
-        raise DecontamError(f"{path}: file not found")
-    if p.is_file() and p.stat().st_size == 0:
-        raise DecontamError(f"{path}: file is empty")
-    return p, detect_format(p)
+    try:
+        return datafiles.check_path(path)
+    except datafiles.DataFileError as exc:
+        raise DecontamError(str(exc)) from None
 
 
 def plan_units(file_index: int, path: str, unit_bytes: int | None = None) -> list[Unit]:
@@ -143,7 +133,8 @@ def iter_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tupl
     if unit.fmt == "jsonl":
         yield from _jsonl_batches(unit, hasher)
         return
-    rows = {"json": _iter_json_array, "csv": _iter_csv, "parquet": _iter_parquet}.get(unit.fmt, _iter_saved)
+    rows = {"json": _iter_json_array, "csv": _iter_csv, "parquet": _iter_parquet, "arrow": _iter_arrow}.get(
+        unit.fmt, _iter_saved)
     batch: list[tuple[Any, dict[str, Any]]] = []
     done = last = 0
     for where, row, done in rows(unit.path):
@@ -317,16 +308,38 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
             yield f"{path}: row {index}", row, size * index // total
 
 
+def open_arrow(path: str) -> Any:
+    """A reader of an Arrow IPC file, stream format (what `datasets` writes) or file format."""
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_stream(pa.memory_map(path))
+    except pa.ArrowInvalid:
+        try:
+            return pa.ipc.open_file(pa.memory_map(path))
+        except pa.ArrowInvalid as exc:
+            raise DecontamError(f"{path}: not a readable Arrow IPC file ({exc})") from None
+
+
+def _iter_arrow(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
+    size = Path(path).stat().st_size
+    table = open_arrow(path).read_all()  # memory-mapped: the columns are not copied
+    total = max(1, table.num_rows)
+    index = 0
+    for batch in table.to_batches(max_chunksize=1024):
+        for row in batch.to_pylist():
+            index += 1
+            yield f"{path}: row {index}", row, size * index // total
+
+
 def _iter_saved(path: str) -> Iterator[tuple[str, dict[str, Any], int]]:
     import datasets
 
     try:
-        ds = datasets.load_from_disk(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise DecontamError(f"{path}: not a loadable saved dataset ({exc})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise DecontamError(f"{path}: a DatasetDict with splits {sorted(ds)}: give one split's directory, "
-                            f"e.g. {path}/{next(iter(ds))}")
+        ds = datafiles.train_split(datasets.load_from_disk(path), path)
+    except (FileNotFoundError, ValueError) as exc:  # DataFileError is a ValueError
+        raise DecontamError(f"{path}: not a loadable saved dataset ({exc})" if not isinstance(
+            exc, datafiles.DataFileError) else str(exc)) from None
     size = path_bytes(Path(path))
     total = max(1, len(ds))
     index = 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.cancel import Cancelled
 from core.decontam.longline import LongRow
 from core.decontam.matcher import MODES, Item, make_matcher, prepare_items, scan_long
 from core.decontam.normalize import raw_span
@@ -35,10 +36,6 @@ from core.fsutil import sha256_file
 
 BATCH_BYTES = 4 << 20  # input bytes matched per batch (bounds memory per process)
 PROGRESS_BYTES = 1 << 20
-
-
-class Cancelled(Exception):
-    """run_check stopped because its cancel event was set; nothing was written."""
 
 
 @dataclass(frozen=True)

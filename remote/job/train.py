@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core import datafiles
 from core.config import DataSection, DeepSpeedSection, RunConfig, load_resolved_json
 from core.records import RunPaths
 from remote.job.packing import (
@@ -198,26 +199,14 @@ def load_rows(data: DataSection, recorder: Any) -> Any:
             recorder.event("warning", {"message": f"demo data: no HumanEval prompts planted ({exc})"})
             rows = demo_data.generate(demo.n_examples, 0, demo.seed)
         return datasets.Dataset.from_list(rows)
-    if data.dataset_dir:
-        ds = datasets.load_from_disk(data.dataset_dir)
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise JobError(f"data.dataset_dir {data.dataset_dir}: a DatasetDict without a 'train' split ({list(ds)})")
-            ds = ds["train"]
-        return ds
-    files = data.train_files
-    if not files:
+    field = "data.dataset_dir" if data.dataset_dir else "data.train_files"
+    paths = [data.dataset_dir] if data.dataset_dir else list(data.train_files)
+    if not paths:
         raise JobError("no training data: set data.train_files, data.dataset_dir or data.demo")
-    parts = []
-    for path in files:
-        suffix = Path(path).suffix.lower()
-        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)
-        if builder is None:
-            raise JobError(f"data.train_files: {path}: unsupported file type {suffix!r} (JSONL, JSON, Parquet or CSV)")
-        if not Path(path).is_file():
-            raise JobError(f"data.train_files: {path}: file not found on this machine")
-        parts.append(datasets.load_dataset(builder, data_files=str(path), split="train"))
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    try:  # the same reader as the contamination check and the app (core/datafiles.py)
+        return datafiles.load_dataset(paths)
+    except datafiles.DataFileError as exc:
+        raise JobError(f"{field}: {exc}") from None
 
 
 def to_prompt_completion(ds: Any, data: DataSection, tokenizer: Any | None) -> Any:

@@ -8,6 +8,7 @@ import csv
 import numpy as np
 
 from app.gui.charts import ENVELOPE_MAX_BINS, ENVELOPE_MIN_POINTS, MetricChart, _Envelope
+from core.series import Curve, MetricBatch, RunSeries
 
 
 def brute_envelope(x: np.ndarray, y: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +43,12 @@ def test_long_curve_draws_the_envelope_zoomed_in_draws_points_and_exports_everyt
     n = ENVELOPE_MIN_POINTS * 2
     x = np.arange(n, dtype=float)
     y = np.sin(x / 1000)
-    chart.smoothing = 0.0
+    series = RunSeries()
+    chart.set_curve("r", "run", "#000000", Curve(series, "loss"))
     half = n // 2
-    chart.append("r", 1, x[:half], y[:half], label="run")
-    chart.append("r", 1, x[half:], y[half:])
+    for part in (slice(0, half), slice(half, n)):  # two live batches: the envelope grows, not recomputed
+        series.extend(MetricBatch.from_columns(1, step=x[part], loss=y[part]))
+        chart.refresh()
     item = chart._curves[("r", 1, "smooth")]
     assert item.xData.size <= 2 * ENVELOPE_MAX_BINS  # the envelope, not the 131k points
     assert np.nanmax(item.yData) == np.max(y) and np.nanmin(item.yData) == np.min(y)

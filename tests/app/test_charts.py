@@ -1,4 +1,5 @@
-"""Chart widgets, offscreen: curves are created once and updated, data exports exactly, references toggle."""
+"""Chart widgets, offscreen: they draw core.series curves, create each line once and update it, export the data
+exactly, frame flat lines at their own scale; reference lines toggle."""
 
 import csv
 
@@ -8,38 +9,62 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from app.gui.charts import MetricChart, PassAtOneChart
-from core.series import Segment, ema
+from core.series import Curve, MetricBatch, RunSeries, ema
 
 
-def test_live_appends_update_existing_curves_and_smooth_only_new_points(qtbot):
+def feed(series: RunSeries, attempt: int, x, y, field: str = "loss") -> RunSeries:
+    """Rows of one attempt whose step is x and whose `field` is y."""
+    series.extend(MetricBatch.from_columns(attempt, step=np.asarray(x, float), t=np.asarray(x, float),
+                                           **{field: np.asarray(y, float)}))
+    return series
+
+
+def line(chart: MetricChart, x, y, *, smoothing: float = 0.0, run: str = "r", label: str = "r",
+         field: str = "loss") -> Curve:
+    curve = Curve(feed(RunSeries(), 1, x, y, field), field, "step", smoothing)
+    chart.set_curve(run, label, "#000000", curve)
+    return curve
+
+
+def test_live_rows_update_the_existing_lines_and_the_curve_smooths_only_new_points(qtbot):
     chart = MetricChart("loss", "loss")
     qtbot.addWidget(chart)
-    chart.smoothing = 0.9
+    series = RunSeries()
+    chart.set_curve("run-a", "run a", "#0072B2", Curve(series, "loss", "step", 0.9))
     x = np.arange(1, 501, dtype=float)
     y = 5 * np.exp(-x / 200) + np.sin(x)
     for lo in range(0, 500, 50):
-        chart.append("run-a", 1, x[lo : lo + 50], y[lo : lo + 50], label="run a", color="#0072B2")
-    assert len(chart.curve_keys()) == 2  # raw + smoothed, created once, not once per append
+        feed(series, 1, x[lo : lo + 50], y[lo : lo + 50])
+        assert chart.refresh("run-a")
+    assert not chart.refresh("run-a")  # nothing new: nothing handed to pyqtgraph
+    assert len(chart.curve_keys()) == 2  # raw + smoothed, created once, not once per batch
     smooth = chart._curves[("run-a", 1, "smooth")]
     np.testing.assert_allclose(smooth.yData, ema(y, 0.9), atol=1e-12)
     np.testing.assert_array_equal(chart._curves[("run-a", 1, "raw")].xData, x)
 
 
-def test_changing_smoothing_resmooths_from_the_raw_data(qtbot):
+def test_changing_the_curves_smoothing_redraws_the_same_items_from_the_raw_data(qtbot):
     chart = MetricChart("loss", "loss")
     qtbot.addWidget(chart)
     y = np.random.default_rng(0).random(300)
-    chart.set_run("r", "r", "#000000", [Segment(1, np.arange(300.0), y)])
-    chart.set_smoothing(0.5)
-    np.testing.assert_allclose(chart._curves[("r", 1, "smooth")].yData, ema(y, 0.5), atol=1e-12)
-    chart.set_smoothing(0.0)
-    np.testing.assert_array_equal(chart._curves[("r", 1, "smooth")].yData, y)
+    curve = line(chart, np.arange(300.0), y)
+    item = chart._curves[("r", 1, "smooth")]
+    curve.set_smoothing(0.5)
+    chart.refresh()
+    assert chart._curves[("r", 1, "smooth")] is item and chart._curves[("r", 1, "raw")].isVisible()
+    np.testing.assert_allclose(item.yData, ema(y, 0.5), atol=1e-12)
+    curve.set_smoothing(0.0)
+    chart.refresh()
+    np.testing.assert_array_equal(item.yData, y)
+    assert not chart._curves[("r", 1, "raw")].isVisible()  # unsmoothed: one line
 
 
 def test_resumed_attempt_is_its_own_segment_with_a_marker_line(qtbot):
     chart = MetricChart("loss", "loss")
     qtbot.addWidget(chart)
-    chart.set_run("r", "r", "#000000", [Segment(1, np.arange(1.0, 11), np.ones(10)), Segment(2, np.arange(11.0, 21), np.ones(10))])
+    series = feed(feed(RunSeries(), 1, np.arange(1.0, 16), np.ones(15)), 2, np.arange(11.0, 21), np.ones(10))
+    chart.set_curve("r", "r", "#000000", Curve(series, "loss"))
+    assert chart._curves[("r", 1, "smooth")].xData.tolist() == list(range(1, 11))
     assert ("r", 2, "resume") in chart._lines
     assert chart._lines[("r", 2, "resume")].value() == 11.0
     chart.clear_run("r")
@@ -50,8 +75,7 @@ def test_csv_export_holds_the_full_data_not_the_downsampled_view(qtbot, tmp_path
     chart = MetricChart("loss", "loss")
     qtbot.addWidget(chart)
     n = 20_000
-    chart.smoothing = 0
-    chart.set_run("r", "big run", "#000000", [Segment(1, np.arange(n, dtype=float), np.arange(n, dtype=float) * 2)])
+    line(chart, np.arange(n, dtype=float), np.arange(n, dtype=float) * 2, label="big run")
     chart.resize(400, 300)
     chart.show()
     qtbot.waitExposed(chart)
@@ -93,10 +117,11 @@ def _y_range(chart, qtbot) -> tuple[float, float]:
 def test_a_constant_learning_rate_is_framed_at_its_own_scale_not_plus_minus_half(qtbot):
     chart = MetricChart("Learning rate", "lr")
     qtbot.addWidget(chart)
-    chart.append("r", 1, np.arange(1.0, 41.0), np.full(40, 3e-3))
+    curve = line(chart, np.arange(1.0, 41.0), np.full(40, 3e-3), field="lr")
     lo, hi = _y_range(chart, qtbot)
     assert lo < 3e-3 < hi and hi - lo < 0.2 * 3e-3, (lo, hi)  # pyqtgraph alone pads a flat line by +-0.5
-    chart.append("r", 1, np.arange(41.0, 61.0), np.linspace(3e-3, 1e-3, 20))  # then the schedule decays
+    feed(curve.series, 1, np.arange(41.0, 61.0), np.linspace(3e-3, 1e-3, 20), "lr")  # then the schedule decays
+    chart.refresh()
     lo, hi = _y_range(chart, qtbot)
     assert lo <= 1e-3 and hi >= 3e-3, "the frame follows data that starts to vary"
 
@@ -105,7 +130,7 @@ def test_float_noise_on_a_steady_value_is_not_zoomed_into(qtbot):
     chart = MetricChart("Throughput", "tokens/s")
     qtbot.addWidget(chart)
     y = 900.0 + np.random.default_rng(1).normal(0, 1e-13, 100)
-    chart.append("r", 1, np.arange(100.0), y)
+    line(chart, np.arange(100.0), y)
     lo, hi = _y_range(chart, qtbot)
     assert hi - lo >= 0.02 * 900 * 0.99, (lo, hi)
 
@@ -115,7 +140,7 @@ def test_one_early_spike_does_not_stop_zooming_into_the_late_curve(qtbot):
     qtbot.addWidget(chart)
     y = 1.5 + 0.5 * np.sin(np.arange(200.0) / 7)
     y[3] = 1000.0  # a loss spike's gradient
-    chart.append("r", 1, np.arange(200.0), y)
+    line(chart, np.arange(200.0), y)
     _y_range(chart, qtbot)
     vb = chart.plot.getViewBox()
     vb.setYRange(1.0, 2.0, padding=0)

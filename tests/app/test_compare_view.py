@@ -122,21 +122,24 @@ def test_curves_overlay_every_run_smoothed_only_with_one_colour_each(qtbot, stor
     np.testing.assert_allclose(lr.yData, [metric(s)["lr"] for s in range(1, 21)])  # lr is never smoothed
 
 
-def test_live_updates_of_a_compared_run_reload_the_view(qtbot, store):
-    from app.gui.main_window import StoreEvents
-
+def test_a_compared_run_that_streams_updates_its_curve_table_bars_and_status_live(qtbot, store):
     create_run(store, "a", status="running")
     feed = StoreFeeder(store, "a")
     feed.metrics(range(1, 11))
     view = open_compare(qtbot, store, ["a"])
-    events = StoreEvents()
-    view.attach_events(events)
     assert view.data.runs[0].summary["steps"] == 10
+    smooth = view.curve_chart._curves[("a", 1, "smooth")]
     feed.metrics(range(11, 31))
     feed.ingest("evals.jsonl", evals_at(30, {"all": 0.5}))
-    events.updated.emit("a", "metrics.jsonl", 20)
     qtbot.waitUntil(lambda: view.data.runs[0].summary["steps"] == 30, timeout=WAIT_MS)
     assert view.bar_values() == [("a", "humaneval", "all", 50.0)]
+    assert view.curve_chart._curves[("a", 1, "smooth")] is smooth  # the same item, given the new points
+    np.testing.assert_array_equal(smooth.xData, np.arange(1, 31))
+    store.update_run("a", status="finished")
+    qtbot.waitUntil(lambda: view.data.runs[0].status == "finished", timeout=WAIT_MS)
+    assert "finished" in view.legend_list.item(0).text()
+    view.close()
+    assert not view.watcher.running
 
 
 def test_exports_write_the_bars_and_curves_data(qtbot, store, tmp_path):

@@ -93,7 +93,7 @@ checked = []
 cp.check_done.connect(lambda o: checked.append(o))
 cp.start_check(); wait(lambda: checked, 120); shot("6-clusters")
 view = w.open_run("20261125-12000-demo0")
-wait(lambda: view._n_points > 0 and view.eval_banner.isVisible()); shot("7-run-view")
+wait(lambda: view.point_count() > 0 and view.eval_banner.isVisible()); shot("7-run-view")
 loaded = []
 cmp_view = w.open_compare(["20261125-12000-demo0", "20261125-12001-demo1"])
 cmp_view.data_loaded.connect(lambda d: loaded.append(d)); wait(lambda: loaded); shot("8-compare")

@@ -8,9 +8,10 @@ TuneDeck's chart draws a long curve from an incrementally updated min/max envelo
 view (app.gui.charts._Envelope), so a frame costs what the new points cost; the variant with pyqtgraph's
 peak downsampling alone is printed too.
 
-A frame is what a live compare view does when every run has logged one more step: append one point to each
-of the 8 runs (MetricChart.append: only the new point is smoothed; setData on the grown buffers), then
-repaint the plot widget synchronously (QWidget.repaint: pyqtgraph's whole paint path, offscreen platform).
+A frame is what a live compare view does when every run has logged one more step: each of the 8 runs' series
+takes one more metric row (core.series.RunSeries.extend), the chart refreshes (each run's Curve converts and
+smooths only the new point; setData on the grown arrays), then the plot widget is repainted synchronously
+(QWidget.repaint: pyqtgraph's whole paint path, offscreen platform).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ TARGET_MS = 16.0
 
 
 def build(chart_cls, downsample: bool, n_points: int, envelope: bool = True):
-    from app.gui.charts import MetricChart
+    from app.gui.charts import RUN_COLORS, MetricChart
+    from core.series import Curve, MetricBatch, RunSeries
 
     chart = MetricChart("Loss", "loss")
     chart.use_envelope = envelope and downsample
@@ -44,9 +46,13 @@ def build(chart_cls, downsample: bool, n_points: int, envelope: bool = True):
     chart.set_show_raw(False)  # the compare view's overlay: smoothed curves only
     rng = np.random.default_rng(0)
     x = np.arange(1, n_points + 1, dtype=float)
+    chart.series = []
     for run in range(N_RUNS):
         y = 3 * np.exp(-x / n_points * 4) + 0.05 * rng.standard_normal(n_points) + 0.1 * run
-        chart.append(f"run{run}", 1, x, y, label=f"run {run}")
+        series = RunSeries()
+        series.extend(MetricBatch.from_columns(1, step=x, t=x, loss=y))
+        chart.set_curve(f"run{run}", f"run {run}", RUN_COLORS[run % len(RUN_COLORS)], Curve(series, "loss", "step", 0.6))
+        chart.series.append(series)
     if not downsample:
         for item in chart._curves.values():
             item.setDownsampling(auto=False, ds=1)
@@ -59,6 +65,8 @@ def build(chart_cls, downsample: bool, n_points: int, envelope: bool = True):
 def frame_times(chart, n_points: int, frames: int) -> list[float]:
     from PySide6.QtCore import QCoreApplication
 
+    from core.series import MetricBatch
+
     view = chart.plot_widget.viewport()
     QCoreApplication.processEvents()
     view.repaint()  # first paint (caches) outside the timing
@@ -66,8 +74,9 @@ def frame_times(chart, n_points: int, frames: int) -> list[float]:
     for k in range(frames):
         t0 = time.perf_counter()
         for run in range(N_RUNS):
-            step = float(n_points + k + 1)
-            chart.append(f"run{run}", 1, np.array([step]), np.array([0.5 + 0.1 * run]))
+            step = np.array([float(n_points + k + 1)])
+            chart.series[run].extend(MetricBatch.from_columns(1, step=step, t=step, loss=[0.5 + 0.1 * run]))
+        chart.refresh()
         view.repaint()  # synchronous paintEvent of the visible widget (offscreen platform: into its backing store)
         times.append((time.perf_counter() - t0) * 1000)
     return times

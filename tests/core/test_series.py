@@ -5,7 +5,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.series import EmaState, ema, pass_at_1_series, resume_points, segments
+from core.series import (
+    Curve,
+    EmaState,
+    EvalProgress,
+    MetricBatch,
+    RunSeries,
+    best_pass_at_1,
+    ema,
+    pass_at_1_series,
+    resume_points,
+    segments,
+)
 
 
 def reference_ema(y, w):
@@ -85,3 +96,191 @@ def test_pass_at_1_series_takes_latest_record_per_step_in_percent():
     steps, values = pass_at_1_series(evals, "humaneval", "all")
     assert steps.tolist() == [10, 20]
     np.testing.assert_allclose(values, [5.0, 20.0])
+
+
+# ---------------------------------------------------------------------------------------------- RunSeries
+
+
+def reference_segments(records, y_field, x_axis="step"):
+    """The latest-attempt rule written as the plain loop it is defined by: per step, the highest attempt."""
+    latest = {}
+    for r in records:
+        latest[r["step"]] = max(latest.get(r["step"], 0), r["attempt"])
+    t0 = min(r["t"] for r in records)
+    out = {}
+    for r in records:
+        if latest[r["step"]] == r["attempt"]:
+            x = r["t"] - t0 if x_axis == "wall_time" else r[x_axis]
+            out.setdefault(r["attempt"], {}).setdefault(r["step"], (x, math.nan if r[y_field] is None else r[y_field]))
+    return {a: sorted(pts.items()) for a, pts in sorted(out.items())}
+
+
+def _as_dict(segs):
+    return {s.attempt: list(zip(s.x.tolist(), s.y.tolist(), strict=True)) for s in segs}
+
+
+@st.composite
+def resumed_runs(draw):
+    """Records of a run resumed up to three times (each attempt from an earlier checkpoint), shuffled into
+    batches, with some rows delivered twice."""
+    records, start = [], 1
+    for attempt in range(1, draw(st.integers(1, 3)) + 1):
+        end = start + draw(st.integers(1, 30))
+        records += [_m(s, attempt, float(draw(st.integers(0, 9))) if draw(st.booleans()) else None,
+                       t=1000.0 + 100 * attempt + s) for s in range(start, end)]
+        start = max(1, end - draw(st.integers(0, 25)))  # the next attempt resumes at or before the end
+    order = draw(st.permutations(records))
+    repeats = draw(st.lists(st.sampled_from(records), max_size=5))
+    cuts = sorted(draw(st.lists(st.integers(0, len(order) + len(repeats)), max_size=6)))
+    delivered = list(order) + repeats
+    return records, [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
+
+
+@settings(max_examples=120, deadline=None)
+@given(resumed_runs(), st.sampled_from(["step", "tokens", "wall_time"]))
+def test_series_fed_in_any_batches_and_order_shows_each_step_once_from_its_latest_attempt(run, x_axis):
+    records, batches = run
+    series = RunSeries()
+    for batch in batches:
+        series.extend(batch)
+    want = reference_segments(records, "loss", x_axis)
+    got = _as_dict(series.segments("loss", x_axis))
+    assert list(got) == list(want)
+    for attempt, pts in want.items():
+        np.testing.assert_allclose([p[1][0] for p in pts], [g[0] for g in got[attempt]])
+        np.testing.assert_array_equal([p[1][1] for p in pts], [g[1] for g in got[attempt]])
+    assert sorted(series.steps().tolist()) == sorted({r["step"] for r in records})
+    assert series.rows_seen == sum(len(b) for b in batches)
+
+
+def test_a_resumed_attempt_arriving_over_several_batches_takes_each_redone_step_as_it_comes():
+    series = RunSeries()
+    series.extend([_m(s, 1, 10.0) for s in range(1, 61)])
+    series.extend([_m(s, 2, 5.0) for s in range(41, 51)])  # the resumed attempt's first batch
+    assert series.column(1, "step").tolist() == list(range(1, 41)) + list(range(51, 61))
+    series.extend([_m(s, 2, 5.0) for s in range(51, 56)])  # a later batch redoes more of attempt 1's steps
+    assert series.column(1, "step").tolist() == list(range(1, 41)) + list(range(56, 61))
+    assert series.column(2, "step").tolist() == list(range(41, 56))
+    series.extend([_m(58, 1, 99.0)])  # a late row of the old attempt for a step not redone yet: shown
+    series.extend([_m(45, 1, 99.0)])  # ... and one for a step already redone: never shown
+    assert 99.0 not in series.column(2, "loss") and series.column(1, "step").tolist()[-5:] == [56, 57, 58, 59, 60]
+    assert not series.extend([_m(45, 2, 1.0)])  # a re-delivered row changes nothing
+
+
+def test_summary_is_the_last_step_its_last_finite_loss_tokens_and_the_wall_time_of_every_row():
+    series = RunSeries()
+    first = [_m(s, 1, 3.0 - s / 100, t=100.0 + 2 * s) for s in range(30)]
+    second = [_m(s, 2, 2.0 - s / 100, t=500.0 + 2 * s) for s in range(20, 41)]
+    second[-1]["loss"] = None  # the last step logged no loss: the final loss is the one before
+    series.extend(first + second)
+    summary = series.summary()
+    assert summary == {"steps": 40, "final_loss": pytest.approx(2.0 - 39 / 100), "tokens": 40_000,
+                       "wall_time_s": pytest.approx(580.0 - 100.0), "metric_points": 51}
+    assert RunSeries().summary() == {"steps": None, "final_loss": None, "tokens": None, "wall_time_s": None,
+                                     "metric_points": 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(resumed_runs(), st.sampled_from(["step", "samples", "wall_time"]), st.sampled_from([0.0, 0.6, 0.95]))
+def test_a_curve_refreshed_after_every_batch_equals_one_computed_at_the_end(run, x_axis, weight):
+    _records, batches = run
+    series = RunSeries()
+    live = Curve(series, "loss", x_axis, weight)
+    for batch in batches:
+        series.extend(batch)
+        live.refresh()
+    final = Curve(series, "loss", x_axis, weight)
+    final.refresh()
+    assert live.attempts == final.attempts == series.attempts
+    for a in series.attempts:
+        got, want = live.segment(a), final.segment(a)
+        np.testing.assert_allclose(got.x, want.x)
+        np.testing.assert_array_equal(got.y, want.y)
+        np.testing.assert_allclose(got.smooth, ema(want.y, weight), atol=1e-9)
+    assert live.resume_points() == series.resume_points(x_axis)
+
+
+def test_curve_refresh_reports_appends_then_a_reset_when_an_attempt_is_superseded_entirely():
+    series = RunSeries()
+    curve = Curve(series, "loss", "step", 0.5)
+    series.extend([_m(s, 1, 1.0) for s in range(5, 11)])
+    assert curve.refresh().reset  # the first draw
+    series.extend([_m(s, 1, 1.0) for s in range(11, 13)])
+    update = curve.refresh()
+    assert not update.reset and update.changed == (1,)
+    assert curve.segment(1).x.tolist() == list(range(5, 13))
+    assert not curve.refresh()  # nothing new: nothing to draw
+    series.extend([_m(s, 2, 1.0) for s in range(1, 20)])  # attempt 2 redoes every step of attempt 1
+    update = curve.refresh()
+    assert update.reset and curve.attempts == [2]
+    curve.set_x_axis("tokens")
+    assert curve.refresh().reset and curve.segment(2).x.tolist() == [s * 1000 for s in range(1, 20)]
+
+
+def test_wall_time_counts_from_the_earliest_row_and_redraws_when_an_earlier_one_arrives():
+    series = RunSeries()
+    curve = Curve(series, "loss", "wall_time")
+    series.extend([_m(s, 1, 1.0, t=100.0 + s) for s in range(5, 10)])
+    curve.refresh()
+    assert curve.segment(1).x.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    series.extend([_m(s, 1, 1.0, t=100.0 + s) for s in range(1, 5)])  # older rows, delivered late
+    assert curve.refresh().reset
+    assert curve.segment(1).x.tolist() == [float(i) for i in range(9)]
+
+
+def test_metric_batch_reads_rows_with_missing_values_and_optional_columns_as_nan():
+    batch = MetricBatch.from_rows([{"step": 1, "attempt": 2, "t": 5.0, "loss": None},
+                                   {"step": None, "attempt": 1, "t": 6.0}])
+    assert batch.size == 1 and batch.attempt.tolist() == [2]
+    assert np.isnan(batch.columns["loss"][0]) and np.isnan(batch.columns["tokens"][0])
+
+
+# ---------------------------------------------------------------------------------------------- evaluations
+
+
+def _ev(name, attempt, **detail):
+    return {"event": name, "attempt": attempt, "t": 0.0, "detail": detail}
+
+
+def test_eval_progress_follows_started_finished_and_failed_evaluations():
+    progress = EvalProgress()
+    assert progress.apply([_ev("eval_started", 1, step=20), _ev("eval_started", 1, step=40)]) == []
+    assert progress.evaluating_steps() == [20, 40]
+    assert progress.apply([_ev("eval_failed", 1, step=40, error="CUDA out of memory")]) == [(1, 40)]
+    assert progress.evaluating_steps() == [20] and progress.failures == {(1, 40): "CUDA out of memory"}
+    progress.apply([_ev("eval_finished", 1, step=40)])  # a later evaluation of the same checkpoint succeeded
+    assert progress.failures == {}
+    progress.apply([_ev("eval_started", 1, step="forty")])  # malformed: kept aside for the view to log
+    assert len(progress.ignored) == 1 and progress.evaluating_steps() == [20]
+
+
+def test_a_new_attempt_ends_evaluations_its_predecessor_left_open_and_a_failure_later_fixed_is_not_announced():
+    progress = EvalProgress()
+    progress.apply([_ev("eval_started", 1, step=40)])
+    progress.apply([_ev("started", 2)])
+    assert progress.evaluating_steps() == []
+    failed = progress.apply([_ev("eval_failed", 2, step=60, error="x"), _ev("eval_finished", 2, step=60)])
+    assert failed == [] and progress.failures == {}
+
+
+def test_best_pass_at_1_per_benchmark_and_subset():
+    evals = [{"step": 10, "benchmark": "humaneval", "subset": "all", "pass@1": 0.2},
+             {"step": 20, "benchmark": "humaneval", "subset": "all", "pass@1": 0.35},
+             {"step": 20, "benchmark": "humaneval", "subset": "clean", "pass@1": None},
+             {"step": 20, "benchmark": "mbpp", "subset": "clean", "pass@1": 0.1}]
+    assert best_pass_at_1(evals) == {"humaneval": {"all": 0.35}, "mbpp": {"clean": 0.1}}
+
+
+def test_the_chart_and_the_intervals_count_the_same_record_of_a_checkpoint_evaluated_twice():
+    from core.evalstats import eval_points
+
+    def ev(attempt, t, value):
+        return {"step": 20, "attempt": attempt, "t": t, "benchmark": "humaneval", "subset": "all", "pass@1": value,
+                "n_tasks": 164, "samples_per_task": 1}
+
+    # the resumed attempt evaluated step 20 again; the first attempt's evaluation ended late
+    evals = [ev(1, 5.0, 0.2), ev(2, 9.0, 0.3), ev(1, 12.0, 0.9)]
+    steps, values = pass_at_1_series(evals, "humaneval", "all")
+    assert steps.tolist() == [20] and values.tolist() == [30.0]
+    assert [p.pass_at_1 for p in eval_points(evals)] == [pytest.approx(0.3)]
+    assert best_pass_at_1(evals) == {"humaneval": {"all": 0.3}}

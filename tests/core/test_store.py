@@ -212,16 +212,13 @@ def test_log_keeps_only_the_newest_bytes_per_run(tmp_path):
         assert store.log_tail("b", 10_000) == "b" * 900 + "\n"  # another run's log is untouched
 
 
-def test_latest_metrics_per_step_prefers_the_resumed_attempt(store):
+def test_metrics_of_every_attempt_are_kept_in_attempt_then_step_order(store):
     _new_run(store)
     first = [_metric(s, attempt=0, loss=2.0 + s) for s in range(1, 11)]  # attempt 0 reached step 10
     second = [_metric(s, attempt=1, loss=1.0 + s) for s in range(6, 13)]  # resumed from step 5, redid 6..10
     store.ingest("r1", RunPaths.METRICS, first, 1000, 10)
     store.ingest("r1", RunPaths.METRICS, second, 1700, 17)
-    latest = store.latest_metrics_per_step("r1")
-    assert [m["step"] for m in latest] == list(range(1, 13))
-    assert [(m["attempt"], m["loss"]) for m in latest] == \
-        [(0, 2.0 + s) for s in range(1, 6)] + [(1, 1.0 + s) for s in range(6, 13)]
+    # The store keeps every attempt's rows; which one a chart shows is core.series' rule (tests/core/test_series.py).
     assert len(store.metrics("r1")) == 17
     assert [(m["attempt"], m["step"]) for m in store.metrics("r1")][9:11] == [(0, 10), (1, 6)]
 

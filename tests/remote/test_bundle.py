@@ -35,9 +35,9 @@ def test_bundle_holds_plan_job_code_and_points_data_at_its_content_address(tmp_p
     assert bundle.datasets[0].local == data.resolve()
     for name in (RunPaths.CONFIG_YAML, RunPaths.CONFIG_JSON, RunPaths.DS_CONFIG, RunPaths.LOCAL_SCRIPT,
                  RunPaths.RUN_JSON, DETACH_SCRIPT, "code/core/records.py", "code/core/evalsets.py",
-                 "code/core/passk.py", "code/core/fsutil.py", "code/core/config.py", "code/core/__init__.py",
-                 "code/remote/__init__.py",
-                 "code/remote/job/train.py"):
+                 "code/core/passk.py", "code/core/fsutil.py", "code/core/config.py", "code/core/cancel.py",
+                 "code/core/datafiles.py", "code/core/__init__.py", "code/remote/__init__.py",
+                 "code/remote/job/train.py", "code/remote/job/follow.py"):
         assert name in bundle.files, name
     assert not any(rel.startswith("code/core/decontam/") for rel in bundle.files)
     assert "code/core/store.py" not in bundle.files  # the app's store never travels
