@@ -136,7 +136,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_config_render(args: argparse.Namespace) -> int:
-    from core.plan import LaunchContext, PlanError, write_plan
+    from core.plan import LaunchContext, PlanError, describe_nodes, write_plan
 
     cfg = _load(args.file)
     out: Path = args.out
@@ -172,6 +172,9 @@ def cmd_config_render(args: argparse.Namespace) -> int:
     print(f"wrote the launch plan for {cfg.name!r} (run dir on target: {run_dir}):")
     for path in written.values():
         print(f"  {path}")
+    print(f"where the ranks run ({args.backend}):")
+    for line in describe_nodes(cfg, ctx):
+        print(f"  {line}")
     return 0
 
 

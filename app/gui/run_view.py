@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
+from app.gui.nodes_panel import NodesPanel
 from app.gui.store_watch import MetricColumns, RunBatch, StoreWatcher
 from app.gui.workers import Worker
 from core.names import printable
@@ -558,10 +559,12 @@ class RunView(QWidget):
 
         self.console.setFont(monospace_font())
         self.samples = SampleViewer(self.store, self.run_id)
+        self.nodes = NodesPanel(self.store, self.run_id)  # host, rank and last heartbeat of every process
         self.bottom_tabs = QTabWidget()
         self.bottom_tabs.setDocumentMode(True)
         self.bottom_tabs.addTab(self.console, "Log")
         self.bottom_tabs.addTab(self.samples, "Samples")
+        self.bottom_tabs.addTab(self.nodes, "Nodes")
         self.bottom_tabs.currentChanged.connect(self._on_bottom_tab)
 
         self.splitter = QSplitter(Qt.Orientation.Vertical)
@@ -974,6 +977,7 @@ class RunView(QWidget):
         """Stop feeding this view (the watcher thread ends if this view owns it)."""
         self._closed = True
         self.samples.closed = True
+        self.nodes.stop()
         if self._events is not None:
             _WakeHub.for_events(self._events).discard(self.run_id, self.watcher)
             self._events = None
