@@ -12,6 +12,7 @@ rank proves it ran where the script put it, with the environment the script gave
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ GOLDEN_RUN_DIR = f"/scratch/tunedeck/runs/{GOLDEN_RUN_ID}"
 GOLDEN_ENV_SETUP = "source /opt/envs/train/bin/activate"
 ENV_SETUP = f"export PATH={VENV_BIN}:$PATH"  # the cluster's training environment: this project's venv
 WORLD = 32
+REPO_JOB = Path(__file__).resolve().parents[2] / "remote" / "job"
 TIMEOUT_S = 240
 
 # The stand-in job (python -m remote.job.train RUN_DIR): standard library only, so 32 of them start quickly.
@@ -96,6 +98,9 @@ def _plan(tmp_path: Path, backend: str) -> Path:
     for pkg in (job.parent, job):
         (pkg / "__init__.py").write_text("")
     (job / "train.py").write_text(STUB)
+    # The launch modules of the shipped job code stay the real ones (the Slurm script starts torchrun through one).
+    for launcher in REPO_JOB.glob("torchrun.py"):
+        shutil.copy(launcher, job / launcher.name)
     return run_dir
 
 
