@@ -300,9 +300,10 @@ def node_probe_script(profile, hosts: list[str]) -> str:
     launcher reach them), in parallel, each answer base64 on one `N|host|exit|...` line."""
     payload = base64.b64encode(probe_script(profile).encode()).decode()
     q = shlex.quote
-    lines = ["set +e"]
+    # The probe once, in a variable: the whole script is one argument of `bash -c` (at most 128 KiB on Linux).
+    lines = ["set +e", f"probe={payload}"]
     for host in hosts:
-        lines.append(f"( out=$(printf '%s' {payload} | base64 -d | {shlex.join(NODE_SSH)} {q(host)} bash -s 2>&1); "
+        lines.append(f"( out=$(printf '%s' \"$probe\" | base64 -d | {shlex.join(NODE_SSH)} {q(host)} bash -s 2>&1); "
                      f"rc=$?; printf 'N|%s|%s|%s\\n' {q(host)} \"$rc\" \"$(printf '%s' \"$out\" | base64 | tr -d '\\n')\" ) &")
     lines.append("wait")
     return "\n".join(lines) + "\n"

@@ -193,7 +193,7 @@ def _start(story: Story, cluster: NetnsCluster, root: Path, steps: int, save_ste
         row = store.get_run(story.run_id)
         story.run_dir, story.job_ids = row.run_dir, [row.job_id]
     transport = make_transport(profile)
-    manager = StreamManager(store_at(story.home), poll_s=1.0, transports={name: transport})
+    manager = StreamManager(store_at(story.home), poll_s=2.0, transports={name: transport})
     manager.start()
     return profile, transport, manager
 
