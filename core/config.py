@@ -263,6 +263,11 @@ class ClusterShape(Section):
     gpu_type: str = Field("A100-80GB", description=f"GPU model ({', '.join(GPU_PEAK_TFLOPS)}, or another name with gpu_memory_gb and peak_tflops set).")
     gpu_memory_gb: float | None = Field(None, gt=0, description="Memory per GPU in GB (default: from gpu_type).")
     peak_tflops: float | None = Field(None, gt=0, description="Peak dense bf16 TFLOP/s per GPU (default: from gpu_type).")
+    collective_timeout_s: int = Field(
+        1800, ge=10, le=7 * 24 * 3600,
+        description="Seconds a collective (all-reduce, barrier) waits for the other ranks before the run fails. "
+                    "Bounds how long a run hangs when a node dies without closing its connections (power, network); "
+                    "a killed process fails its peers at once. Keep it above the longest checkpoint save.")
 
     @property
     def world_size(self) -> int:

@@ -345,13 +345,15 @@ def _run_training(config: RunConfig, ctx: LaunchContext, command: list[str], bac
     ]
 
 
-def _launch_sh(config: RunConfig, ctx: LaunchContext, what: str, argv: list[str], backend: str) -> str:
+def _launch_sh(config: RunConfig, ctx: LaunchContext, what: str, argv: list[str], backend: str,
+               comment: str | None = None) -> str:
     """A launch.sh: into the run directory, the profile's environment, the job's variables, then the
     launcher with its output appended to stdout.log (_run_training: exec'd, or followed by the queued
     evaluations for placement after_training)."""
     return _script([
         "#!/bin/bash",
         f"# TuneDeck run {_comment(ctx.run_id)}: {what}.",
+        *([comment] if comment else []),
         _SHELLCHECK_LITERALS,
         "set -euo pipefail",
         f"cd {shlex.quote(ctx.run_dir)}",
@@ -370,7 +372,46 @@ def render_local_script(config: RunConfig, ctx: LaunchContext) -> str:
 def render_hostfile_launch(config: RunConfig, ctx: LaunchContext) -> str:
     """launch.sh for the hostfile backend (started with `setsid nohup`): the deepspeed launcher, run from
     the run directory so it finds .deepspeed_env."""
-    return _launch_sh(config, ctx, "DeepSpeed hostfile launch", hostfile_command(config, ctx), "hostfile")
+    return _launch_sh(config, ctx, "DeepSpeed hostfile launch", hostfile_command(config, ctx), "hostfile",
+                      comment=_rendezvous_comment(config, ctx, "hostfile"))
+
+
+def _rank_span(first: int, count: int) -> str:
+    return f"rank {first}" if count == 1 else f"ranks {first}-{first + count - 1}"
+
+
+def describe_nodes(config: RunConfig, ctx: LaunchContext) -> list[str]:
+    """Where the ranks run and which node is the rendezvous host, one line per node (plan preview)."""
+    c = config.cluster
+    g, port = c.gpus_per_node, int(ctx.master_port)
+    head = f"{c.nodes} node{'s' if c.nodes > 1 else ''} x {g} process{'es' if g > 1 else ''} = world size {c.world_size}"
+    if ctx.backend == "slurm":
+        lines = [f"{head}; Slurm picks the nodes",
+                 f"node 1 of the allocation: {_rank_span(0, g)} -- rendezvous host (MASTER_ADDR, torchrun c10d on "
+                 f"port {port})"]
+        lines += [f"node {i + 1} of the allocation: {_rank_span(i * g, g)}" for i in range(1, c.nodes)]
+        return lines
+    if ctx.backend == "local":
+        return [f"{head} on this machine (torchrun --standalone): rendezvous on this machine"]
+    hosts = list(ctx.hosts)[: c.nodes]
+    lines = [f"{head}; hosts from the hostfile"]
+    for i, host in enumerate(hosts):
+        role = f" -- rendezvous host (MASTER_ADDR, port {port})" if i == 0 else ""
+        lines.append(f"{host}: {_rank_span(i * g, g)}{role}")
+    return lines
+
+
+def _rendezvous_comment(config: RunConfig, ctx: LaunchContext, backend: str) -> str:
+    """The script's comment line that says where the ranks meet."""
+    c = config.cluster
+    shape = f"{c.nodes} node(s) x {c.gpus_per_node} process(es)"
+    if backend == "slurm":
+        return (f"# Rendezvous: the first node of the allocation (MASTER_ADDR below), port {int(ctx.master_port)}; "
+                f"{shape}.")
+    if c.nodes == 1:
+        return f"# Rendezvous: the launching host (127.0.0.1), port {int(ctx.master_port)}; {shape}."
+    return (f"# Rendezvous: {_comment(ctx.hosts[0])} (MASTER_ADDR, rank 0), port {int(ctx.master_port)}; {shape}; "
+            "ranks in hostfile order.")
 
 
 def _comment(text: str) -> str:
@@ -431,6 +472,7 @@ def render_slurm_script(config: RunConfig, ctx: LaunchContext) -> str:
             "#!/bin/bash",
             f"# TuneDeck run {_comment(ctx.run_id)}: Slurm batch script.",
             *header,
+            _rendezvous_comment(config, ctx, "slurm"),
             _SHELLCHECK_LITERALS,
             "set -euo pipefail",
             f"cd {shlex.quote(ctx.run_dir)}",

@@ -11,6 +11,9 @@ eval_events.jsonl  the same, written by the evaluation processes and the evaluat
                re-queue, eval_started / eval_progress / eval_finished / eval_failed / eval_cancelled), each
                append under RunPaths.EVAL_WRITE_LOCK; eval_started's detail.sandbox is sandbox_capabilities():
                mode "unconfined" marks its pass@1
+ranks/rank-N.json  one per training process, rewritten in place (temp + rename) by that process alone every
+               few seconds: t (last heartbeat), attempt, rank, local_rank, world_size, host, pid, state,
+               started_t, step [, error, stalled_s]. Not streamed: the status poll reads them (one small file per rank).
 NaN and infinities are written as null.
 """
 
@@ -57,6 +60,7 @@ class RunPaths:
     EVAL_SLURM = "eval.slurm"  # the batch script of one checkpoint's evaluation (placement slurm)
     PGID = "pgid"  # process group of a detached hostfile/local job
     EXIT_STATUS = "exit_status"  # the launch script's exit status, written by the detach wrapper
+    RANKS = "ranks"  # one heartbeat/host record per training process: ranks/rank-N.json
 
     STREAMED = (METRICS, EVALS, EVENTS, EVAL_EVENTS, STDOUT)  # followed into the run store by byte offset
 
@@ -110,6 +114,13 @@ class RunPaths:
     def samples(self) -> Path:
         return self.root / self.SAMPLES
 
+    @property
+    def ranks(self) -> Path:
+        return self.root / self.RANKS
+
+    def rank_file(self, rank: int) -> Path:
+        return self.ranks / f"rank-{int(rank)}.json"
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"
 
@@ -155,7 +166,12 @@ EVENT_KINDS = (
     "cancelled",
     "warning",
 )
-KIND_REQUIRED = {"metrics": METRIC_REQUIRED, "evals": EVAL_REQUIRED, "events": EVENT_REQUIRED}
+RANK_REQUIRED = ("t", "attempt", "rank", "local_rank", "world_size", "host", "pid", "state", "started_t", "step")
+# starting: before training began; running: training; then how this process ended. A record still "starting" or
+# "running" after the run ended belongs to a process that died without a word (killed, or its node went down).
+RANK_STATES = ("starting", "running", "finished", "preempted", "failed")
+RANK_ENDED = ("finished", "preempted", "failed")
+KIND_REQUIRED = {"metrics": METRIC_REQUIRED, "evals": EVAL_REQUIRED, "events": EVENT_REQUIRED, "ranks": RANK_REQUIRED}
 FILE_KIND = {RunPaths.METRICS: "metrics", RunPaths.EVALS: "evals", RunPaths.EVENTS: "events",
              RunPaths.EVAL_EVENTS: "events"}
 
@@ -265,8 +281,34 @@ def _unstorable(value: Any, where: str, depth: int = 0) -> str | None:
     return None
 
 
+def rank_record(*, rank: int, local_rank: int, world_size: int, host: str, pid: int, attempt: int, state: str,
+                started_t: float, step: int | None = None, error: str | None = None, stalled_s: float | None = None,
+                t: float | None = None) -> dict[str, Any]:
+    """One training process's heartbeat/host record (ranks/rank-N.json). `stalled_s`: the longest time this
+    process went without a heartbeat (a process that hung, or whose node froze, shows it once it wakes)."""
+    if state not in RANK_STATES:
+        raise ValueError(f"rank state must be one of {RANK_STATES}, got {state!r}")
+    rec: dict[str, Any] = {"t": time.time() if t is None else t, "attempt": attempt, "rank": rank,
+                           "local_rank": local_rank, "world_size": world_size, "host": host, "pid": pid,
+                           "state": state, "started_t": started_t, "step": step}
+    if error is not None:
+        rec["error"] = error[:2000]
+    if stalled_s is not None:
+        rec["stalled_s"] = round(float(stalled_s), 1)
+    return rec
+
+
+def write_rank_record(path: str | os.PathLike[str], rec: dict[str, Any]) -> None:
+    """Replace a rank record whole (temp + rename in the same directory: a reader never sees half of it)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(encode_record(rec))
+    tmp.replace(p)
+
+
 def validate_record(kind: str, rec: Any) -> list[str]:
-    """Problems with a record of `kind` (metrics, evals, events); empty when it is well formed AND the run
+    """Problems with a record of `kind` (metrics, evals, events, ranks); empty when it is well formed AND the run
     store can hold it as it is (what passes here never makes Store.ingest fail)."""
     if not isinstance(rec, dict):
         return [f"a {kind} record must be a JSON object"]
@@ -278,7 +320,7 @@ def validate_record(kind: str, rec: Any) -> list[str]:
     if "t" in rec and not (_is_number(rec["t"]) and math.isfinite(rec["t"])):
         problems.append("field 't' must be a number (a finite one)")
     # attempt and step key the store's rows, so they must be whole numbers (1.0 would not match 1 there).
-    for name in ("attempt", "step"):
+    for name in ("attempt", "step") if kind != "ranks" else ("attempt",):  # a rank has no step before training
         if name in rec and not _is_int(rec[name]):
             problems.append(f"field {name!r} must be an integer")
     if kind == "metrics":
@@ -300,6 +342,22 @@ def validate_record(kind: str, rec: Any) -> list[str]:
         for key, v in rec.items():
             if key.startswith("pass@") and v is not None and not _is_number(v):
                 problems.append(f"field {key!r} must be a number or null")
+    elif kind == "ranks":
+        for name in ("rank", "local_rank", "world_size", "pid"):
+            if name in rec and not _is_int(rec[name]):
+                problems.append(f"field {name!r} must be an integer")
+        if rec.get("step") is not None and not _is_int(rec["step"]):
+            problems.append("field 'step' must be an integer or null")
+        if "started_t" in rec and not _is_number(rec["started_t"]):
+            problems.append("field 'started_t' must be a number")
+        if "host" in rec and not (isinstance(rec["host"], str) and rec["host"]):
+            problems.append("field 'host' must be a non-empty string")
+        if "state" in rec and rec["state"] not in RANK_STATES:
+            problems.append(f"field 'state' must be one of {RANK_STATES}")
+        if rec.get("error") is not None and not isinstance(rec["error"], str):
+            problems.append("field 'error' must be a string or null")
+        if rec.get("stalled_s") is not None and not _is_number(rec["stalled_s"]):
+            problems.append("field 'stalled_s' must be a number or null")
     elif kind == "events":
         if "event" in rec and rec["event"] not in EVENT_KINDS:
             problems.append(f"unknown event {rec.get('event')!r}")

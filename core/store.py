@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from core.records import FILE_KIND, METRIC_REQUIRED, RunPaths, json_safe, validate_record
+from core.records import FILE_KIND, METRIC_REQUIRED, RANK_REQUIRED, RunPaths, json_safe, validate_record
 
 STATUSES = ("created", "pending", "running", "completing", "finished", "failed", "cancelled", "unknown")
 TERMINAL_STATUSES = ("finished", "failed", "cancelled")
@@ -39,6 +39,7 @@ _SAMPLE_COLUMNS = ("task_id", "sample", "passed", "subset", "completion", "error
 _SAMPLE_KNOWN = frozenset(_SAMPLE_COLUMNS) | {"benchmark", "step"}
 _EVAL_COLUMNS = ("t", "attempt", "step", "checkpoint", "benchmark", "subset", "n_tasks", "samples_per_task",
                  "temperature")
+_RANK_COLUMNS = RANK_REQUIRED  # t, attempt, rank, local_rank, world_size, host, pid, state, started_t, step
 
 
 class StoreError(Exception):
@@ -177,9 +178,29 @@ CREATE TABLE eval_samples (
 );
 """
 
+# v4: each training process's latest heartbeat/host record (ranks/rank-N.json of the run), one row per rank.
+_V4 = """
+CREATE TABLE ranks (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    local_rank INTEGER NOT NULL,
+    world_size INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    step INTEGER,
+    started_t REAL NOT NULL,
+    t REAL NOT NULL,
+    error TEXT,
+    stalled_s REAL,
+    PRIMARY KEY (run_id, rank)
+);
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 # MIGRATIONS[i] takes a store from user_version i to i + 1. Append only; never edit a released entry.
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -584,6 +605,36 @@ class Store:
             kept += size
         if cutoff is not None:
             conn.execute("DELETE FROM logs WHERE run_id = ? AND id <= ?", (run_id, cutoff))
+
+    # ------------------------------------------------------------------ ranks (per-process heartbeats)
+
+    def upsert_ranks(self, run_id: str, records: Sequence[dict[str, Any]]) -> int:
+        """Keep the newest record per rank (a later attempt, or the same attempt at a later time, replaces it);
+        returns how many rows changed. Records are validated first: a bad one raises ValueError, nothing stored."""
+        for i, rec in enumerate(records):
+            problems = validate_record("ranks", rec)
+            if problems:
+                raise ValueError(f"rank record {i} of this batch is invalid: {'; '.join(problems)}")
+        rows = [(run_id, *(rec[c] for c in _RANK_COLUMNS), rec.get("error"), rec.get("stalled_s")) for rec in records]
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise UnknownRunError(f"no run with id {run_id!r}")
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT INTO ranks (run_id, {', '.join(_RANK_COLUMNS)}, error, stalled_s)"
+                f" VALUES ({', '.join('?' * (len(_RANK_COLUMNS) + 3))}) ON CONFLICT (run_id, rank) DO UPDATE SET"
+                f" {', '.join(f'{c} = excluded.{c}' for c in _RANK_COLUMNS if c != 'rank')}, error = excluded.error,"
+                " stalled_s = excluded.stalled_s"
+                " WHERE excluded.attempt > ranks.attempt OR (excluded.attempt = ranks.attempt AND excluded.t > ranks.t)",
+                rows)
+            return conn.total_changes - before
+
+    def ranks(self, run_id: str) -> list[dict[str, Any]]:
+        """The newest record of every rank the run ever had, ordered by rank (filter by attempt to see one)."""
+        rows = self._conn().execute(
+            f"SELECT {', '.join(_RANK_COLUMNS)}, error, stalled_s FROM ranks WHERE run_id = ? ORDER BY rank",
+            (run_id,)).fetchall()
+        return [{k: r[k] for k in (*_RANK_COLUMNS, "error", "stalled_s")} for r in rows]
 
     # ------------------------------------------------------------------ reading records
 

@@ -28,8 +28,9 @@ qt_libs="libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 li
 # user namespaces where the kernel allows them, and refuses to run model code where it does not).
 base_pkgs="python3-venv python3-dev g++ git procps bubblewrap $qt_libs"
 # Test-only: real sshd + single-node Slurm on loopback, shellcheck for the rendered scripts, Xvfb for screenshots,
-# bubblewrap for the sandbox's ordinary-user path (the suite also covers the path without it).
-test_pkgs="openssh-server openssh-client slurm-wlm slurm-client munge shellcheck xvfb xauth"
+# bubblewrap for the sandbox's ordinary-user path (the suite also covers the path without it); iproute2 and pdsh
+# for the several-node cluster in network namespaces (DeepSpeed's multi-node launcher uses pdsh).
+test_pkgs="openssh-server openssh-client slurm-wlm slurm-client munge shellcheck xvfb xauth iproute2 pdsh"
 
 pkgs=$base_pkgs
 [ "$mode" = test ] && pkgs="$pkgs $test_pkgs"

@@ -92,14 +92,61 @@ def leftover_pids(transport: Transport, run_id: str) -> list[int]:
     The environment, not the command line, is searched: the search's own argv holds the pattern, its
     environment does not. Only the machine the transport reaches is searched (the login node on Slurm).
     """
+    res = transport.run_shell(_pid_search(run_id) + "; true", timeout=30, check=False)
+    return sorted(int(x) for x in res.stdout.split() if x.isdigit())
+
+
+def _pid_search(run_id: str) -> str:
+    """Shell that prints the pids whose environment carries this run's TUNEDECK_RUN_ID (one per line)."""
     if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id):
         raise ValueError(f"run id {run_id!r} has characters a process search cannot hold")
-    script = (
-        f"grep -lzxF -e {shlex.quote(f'{RUN_ID_ENV}={run_id}')} /proc/[0-9]*/environ 2>/dev/null"
-        " | sed -n 's#^/proc/\\([0-9]*\\)/environ$#\\1#p'; true"
-    )
-    res = transport.run_shell(script, timeout=30, check=False)
-    return sorted(int(x) for x in res.stdout.split() if x.isdigit())
+    return (f"grep -lzxF -e {shlex.quote(f'{RUN_ID_ENV}={run_id}')} /proc/[0-9]*/environ 2>/dev/null"
+            " | sed -n 's#^/proc/\\([0-9]*\\)/environ$#\\1#p'")
+
+
+# SSH from the login node to the other nodes of a hostfile run: as pdsh and DeepSpeed's launcher do (plain
+# ssh, keys and known hosts from the user's ssh config there), never asking for anything.
+NODE_SSH = ("ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
+
+
+def hostfile_hosts(transport: Transport, run_dir: str) -> list[str]:
+    """The hosts of a run's DeepSpeed hostfile (empty when it has none)."""
+    res = transport.run_shell(f"cat {shlex.quote(f'{run_dir}/{RunPaths.HOSTFILE}')} 2>/dev/null; true", timeout=30,
+                              check=False)
+    hosts = [ln.split("#", 1)[0].split()[0] for ln in res.stdout.splitlines() if ln.split("#", 1)[0].strip()]
+    return list(dict.fromkeys(hosts))
+
+
+def node_processes(transport: Transport, run_id: str, hosts: list[str], signal_name: str | None = None, *,
+                   ranks_only: bool = False) -> dict[str, tuple[list[int], str]]:
+    """{host: (pids of this run there, error)} for every host, asked over ssh from the transport's machine
+    (the login node) in parallel; with `signal_name` those processes are sent that signal first. `ranks_only`:
+    only the training processes (their environment has RANK; launchers and shells have not)."""
+    search = _pid_search(run_id)
+    if ranks_only:
+        search = f"for x in $({search}); do grep -qz '^RANK=' /proc/$x/environ 2>/dev/null && echo $x; done"
+    remote = f"p=$({search}); "
+    if signal_name:
+        remote += f'[ -n "$p" ] && kill -{signal_name} $p 2>/dev/null; '
+    remote += 'echo $p'
+    q = shlex.quote
+    lines = ["set +e"]
+    for host in hosts:
+        lines.append(f"( out=$({shlex.join(NODE_SSH)} {q(host)} {q(remote)} 2>&1); rc=$?; "
+                     f"printf 'H|%s|%s|%s\\n' {q(host)} \"$rc\" \"$(printf '%s' \"$out\" | tr '\\n' ' ')\" ) &")
+    lines.append("wait")
+    res = transport.run_shell("\n".join(lines) + "\n", timeout=120, check=False)
+    out: dict[str, tuple[list[int], str]] = {h: ([], "no answer") for h in hosts}
+    for line in res.stdout.splitlines():
+        parts = line.split("|", 3)
+        if len(parts) != 4 or parts[0] != "H":
+            continue
+        _, host, rc, text = parts
+        if rc == "0":
+            out[host] = (sorted(int(x) for x in text.split() if x.isdigit()), "")
+        else:
+            out[host] = ([], f"ssh {host} failed (exit {rc}): {text.strip()[-300:]}")
+    return out
 
 
 def _last_event(line: str) -> dict | None:
@@ -153,6 +200,8 @@ class ProcessGroupBackend(Backend):
         q = shlex.quote
         script = "\n".join([
             f"cd {q(run_dir)} || exit 97",
+            # A resumed run starts again in its run directory: the last start's group and exit status are stale.
+            f"rm -f {PGID_FILE} {EXIT_FILE}",
             # The run id in the wrapper's environment lets cancel find every process of the run.
             f"{RUN_ID_ENV}={q(run_id)} setsid -f nohup bash {q(DETACH_SCRIPT)} </dev/null >/dev/null 2>&1",
             f"for _ in $(seq {int(START_WAIT_S * 20)}); do [ -s {PGID_FILE} ] && break; sleep 0.05; done",
@@ -221,32 +270,64 @@ class ProcessGroupBackend(Backend):
         if not pgid.isdigit() or int(pgid) <= 1:
             raise BackendError(f"run {job.run_id}: {pgid!r} is not a process group id")
         steps = []
+        deadline = time.monotonic() + grace_s
+        # A hostfile run on several nodes: pdsh started the ranks over ssh, so they are outside this group and
+        # their output flows back through pdsh's ssh connections. The ranks are stopped first, on every node,
+        # while those connections still carry what they print as they save their checkpoint; the launchers
+        # (this group) only after. Killing pdsh first would break the ranks' stdout mid-save.
+        hosts = hostfile_hosts(transport, job.run_dir) if self.name == "hostfile" else []
+        hosts = hosts if len(hosts) > 1 else []
+        if hosts:
+            nodes = node_processes(transport, job.run_id, hosts, "TERM", ranks_only=True)
+            steps.append("sent SIGTERM to the training processes on " + ", ".join(
+                f"{h} ({len(p)})" if not err else f"{h} (unreachable: {err})" for h, (p, err) in nodes.items()))
+            while time.monotonic() < deadline and \
+                    any(p for p, _ in node_processes(transport, job.run_id, hosts, ranks_only=True).values()):
+                time.sleep(0.5)
         transport.run(["kill", "-TERM", "--", f"-{pgid}"], timeout=30, check=False)
         steps.append(f"sent SIGTERM to process group {pgid}")
-        deadline = time.monotonic() + grace_s
-        while self._group_alive(transport, pgid) and time.monotonic() < deadline:
+        if hosts:
+            node_processes(transport, job.run_id, hosts, "TERM")  # what is left of the run there: launchers
+        while time.monotonic() < deadline:
+            if not self._group_alive(transport, pgid) and \
+                    not (hosts and any(p for p, _ in node_processes(transport, job.run_id, hosts).values())):
+                break
             time.sleep(0.5)
         if self._group_alive(transport, pgid):
             transport.run(["kill", "-KILL", "--", f"-{pgid}"], timeout=30, check=False)
             steps.append(f"still running after {grace_s:g} s: sent SIGKILL")
-        return self._confirm(transport, job, steps, confirm_s)
+        if hosts:
+            left = {h: p for h, (p, _) in node_processes(transport, job.run_id, hosts, "KILL").items() if p}
+            if left:
+                steps.append("still running after the grace time: sent SIGKILL to " + ", ".join(
+                    f"{h} {p}" for h, p in left.items()))
+        return self._confirm(transport, job, steps, confirm_s, hosts)
 
-    def _confirm(self, transport: Transport, job: JobRef, steps: list[str], confirm_s: float) -> CancelResult:
+    def _confirm(self, transport: Transport, job: JobRef, steps: list[str], confirm_s: float,
+                 hosts: list[str] | None = None) -> CancelResult:
         deadline = time.monotonic() + confirm_s
+        remote: dict[str, tuple[list[int], str]] = {}
         while True:
             group = self._group_alive(transport, job.job_id)
             pids = leftover_pids(transport, job.run_id)
-            if not group and not pids:
+            remote = node_processes(transport, job.run_id, hosts) if hosts else {}
+            remote_left = {h: v for h, v in remote.items() if v[0] or v[1]}
+            if not group and not pids and not remote_left:
+                where = f"on {transport.name}" + (f" or on any of its nodes ({', '.join(hosts)})" if hosts else "")
                 steps.append(f"confirmed: process group {job.job_id} is empty and no process of run "
-                             f"{job.run_id} remains on {transport.name}")
+                             f"{job.run_id} remains {where}")
                 return CancelResult(True, "; ".join(steps))
             if time.monotonic() >= deadline:
                 break
             if pids and not group:
                 # Escaped the group (a daemonised child): they carry the run id, so kill them by pid.
                 transport.run(["kill", "-KILL", *map(str, pids)], timeout=30, check=False)
+            if any(p for p, _ in remote_left.values()):
+                node_processes(transport, job.run_id, [h for h, (p, _) in remote_left.items() if p], "KILL")
             time.sleep(0.5)
-        steps.append(f"NOT confirmed: after {confirm_s:g} s, group alive={group}, leftover pids={pids}")
+        nodes = "; ".join(f"{h}: {err or p}" for h, (p, err) in remote.items() if p or err)
+        steps.append(f"NOT confirmed: after {confirm_s:g} s, group alive={group}, leftover pids={pids}"
+                     + (f", on other nodes: {nodes}" if nodes else ""))
         return CancelResult(False, "; ".join(steps))
 
 

@@ -5,7 +5,9 @@ standard-library probe (package versions from their metadata, torch's CUDA build
 so nothing heavy is imported), nvidia-smi, sbatch/sinfo and the free disk of the work root, and the
 sandbox probe of the shipped job code (remote/job/sandbox.py, carried in the command: which sandbox model-
 written samples will get there, or why evaluation will refuse to run them). The result is a CheckReport of
-CheckItems, each with the install command that would fix it.
+CheckItems, each with the install command that would fix it. A hostfile profile with several
+hosts gets one more call: the login node runs the same probe on every host over plain ssh (the way pdsh and
+DeepSpeed's launcher reach them) and each host is compared with the first one.
 """
 
 from __future__ import annotations
@@ -295,6 +297,91 @@ def build_report(profile, data: dict[str, Any]) -> CheckReport:
     return CheckReport(profile.name, items, data, backend=profile.backend)
 
 
+# What must be the same on every node of a hostfile run: DeepSpeed's launcher starts the ranks everywhere with
+# the login node's interpreter path, and ranks with different stacks fail (or worse, compute differently).
+NODE_KEYS = ("python", "python_path", "torch_cuda")
+NODE_SSH = ("ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
+
+
+def _hosts(profile) -> list[str]:
+    hosts = [line.split()[0] for line in (profile.hostfile_hosts or []) if line.strip()]
+    return list(dict.fromkeys(hosts))
+
+
+def node_probe_script(profile, hosts: list[str]) -> str:
+    """One script for the login node: the probe on every host over plain ssh (as pdsh and DeepSpeed's
+    launcher reach them), in parallel, each answer base64 on one `N|host|exit|...` line."""
+    payload = base64.b64encode(probe_script(profile).encode()).decode()
+    q = shlex.quote
+    # The probe once, in a variable: the whole script is one argument of `bash -c` (at most 128 KiB on Linux).
+    lines = ["set +e", f"probe={payload}"]
+    for host in hosts:
+        lines.append(f"( out=$(printf '%s' \"$probe\" | base64 -d | {shlex.join(NODE_SSH)} {q(host)} bash -s 2>&1); "
+                     f"rc=$?; printf 'N|%s|%s|%s\\n' {q(host)} \"$rc\" \"$(printf '%s' \"$out\" | base64 | tr -d '\\n')\" ) &")
+    lines.append("wait")
+    return "\n".join(lines) + "\n"
+
+
+def _node_summary(data: dict[str, Any]) -> dict[str, str]:
+    """The facts compared across nodes, as display strings."""
+    pkgs = data.get("packages") or {}
+    out = {key: str(data.get(key)) for key in NODE_KEYS}
+    out.update({mod: str(pkgs.get(mod)) for mod in (*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES)})
+    gpus = data.get("gpus") or []
+    out["gpus"] = f"{len(gpus)} x {gpus[0]}" if gpus else "0"
+    return out
+
+
+def compare_nodes(profile, answers: dict[str, tuple[int, str]]) -> list[CheckItem]:
+    """One item per host: reachable, and the same Python, packages and GPUs as the first host (rank 0's, the
+    rendezvous); a host that differs is named with what differs (pure: tested without a cluster)."""
+    items: list[CheckItem] = []
+    facts: dict[str, dict[str, str]] = {}
+    for host, (rc, text) in answers.items():
+        line = next((ln for ln in reversed(text.splitlines()) if ln.startswith(_MARK)), None)
+        if line is None:
+            tail = text.strip()[-400:] or "(no output)"
+            if rc == 255:
+                items.append(CheckItem(f"node {host}", False, f"not reachable over ssh from the login node: {tail}",
+                                       f"set up passwordless ssh from the login node to {host} (pdsh and DeepSpeed's "
+                                       "launcher need it), and record its host key"))
+            else:
+                items.append(CheckItem(f"node {host}", False, f"the probe did not run there (exit {rc}): {tail}",
+                                       f"install the training environment on {host} (the same python and env_setup)"))
+            continue
+        facts[host] = _node_summary(json.loads(line[len(_MARK):]))
+    if not facts:
+        return items
+    ref_host = next(h for h in answers if h in facts)
+    ref = facts[ref_host]
+    for host, have in facts.items():
+        diffs = [f"{k} {have[k]} ({ref_host}: {ref[k]})" for k in ref if have.get(k) != ref[k]]
+        if not diffs:
+            items.append(CheckItem(f"node {host}", True, f"reachable; Python {have['python']}, torch {have['torch']}, "
+                                   f"deepspeed {have['deepspeed']}, GPUs {have['gpus']}"
+                                   + ("" if host != ref_host else " (reference: rank 0's node)")))
+            continue
+        pins = [f"{_DIST_NAMES.get(k, k)}=={ref[k]}" for k in (*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES)
+                if have.get(k) != ref[k] and ref[k] not in ("None", "")]
+        fix = (f"make {host} match {ref_host}: " + (shlex.join(["pip", "install", *pins]) + " (after env_setup)"
+                                                     if pins else "the same Python and GPUs"))
+        items.append(CheckItem(f"node {host}", False, f"differs from {ref_host}: " + "; ".join(diffs), fix))
+    return items
+
+
+def check_nodes(profile, transport: Transport, *, timeout: float = 120) -> list[CheckItem]:
+    """Probe every host of a hostfile profile from its login node and compare them (see compare_nodes)."""
+    hosts = _hosts(profile)
+    res = transport.run_shell(node_probe_script(profile, hosts), timeout=timeout, check=False)
+    answers: dict[str, tuple[int, str]] = {h: (255, "no answer") for h in hosts}
+    for line in res.stdout.splitlines():
+        parts = line.split("|", 3)
+        if len(parts) == 4 and parts[0] == "N" and parts[1] in answers:
+            answers[parts[1]] = (int(parts[2]) if parts[2].lstrip("-").isdigit() else 255,
+                                 base64.b64decode(parts[3]).decode("utf-8", "replace"))
+    return compare_nodes(profile, answers)
+
+
 def check_cluster(profile, transport: Transport | None = None, *, timeout: float = 120) -> CheckReport:
     """Probe the profile's machine (over its transport) and report what is there and what is missing."""
     if transport is None:
@@ -316,7 +403,15 @@ def check_cluster(profile, transport: Transport | None = None, *, timeout: float
         return CheckReport(profile.name, [CheckItem(
             "python", False, f"`{profile.python}` did not run the probe (exit {result.rc}): {stderr}",
             "install Python >= 3.10 or set the profile's python / env_setup")], backend=profile.backend)
-    return build_report(profile, json.loads(line[len(_MARK):]))
+    report = build_report(profile, json.loads(line[len(_MARK):]))
+    if profile.backend == "hostfile" and len(_hosts(profile)) > 1:
+        # Several nodes: each must be reachable from the login node and run the same stack.
+        try:
+            nodes = check_nodes(profile, transport, timeout=timeout)
+        except CommandTimeout as exc:
+            nodes = [CheckItem("nodes", False, f"probing the nodes timed out: {exc}", "check ssh between the nodes")]
+        report = CheckReport(report.profile, [*report.items, *nodes], report.raw, backend=report.backend)
+    return report
 
 
 def _sandbox_item(profile, sb: dict[str, Any] | None) -> CheckItem:

@@ -75,6 +75,10 @@ class ClusterProfile(BaseModel):
         "evaluation.placement devices runs evaluations there while training uses the others.",
         json_schema_extra=_NOT_SLURM,
     )
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables every training process gets, "
+                                "on every node (exported by the launch script and listed in .deepspeed_env, which "
+                                "DeepSpeed's launcher exports on the other nodes), e.g. HF_HOME, NCCL_SOCKET_IFNAME.",
+                                json_schema_extra=_REMOTE_ONLY)
     connect_timeout_s: float = Field(15.0, gt=0, description="Seconds to wait for the SSH connection.", json_schema_extra=_REMOTE_ONLY)
     keepalive_s: float = Field(15.0, gt=0, description="Seconds between SSH keepalives.", json_schema_extra=_REMOTE_ONLY)
     save_password_in_keyring: bool = Field(False, description="Use a passphrase/password saved in the OS keyring.", json_schema_extra=_REMOTE_ONLY)
@@ -109,6 +113,15 @@ class ClusterProfile(BaseModel):
         except PlacementError as exc:
             raise ValueError(str(exc)) from None
         return value.replace(" ", "") if value else None
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"env: {key!r} is not an environment variable name")
+            if "\n" in val or "\x00" in val:
+                raise ValueError(f"env: the value of {key} holds a newline or NUL byte")
+        return value
 
     @model_validator(mode="after")
     def _check_backend_host(self) -> ClusterProfile:

@@ -7,9 +7,12 @@ with the reason. `refresh_status` makes ONE batched query per cluster; a failed 
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import random
 import secrets
+import shlex
 import sys
 import threading
 import time
@@ -19,7 +22,9 @@ from typing import Any
 
 from core.config import RunConfig, check_run_name, resolved_dict
 from core.names import printable
+from core.nodes import diagnose_failure
 from core.plan import LaunchContext
+from core.records import RunPaths, validate_record
 from core.store import TERMINAL_STATUSES, RunRow, Store, UnknownRunError
 from remote.backends import Backend, BackendError, CancelResult, JobRef, JobStatus
 from remote.bundle import RUNS_DIR, stage_and_upload
@@ -94,6 +99,7 @@ def launch_context(profile: Any, run_id: str, run_dir: str, **overrides: Any) ->
         partition=getattr(profile, "partition", None), account=getattr(profile, "account", None),
         qos=getattr(profile, "qos", None), time_limit=getattr(profile, "time_limit", None), hosts=hosts,
         eval_devices=_eval_devices(profile),
+        extra_env=dict(getattr(profile, "env", None) or {}),
     )
     values.update(overrides)
     return LaunchContext(**values)
@@ -270,9 +276,49 @@ def active_runs(store: Store, cluster: str | None = None) -> list[RunRow]:
             and (cluster is None or r.cluster == cluster)]
 
 
+# Bytes of a failed run's stdout.log searched for launcher lines naming a node (srun / pdsh errors).
+LAUNCHER_TAIL_BYTES = 256 << 10
+RANK_FILE_MAX_BYTES = 16 << 10
+
+
+def read_run_nodes(transport: Transport, rows: list[RunRow], failed: set[str] = frozenset()
+                   ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """ONE remote call: every rank record (ranks/rank-N.json) of `rows`, and for the runs in `failed` the
+    launcher lines of their stdout.log that name a node. Returns ({run_id: [records]}, {run_id: lines})."""
+    q = shlex.quote
+    lines = [
+        "rk() { for f in \"$2\"/" + RunPaths.RANKS + "/rank-*.json; do [ -f \"$f\" ] || continue;"
+        f" printf 'K|%s|' \"$1\"; head -c {RANK_FILE_MAX_BYTES} \"$f\" | tr -d '\\n'; echo; done; }}",
+        f"lt() {{ printf 'L|%s|' \"$1\"; tail -c {LAUNCHER_TAIL_BYTES} \"$2/{RunPaths.STDOUT}\" 2>/dev/null"
+        " | grep -aE '^(srun: error: |pdsh@)' | tail -n 50 | base64 | tr -d '\\n'; echo; }",
+    ]
+    for r in rows:
+        if r.run_dir:
+            lines.append(f"rk {q(r.run_id)} {q(r.run_dir)}")
+            if r.run_id in failed:
+                lines.append(f"lt {q(r.run_id)} {q(r.run_dir)}")
+    res = transport.run_shell("\n".join(lines) + "\ntrue\n", timeout=60, check=False)
+    ranks: dict[str, list[dict[str, Any]]] = {}
+    launcher: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        kind, _, rest = line.partition("|")
+        run_id, _, payload = rest.partition("|")
+        if kind == "K":
+            try:
+                rec = json.loads(payload)
+            except json.JSONDecodeError:
+                continue  # a rank file being replaced right now: the next poll reads it whole
+            if not validate_record("ranks", rec):
+                ranks.setdefault(run_id, []).append(rec)
+        elif kind == "L" and payload:
+            launcher[run_id] = base64.b64decode(payload).decode("utf-8", "replace")
+    return ranks, launcher
+
+
 def refresh_cluster(store: Store, cluster: str, rows: list[RunRow], transport: Transport | None = None,
                     backend_name: str | None = None) -> dict[str, RunRow]:
-    """One batched status query for `rows` (all on `cluster`); updates the store; raises on a failed poll."""
+    """One batched status query for `rows` (all on `cluster`), then one read of their rank records; updates
+    the store (a failed run's reason names the node it lost first); raises on a failed status poll."""
     if not rows:
         return {}
     if transport is None:
@@ -283,10 +329,23 @@ def refresh_cluster(store: Store, cluster: str, rows: list[RunRow], transport: T
     out: dict[str, RunRow] = {}
     for name, group in by_backend.items():
         statuses = Backend.for_name(name).status_many(transport, [job_ref(r) for r in group])
+        failed = {r.run_id for r in group if (st := statuses.get(r.run_id)) is not None and st.state == "failed"}
+        launcher: dict[str, str] = {}
+        try:
+            ranks, launcher = read_run_nodes(transport, group, failed)
+            for run_id, records in ranks.items():
+                store.upsert_ranks(run_id, records)
+        except Exception as exc:  # noqa: BLE001 -- the rank records only add detail: the states still count
+            log.warning("reading the rank records of %s failed: %s", cluster, exc)
         for r in group:
             st = statuses.get(r.run_id)
-            if st is not None:
-                out[r.run_id] = _apply(store, r, st)
+            if st is None:
+                continue
+            if st.state == "failed" and r.status != "failed":
+                failure = diagnose_failure(store.ranks(r.run_id), launcher.get(r.run_id, ""))
+                if failure is not None:
+                    st = JobStatus(st.state, "; ".join(x for x in (st.reason, failure.summary()) if x), st.exit_code)
+            out[r.run_id] = _apply(store, r, st)
     return out
 
 
@@ -370,6 +429,38 @@ def get_run(store: Store, run_id: str) -> RunRow:
                                   + "; ".join(shown) + more + ". Give more of the id.")
         raise UnknownRunError(f"no run with id {run_id!r}")
     return row
+
+
+def resume(run_id: str, store: Store, *, transport: Transport | None = None,
+           progress: Callable[[str], None] | None = None) -> tuple[str, int | None]:
+    """Start an ended run again in its own run directory (same run id, a new job): the job counts a new
+    attempt and continues from its newest complete checkpoint. Returns (job id, checkpoint step or None)."""
+    row = get_run(store, run_id)
+    if row.status not in TERMINAL_STATUSES and row.status != "unknown":
+        raise LaunchError(f"run {row.run_id} is {row.status}: only an ended run can be resumed")
+    if row.status == "finished":
+        raise LaunchError(f"run {row.run_id} finished: there is nothing left to train")
+    if not row.run_dir or not row.backend:
+        raise LaunchError(f"run {row.run_id} was never uploaded: launch it again instead")
+    transport = transport if transport is not None else transport_for_run(row)
+    backend = Backend.for_name(row.backend)
+    q = shlex.quote
+    listing = transport.run_shell(f"ls -d {q(row.run_dir)}/{RunPaths.CHECKPOINTS}/checkpoint-*/{RunPaths.COMPLETE_MARKER}"
+                                  " 2>/dev/null; true", timeout=60, check=False).stdout
+    steps = sorted(int(p.split("/checkpoint-")[-1].split("/")[0]) for p in listing.split()
+                   if p.split("/checkpoint-")[-1].split("/")[0].isdigit())
+    step = steps[-1] if steps else None
+    if progress:
+        progress(f"resuming run {row.run_id} on {row.cluster}" +
+                 (f" from checkpoint-{step}" if step is not None else " from the start (no complete checkpoint)"))
+    try:
+        job_id = backend.submit(transport, row.run_dir, row.run_id)
+    except BackendError as exc:
+        raise LaunchError(f"run {row.run_id}: {exc}") from exc
+    store.update_run(row.run_id, job_id=job_id, status="pending", finished_at=None,
+                     status_reason=f"resumed after {row.status}" + (f" from checkpoint-{step}" if step is not None else ""))
+    log.info("resumed run %s on %s as %s", row.run_id, row.cluster, job_id)
+    return job_id, step
 
 
 def cancel(run_id: str, store: Store, *, transport: Transport | None = None, grace_s: float | None = None,

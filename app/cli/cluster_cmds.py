@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--env-setup", help="shell command activating the training environment, "
                                          "e.g. 'source ~/venvs/train/bin/activate'")
     add.add_argument("--python", help="python of the training environment (default python3)")
+    add.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                     help="environment variable for every training process on every node (repeatable; also "
+                          "written to .deepspeed_env, which DeepSpeed's launcher exports on the other nodes)")
     add.add_argument("--partition", help="Slurm partition")
     add.add_argument("--account", help="Slurm account")
     add.add_argument("--qos", help="Slurm QOS")
@@ -112,6 +115,14 @@ def _add(args: argparse.Namespace) -> int:
         "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "eval_devices": args.eval_devices,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
+    if args.env:
+        env = {}
+        for item in args.env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise CliError(f"--env {item!r}: expected KEY=VALUE")
+            env[key] = value
+        fields["env"] = env
     if args.hostfile is not None:
         if args.backend != "hostfile":
             raise CliError("--hostfile is for --backend hostfile")

@@ -136,7 +136,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_config_render(args: argparse.Namespace) -> int:
-    from core.plan import LaunchContext, PlanError, placement_plan, write_plan
+    from core.plan import LaunchContext, PlanError, describe_nodes, placement_plan, write_plan
 
     cfg = _load(args.file)
     out: Path = args.out
@@ -173,6 +173,9 @@ def cmd_config_render(args: argparse.Namespace) -> int:
     for path in written.values():
         print(f"  {path}")
     print(placement_plan(cfg, ctx).describe())  # where the evaluations go on this backend, and why
+    print(f"where the ranks run ({args.backend}):")
+    for line in describe_nodes(cfg, ctx):
+        print(f"  {line}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`tunedeck launch | runs | status | logs | cancel | sync | decontaminate-array`: runs on clusters.
+"""`tunedeck launch | runs | status | resume | logs | cancel | sync | decontaminate-array`: runs on clusters.
 
 Exit codes: 0 ok, 1 the run failed / cancel not confirmed, 2 bad input, 3 the cluster could not be reached.
 """
@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="Run id (or a unique prefix).")
     p.add_argument("--no-refresh", action="store_true", help="Show the stored state without asking the cluster.")
     p.set_defaults(handler=cmd_status)
+
+    p = subparsers.add_parser("resume", help="Start an ended (failed, cancelled, preempted) run again: it continues "
+                                             "from its newest complete checkpoint, on the same cluster.")
+    p.add_argument("run", help="Run id (or a unique prefix).")
+    p.set_defaults(handler=cmd_resume)
 
     p = subparsers.add_parser("logs", help="A run's output (stdout.log), read from its machine.")
     p.add_argument("run", help="Run id (or a unique prefix).")
@@ -184,6 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, n in _corrupt_counts(store, row.run_id).items():
             print(f"{name}: {n} corrupt line{'s' if n != 1 else ''} skipped (unreadable, or values the store "
                   "cannot hold; `tunedeck sync` logs each one)")
+        _print_nodes(store, row)
         return 1 if row.status == "failed" else 0
 
 
@@ -206,6 +212,33 @@ def _corrupt_counts(store, run_id: str) -> dict[str, int]:
     from core.records import RunPaths
 
     return {name: n for name in RunPaths.STREAMED if (n := store.stream_state(run_id, name)["corrupt_count"])}
+
+
+def _print_nodes(store, row) -> None:
+    """Every rank of the run's newest attempt, grouped by node (host, state, step, last heartbeat)."""
+    from core.nodes import format_nodes, latest_attempt
+
+    ranks = latest_attempt(store.ranks(row.run_id))
+    if len(ranks) > 1 or len({r.host for r in ranks}) > 1:
+        for line in format_nodes(ranks, now=row.finished_at if row.is_terminal and row.finished_at else None):
+            print(line)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from remote.runs import LaunchError, resume
+
+    with _store() as store:
+        row = _run(store, args.run)
+        try:
+            job_id, step = resume(row.run_id, store, progress=lambda msg: print(msg, file=sys.stderr))
+        except LaunchError as exc:
+            raise CliError(str(exc), code=1) from None
+        except Exception as exc:  # noqa: BLE001 -- CLI boundary: the cluster's words, exit 3
+            raise CliError(f"resume of run {row.run_id} failed: {exc}", code=3) from None
+        what = "job" if row.backend == "slurm" else "process group"
+        print(f"run {row.run_id}: resumed as {what} {job_id}"
+              + (f", from checkpoint-{step}" if step is not None else ", from the start (no complete checkpoint)"))
+    return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ class FieldSpec:
 
     path: str
     name: str
-    kind: str  # section | literal | bool | int | float | str | number_or_literal | list_str | list_model
+    kind: str  # section | literal | bool | int | float | str | number_or_literal | list_str | list_model | dict_str
     optional: bool
     default: Any
     description: str
@@ -144,6 +144,8 @@ def field_spec(path: str, name: str, info: Any) -> FieldSpec:
             return FieldSpec(kind="bool", **common)
         if t in (int, float, str):
             return FieldSpec(kind=t.__name__, **common)
+        if get_origin(t) is dict:
+            return FieldSpec(kind="dict_str", **common)
         if get_origin(t) is list:
             (item,) = get_args(t)
             if isinstance(item, type) and issubclass(item, BaseModel):
@@ -396,6 +398,28 @@ class WordsEditor(FieldEditor):
             self.edit.setText(text)
 
 
+class KeyValueEditor(FieldEditor):
+    """dict[str, str] (a profile's environment variables): one KEY=VALUE per line."""
+
+    def __init__(self, spec: FieldSpec, parent: QWidget | None = None):
+        super().__init__(spec, parent)
+        self.edit = QPlainTextEdit()
+        self.edit.setObjectName(f"field:{spec.path}")
+        self.edit.setPlaceholderText("KEY=VALUE, one per line")
+        self.edit.setFixedHeight(self.edit.fontMetrics().lineSpacing() * 4)
+        self._layout.addWidget(self.edit)
+        self.edit.textChanged.connect(self.edited.emit)
+
+    def value(self) -> Any:
+        # A line without "=" keeps its text as the name, so the schema says which line is wrong.
+        pairs = (line.partition("=") for line in self.edit.toPlainText().splitlines() if line.strip())
+        return {key.strip(): value for key, _sep, value in pairs}
+
+    def set_value(self, value: Any) -> None:
+        if self.value() != (value if isinstance(value, dict) else {}):
+            self.edit.setPlainText("\n".join(f"{k}={v}" for k, v in (value or {}).items()))
+
+
 class ModelListEditor(FieldEditor):
     """list of small models (evaluation.benchmarks): one row per item, its fields side by side."""
 
@@ -477,6 +501,8 @@ def make_editor(spec: FieldSpec) -> FieldEditor:
         return PathListEditor(spec) if spec.widget == "paths" else WordsEditor(spec)
     if spec.kind == "list_model":
         return ModelListEditor(spec)
+    if spec.kind == "dict_str":
+        return KeyValueEditor(spec)
     return LineEditor(spec)
 
 
@@ -645,8 +671,15 @@ class Previews:
 
 
 def render_previews(ctx: WorkContext, config: RunConfig) -> Previews:
-    """Render ds_config.json, the Slurm script, the hostfile and the pre-flight estimate (worker thread)."""
-    from core.plan import LaunchContext, render_ds_config, render_hostfile, render_slurm_script
+    """Render ds_config.json, the Slurm script, the hostfile, where the ranks run (the rendezvous host first) and
+    the pre-flight estimate (worker thread)."""
+    from core.plan import (
+        LaunchContext,
+        describe_nodes,
+        render_ds_config,
+        render_hostfile,
+        render_slurm_script,
+    )
 
     texts: dict[str, str] = {}
     texts["ds_config.json"] = json.dumps(render_ds_config(config), indent=2)
@@ -657,6 +690,9 @@ def render_previews(ctx: WorkContext, config: RunConfig) -> Previews:
     hostfile = LaunchContext(run_id="preview", run_dir=run_dir, backend="hostfile", hosts=hosts)
     texts["hostfile"] = render_hostfile(config, hostfile)
     texts["Evaluation"] = render_placement_preview(config, slurm)
+    texts["Nodes"] = ("Slurm (sbatch):\n" + "\n".join(f"  {line}" for line in describe_nodes(config, slurm))
+                      + "\n\nDeepSpeed hostfile (example host names):\n"
+                      + "\n".join(f"  {line}" for line in describe_nodes(config, hostfile)) + "\n")
     from core.estimate import estimate, format_estimate
 
     texts["Estimate"] = format_estimate(estimate(config))
@@ -805,7 +841,7 @@ class ConfigPage(QWidget):
         yl.addWidget(self.yaml_status)
         self.tabs.addTab(yaml_page, "YAML")
         self.previews: dict[str, QPlainTextEdit] = {}
-        for title in ("Estimate", "Evaluation", "ds_config.json", "Slurm script", "hostfile"):
+        for title in ("Estimate", "Evaluation", "ds_config.json", "Slurm script", "hostfile", "Nodes"):
             view = QPlainTextEdit()
             view.setObjectName(f"preview:{title}")
             view.setReadOnly(True)

@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
 from app.gui.eval_panel import EvaluationsPanel
+from app.gui.nodes_panel import NodesPanel
 from app.gui.store_watch import RunBatch, StoreWatcher
 from app.gui.theme import app_icon, monospace_font, set_title_font, status_color
 from app.gui.workers import Worker
@@ -500,6 +501,7 @@ class RunView(QWidget):
         self.console.setPlaceholderText("The job's stdout appears here as it is streamed.")
         self.console.setFont(monospace_font())
         self.samples = SampleViewer(self.store, self.run_id)
+        self.nodes = NodesPanel(self.store, self.run_id)  # host, rank and last heartbeat of every process
         self.bottom_tabs = QTabWidget()
         self.bottom_tabs.setDocumentMode(True)
         self.bottom_tabs.addTab(self.console, "Log")
@@ -510,6 +512,7 @@ class RunView(QWidget):
         self.evaluations.evaluate_requested.connect(self._on_evaluation_request)
         self.evaluations.checkpoints_wanted.connect(self._on_evaluations_checkpoints_wanted)
         self.bottom_tabs.addTab(self.evaluations, "Evaluations")
+        self.bottom_tabs.addTab(self.nodes, "Nodes")
         self.bottom_tabs.currentChanged.connect(self._on_bottom_tab)
 
         self.splitter = QSplitter(Qt.Orientation.Vertical)
@@ -955,6 +958,7 @@ class RunView(QWidget):
         """Stop feeding this view (the watcher thread ends if this view owns it)."""
         self._closed = True
         self.samples.closed = True
+        self.nodes.stop()
         self.watcher.unwatch(self._sub_id)
         if self._own_watcher:
             self.watcher.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,15 @@ from transformers import TrainerCallback
 
 from core.config import RunConfig, resolved_dict
 from core.fsutil import atomic_write_text
-from core.records import JsonlWriter, RunPaths, event_record, metric_record, touch_heartbeat
+from core.records import (
+    JsonlWriter,
+    RunPaths,
+    event_record,
+    metric_record,
+    rank_record,
+    touch_heartbeat,
+    write_rank_record,
+)
 
 # Files of a run directory that only the job uses (beside RunPaths' shared layout).
 ATTEMPTS_FILE = RunPaths.ATTEMPTS  # how many times the job has started in this run directory
@@ -45,6 +55,9 @@ def dist_rank() -> int:
 
 
 _CONTROL_GROUP: Any = None
+# The job's collective timeout (cluster.collective_timeout_s), set by train(): the control group waits no longer
+# than the training group (a new group would otherwise take torch's 30-minute default).
+COLLECTIVE_TIMEOUT_S: float | None = None
 
 
 def control_group() -> Any:
@@ -57,7 +70,13 @@ def control_group() -> Any:
     import torch.distributed as dist
 
     if _CONTROL_GROUP is None:
-        _CONTROL_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        if dist.get_backend() == "gloo":
+            _CONTROL_GROUP = dist.group.WORLD
+        else:
+            from datetime import timedelta
+
+            timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S) if COLLECTIVE_TIMEOUT_S else None
+            _CONTROL_GROUP = dist.new_group(backend="gloo", timeout=timeout)
     return _CONTROL_GROUP
 
 
@@ -142,6 +161,89 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def rank_identity() -> dict[str, Any]:
+    """Who this process is and where it runs."""
+    return {"rank": dist_rank(), "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "host": platform.node(),
+            "pid": os.getpid()}
+
+
+def gather_ranks() -> list[dict[str, Any]]:
+    """Every rank's identity, in rank order (a collective: call it on every rank once the group exists)."""
+    import torch.distributed as dist
+
+    me = rank_identity()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [me]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, me)
+    return out
+
+
+class RankHeartbeat(TrainerCallback):
+    """This process's own heartbeat/host record, RUN_DIR/ranks/rank-N.json (every rank writes its own file).
+
+    A daemon thread rewrites it every few seconds with the step reached; the last write says how the process
+    ended (finished / preempted / failed, with the error). A process that is killed, or whose node goes down,
+    leaves a record that still says running: that is how the app tells the node that failed from the ranks
+    that then failed because a peer was gone.
+    """
+
+    def __init__(self, paths: RunPaths, attempt_of: Callable[[], int | None], interval_s: float = HEARTBEAT_S):
+        self.paths = paths
+        self.attempt_of = attempt_of
+        self.interval_s = interval_s
+        self.me = rank_identity()
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.started_t = time.time()
+        self.state = "starting"
+        self.step: int | None = None
+        self.error: str | None = None
+        self.stalled_s = 0.0  # the longest gap between two of this process's heartbeats
+        self._last_write: float | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rank-heartbeat", daemon=True)
+
+    def start(self) -> RankHeartbeat:
+        self.write()
+        self._thread.start()
+        return self
+
+    def write(self) -> None:
+        # Until rank 0 has counted this attempt, other ranks name the newest one recorded so far.
+        attempt = self.attempt_of()
+        with self._lock:
+            now = time.time()
+            if self._last_write is not None:
+                # A frozen process (SIGSTOP, a hung node, a VM paused) writes nothing until it wakes: the gap says so.
+                self.stalled_s = max(self.stalled_s, now - self._last_write)
+            self._last_write = now
+            rec = rank_record(**self.me, world_size=self.world_size, attempt=attempt if attempt is not None
+                              else read_attempt(self.paths), state=self.state, started_t=self.started_t,
+                              step=self.step, error=self.error, stalled_s=self.stalled_s, t=now)
+            try:
+                write_rank_record(self.paths.rank_file(self.me["rank"]), rec)
+            except OSError as exc:  # a full or flaky disk must not kill training; say so and retry
+                print(f"[tunedeck] rank heartbeat failed: {exc}", file=sys.stderr, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.write()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.state, self.step = "running", int(state.global_step)
+        self.write()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step = int(state.global_step)  # the thread writes it: no file write per step
+
+    def finish(self, state: str, error: str | None = None) -> None:
+        """The last record: how this process ended."""
+        self._stop.set()
+        self.state, self.error = state, error
+        self.write()
 
 
 class PreemptionCallback(TrainerCallback):
@@ -408,5 +510,5 @@ class PartitionProbe(TrainerCallback):
                 local += p.numel()
                 total += p.numel()
         out = {"rank": dist_rank(), "local_numel": local, "total_numel": total, "partitioned_params": partitioned,
-               "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+               "world_size": int(os.environ.get("WORLD_SIZE", "1")), "host": platform.node()}
         atomic_write_text(self.paths / PARTITION_FILE.format(rank=dist_rank()), json.dumps(out))

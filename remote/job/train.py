@@ -6,8 +6,8 @@
 
 Reads RUN_DIR/config.json into the app's own config schema (core.config.RunConfig, shipped with the job: a
 field the job reads and the schema lacks fails a type check in CI, not a run on a cluster) and
-RUN_DIR/ds_config.json (Trainer "auto" style); writes metrics.jsonl / events.jsonl / heartbeat (rank 0) and
-RUN_DIR/checkpoints/checkpoint-N.
+RUN_DIR/ds_config.json (Trainer "auto" style); writes metrics.jsonl / events.jsonl / heartbeat (rank 0),
+ranks/rank-N.json (every rank: host, step, how it ended) and RUN_DIR/checkpoints/checkpoint-N.
 
 Reads top to bottom: settle the hardware (distributed backend, precision, attention path, optimizer, kernels,
 data loading; each choice and its reason is an event), load the data into prompt/completion columns,
@@ -337,15 +337,17 @@ def job_collator(attention: AttentionChoice, tokenizer: Any, default: Any) -> An
 # ---------------------------------------------------------------------------------------------- main
 
 
-def train(paths: RunPaths, cfg: RunConfig, recorder: Any, preemption: Any) -> int:
+def train(paths: RunPaths, cfg: RunConfig, recorder: Any, preemption: Any, rank_beat: Any = None) -> int:
     import torch
     from trl import SFTConfig
 
+    from remote.job import callbacks as callbacks_module
     from remote.job.callbacks import (
         CheckpointCallback,
         MetricsCallback,
         PartitionProbe,
         TokenCounter,
+        gather_ranks,
         read_attempt,
     )
 
@@ -357,8 +359,6 @@ def train(paths: RunPaths, cfg: RunConfig, recorder: Any, preemption: Any) -> in
     accumulation = cfg.gradient_accumulation
     attention = choose_attention(cfg.attention.implementation, cfg.attention.fallback, t.packing, cuda)
     bf16, precision = choose_bf16(t.bf16)
-    recorder.event("started", {"versions": versions(), "world_size": world_size, "precision": precision,
-                               "host": platform.node(), **device_summary()})
     recorder.event("attention", {"requested": cfg.attention.implementation, "used": attention.implementation,
                                  "path": attention.path, "reason": attention.reason, "packing": t.packing,
                                  "packing_behaviour": attention.behaviour})
@@ -423,7 +423,16 @@ def train(paths: RunPaths, cfg: RunConfig, recorder: Any, preemption: Any) -> in
         dataloader_prefetch_factor=workers["prefetch_factor"],
         disable_tqdm=True,  # stdout.log gets one line per log instead of a redrawn bar
         log_level="warning",
+        # How long a collective waits for the other ranks: a node that dies without closing its connections
+        # (power, network) fails the run after this long instead of hanging it (torch's default is 30 min).
+        ddp_timeout=cfg.cluster.collective_timeout_s,
     )
+    # The process group exists now (the arguments set it up): every rank says who and where it is.
+    callbacks_module.COLLECTIVE_TIMEOUT_S = args.ddp_timeout
+    ranks = gather_ranks()
+    recorder.event("started", {"versions": versions(), "world_size": world_size, "precision": precision,
+                               "host": platform.node(), "hosts": list(dict.fromkeys(r["host"] for r in ranks)),
+                               "ranks": ranks, "collective_timeout_s": args.ddp_timeout, **device_summary()})
 
     with args.main_process_first(local=False, desc="tokenizer"):
         # Rank 0 trains/saves a train:bpe tokenizer first; the others then load the same one. They also
@@ -440,6 +449,8 @@ def train(paths: RunPaths, cfg: RunConfig, recorder: Any, preemption: Any) -> in
     # Order matters: preemption decides should_save before the token counter syncs on saving steps.
     callbacks = [preemption, tokens, MetricsCallback(recorder, t.micro_batch_size * accumulation * world_size),
                  checkpoints]
+    if rank_beat is not None:
+        callbacks.append(rank_beat)
     if os.environ.get("TUNEDECK_DEBUG_PARTITION") == "1":
         callbacks.append(PartitionProbe(paths))
     trainer_class = packed_trainer_class()
@@ -511,7 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.reconfigure(line_buffering=True)
     paths = RunPaths(Path(args.run_dir).resolve())
     single_process_defaults()
-    from remote.job.callbacks import Heartbeat, PreemptionCallback, Recorder, bump_attempt, dist_rank
+    from remote.job.callbacks import (
+        Heartbeat,
+        PreemptionCallback,
+        RankHeartbeat,
+        Recorder,
+        bump_attempt,
+        dist_rank,
+    )
 
     preemption = PreemptionCallback()
     preemption.install()  # before the slow imports: a SIGTERM during start-up still ends in a checkpoint
@@ -522,16 +540,21 @@ def main(argv: list[str] | None = None) -> int:
     attempt = bump_attempt(paths) if rank == 0 else None
     recorder = Recorder(paths, attempt, enabled=rank == 0)  # type: ignore[arg-type]
     heartbeat = Heartbeat(paths.heartbeat).start() if rank == 0 else None
+    rank_beat = RankHeartbeat(paths, lambda: recorder.attempt).start()  # every rank: host, step, how it ended
     try:
-        return train(paths, load_resolved_json(paths.config_json), recorder, preemption)
+        code = train(paths, load_resolved_json(paths.config_json), recorder, preemption, rank_beat)
+        rank_beat.finish("preempted" if preemption.stopped_at is not None else "finished")
+        return code
     except BaseException as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
+            rank_beat.finish("finished")
             raise
         if recorder.attempt is None:
             from remote.job.callbacks import read_attempt
 
             recorder.attempt = read_attempt(paths)
         recorder.failure(exc)
+        rank_beat.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if heartbeat is not None:

@@ -45,6 +45,10 @@ def test_new_validate_render_produces_the_phind_launch_plan(tmp_path: Path) -> N
     assert os.access(plan / "launch.sh", os.X_OK)
     for name in ("ds_config.json", "hostfile", "launch.slurm", ".deepspeed_env", "launch.sh", "config.json"):
         assert name in render.stdout
+    # Where the ranks run, the rendezvous host first.
+    assert "node 1 of the allocation: ranks 0-7 -- rendezvous host (MASTER_ADDR, torchrun c10d on port 29500)" \
+        in render.stdout
+    assert "node 4 of the allocation: ranks 24-31" in render.stdout
 
 
 def test_render_for_a_target_run_dir_and_local_backend(tmp_path: Path) -> None:

@@ -284,3 +284,33 @@ def test_sync_follow_prints_each_state_once_and_on_sigterm_says_the_streams_are_
     assert out.count(f"{run_id}: running") == 1, out
     assert "streams complete" not in out
     assert f"still active: {run_id}" in out and "NOT complete" in out
+
+
+def test_resume_starts_an_ended_run_again_in_its_run_directory_and_refuses_running_or_finished_ones(
+        capsys, cluster, config_file):
+    from core.store import Store
+
+    run_id = launch(capsys, config_file, "slow")
+    wait_status(capsys, run_id, "running")
+    rc, _, err = run_cli(capsys, "resume", run_id)
+    assert rc == 1 and "is running: only an ended run can be resumed" in err
+    with Store() as store:
+        first = store.get_run(run_id)
+    assert run_cli(capsys, "cancel", run_id, "--grace", "5")[0] == 0
+
+    rc, out, err = run_cli(capsys, "resume", run_id)
+
+    assert rc == 0, err
+    assert f"run {run_id}: resumed as process group" in out and "from the start (no complete checkpoint)" in out
+    with Store() as store:
+        again = store.get_run(run_id)
+    assert again.job_id != first.job_id and again.run_dir == first.run_dir and again.finished_at is None
+    wait_status(capsys, run_id, "running")
+    stdout = Path(first.run_dir, RunPaths.STDOUT).read_text()
+    assert stdout.count("hello from the job") == 2  # the same run directory, started a second time
+    assert run_cli(capsys, "cancel", run_id, "--grace", "5")[0] == 0
+
+    done = launch(capsys, config_file, cluster)
+    wait_status(capsys, done, "finished")
+    rc, _, err = run_cli(capsys, "resume", done)
+    assert rc == 1 and "finished: there is nothing left to train" in err

@@ -398,3 +398,18 @@ def test_a_password_for_a_profile_with_an_encrypted_key_is_refused_as_a_likely_p
         qtbot.mouseClick(page.secret_button, Qt.MouseButton.LeftButton)
     assert "is encrypted" in page.check_status.text() and "nothing was saved" in page.check_status.text()
     assert backend.store == {} and load_profiles()["gpu"].save_password_in_keyring is False
+
+
+def test_environment_variables_are_edited_one_per_line_and_a_bad_name_is_named(page, qtbot):
+    from remote.profiles import load_profiles
+
+    page.new_profile()
+    _type(qtbot, page, "name", "with-env")
+    _type(qtbot, page, "host", "login.example.org")
+    env = page.form.editors["env"].edit
+    env.setPlainText("HF_HOME=/data/hf cache\nNOT A NAME=1")
+    assert "'NOT A NAME' is not an environment variable name" in page.form.errors["env"].text()
+    env.setPlainText("HF_HOME=/data/hf cache\nNCCL_SOCKET_IFNAME=ib0,ib1")
+    assert page.form.errors["env"].isHidden()
+    qtbot.mouseClick(page.save_button, Qt.MouseButton.LeftButton)
+    assert load_profiles()["with-env"].env == {"HF_HOME": "/data/hf cache", "NCCL_SOCKET_IFNAME": "ib0,ib1"}

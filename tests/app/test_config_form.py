@@ -139,6 +139,11 @@ def test_previews_show_ds_config_slurm_script_hostfile_and_estimate(page, qtbot)
     assert "slots=" in page.previews["hostfile"].toPlainText()
     estimate = page.previews["Estimate"].toPlainText()
     assert "Memory per GPU" in estimate
+    nodes = page.previews["Nodes"].toPlainText()
+    assert "node 1 of the allocation: ranks 0-7 -- rendezvous host (MASTER_ADDR" in nodes
+    _type_into(qtbot, page, "cluster.nodes", "2")
+    qtbot.waitUntil(lambda: "node02: ranks 8-15" in page.previews["Nodes"].toPlainText(), timeout=5000)
+    assert "node01: ranks 0-7 -- rendezvous host" in page.previews["Nodes"].toPlainText()
     _choose(page, "deepspeed.zero_stage", "2")
     qtbot.waitUntil(lambda: json.loads(ds.toPlainText())["zero_optimization"]["stage"] == 2, timeout=5000)
 

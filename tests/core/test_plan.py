@@ -476,3 +476,19 @@ def test_launch_script_starts_every_rank_through_the_real_launcher(backend: str,
         assert env_seen["PYTHONWARNINGS"] == "ignore::FutureWarning"
         if backend == "hostfile":
             assert (env_seen["MASTER_ADDR"], env_seen["MASTER_PORT"]) == ("127.0.0.1", "29533")
+
+
+def test_node_layout_names_the_rendezvous_host_and_the_ranks_of_every_node() -> None:
+    from core.plan import describe_nodes
+
+    cfg = load_preset("phind-codellama-34b-v1")
+    hostfile = describe_nodes(cfg, golden_ctx("phind-codellama-34b-v1", "hostfile"))
+    assert hostfile == ["4 nodes x 8 processes = world size 32; hosts from the hostfile",
+                        "gpu-node-01: ranks 0-7 -- rendezvous host (MASTER_ADDR, port 29500)",
+                        "gpu-node-02: ranks 8-15", "gpu-node-03: ranks 16-23", "gpu-node-04: ranks 24-31"]
+    slurm = describe_nodes(cfg, golden_ctx("phind-codellama-34b-v1", "slurm"))
+    assert slurm[1] == "node 1 of the allocation: ranks 0-7 -- rendezvous host (MASTER_ADDR, torchrun c10d on port 29500)"
+    assert slurm[-1] == "node 4 of the allocation: ranks 24-31"
+    local = describe_nodes(load_preset("tiny-demo"), LaunchContext(run_id="r", run_dir="/r", backend="local"))
+    assert local == ["1 node x 2 processes = world size 2 on this machine (torchrun --standalone): rendezvous on "
+                     "this machine"]

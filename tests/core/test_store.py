@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.records import RunPaths, encode_record, eval_record, event_record, metric_record
+from core.records import RunPaths, encode_record, eval_record, event_record, metric_record, rank_record
 from core.store import (
     SCHEMA_VERSION,
     RunExistsError,
@@ -312,7 +312,7 @@ def test_v1_store_is_migrated_to_current_keeping_its_data(tmp_path):
     old.close()
 
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         row = store.get_run("old")
         assert (row.name, row.status, row.job_id, row.tags, row.notes, row.finished_at, row.archived) == \
             ("old run", "finished", "77", (), "", None, False)
@@ -328,6 +328,10 @@ def test_v1_store_is_migrated_to_current_keeping_its_data(tmp_path):
         store.update_run("old", archived=True)
         store.put_eval_samples("old", 5, "humaneval", [{"task_id": "HumanEval/0", "sample": 0, "passed": True}])
         assert store.get_run("old").archived and store.eval_sample_sets("old") == [(5, "humaneval")]
+        # v4: per-rank heartbeat records
+        store.upsert_ranks("old", [rank_record(rank=0, local_rank=0, world_size=1, host="n1", pid=9, attempt=0,
+                                               state="finished", started_t=1.0, step=5, t=2.0)])
+        assert [r["host"] for r in store.ranks("old")] == ["n1"]
         assert store.integrity_check() == "ok"
     with Store(path) as again:  # reopening a current store changes nothing
         assert again.get_run("old").tags == ("legacy",)
@@ -568,3 +572,28 @@ def test_archived_flag_round_trips_and_archived_runs_stay_listed_for_the_streame
     # list_runs is what the stream manager walks: an archived run that is still going keeps streaming
     assert {r.run_id for r in store.list_runs()} == {"a", "b"}
     assert store.update_run("a", archived=False).archived is False
+
+
+def _rank(rank: int, attempt: int, t: float, state: str = "running", host: str = "node1", **kw):
+    return rank_record(rank=rank, local_rank=0, world_size=2, host=host, pid=100 + rank, attempt=attempt, state=state,
+                       started_t=1.0, step=kw.pop("step", 3), t=t, **kw)
+
+
+def test_rank_records_keep_the_newest_per_rank_and_a_later_attempt_replaces_an_earlier_one(store):
+    store.create_run("r1", "run", None, None, None, None, None)
+    assert store.upsert_ranks("r1", [_rank(0, 1, 10.0), _rank(1, 1, 10.0, host="node2")]) == 2
+    assert store.upsert_ranks("r1", [_rank(0, 1, 5.0, state="failed")]) == 0  # older than what is stored
+    assert store.upsert_ranks("r1", [_rank(0, 1, 15.0, state="failed", error="RuntimeError: peer gone")]) == 1
+    assert store.upsert_ranks("r1", [_rank(1, 2, 3.0, host="node3", step=None)]) == 1  # a new attempt wins
+    ranks = store.ranks("r1")
+    assert [(r["rank"], r["attempt"], r["host"], r["state"], r["step"]) for r in ranks] == \
+        [(0, 1, "node1", "failed", 3), (1, 2, "node3", "running", None)]
+    assert ranks[0]["error"] == "RuntimeError: peer gone" and ranks[1]["error"] is None
+
+
+def test_an_invalid_rank_record_stores_nothing_and_says_which_field(store):
+    store.create_run("r1", "run", None, None, None, None, None)
+    bad = {**_rank(1, 1, 2.0), "host": ""}
+    with pytest.raises(ValueError, match=r"record 1 .*'host'"):
+        store.upsert_ranks("r1", [_rank(0, 1, 1.0), bad])
+    assert store.ranks("r1") == []

@@ -23,6 +23,13 @@ Fixtures (names are stable; the launch/stream tests use them too):
   when a test goes through get_profile/transport_for by name.
 - `ssh_transport` (function): an SshTransport for ssh_profile_slurm, closed after the test.
 - `sshd_running_after` (function): yields sshd_server and restarts it after the test if it was left dead.
+- `netns_cluster` (session): a real 4-node Slurm cluster on this machine, one set of namespaces per node
+  (tests/remote/netns_cluster.py): NetnsCluster with .nodes (ClusterNode: .name "gpu-node-01".., .ip,
+  .run(argv), .pids(), .pids_with_env(key, value), .kill(pids), .bind_mount(src, dst)), .partition "gpu",
+  8 fake GPUs and 8 CPUs per node, .ssh_config (Host gpu-node-01.. as root), .known_hosts, .env
+  (SLURM_CONF), .scontrol(), .sinfo(), .leftovers(). Started on first use, torn down at the end of the
+  session (also after failures); skips with a reason where namespaces or root are missing. Inside the
+  nodes plain `ssh gpu-node-0N` works (pdsh, DeepSpeed's launcher).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from pathlib import Path
 import pytest
 
 from tests.remote.daemons import DaemonsUnavailable, SlurmCluster, SshdServer, start_daemons
+from tests.remote.netns_cluster import NetnsCluster
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +57,21 @@ def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshdServ
         yield pair
     finally:
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def netns_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
+    # Four nodes named and shaped like the Phind launch the golden files pin (4 x 8 GPUs, partition gpu).
+    cluster = NetnsCluster(tmp_path_factory.mktemp("netns"), n_nodes=4, partition="gpu",
+                           node_names=[f"gpu-node-{i:02d}" for i in range(1, 5)])
+    try:
+        cluster.start()
+    except DaemonsUnavailable as exc:
+        pytest.skip(f"several-node test cluster unavailable: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +122,61 @@ def test_old_python_is_reported_as_missing():
     low = build_report(profile, {"python": "3.11.2", "packages": {}, "disk_free_gb": 3.2,
                                  "work_root_writable": True, "work_root": "/w"})
     assert not low.item("disk").ok and not low.item("disk").required
+
+
+def test_node_comparison_names_the_host_that_differs_and_the_unreachable_one():
+    from remote.check import _MARK, compare_nodes
+
+    profile = ClusterProfile(name="hf", backend="hostfile", host="login",
+                             hostfile_hosts=["n1 slots=8", "n2 slots=8", "n3 slots=8"])
+
+    def probe(deepspeed: str, gpus: int = 8) -> str:
+        data = {"python": "3.11.7", "python_path": "/env/bin/python", "torch_cuda": "12.6",
+                "packages": {"torch": "2.13.0", "transformers": "5.25.0", "trl": "1.16.0", "accelerate": "1.16.0",
+                             "deepspeed": deepspeed, "datasets": "5.2.0", "flash_attn": None, "vllm": None},
+                "gpus": ["NVIDIA A100-SXM4-80GB, 81920 MiB"] * gpus}
+        return "noise\n" + _MARK + json.dumps(data) + "\n"
+
+    items = compare_nodes(profile, {"n1": (0, probe("0.19.8")), "n2": (0, probe("0.19.7", gpus=7)),
+                                    "n3": (255, "ssh: connect to host n3 port 22: No route to host")})
+    by_name = {i.name: i for i in items}
+    assert by_name["node n1"].ok and "reference" in by_name["node n1"].value
+    n2 = by_name["node n2"]
+    assert not n2.ok and n2.value.startswith("differs from n1: deepspeed 0.19.7 (n1: 0.19.8)")
+    assert "gpus 7 x" in n2.value and n2.fix == "make n2 match n1: pip install deepspeed==0.19.8 (after env_setup)"
+    n3 = by_name["node n3"]
+    assert not n3.ok and "not reachable over ssh from the login node: ssh: connect" in n3.value
+    assert "passwordless ssh" in n3.fix
+
+
+def test_check_of_a_hostfile_profile_probes_every_node_and_says_which_one_differs(netns_cluster, tmp_path):
+    """Over SSH to the login node, then plain ssh from there to each host (as pdsh does): node 3 carries an
+    older deepspeed (its own mount namespace shows another METADATA), and one hostfile line names no host."""
+    from tests.remote.launch_support import PYTHON, VENV_BIN
+
+    nodes = netns_cluster.nodes
+    dist = importlib.metadata.distribution("deepspeed")
+    metadata = Path(str(dist._path)) / "METADATA"  # the file the probe reads, on every node
+    stale = tmp_path / "METADATA"
+    stale.write_text(metadata.read_text().replace(f"Version: {dist.version}", "Version: 0.14.0", 1))
+    profile = ClusterProfile(name="ns-check", backend="hostfile", host=nodes[0].name,
+                             ssh_config=str(netns_cluster.ssh_config), known_hosts=str(netns_cluster.known_hosts),
+                             work_root=str(tmp_path / "work"), python=PYTHON, env_setup=f"export PATH={VENV_BIN}:$PATH",
+                             hostfile_hosts=[f"{n.name} slots=8" for n in nodes[:3]] + ["gpu-node-09 slots=8"])
+    transport = make_transport(profile)
+    nodes[2].bind_mount(stale, metadata)
+    try:
+        report = check_cluster(profile, transport)
+    finally:
+        nodes[2].umount(metadata)
+        transport.close()
+    assert report.item("deepspeed").ok  # the login node itself is fine
+    assert report.item(f"node {nodes[0].name}").ok and report.item(f"node {nodes[1].name}").ok
+    odd = report.item(f"node {nodes[2].name}")
+    assert not odd.ok
+    assert odd.value == f"differs from {nodes[0].name}: deepspeed 0.14.0 ({nodes[0].name}: {dist.version})"
+    assert odd.fix == f"make {nodes[2].name} match {nodes[0].name}: pip install deepspeed=={dist.version} (after env_setup)"
+    assert "not reachable over ssh" in report.item("node gpu-node-09").value
+    assert not report.ok
+    text = report.format()
+    assert f"node {nodes[2].name}" in text and "MISSING" in text

@@ -1,5 +1,6 @@
 #!/bin/bash
 # TuneDeck run '20240101-000000-abcd': DeepSpeed hostfile launch.
+# Rendezvous: 'gpu-node-01' (MASTER_ADDR, rank 0), port 29500; 4 node(s) x 8 process(es); ranks in hostfile order.
 # shellcheck disable=SC2016
 set -euo pipefail
 cd /scratch/tunedeck/runs/20240101-000000-abcd

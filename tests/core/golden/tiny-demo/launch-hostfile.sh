@@ -1,5 +1,6 @@
 #!/bin/bash
 # TuneDeck run '20240101-000000-abcd': DeepSpeed hostfile launch.
+# Rendezvous: the launching host (127.0.0.1), port 29500; 1 node(s) x 2 process(es).
 # shellcheck disable=SC2016
 set -euo pipefail
 cd /scratch/tunedeck/runs/20240101-000000-abcd
