@@ -102,6 +102,9 @@ def test_refreshes_asked_for_during_a_slow_one_coalesce_into_one_after_a_pause(m
             self.ends.append(time.monotonic())
             return rows
 
+        def __getattr__(self, name: str):
+            return getattr(store, name)
+
     slow = SlowStore()
     page.store = slow
     count = page.refresh_count
