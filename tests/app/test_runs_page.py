@@ -138,3 +138,20 @@ def test_background_reads_on_plain_threads_share_the_pool(store):
         t.join()
     assert len(snapshots) == 200 and all(len(s.rows) == 2 for s in snapshots)
     assert store.open_connections <= POOL_IDLE_MAX + 1
+
+
+def test_open_run_tabs_follow_a_cli_rename_while_the_runs_page_is_hidden(main_window, qtbot, store):
+    _runs(store, n=1)
+    main_window.show()
+    main_window._titles_timer.setInterval(300)  # 15 s in the app
+    view = main_window.open_run("run0")
+    assert not main_window.runs_page.isVisible()
+    store.update_run("run0", name="renamed by the CLI")  # another process: no signal reaches the window
+    qtbot.waitUntil(lambda: main_window.tabs.tabText(main_window.tabs.indexOf(view)) == "renamed by the CLI",
+                    timeout=5000)
+    main_window.tabs.setCurrentIndex(PAGE_NEW_RUN)
+    main_window.close_tab(main_window.tabs.indexOf(view))  # no run tab: the hidden page is left alone
+    qtbot.waitUntil(lambda: not main_window.runs_page.is_refreshing, timeout=5000)
+    count = main_window.runs_page.refresh_count
+    qtbot.wait(1000)
+    assert main_window.runs_page.refresh_count == count
