@@ -227,6 +227,7 @@ CREATE TABLE run_summaries (
     first_t REAL,
     last_t REAL,
     best_pass_at_1 TEXT NOT NULL DEFAULT '{}',
+    best_evals TEXT NOT NULL DEFAULT '[]',
     log_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE metric_attempts (
@@ -374,6 +375,9 @@ class RunSummary:
     attempts: int  # attempts that logged metrics
     best_pass_at_1: dict[str, dict[str, float]] = field(default_factory=dict)  # {benchmark: {subset: best}}
     log_bytes: int = 0  # stdout kept in the store
+    # The eval record (as Store.evals gives it) holding each best pass@1 of best_pass_at_1: what an interval
+    # needs (task and sample counts) without reading the run's evals.
+    best_evals: tuple[dict[str, Any], ...] = ()
 
     @property
     def wall_time_s(self) -> float | None:
@@ -385,11 +389,11 @@ class RunSummary:
         return {"run_id": self.run_id, "steps": self.steps, "final_loss": self.final_loss, "tokens": self.tokens,
                 "wall_time_s": self.wall_time_s, "metric_points": self.metric_points,
                 "eval_points": self.eval_points, "attempts": self.attempts, "first_t": self.first_t,
-                "last_t": self.last_t, "best_pass_at_1": self.best_pass_at_1}
+                "last_t": self.last_t, "best_pass_at_1": self.best_pass_at_1, "best_evals": list(self.best_evals)}
 
 
 _SUMMARY_COLUMNS = ("last_step", "last_loss", "last_tokens", "first_t", "last_t", "metric_points", "eval_points",
-                    "attempts", "best_pass_at_1", "log_bytes")
+                    "attempts", "best_pass_at_1", "log_bytes", "best_evals")
 _SUMMARY_SQL = f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM run_summaries"
 
 
@@ -397,7 +401,7 @@ def _run_summary(run_id: str, row: Sequence[Any] | None) -> RunSummary:
     if row is None or row[5] is None:  # no summary row (a LEFT JOIN's nulls): nothing ingested
         return RunSummary(run_id, None, None, None, None, None, 0, 0, 0, {}, 0)
     return RunSummary(run_id, row[0], row[1], row[2], row[3], row[4], row[5] or 0, row[6] or 0, row[7] or 0,
-                      json.loads(row[8] or "{}"), row[9] or 0)
+                      json.loads(row[8] or "{}"), row[9] or 0, tuple(json.loads(row[10] or "[]")))
 
 
 @dataclass(frozen=True)
@@ -551,15 +555,35 @@ def _refresh_metric_summary(conn: sqlite3.Connection, run_id: str) -> None:
                  (len(spans), last_step, last_attempt, tokens, best_step, best_loss, first_t, last_t, run_id))
 
 
+def _eval_dicts(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(f"SELECT {', '.join(_EVAL_COLUMNS)}, pass_at FROM evals WHERE run_id = ?"
+                        " ORDER BY step, attempt, benchmark, subset, checkpoint", (run_id,)).fetchall()
+    out = []
+    for r in rows:
+        rec = dict(zip(_EVAL_COLUMNS, r[:-1], strict=True))
+        rec.update(json.loads(r[-1]))
+        out.append(rec)
+    return out
+
+
 def _refresh_best_evals(conn: sqlite3.Connection, run_id: str) -> None:
-    """Best pass@1 per benchmark and subset over the run's eval records (a few per checkpoint)."""
-    best: dict[str, dict[str, float]] = {}
-    for bench, subset, value in conn.execute(
-            "SELECT benchmark, subset, MAX(json_extract(pass_at, '$.\"pass@1\"')) FROM evals WHERE run_id = ?"
-            " GROUP BY benchmark, subset ORDER BY benchmark, subset", (run_id,)):
-        if value is not None:
-            best.setdefault(bench, {})[subset] = value
-    conn.execute("UPDATE run_summaries SET best_pass_at_1 = ? WHERE run_id = ?", (_json(best), run_id))
+    """Best pass@1 per benchmark and subset over the run's checkpoints (a checkpoint evaluated again by a later
+    attempt counts with its latest result), and the records holding them; from the run's eval records (a few
+    per checkpoint)."""
+    latest: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for rec in _eval_dicts(conn, run_id):  # ordered by step, then attempt: a later attempt replaces
+        latest[(rec["step"], rec["benchmark"], rec["subset"])] = rec
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for (_step, bench, subset), rec in sorted(latest.items()):
+        value = rec.get("pass@1")
+        held = best.get((bench, subset))
+        if value is not None and (held is None or value > held["pass@1"]):  # ties: the earliest checkpoint
+            best[(bench, subset)] = rec
+    values: dict[str, dict[str, float]] = {}
+    for (bench, subset), rec in sorted(best.items()):
+        values.setdefault(bench, {})[subset] = rec["pass@1"]
+    conn.execute("UPDATE run_summaries SET best_pass_at_1 = ?, best_evals = ? WHERE run_id = ?",
+                 (_json(values), _json([best[k] for k in sorted(best)]), run_id))
 
 
 # ---------------------------------------------------------------------------------------------- connections
@@ -1081,15 +1105,7 @@ class Store:
 
     def evals(self, run_id: str) -> list[dict[str, Any]]:
         """Eval records ordered (step, attempt, benchmark, subset), with the pass@k keys as written."""
-        rows = self._conn().execute(
-            f"SELECT {', '.join(_EVAL_COLUMNS)}, pass_at FROM evals WHERE run_id = ?"
-            " ORDER BY step, attempt, benchmark, subset, checkpoint", (run_id,)).fetchall()
-        out = []
-        for r in rows:
-            rec = {c: r[c] for c in _EVAL_COLUMNS}
-            rec.update(json.loads(r["pass_at"]))
-            out.append(rec)
-        return out
+        return _eval_dicts(self._conn(), run_id)
 
     def events(self, run_id: str, since_seq: int = 0) -> list[dict[str, Any]]:
         """Event records of events.jsonl and eval_events.jsonl (the evaluation processes' eval_* events), in
@@ -1224,7 +1240,8 @@ class Store:
 
         steps: the last step logged; final_loss: loss at the last step that has one (latest attempt per step);
         tokens: the tokens count at the last step; wall_time_s: last t - first t over all metric records;
-        best_pass_at_1: {benchmark: {subset: best pass@1 over all checkpoints}}; metric_points, eval_points,
+        best_pass_at_1: {benchmark: {subset: best pass@1 over all checkpoints}} (a checkpoint evaluated again counts
+        with its latest attempt's result), best_evals: the records holding them; metric_points, eval_points,
         attempts, first_t, last_t.
         """
         return self.run_summary(run_id).as_dict()

@@ -115,9 +115,8 @@ def _best_point(evals: list[dict[str, Any]]) -> Any:
 
 
 def read_runs(ctx: WorkContext, store: Any) -> RunsSnapshot:
-    """Worker body: the runs with the summaries ingest keeps (one query reading one row per run), and the eval
-    records of runs that have some (a few per checkpoint, never the metric points) for the best pass@1's
-    interval."""
+    """Worker body: the runs with the summaries ingest keeps, in one query reading one row per run (the best
+    pass@1's interval comes from the eval record the summary keeps for it)."""
     from core.names import display_names
 
     listed = store.list_run_summaries()
@@ -126,8 +125,9 @@ def read_runs(ctx: WorkContext, store: Any) -> RunsSnapshot:
     for run, s in listed:
         if ctx.cancel.is_set():
             break
-        # The interval from the stored rate and task count (exact for greedy decoding): one query per run.
-        point = _best_point(store.evals(run.run_id)) if s.eval_points else None
+        # The interval from the stored rate and task count (exact for greedy decoding): the summary holds the
+        # record of each benchmark's and subset's best, which is all _best_point picks from.
+        point = _best_point(list(s.best_evals))
         rows.append(RunSummaryRow(
             run.run_id, run.name, run.cluster or "", run.status, run.status_reason or "", run.created_at,
             s.steps, s.final_loss, point.pass_at_1 if point else None,

@@ -155,3 +155,30 @@ def test_open_run_tabs_follow_a_cli_rename_while_the_runs_page_is_hidden(main_wi
     count = main_window.runs_page.refresh_count
     qtbot.wait(1000)
     assert main_window.runs_page.refresh_count == count
+
+
+def test_best_pass_at_1_and_its_interval_from_the_summary_match_those_from_every_eval_record(store):
+    from app.gui.runs_page import _best_point
+
+    create_run(store, "r1")
+    feed = StoreFeeder(store, "r1")
+    feed.ingest(RunPaths.EVALS, evals_at(10, {"all": 0.25, "clean": 0.3, "contaminated": 0.1}))
+    feed.ingest(RunPaths.EVALS, evals_at(20, {"all": 0.4, "clean": 0.45}) + evals_at(20, {"all": 0.35}, "mbpp"))
+    feed.ingest(RunPaths.EVALS, evals_at(30, {"all": 0.4, "clean": 0.5}))  # a tie with step 20
+
+    class Ctx:
+        request_id = 1
+        cancel = threading.Event()
+
+    def check(step: int) -> None:
+        row = read_runs(Ctx(), store).rows[0]
+        want = _best_point(store.evals("r1"))
+        assert (row.best_pass_at_1, row.best_label, row.best_half_width, row.best_tooltip) == \
+            (want.pass_at_1, want.benchmark, want.interval.half_width, want.tooltip())
+        assert (want.step, want.pass_at_1) == (step, 0.4)
+
+    check(20)  # the tie goes to the earlier checkpoint
+    redo = evals_at(20, {"all": 0.2})
+    redo[0]["attempt"] = 2  # step 20 evaluated again by a resumed attempt: its 0.4 no longer counts
+    feed.ingest(RunPaths.EVALS, redo)
+    check(30)

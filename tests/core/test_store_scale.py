@@ -66,8 +66,13 @@ def _expected_summary(store: Store, run_id: str) -> dict:
     records = store.metrics(run_id)
     latest = _latest_per_step(records)
     steps = sorted(latest)
+    checkpoints: dict[tuple, dict] = {}
+    for e in store.evals(run_id):  # a checkpoint evaluated again counts with its latest attempt
+        key = (e["step"], e["benchmark"], e["subset"])
+        if key not in checkpoints or e["attempt"] >= checkpoints[key]["attempt"]:
+            checkpoints[key] = e
     best: dict[str, dict[str, float]] = {}
-    for e in store.evals(run_id):
+    for e in checkpoints.values():
         if e.get("pass@1") is not None:
             subsets = best.setdefault(e["benchmark"], {})
             subsets[e["subset"]] = max(subsets.get(e["subset"], float("-inf")), e["pass@1"])
@@ -185,6 +190,13 @@ def test_summary_counts_evals_and_keeps_the_best_pass_at_1_per_benchmark_and_sub
     s = store.summary("r1")
     assert s["best_pass_at_1"] == {"humaneval": {"all": 0.5, "clean": 0.2}, "mbpp": {"all": 0.125}}
     assert (s["eval_points"], s["steps"], s["metric_points"]) == (5, None, 0)
+    assert [(e["benchmark"], e["subset"], e["step"], e["n_tasks"]) for e in s["best_evals"]] == \
+        [("humaneval", "all", 20, 100), ("humaneval", "clean", 10, 100), ("mbpp", "all", 20, 100)]
+    # a resumed run evaluates step 20 again: its latest result counts, the earlier 0.5 no longer
+    feed(RunPaths.EVALS, [_eval(20, "humaneval", "all", 0.3, attempt=1)])
+    s = store.summary("r1")
+    assert s["best_pass_at_1"]["humaneval"]["all"] == 0.375
+    assert s["best_evals"][0]["step"] == 30 and s["eval_points"] == 6
 
 
 def test_listing_runs_returns_each_run_with_its_summary_newest_first(store):
