@@ -217,6 +217,7 @@ ALTER TABLE metrics ADD COLUMN step_time_s REAL;
 CREATE TABLE run_summaries (
     run_id TEXT PRIMARY KEY REFERENCES runs(run_id) ON DELETE CASCADE,
     metric_points INTEGER NOT NULL DEFAULT 0,
+    metrics_rowid INTEGER,
     eval_points INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_step INTEGER,
@@ -268,14 +269,17 @@ def _v4(conn: sqlite3.Connection) -> None:
     points = conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
     if points:
         log.info("upgrading the run store: summarising %d runs (%d metric points), once", len(runs), points)
+    conn.execute(  # the newest metric row of each run, for polls (one pass over the table)
+        "INSERT INTO run_summaries (run_id, metrics_rowid) SELECT run_id, MAX(rowid) FROM metrics GROUP BY run_id")
     conn.execute(
         "INSERT INTO metric_attempts (run_id, attempt, points, min_step, max_step, max_loss_step, first_t, last_t)"
         " SELECT run_id, attempt, COUNT(*), MIN(step), MAX(step), MAX(CASE WHEN loss IS NOT NULL THEN step END),"
         " MIN(t), MAX(t) FROM metrics GROUP BY run_id, attempt")
     for run_id in runs:
-        conn.execute("INSERT INTO run_summaries (run_id, log_bytes) VALUES (?,"
-                     " (SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) FROM logs WHERE run_id = ?))",
-                     (run_id, run_id))
+        conn.execute("INSERT OR IGNORE INTO run_summaries (run_id) VALUES (?)", (run_id,))
+        conn.execute("UPDATE run_summaries SET log_bytes ="
+                     " (SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) FROM logs WHERE run_id = ?)"
+                     " WHERE run_id = ?", (run_id, run_id))
         spans = conn.execute("SELECT attempt, min_step, max_step FROM metric_attempts WHERE run_id = ?",
                              (run_id,)).fetchall()
         for attempt, lo, hi in spans:
@@ -989,8 +993,10 @@ class Store:
             conn.execute(_UPSERT_ATTEMPT_SQL, (run_id, attempt, n, lo, hi, loss_hi, first_t, last_t))
             _rebuild_tiles(conn, run_id, attempt, lo, hi)
         if inserted:
-            conn.execute("UPDATE run_summaries SET metric_points = metric_points + ? WHERE run_id = ?",
-                         (inserted, run_id))
+            # Rowids grow in ingest order and this transaction holds the write lock: the table's newest row is
+            # the run's newest, which a poll compares with the last row it saw.
+            conn.execute("UPDATE run_summaries SET metric_points = metric_points + ?,"
+                         " metrics_rowid = (SELECT MAX(rowid) FROM metrics) WHERE run_id = ?", (inserted, run_id))
             _refresh_metric_summary(conn, run_id)
         return inserted
 
@@ -1057,21 +1063,23 @@ class Store:
         """Metric records of every attempt, ordered (attempt, step); each carries its `rowid` so a poller can
         ask only for rows newer than the largest it has seen.
 
-        Rowids grow in ingest order across the store, so a poll reads from the last seen row on (the rows
-        ingested since, for any run) when that is fewer rows than the run holds; a first load reads the run's
-        rows through its index."""
+        Rowids grow in ingest order across the store, and the run's summary holds its newest: a poll with
+        nothing new reads one row; else it reads from the last seen row on (the rows ingested since, for any
+        run) when that is fewer rows than the run holds. A first load reads the run's rows through its index."""
         select = f"SELECT rowid, {', '.join(_METRIC_ALL)}, extra FROM metrics"
         with self.snapshot() as conn:
             if since_rowid > 0:
-                newest = conn.execute("SELECT MAX(rowid) FROM metrics").fetchone()[0] or 0
-                if newest <= since_rowid:
-                    return []
-                held = conn.execute("SELECT metric_points FROM run_summaries WHERE run_id = ?",
+                held = conn.execute("SELECT metric_points, metrics_rowid FROM run_summaries WHERE run_id = ?",
                                     (run_id,)).fetchone()
-                if held is None or newest - since_rowid < held[0]:
-                    # `+run_id` keeps SQLite on the rowid range instead of the run's index
-                    return self._metric_dicts(conn, f"{select} WHERE rowid > ? AND +run_id = ? ORDER BY attempt, step",
-                                              (since_rowid, run_id))
+                if held is not None and held[1] is not None:
+                    points, newest = held
+                    if newest <= since_rowid:
+                        return []
+                    if newest - since_rowid < points:
+                        # `+run_id` keeps SQLite on the rowid range instead of the run's index
+                        return self._metric_dicts(
+                            conn, f"{select} WHERE rowid > ? AND rowid <= ? AND +run_id = ? ORDER BY attempt, step",
+                            (since_rowid, newest, run_id))
             return self._metric_dicts(conn, f"{select} WHERE run_id = ? AND rowid > ? ORDER BY attempt, step",
                                       (run_id, since_rowid))
 

@@ -392,14 +392,19 @@ def test_incremental_poll_returns_exactly_the_new_rows_and_reads_from_the_last_s
             other(RunPaths.METRICS, [_metric(s) for s in range(points + 20, points + 25)])
             got: list = []
             steps = _vm_steps(store, lambda: got.extend(store.metrics("r1", since_rowid=seen)))
-            assert store.metrics("r1", since_rowid=max(r["rowid"] for r in got)) == []
-            return steps, [(r["attempt"], r["step"]) for r in got]
+            other(RunPaths.METRICS, [_metric(s) for s in range(points + 30, points + 35)])  # r1 is not the newest
+            latest = max(r["rowid"] for r in got)
+            idle: list = []
+            idle_steps = _vm_steps(store, lambda: idle.extend(store.metrics("r1", since_rowid=latest)))
+            assert idle == []
+            return steps, idle_steps, [(r["attempt"], r["step"]) for r in got]
 
-    small_cost, small_rows = poll_cost(1_000)
-    large_cost, large_rows = poll_cost(20_000)
+    small_cost, small_idle, small_rows = poll_cost(1_000)
+    large_cost, large_idle, large_rows = poll_cost(20_000)
     assert small_rows == [(1, s) for s in range(998, 1003)]
     assert large_rows == [(1, s) for s in range(19_998, 20_003)]
     assert large_cost <= small_cost * 1.2, (small_cost, large_cost)
+    assert large_idle <= small_idle * 1.2 and large_idle < 200, (small_idle, large_idle)  # nothing new: one row
 
 
 def test_a_poll_far_behind_reads_the_run_by_its_index_not_every_run_since(tmp_path):
