@@ -513,8 +513,7 @@ class IncrementalReader:
         _parse, so a corrupt line is reported exactly as the slow path reports it. Returns the bytes consumed."""
         text = buf[:last_nl + 1].decode("ascii")
         find = text.find
-        offsets = result.offsets
-        records = result.records
+        offsets, records, line_nos = result.offsets, result.records, result.line_nos
         pos = 0
         while True:
             nl = find("\n", pos)
@@ -542,6 +541,7 @@ class IncrementalReader:
                     continue
             records.append(rec)
             offsets.append(self.offset)
+            line_nos.append(self.line_no)
         return pos
 
     def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:

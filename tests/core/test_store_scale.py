@@ -247,6 +247,7 @@ def test_records_the_reader_checked_are_not_checked_again_but_any_other_list_is(
     reader = IncrementalReader("metrics")
     res = reader.feed(b"".join(encode_record(_metric(s)) for s in range(1, 4)) + b'{"step": 4}\n')
     assert isinstance(res.records, CheckedRecords) and res.records.kind == "metrics" and len(res.corrupt) == 1
+    assert res.line_nos == [1, 2, 3] and res.corrupt[0].line_no == 4
     assert feed(RunPaths.METRICS, res.records) == 3
     bad = _metric(5)
     bad["step"] = "five"
@@ -262,6 +263,21 @@ def test_records_the_reader_checked_are_not_checked_again_but_any_other_list_is(
     with pytest.raises(ValueError, match="record 3"):
         feed(RunPaths.METRICS, copy)
     assert store.summary("r1")["steps"] == 3
+
+
+def test_the_fast_metric_check_refuses_what_the_full_check_refuses():
+    from core.records import _plain_metric_ok, validate_record
+
+    good = _metric(5, step_time_s=0.5)
+    assert _plain_metric_ok(good) and validate_record("metrics", good) == []
+    refused = {"step": 1 << 64, "tokens": -(1 << 63) - 1, "t": float("inf"), "attempt": True, "loss": "1.0"}
+    for name, value in refused.items():
+        rec = {**good, name: value}
+        assert not _plain_metric_ok(rec) and validate_record("metrics", rec), name
+    rec = {**good, "mfu": 0.4}  # a field the trainer does not write: the full check decides (it is fine)
+    assert not _plain_metric_ok(rec) and validate_record("metrics", rec) == []
+    assert not _plain_metric_ok({k: v for k, v in good.items() if k != "loss"})
+    assert validate_record("metrics", {k: v for k, v in good.items() if k != "loss"}) == ["missing field 'loss'"]
 
 
 # ---------------------------------------------------------------------------------------------- migration
