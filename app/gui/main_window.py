@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECENT = 10
 STATUS_REFRESH_MS = 2000
+RUN_TITLES_REFRESH_MS = 15_000  # renames from the CLI reach open run tabs while the Runs page is hidden
 FIXED_PAGES = 4  # Runs, New run, Contamination, Clusters; run and compare tabs follow
 PAGE_RUNS, PAGE_NEW_RUN, PAGE_CONTAMINATION, PAGE_CLUSTERS = range(FIXED_PAGES)
 
@@ -99,6 +100,12 @@ class MainWindow(QMainWindow):
         self.runs_page.compare_requested.connect(self.open_compare)
         # tab titles follow renames and deletions, from the app or the CLI (the Runs page's snapshots carry them)
         self.runs_page.refreshed.connect(lambda _n: self.refresh_run_titles())
+        # The Runs page refreshes itself only while shown; while a run tab hides it, one refresh in a while
+        # (one row per run) keeps those tabs' titles current.
+        self._titles_timer = QTimer(self, interval=RUN_TITLES_REFRESH_MS)
+        self._titles_timer.timeout.connect(
+            lambda: self.runs_page.refresh() if self.run_tabs and not self.runs_page.isVisible() else None)
+        self._titles_timer.start()
         self.config_page.launched.connect(self._on_launched)
         self.config_page.file_opened.connect(self.add_recent_file)
         self.config_page.file_saved.connect(self.add_recent_file)

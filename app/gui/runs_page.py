@@ -1,10 +1,13 @@
 """The Runs page: every run in the store with its status, progress, last loss and best pass@1 (with its 95%
 interval), tags, notes, and the config fields that differ between the listed runs as columns.
 
-The table is read from the store in a worker (a snapshot per refresh, stale replies dropped by request id);
-refreshes are coalesced so that a burst of stream updates costs one query. Runs are renamed, tagged, annotated,
-archived (hidden unless "Show archived") and deleted (after a confirmation) from here; the store writes run
-in a worker too, and `runs_edited` tells the window (tab titles follow).
+The table is read from the store in a worker (a snapshot per refresh, stale replies dropped by request id) from
+the run summaries ingest keeps (one row per run, however long the runs). Refreshes happen only while the page
+is visible (a hidden page notes that it is stale and refreshes when shown) and are coalesced: a burst of stream
+updates costs one query, and a refresh asked for during one starts only after a pause at least as long as
+the last refresh took, so refreshes never run back to back. Runs are renamed, tagged, annotated, archived
+(hidden unless "Show archived") and deleted (after a confirmation) from here; the store writes run in a
+worker too, and `runs_edited` tells the window (tab titles follow).
 """
 
 from __future__ import annotations
@@ -112,21 +115,22 @@ def _best_point(evals: list[dict[str, Any]]) -> Any:
 
 
 def read_runs(ctx: WorkContext, store: Any) -> RunsSnapshot:
-    """Worker body: the runs and their summaries (one store query per run)."""
+    """Worker body: the runs with the summaries ingest keeps, in one query reading one row per run (the best
+    pass@1's interval comes from the eval record the summary keeps for it)."""
     from core.names import display_names
 
-    runs = store.list_runs()
-    names = display_names(runs)
+    listed = store.list_run_summaries()
+    names = display_names([run for run, _summary in listed])
     rows = []
-    for run in runs:
+    for run, s in listed:
         if ctx.cancel.is_set():
             break
-        s = store.summary(run.run_id)
-        # The interval from the stored rate and task count (exact for greedy decoding): one query per run.
-        point = _best_point(store.evals(run.run_id))
+        # The interval from the stored rate and task count (exact for greedy decoding): the summary holds the
+        # record of each benchmark's and subset's best, which is all _best_point picks from.
+        point = _best_point(list(s.best_evals))
         rows.append(RunSummaryRow(
             run.run_id, run.name, run.cluster or "", run.status, run.status_reason or "", run.created_at,
-            s.get("steps"), s.get("final_loss"), point.pass_at_1 if point else None,
+            s.steps, s.final_loss, point.pass_at_1 if point else None,
             point.benchmark if point else "", display_name=names[run.run_id], tags=tuple(run.tags), notes=run.notes,
             archived=run.archived, best_half_width=point.interval.half_width if point else None,
             best_tooltip=point.tooltip() if point else "", config=flatten(run.config())))
@@ -378,7 +382,11 @@ class RunsPage(QWidget):
         self.store = store
         self._worker: Worker | None = None
         self._request = 0
-        self._pending = False
+        self._pending = False  # a refresh was asked for while one ran
+        self._stale = False  # changes were reported while the page was hidden
+        self._started_at = 0.0
+        self.last_refresh_s = 0.0  # how long the last refresh took, worker start to table filled
+        self.refresh_count = 0
 
         self.filter_edit = QLineEdit()
         self.filter_edit.setObjectName("runs_filter")
@@ -480,9 +488,9 @@ class RunsPage(QWidget):
         self.table.activated.connect(lambda _index: self._on_open_clicked())
         self.table.selectionModel().selectionChanged.connect(self._update_buttons)
         self._timer = QTimer(self, singleShot=True, interval=REFRESH_COALESCE_MS)
-        self._timer.timeout.connect(self.refresh)
+        self._timer.timeout.connect(self._on_timer)
         self._periodic = QTimer(self, interval=PERIODIC_REFRESH_MS)
-        self._periodic.timeout.connect(lambda: self.refresh() if self.isVisible() else None)
+        self._periodic.timeout.connect(self.schedule_refresh)
         self._periodic.start()
         self._edit_workers: list[Worker] = []
         self.dialog: QDialog | QMessageBox | None = None  # the open rename/tags/notes/delete dialog
@@ -492,20 +500,41 @@ class RunsPage(QWidget):
     # ------------------------------------------------------------------ refresh
 
     def schedule_refresh(self, *_args: Any) -> None:
-        """Coalesce bursts of store changes into one refresh."""
-        if not self._timer.isActive():
-            self._timer.start()
+        """The store changed: refresh soon if the page is visible (bursts coalesce into one refresh), else
+        when it is next shown."""
+        if not self.isVisible():
+            self._stale = True
+            return
+        if self._worker is not None:
+            self._pending = True
+        elif not self._timer.isActive():
+            self._timer.start(REFRESH_COALESCE_MS)
+
+    def _on_timer(self) -> None:
+        if self.isVisible():
+            self.refresh()
+        else:
+            self._stale = True
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if self._stale:
+            self._stale = False
+            self.refresh()
 
     @property
     def is_refreshing(self) -> bool:
         return self._worker is not None
 
     def refresh(self) -> None:
+        """Read the table now (or, while a refresh runs, once more after it, coalesced)."""
         if self.store is None:
             return
         if self._worker is not None:
-            self._pending = True  # one more after the running one
+            self._pending = True
             return
+        self._timer.stop()
+        self._started_at = time.monotonic()
         worker = Worker(read_runs, self.store)
         self._request = worker.request_id
         worker.signals.finished.connect(self._on_snapshot)
@@ -515,9 +544,16 @@ class RunsPage(QWidget):
 
     def _after_worker(self) -> None:
         self._worker = None
+        self.last_refresh_s = time.monotonic() - self._started_at
+        self.refresh_count += 1
         if self._pending:
+            # Never back to back: the next refresh waits at least as long as this one took, so a slow store
+            # costs at most half a core however often changes are reported.
             self._pending = False
-            self.refresh()
+            if self.isVisible():
+                self._timer.start(max(REFRESH_COALESCE_MS, int(1000 * self.last_refresh_s)))
+            else:
+                self._stale = True
 
     def _on_failed(self, _rid: int, message: str) -> None:
         self.status_label.setText(f"Could not read the run store: {message}")

@@ -85,6 +85,8 @@ def test_runs_table_shows_store_runs_and_multi_select_opens_compare(main_window,
 
 def test_runs_table_refreshes_when_the_stream_reports_changes(main_window, qtbot, store):
     page = main_window.runs_page
+    main_window.tabs.setCurrentIndex(PAGE_RUNS)
+    main_window.show()  # a hidden Runs page only notes that it is stale (tests/app/test_runs_page.py)
     qtbot.waitUntil(lambda: not page.is_refreshing, timeout=5000)
     assert page.model.rows == []
     _add_run(store, "late", "arrived later", "running", [3.0])

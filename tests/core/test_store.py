@@ -312,7 +312,7 @@ def test_v1_store_is_migrated_to_current_keeping_its_data(tmp_path):
     old.close()
 
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         row = store.get_run("old")
         assert (row.name, row.status, row.job_id, row.tags, row.notes, row.finished_at, row.archived) == \
             ("old run", "finished", "77", (), "", None, False)
