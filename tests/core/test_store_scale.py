@@ -313,7 +313,7 @@ def test_v2_store_is_migrated_with_summaries_attempt_spans_and_tiles_of_its_old_
     path = tmp_path / "v2.sqlite3"
     _make_v2_store(path)
     with Store(path, log_keep_bytes=20) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         assert store.integrity_check() == "ok"
         summary = store.summary("old")
         assert _summary_subset(summary) == _expected_summary(store, "old")
