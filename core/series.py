@@ -41,6 +41,7 @@ class MetricBatch:
 
     attempt: np.ndarray  # int64
     columns: dict[str, np.ndarray] = field(compare=False)
+    rowid: np.ndarray | None = field(default=None, compare=False)  # the store's rowids, when read from it
 
     @property
     def size(self) -> int:
@@ -58,7 +59,9 @@ class MetricBatch:
         except KeyError:  # a row that lacks an optional column: read it value by value
             table = np.array([[r.get(c) for c in COLUMNS] for r in rows], dtype=float)
         attempt = np.fromiter((r.get("attempt", 1) for r in rows), dtype=np.int64, count=len(rows))
-        return cls(attempt, {c: np.ascontiguousarray(table[:, i]) for i, c in enumerate(COLUMNS)})
+        rowid = (np.fromiter((r["rowid"] for r in rows), dtype=np.int64, count=len(rows))
+                 if "rowid" in rows[0] and "rowid" in rows[-1] else None)
+        return cls(attempt, {c: np.ascontiguousarray(table[:, i]) for i, c in enumerate(COLUMNS)}, rowid)
 
     @classmethod
     def from_columns(cls, attempt: int | np.ndarray, **columns: Any) -> MetricBatch:

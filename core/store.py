@@ -1333,6 +1333,12 @@ class Store:
         with self.snapshot() as conn:
             return _Envelope(conn, run_id, tuple(fields), x_axis, x_range, buckets, t0).build()
 
+    def metric_rowid(self, run_id: str) -> int:
+        """The rowid of the run's newest metric row (0: none): where a poll that skips the run's history starts,
+        and what a chart's envelope read covers up to (one row read)."""
+        row = self._conn().execute("SELECT metrics_rowid FROM run_summaries WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
     # ------------------------------------------------------------------ watching
 
     def data_version(self) -> int:

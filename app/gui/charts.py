@@ -344,7 +344,9 @@ class MetricChart(ChartWidget):
             raw.setVisible(self.show_raw)
         else:
             raw.setVisible(False)
-        self._set_curve(line, (run_key, attempt, "smooth"), seg.x, seg.smooth)
+        # a curve read as an envelope (core.window.WindowCurve) draws its smoothed line at its own x (one value
+        # per bucket) beside the raw min/max polyline
+        self._set_curve(line, (run_key, attempt, "smooth"), getattr(seg, "smooth_x", seg.x), seg.smooth)
         if not first and seg.n:
             self.vline((run_key, attempt, "resume"), float(seg.x[0]), f"attempt {attempt}", color)
 

@@ -1,8 +1,11 @@
 """The live view of one run: training charts, pass@1 per checkpoint, log console, status, cancel, samples.
 
 Data arrives from the app's StoreWatcher (one background thread reading only what is new in the run store) as
-frozen RunBatch objects. The run's series (core.series.RunSeries: attempts, the latest-attempt rule, curves
-per x-axis and smoothing) and its evaluation progress (core.series.EvalProgress) compute; this widget draws.
+frozen RunBatch objects: status, events, evaluations, stdout, and the metric rows logged since the view opened.
+The charts hold no more than they draw: a ChartFeed (app.gui.chart_feed) reads each chart's envelope of its
+visible range from the store off the UI thread (core.window: the latest-attempt rule, attempts as segments,
+what smoothing means over an envelope), and new rows are drawn at once from the window's tail. The run's
+evaluation progress (core.series.EvalProgress) computes too; this widget draws.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.chart_feed import ChartFeed
 from app.gui.charts import RUN_COLORS, SUBSET_COLORS, ChartWidget, MetricChart, PassAtOneChart
 from app.gui.eval_panel import EvaluationsPanel
 from app.gui.nodes_panel import NodesPanel
@@ -53,13 +57,12 @@ from core.records import SUBSETS, RunPaths
 from core.series import (
     X_AXES,
     X_LABELS,
-    Curve,
     EvalProgress,
-    RunSeries,
     pass_at_1_series,
     unconfined_pass_at_1,
 )
 from core.store import TERMINAL_STATUSES, RunRow, Store
+from core.window import RunWindow, WindowCurve
 
 log = logging.getLogger(__name__)
 
@@ -368,9 +371,10 @@ class RunView(QWidget):
         self.run: RunRow | None = None
         self.loaded = False
         self.x_axis = "step"
-        self.series = RunSeries()
-        self.curves = {f: Curve(self.series, f, self.x_axis, 0.0 if f in UNSMOOTHED else DEFAULT_SMOOTHING)
+        self.window = RunWindow(run_id)  # what the charts hold: envelopes of their ranges and the streamed tail
+        self.curves = {f: WindowCurve(self.window, f, self.x_axis, 0.0 if f in UNSMOOTHED else DEFAULT_SMOOTHING)
                        for f, _title, _y in METRICS}
+        self._watch_rowid = -1  # where the watcher's metric rows start (set by the first batch)
         self.progress = EvalProgress()
         self._corrupt: dict[str, int] = {}  # corrupt lines skipped per streamed file
         self._charts_stale = False
@@ -386,10 +390,15 @@ class RunView(QWidget):
         self._closed = False
 
         self._build()
+        self.feed = ChartFeed(store, {run_id: self.window}, self.charts, lambda: self.x_axis,
+                              lambda f: self.curves[f].smoothing, self)
+        self.feed.applied.connect(self._on_feed_applied)
+        self.feed.failed.connect(lambda msg: self.banner.show_message(f"Reading the charts failed: {msg}", "error"))
+        self.feed.request(force=True)  # the first picture, while the watcher reads the rest
         self._own_watcher = watcher is None
         self.watcher = watcher if watcher is not None else StoreWatcher(store, parent=self)
         self.watcher.failed.connect(self._on_watch_failed)
-        self._sub_id = self.watcher.watch(run_id, self._on_batch)
+        self._sub_id = self.watcher.watch(run_id, self._on_batch, metric_history=False)
 
     # ------------------------------------------------------------------ layout
 
@@ -555,12 +564,16 @@ class RunView(QWidget):
             self._set_run(batch.run, announce=not batch.first)
         if batch.events:
             self._apply_events(batch.events, announce=not batch.first)
-        if batch.metrics is not None and self.series.extend(batch.metrics):
+        if batch.first:
+            self._watch_rowid = batch.metric_rowid
+            if self.feed.reads and min(d.rowid for d in self.window.data.values()) < batch.metric_rowid:
+                self._charts_stale = True  # the picture was read before rows the watcher will not send
+        if batch.metrics is not None and self.window.extend(batch.metrics):
             self._charts_stale = True
         if self.isVisible():
             self._flush_charts()
-        # else: a hidden tab only keeps its series and draws what it missed once shown (4 open runs cost
-        # the UI thread one chart update per batch, not four)
+        # else: a hidden tab only keeps the rows (a bounded tail) and reads what it missed once shown (4 open
+        # runs cost the UI thread one chart update per batch, not four)
         if batch.evals is not None:
             self._evals = batch.evals
             self._draw_pass_at_1()
@@ -571,7 +584,7 @@ class RunView(QWidget):
         if batch.log_text:
             self._append_log(batch.log_text)
         if batch.first:
-            self.loaded = True
+            self._check_loaded()
             self.samples.refresh()
         if batch.corrupt is not None:
             self._corrupt = batch.corrupt
@@ -581,25 +594,57 @@ class RunView(QWidget):
     def _label(self) -> str:
         return printable(self.run.name) if self.run is not None else self.run_id
 
+    def _on_feed_applied(self) -> None:
+        if self._closed:
+            return
+        if self._watch_rowid >= 0 and min(d.rowid for d in self.window.data.values()) < self._watch_rowid:
+            self.feed.request(force=True)  # read before the watcher started: rows between would be missing
+        self._check_loaded()
+        self._update_info()
+
+    def _check_loaded(self) -> None:
+        """Loaded: the first batch (status, events, log) is shown and the charts are drawn."""
+        if not self.loaded and self._watch_rowid >= 0 and self.feed.reads:
+            self.loaded = True
+
     def point_count(self) -> int:
-        """Metric rows shown on the charts (each step once, from its latest attempt)."""
-        return len(self.series)
+        """Metric rows the loss chart shows over its range (each step once, from its latest attempt): the
+        envelope's rows and the rows streamed since."""
+        return self.window.points("loss")
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
         self._flush_charts()
 
     def _flush_charts(self) -> None:
-        """Bring the charts up to the series: each curve converts and smooths only what is new."""
+        """Draw the streamed rows at once and ask for a new envelope (soon; now if they redid shown steps)."""
         if not self._charts_stale:
             return
         self._charts_stale = False
         for chart in self.charts.values():
             chart.refresh()
+        self.feed.data_changed(urgent=self.window.needs_refresh or not self.window.data)
 
     def steps_shown(self) -> np.ndarray:
-        """Every step on the charts, attempt by attempt (for checks that nothing is missing or doubled)."""
-        return self.series.steps()
+        """The steps the loss chart shows, attempt by attempt, when its picture holds the points themselves
+        (exact, on the step axis); else every step the store would show (for checks that nothing is missing
+        or doubled)."""
+        curve = self.curves["loss"]
+        data = curve.data
+        if data is not None and data.exact and self.x_axis == "step":
+            return np.concatenate([s.x for s in curve.segments()]) if curve.segments() else np.empty(0)
+        env = self.store.metric_envelope(self.run_id, ("t",), buckets=max(1, (self._last_step() or 0) + 1))
+        return np.concatenate([np.frombuffer(s.x_first) for s in env.series["t"]]) if env.series["t"] \
+            else np.empty(0)
+
+    def _last_step(self) -> int | None:
+        data = self.window.data.get("loss")
+        steps = [data.summary.steps] if data is not None and data.summary is not None and data.summary.steps \
+            is not None else []
+        tail = self.window.tail_series(0).last_step
+        if tail is not None:
+            steps.append(tail)
+        return max(steps) if steps else None
 
     def _draw_pass_at_1(self) -> None:
         benchmarks = sorted({e["benchmark"] for e in self._evals})
@@ -766,7 +811,7 @@ class RunView(QWidget):
         self.hang_banner.show_message(text, "warn")
 
     def _update_info(self) -> None:
-        n, last = len(self.series), self.series.last_step
+        n, last = self.point_count(), self._last_step()
         started = self.run.started_at if self.run is not None else None
         parts = [f"step {last}" if last is not None else "no steps yet", f"{n} points"]
         if self.run is not None and started and self.run.status not in TERMINAL_STATUSES:
@@ -790,7 +835,9 @@ class RunView(QWidget):
         for field_name, chart in self.charts.items():
             self.curves[field_name].set_x_axis(axis)
             chart.set_x_label(X_LABELS[axis])
+            chart.plot.enableAutoRange(x=True)  # a range on the old axis means nothing on the new one
             chart.refresh()
+        self.feed.request(force=True)
 
     def _on_smoothing_changed(self, value: int) -> None:
         weight = value / 100
@@ -799,6 +846,7 @@ class RunView(QWidget):
             if field_name not in UNSMOOTHED:
                 self.curves[field_name].set_smoothing(weight)
                 chart.refresh()
+        self.feed.request()  # a zoomed chart may need a longer lead-in for the new weight
 
     def _on_raw_toggled(self, show: bool) -> None:
         for field_name, chart in self.charts.items():
@@ -959,6 +1007,7 @@ class RunView(QWidget):
         self._closed = True
         self.samples.closed = True
         self.nodes.stop()
+        self.feed.close()
         self.watcher.unwatch(self._sub_id)
         if self._own_watcher:
             self.watcher.stop()

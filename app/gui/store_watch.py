@@ -56,6 +56,7 @@ class RunBatch:
     log_reset: bool  # the console should be cleared before log_text (first batch, file rewritten, gap)
     run: RunRow | None  # the run row, when it changed
     corrupt: dict[str, int] | None = None  # corrupt lines skipped per streamed file, when that changed
+    metric_rowid: int = 0  # the newest metric row read for this subscriber so far (its cursor)
 
     @property
     def n_metric_rows(self) -> int:
@@ -67,6 +68,7 @@ class _Cursor:
     sub_id: int
     run_id: str
     with_log: bool
+    history: bool = True  # the first batch holds every stored metric row (else only rows logged after it)
     first: bool = True
     metric_rowid: int = 0
     evals_key: tuple = ()
@@ -120,12 +122,15 @@ class StoreWatcher(QObject):
 
     # ------------------------------------------------------------------ subscriptions (UI thread)
 
-    def watch(self, run_id: str, receiver: Callable[[RunBatch], None], *, log_text: bool = True) -> int:
+    def watch(self, run_id: str, receiver: Callable[[RunBatch], None], *, log_text: bool = True,
+              metric_history: bool = True) -> int:
         """Feed `run_id` to `receiver` from its beginning; returns the subscription id its batches carry.
-        `log_text=False`: the subscriber does not show stdout (a comparison)."""
+        `log_text=False`: the subscriber does not show stdout (a comparison). `metric_history=False`: metric
+        rows stored before the first batch are not read (a view that reads envelopes from the store gets only
+        the rows logged since; each batch's metric_rowid says where its reads start)."""
         sub_id = next(_sub_ids)
         with self._lock:
-            self._cursors[sub_id] = _Cursor(sub_id, run_id, log_text)
+            self._cursors[sub_id] = _Cursor(sub_id, run_id, log_text, metric_history)
             self._receivers[sub_id] = receiver
             self._notified.add(run_id)
             if self._thread is None:
@@ -244,7 +249,11 @@ class StoreWatcher(QObject):
                 return None
             return RunBatch(cur.sub_id, run_id, first, True, None, None, (), "", False, None)
 
-        new = store.metrics(run_id, since_rowid=cur.metric_rowid)
+        if first and not cur.history:
+            cur.metric_rowid = store.metric_rowid(run_id)  # one row read: the history is the envelope's
+            new = []
+        else:
+            new = store.metrics(run_id, since_rowid=cur.metric_rowid)
         metrics = None
         if new:
             cur.metric_rowid = max(r["rowid"] for r in new)
@@ -271,7 +280,7 @@ class StoreWatcher(QObject):
         return RunBatch(cur.sub_id, run_id, first, False, metrics,
                         tuple(evals) if (evals_changed or first) else None, tuple(events), log_text,
                         log_reset, row if (run_changed or first) else None,
-                        corrupt if (corrupt_changed or first) else None)
+                        corrupt if (corrupt_changed or first) else None, cur.metric_rowid)
 
     def _read_log(self, cur: _Cursor) -> tuple[str, bool]:
         store = self.store

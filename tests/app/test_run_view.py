@@ -115,12 +115,20 @@ def test_x_axis_and_smoothing_controls_redraw_from_the_same_data(qtbot, store):
     StoreFeeder(store, "r1").metrics(range(1, 101))
     view = open_view(qtbot, store, "r1")
     qtbot.waitUntil(lambda: view.point_count() == 100, timeout=WAIT_MS)
+    chart = view.charts["loss"]
+
+    def drawn_x():  # the charts read the new axis from the store off the UI thread: wait for it
+        item = chart._curves.get(("r1", 1, "smooth"))
+        return item.xData if item is not None and item.xData is not None else np.empty(0)
+
     view.x_combo.setCurrentIndex(view.x_combo.findData("tokens"))
-    smooth = view.charts["loss"]._curves[("r1", 1, "smooth")]
+    qtbot.waitUntil(lambda: drawn_x().size == 100 and drawn_x()[-1] == 100 * TOKENS_PER_STEP, timeout=WAIT_MS)
+    smooth = chart._curves[("r1", 1, "smooth")]
     np.testing.assert_array_equal(smooth.xData, np.arange(1, 101) * TOKENS_PER_STEP)
     assert view.charts["loss"].plot.getAxis("bottom").labelText == "tokens"
     view.x_combo.setCurrentIndex(view.x_combo.findData("wall_time"))
-    smooth = view.charts["loss"]._curves[("r1", 1, "smooth")]  # set_run replaces the curve items
+    qtbot.waitUntil(lambda: drawn_x().size == 100 and drawn_x()[-1] == 0.5 * 99, timeout=WAIT_MS)
+    smooth = view.charts["loss"]._curves[("r1", 1, "smooth")]
     np.testing.assert_allclose(smooth.xData, 0.5 * np.arange(0, 100))
     losses = np.array([metric(s)["loss"] for s in range(1, 101)])
     view.smoothing_slider.setValue(90)

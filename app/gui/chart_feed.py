@@ -1,0 +1,197 @@
+"""Feeding charts what they draw: envelopes of the visible range read off the UI thread, refined on zoom.
+
+A ChartFeed serves the MetricCharts of one view (the run view's four, the comparison's one) for one or more
+runs, each a core.window.RunWindow. It reads `Store.metric_envelope` for the range each chart shows, at about
+one bucket per pixel column, on a Worker (one read in flight per view; a request made meanwhile waits for it
+and asks again once), and hands the results to the windows. What asks for a read:
+
+- a chart's x range changed by zoom or pan (debounced by ZOOM_DEBOUNCE_MS) and now reaches past what was read,
+  or at a resolution more than RESOLUTION_SLACK off;
+- rows streamed in (the view calls `data_changed`): they are drawn at once from the tail and folded into a new
+  envelope at most every REFRESH_MS, or at once when they redo steps an envelope shows (a resumed attempt);
+- the x axis or smoothing changed, the view was shown after missing updates.
+
+Nothing runs while nothing changes: no timer is armed and no thread polls (the app's one StoreWatcher wakes a
+view only when its run changed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from app.gui.charts import MetricChart
+from app.gui.workers import Worker
+from core.store import Store
+from core.window import RunWindow, WindowData, lead_in_points, read_window
+
+log = logging.getLogger(__name__)
+
+ZOOM_DEBOUNCE_MS = 120  # a drag or wheel zoom reads once it pauses this long
+REFRESH_MS = 1000  # streamed rows are folded into a new envelope at most this often per view
+MIN_BUCKETS = 256
+MAX_BUCKETS = 8192
+PAN_MARGIN = 0.5  # read this share of the visible span beyond each side: a small pan needs no new read
+RESOLUTION_SLACK = 1.6  # read again when a bucket grew or shrank by more than this against a pixel
+
+
+class ChartFeed(QObject):
+    """Reads envelopes for `charts` ({field: chart}) of the runs in `windows` ({run_id: RunWindow})."""
+
+    applied = Signal()  # a read was handed to the windows and the charts redrawn
+    failed = Signal(str)  # message
+
+    def __init__(self, store: Store, windows: dict[str, RunWindow], charts: dict[str, MetricChart],
+                 x_axis: Callable[[], str], smoothing: Callable[[str], float], parent: QObject | None = None):
+        super().__init__(parent)
+        self.store = store
+        self.windows = windows
+        self.charts = charts
+        self._x_axis = x_axis
+        self._smoothing = smoothing
+        self.reads = 0  # envelope reads applied (for tests and the benchmark)
+        self._worker: Worker | None = None
+        self._pending = False
+        self._closed = False
+        self._x_per_point: dict[str, float] = {}
+        self._zoom_timer = QTimer(self, singleShot=True, interval=ZOOM_DEBOUNCE_MS)
+        self._zoom_timer.timeout.connect(self.request)
+        self._refresh_timer = QTimer(self, singleShot=True, interval=REFRESH_MS)
+        self._refresh_timer.timeout.connect(lambda: self.request(force=True))
+        self._force = True
+        for chart in charts.values():
+            self.watch_chart(chart)
+
+    def watch_chart(self, chart: MetricChart) -> None:
+        chart.plot.getViewBox().sigXRangeChanged.connect(lambda *_a: self._on_range_changed())
+
+    def close(self) -> None:
+        self._closed = True
+        self._zoom_timer.stop()
+        self._refresh_timer.stop()
+        if self._worker is not None:
+            self._worker.cancel()
+
+    # ------------------------------------------------------------------ what asks for a read
+
+    def _on_range_changed(self) -> None:
+        if not self._closed:
+            self._zoom_timer.start()
+
+    def data_changed(self, urgent: bool = False) -> None:
+        """Rows streamed in: read a new envelope soon (now when `urgent`), never more often than REFRESH_MS."""
+        if self._closed:
+            return
+        if urgent:
+            self.request(force=True)
+        elif not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def request(self, force: bool = False) -> None:
+        """Read what the charts' ranges need (everything again when `force`)."""
+        if self._closed:
+            return
+        self._force = self._force or force
+        if self._worker is not None:
+            self._pending = True
+            return
+        plan = self._plan(self._force)
+        self._force = False
+        if not plan:
+            return
+        store, x_axis = self.store, self._x_axis()
+        run_ids = list(self.windows)
+
+        def work(ctx: Any) -> list[WindowData]:
+            out = []
+            for (x_range, buckets), fields in plan.items():
+                for run_id in run_ids:
+                    if ctx.cancel.is_set():
+                        return out
+                    out.append(read_window(store, run_id, tuple(fields), x_axis, x_range, buckets))
+            return out
+
+        worker = Worker(work)
+        worker.signals.finished.connect(lambda _rid, result: self._on_read(worker, result))
+        worker.signals.failed.connect(lambda _rid, msg: self._on_failed(worker, msg))
+        self._worker = worker
+        worker.start()
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(self, force: bool) -> dict[tuple[tuple[float, float] | None, int], list[str]]:
+        """{(x_range, buckets): fields}: the reads the charts need, charts asking the same read grouped."""
+        plan: dict[tuple[tuple[float, float] | None, int], list[str]] = {}
+        x_axis = self._x_axis()
+        for field_name, chart in self.charts.items():
+            want = self._wanted(field_name, chart)
+            held = [w.data.get(field_name) for w in self.windows.values()]
+            if not force and all(d is not None and d.x_axis == x_axis and self._covers(d, want) for d in held):
+                continue
+            plan.setdefault(want, []).append(field_name)
+        return plan
+
+    def _wanted(self, field_name: str, chart: MetricChart) -> tuple[tuple[float, float] | None, int]:
+        vb = chart.plot.getViewBox()
+        pixels = max(MIN_BUCKETS, min(MAX_BUCKETS, int(vb.width()) or MIN_BUCKETS))
+        if vb.state["autoRange"][0] or not self._has_data(field_name):
+            return None, pixels  # following the whole run
+        v0, v1 = vb.viewRange()[0]
+        span = max(v1 - v0, 1e-9)
+        lead = lead_in_points(self._smoothing(field_name)) * self._x_per_point.get(field_name, 1.0)
+        r0, r1 = v0 - max(PAN_MARGIN * span, lead), v1 + PAN_MARGIN * span
+        buckets = min(MAX_BUCKETS, int(pixels * (r1 - r0) / span))
+        return (r0, r1), buckets
+
+    def _has_data(self, field_name: str) -> bool:
+        return any(w.data.get(field_name) is not None for w in self.windows.values())
+
+    @staticmethod
+    def _covers(data: WindowData, want: tuple[tuple[float, float] | None, int]) -> bool:
+        """Does `data` already hold what `want` asks, at about the same resolution?"""
+        x_range, buckets = want
+        if x_range is None:
+            return data.x_range is None and data.buckets == buckets
+        if data.x_range is None:  # the whole run was read: enough when zoomed out to about the same width
+            return False
+        (a0, a1), (h0, h1) = x_range, data.x_range
+        inside = h0 <= a0 + PAN_MARGIN * (a1 - a0) / (1 + 2 * PAN_MARGIN) and \
+            h1 >= a1 - PAN_MARGIN * (a1 - a0) / (1 + 2 * PAN_MARGIN)
+        ratio = ((a1 - a0) / buckets) / max((h1 - h0) / data.buckets, 1e-300)
+        return inside and 1 / RESOLUTION_SLACK <= ratio <= RESOLUTION_SLACK
+
+    # ------------------------------------------------------------------ results
+
+    def _on_read(self, worker: Worker, result: list[WindowData]) -> None:
+        if worker is not self._worker:
+            return
+        self._worker = None
+        if self._closed:
+            return
+        x_axis = self._x_axis()
+        for data in result:
+            window = self.windows.get(data.run_id)
+            if window is None or data.x_axis != x_axis:
+                continue  # a run no longer compared, or an axis switched meanwhile (a read is pending)
+            window.set_data(data)
+            if data.x_range is None and data.points:  # the whole run: how far apart its points lie, on x
+                for f, segs in data.fields.items():
+                    extent = sum(s.x_last[-1] - s.x_first[0] for s in segs if s.x_first.size)
+                    if extent > 0:
+                        self._x_per_point[f] = extent / data.points
+        self.reads += 1
+        for chart in self.charts.values():
+            chart.refresh()
+        self.applied.emit()
+        if self._pending or any(w.needs_refresh for w in self.windows.values()):
+            self._pending = False
+            self.request()
+
+    def _on_failed(self, worker: Worker, message: str) -> None:
+        if worker is self._worker:
+            self._worker = None
+        log.warning("reading chart data failed: %s", message)
+        self.failed.emit(message)
