@@ -45,11 +45,15 @@ class ChartFeed(QObject):
     failed = Signal(str)  # message
 
     def __init__(self, store: Store, windows: dict[str, RunWindow], charts: dict[str, MetricChart],
-                 x_axis: Callable[[], str], smoothing: Callable[[str], float], parent: QObject | None = None):
+                 x_axis: Callable[[], str], smoothing: Callable[[str], float], parent: QObject | None = None, *,
+                 extra_fields: tuple[str, ...] = ()):
         super().__init__(parent)
         self.store = store
         self.windows = windows
         self.charts = charts
+        # read with every chart's field (a comparison reads every metric it can switch to: the tiles hold them all,
+        # so the read costs about the same, and a switch draws at once)
+        self.extra_fields = extra_fields
         self._x_axis = x_axis
         self._smoothing = smoothing
         self.reads = 0  # envelope reads applied (for tests and the benchmark)
@@ -104,6 +108,7 @@ class ChartFeed(QObject):
             return
         store, x_axis = self.store, self._x_axis()
         run_ids = list(self.windows)
+        plan = {want: tuple(dict.fromkeys([*fields, *self.extra_fields])) for want, fields in plan.items()}
 
         def work(ctx: Any) -> list[WindowData]:
             out = []
@@ -111,7 +116,7 @@ class ChartFeed(QObject):
                 for run_id in run_ids:
                     if ctx.cancel.is_set():
                         return out
-                    out.append(read_window(store, run_id, tuple(fields), x_axis, x_range, buckets))
+                    out.append(read_window(store, run_id, fields, x_axis, x_range, buckets))
             return out
 
         worker = Worker(work)

@@ -1,8 +1,10 @@
 """Comparing any number of runs: overlaid smoothed curves, a metrics table, pass@1 bars, a config diff.
 
-Every compared run is a subscription of the app's StoreWatcher (one background thread for every view): its
-batches extend a core.series.RunSeries per run, from which come the curves (core.series.Curve) and the
-metrics table (RunSeries.summary); live runs update as they stream. The widget only renders; the diff logic
+Every compared run is a subscription of the app's StoreWatcher (one background thread for every view) for its
+status, evaluations and the metric rows logged since the view opened; the curves hold no more than they draw:
+a ChartFeed (app.gui.chart_feed) reads each run's envelope of the visible range from the store off the UI
+thread (core.window.WindowCurve), with the run's summary (core.store.RunSummary, kept by ingest) for the
+metrics table; live runs update as they stream. The widget only renders; the diff logic
 lives in core.configdiff.
 """
 
@@ -36,6 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.chart_feed import ChartFeed
 from app.gui.charts import RUN_COLORS, UNCONFINED_COLOR, ChartWidget, MetricChart
 from app.gui.run_view import (
     DEFAULT_SMOOTHING,
@@ -49,8 +52,9 @@ from app.gui.store_watch import RunBatch, StoreWatcher
 from app.gui.theme import set_title_font
 from core.configdiff import diff, format_value
 from core.records import SUBSETS
-from core.series import X_AXES, X_LABELS, Curve, EvalProgress, RunSeries, run_summary, unconfined_best
+from core.series import X_AXES, X_LABELS, EvalProgress, best_pass_at_1, unconfined_best
 from core.store import RunRow, Store
+from core.window import RunWindow, WindowCurve
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ class RunData:
     status: str
     color: str
     config: dict[str, Any]
-    summary: dict[str, Any]  # core.series.run_summary
+    summary: dict[str, Any]  # core.store.RunSummary.as_dict, best_pass_at_1 from the evaluations held
     evals: tuple[dict[str, Any], ...]
     unconfined: frozenset[tuple[int, int]] = frozenset()  # (attempt, step) evaluated unconfined
 
@@ -84,17 +88,25 @@ class _Compared:
         self.sub_id = 0
         self.loaded = False
         self.missing = False
+        self.watch_rowid = -1  # where the watcher's metric rows start (its first batch)
         self.row: RunRow | None = None
         self.evals: tuple[dict[str, Any], ...] = ()
         self.progress = EvalProgress()  # which evaluations ran unconfined
-        self.series = RunSeries()
-        self.curve = Curve(self.series, curve_field, x_axis, smoothing)
+        self.window = RunWindow(run_id)
+        self.curve = WindowCurve(self.window, curve_field, x_axis, smoothing)
+
+    def summary(self) -> dict[str, Any]:
+        """The store's summary of the run (its latest read), with the best pass@1 of the evaluations held."""
+        data = next(iter(self.window.data.values()), None)
+        held = data.summary.as_dict() if data is not None and data.summary is not None else \
+            {"run_id": self.run_id, "steps": None, "final_loss": None, "tokens": None, "wall_time_s": None,
+             "metric_points": 0}
+        return {**held, "best_pass_at_1": best_pass_at_1(self.evals)}
 
     def data(self) -> RunData:
         assert self.row is not None
         return RunData(self.run_id, self.row.name, self.row.status, self.color, self.row.config(),
-                       run_summary(self.run_id, self.series, self.evals), self.evals,
-                       frozenset(self.progress.unconfined))
+                       self.summary(), self.evals, frozenset(self.progress.unconfined))
 
 
 def compare_color(index: int) -> str:
@@ -149,10 +161,18 @@ class CompareView(QWidget):
         self._bar_items: list[Any] = []
         self._closed = False
         self._build()
+        self._windows: dict[str, RunWindow] = {}
+        self.feed = ChartFeed(store, self._windows, {self.metric_field: self.curve_chart}, lambda: self.x_axis,
+                              lambda _f: self._weight(), self, extra_fields=tuple(f for f, _t, _y in METRICS))
+        self.feed.applied.connect(self._on_feed_applied)
+        self.feed.failed.connect(lambda msg: self.state_label.setText(f"Could not read the runs: {msg}"))
         self._own_watcher = watcher is None
         self.watcher = watcher if watcher is not None else StoreWatcher(store, parent=self)
         self.watcher.failed.connect(self._on_watch_failed)
         self.reload()
+
+    def _weight(self) -> float:
+        return 0.0 if self.metric_field in UNSMOOTHED else self.smoothing_slider.value() / 100
 
     # ------------------------------------------------------------------ layout
 
@@ -272,6 +292,7 @@ class CompareView(QWidget):
     def shutdown(self) -> None:
         """Stop feeding this view (its own watcher, if it has one, stops)."""
         self._closed = True
+        self.feed.close()
         for run in self._runs.values():
             self.watcher.unwatch(run.sub_id)
         if self._own_watcher:
@@ -290,9 +311,13 @@ class CompareView(QWidget):
         weight = 0.0 if self.metric_field in UNSMOOTHED else self.smoothing_slider.value() / 100
         self._runs = {run_id: _Compared(run_id, compare_color(i), self.metric_field, self.x_axis, weight)
                       for i, run_id in enumerate(self.run_ids)}
+        self._windows.clear()
+        self._windows.update({run.run_id: run.window for run in self._runs.values()})
+        self._reads_seen = self.feed.reads
+        self.feed.request(force=True)
         for run in self._runs.values():
             self.curve_chart.clear_run(run.run_id)
-            run.sub_id = self.watcher.watch(run.run_id, self._on_batch, log_text=False)
+            run.sub_id = self.watcher.watch(run.run_id, self._on_batch, log_text=False, metric_history=False)
 
     def _on_watch_failed(self, run_id: str, message: str) -> None:
         if run_id in self._runs or not run_id:
@@ -304,15 +329,30 @@ class CompareView(QWidget):
             return  # a batch of a subscription replaced by a reload
         run.loaded = True
         run.missing = batch.missing
+        if batch.first:
+            run.watch_rowid = batch.metric_rowid
         if batch.run is not None:
             run.row = batch.run
         if batch.evals is not None:
             run.evals = batch.evals
         if batch.events:
             run.progress.apply(batch.events)
-        grew = batch.metrics is not None and run.series.extend(batch.metrics)
-        if not all(r.loaded for r in self._runs.values()):
-            return  # the first picture waits for every run
+        grew = batch.metrics is not None and run.window.extend(batch.metrics)
+        if grew:
+            self.feed.data_changed(urgent=run.window.needs_refresh)
+        self._render(grew, batch.run is not None)
+
+    def _on_feed_applied(self) -> None:
+        if self._closed:
+            return
+        if any(r.window.data and min(d.rowid for d in r.window.data.values()) < r.watch_rowid
+               for r in self._runs.values()):
+            self.feed.request(force=True)  # read before a watcher started: rows between would be missing
+        self._render(True, False)
+
+    def _render(self, grew: bool, run_changed: bool) -> None:
+        if not all(r.loaded for r in self._runs.values()) or self.feed.reads <= self._reads_seen:
+            return  # the first picture waits for every run and the first read of the curves
         first = self.data is None
         self.data = CompareData(tuple(r.data() for r in self._runs.values() if r.row is not None and not r.missing),
                                 tuple(r.run_id for r in self._runs.values() if r.missing or r.row is None))
@@ -321,7 +361,7 @@ class CompareView(QWidget):
             text += f" ({len(self.data.missing)} deleted: {', '.join(self.data.missing)})"
         self.state_label.setText(text)
         self._fill_legend()
-        if first or grew or batch.run is not None:
+        if first or grew or run_changed:
             self._draw_curves()
         self._fill_metrics()
         self._draw_bars()
@@ -509,10 +549,12 @@ class CompareView(QWidget):
             return
         self.metric_field = metric
         select_data(self.metric_combo, metric)
-        weight = 0.0 if metric in UNSMOOTHED else self.smoothing_slider.value() / 100
+        weight = self._weight()
         for run in self._runs.values():
-            run.curve = Curve(run.series, metric, self.x_axis, weight)
+            run.curve = WindowCurve(run.window, metric, self.x_axis, weight)
             self.curve_chart.clear_run(run.run_id)
+        self.feed.charts = {metric: self.curve_chart}
+        self.feed.request()  # every metric was read with the first: only a zoomed range may need more
         self._draw_curves()
 
     def set_x_axis(self, axis: str) -> None:
@@ -522,6 +564,8 @@ class CompareView(QWidget):
         select_data(self.x_combo, axis)
         for run in self._runs.values():
             run.curve.set_x_axis(axis)
+        self.curve_chart.plot.enableAutoRange(x=True)  # a range on the old axis means nothing on the new one
+        self.feed.request(force=True)
         self._draw_curves()
 
     def _on_smoothing_changed(self, value: int) -> None:
@@ -530,3 +574,4 @@ class CompareView(QWidget):
             for run in self._runs.values():
                 run.curve.set_smoothing(value / 100)
             self._draw_curves()
+            self.feed.request()  # a zoomed chart may need a longer lead-in for the new weight

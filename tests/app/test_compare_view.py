@@ -131,7 +131,8 @@ def test_a_compared_run_that_streams_updates_its_curve_table_bars_and_status_liv
     smooth = view.curve_chart._curves[("a", 1, "smooth")]
     feed.metrics(range(11, 31))
     feed.ingest("evals.jsonl", evals_at(30, {"all": 0.5}))
-    qtbot.waitUntil(lambda: view.data.runs[0].summary["steps"] == 30, timeout=WAIT_MS)
+    # the table's numbers come from the store's summary, the bars from the streamed evaluations: wait for both
+    qtbot.waitUntil(lambda: view.data.runs[0].summary["steps"] == 30 and bool(view.bar_values()), timeout=WAIT_MS)
     assert view.bar_values() == [("a", "humaneval", "all", 50.0)]
     assert view.curve_chart._curves[("a", 1, "smooth")] is smooth  # the same item, given the new points
     np.testing.assert_array_equal(smooth.xData, np.arange(1, 31))
