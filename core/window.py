@@ -37,7 +37,7 @@ TAIL_MAX_ROWS = 50_000  # streamed rows held beyond the envelope before the wind
 def lead_in_points(weight: float) -> int:
     """Points before a range that the EMA must see so that earlier ones weigh under LEAD_IN_WEIGHT."""
     _check_weight(weight)
-    return 0 if weight == 0 else int(math.ceil(math.log(LEAD_IN_WEIGHT) / math.log(weight)))
+    return 0 if weight == 0 else math.ceil(math.log(LEAD_IN_WEIGHT) / math.log(weight))
 
 
 # ---------------------------------------------------------------------------------------------- smoothing
@@ -163,7 +163,6 @@ class RunWindow:
         """Rows the watcher read since its last batch (with their rowids); True when any is new to the window."""
         if batch.size == 0 or batch.rowid is None:
             return False
-        newest = max((d.rowid for d in self.data.values()), default=0)
         fresh = batch.rowid > min((d.rowid for d in self.data.values()), default=0)
         if not fresh.any():
             return False
@@ -175,14 +174,13 @@ class RunWindow:
             self._tail.clear()
             self.tail_rows = 0
             self.needs_refresh = True
-        elif self._redoes_shown_steps(rows, newest):
+        elif self._redoes_shown_steps(rows):
             self.needs_refresh = True
         self.version += 1
         return True
 
-    def _redoes_shown_steps(self, rows: MetricBatch, newest: int) -> bool:
+    def _redoes_shown_steps(self, rows: MetricBatch) -> bool:
         """A row of a later attempt at a step an earlier attempt shows: the envelope must be read again."""
-        del newest
         steps, attempts = rows.columns["step"], rows.attempt
         for data in self.data.values():
             for segs in data.fields.values():

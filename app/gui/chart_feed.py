@@ -29,6 +29,9 @@ from core.store import Store
 from core.window import RunWindow, WindowData, lead_in_points, read_window
 
 log = logging.getLogger(__name__)
+# Reads still running, held here (not by their view): a view closed mid-read is deleted with its feed, and a
+# worker whose signal object went with it would emit from a pool thread into a deleted object.
+_IN_FLIGHT: list[Worker] = []
 
 ZOOM_DEBOUNCE_MS = 120  # a drag or wheel zoom reads once it pauses this long
 REFRESH_MS = 1000  # streamed rows are folded into a new envelope at most this often per view
@@ -120,9 +123,11 @@ class ChartFeed(QObject):
             return out
 
         worker = Worker(work)
-        worker.signals.finished.connect(lambda _rid, result: self._on_read(worker, result))
-        worker.signals.failed.connect(lambda _rid, msg: self._on_failed(worker, msg))
+        worker.signals.finished.connect(self._on_read)  # bound methods: no closure keeps a cycle to the worker
+        worker.signals.failed.connect(self._on_failed)
         self._worker = worker
+        _IN_FLIGHT[:] = [w for w in _IN_FLIGHT if not w.done.is_set()]
+        _IN_FLIGHT.append(worker)
         worker.start()
 
     # ------------------------------------------------------------------ planning
@@ -149,6 +154,9 @@ class ChartFeed(QObject):
         lead = lead_in_points(self._smoothing(field_name)) * self._x_per_point.get(field_name, 1.0)
         r0, r1 = v0 - max(PAN_MARGIN * span, lead), v1 + PAN_MARGIN * span
         buckets = min(MAX_BUCKETS, int(pixels * (r1 - r0) / span))
+        points = (r1 - r0) / self._x_per_point.get(field_name, 1.0)
+        if points <= MAX_BUCKETS / 2:  # few enough to hold them all: buckets half a point apart hold one each
+            buckets = max(buckets, int(2 * points) + 1)
         return (r0, r1), buckets
 
     def _has_data(self, field_name: str) -> bool:
@@ -170,8 +178,8 @@ class ChartFeed(QObject):
 
     # ------------------------------------------------------------------ results
 
-    def _on_read(self, worker: Worker, result: list[WindowData]) -> None:
-        if worker is not self._worker:
+    def _on_read(self, request_id: int, result: list[WindowData]) -> None:
+        if self._worker is None or request_id != self._worker.request_id:
             return
         self._worker = None
         if self._closed:
@@ -195,8 +203,8 @@ class ChartFeed(QObject):
             self._pending = False
             self.request()
 
-    def _on_failed(self, worker: Worker, message: str) -> None:
-        if worker is self._worker:
+    def _on_failed(self, request_id: int, message: str) -> None:
+        if self._worker is not None and request_id == self._worker.request_id:
             self._worker = None
         log.warning("reading chart data failed: %s", message)
         self.failed.emit(message)
