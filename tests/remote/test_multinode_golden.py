@@ -23,6 +23,7 @@ from core.plan import JOB_MODULE, LaunchContext, render_plan, write_plan
 from core.presets import load_preset
 from core.records import RunPaths
 from remote.backends import DETACH_SCRIPT, DETACH_WRAPPER
+from remote.bundle import job_code_files
 from tests.remote.launch_support import VENV_BIN
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,6 @@ GOLDEN_RUN_DIR = f"/scratch/tunedeck/runs/{GOLDEN_RUN_ID}"
 GOLDEN_ENV_SETUP = "source /opt/envs/train/bin/activate"
 ENV_SETUP = f"export PATH={VENV_BIN}:$PATH"  # the cluster's training environment: this project's venv
 WORLD = 32
-REPO_JOB = Path(__file__).resolve().parents[2] / "remote" / "job"
 TIMEOUT_S = 240
 
 # The stand-in job (python -m remote.job.train RUN_DIR): standard library only, so 32 of them start quickly.
@@ -93,14 +93,13 @@ def _plan(tmp_path: Path, backend: str) -> Path:
         golden = golden.replace(GOLDEN_ENV_SETUP, ENV_SETUP)
         assert rendered[name] == golden, f"{name} is not the golden {golden_name} (beyond run dir and env setup)"
     write_plan(cfg, ctx, run_dir)
-    job = run_dir / RunPaths.JOB_CODE / "remote" / "job"
-    job.mkdir(parents=True)
-    for pkg in (job.parent, job):
-        (pkg / "__init__.py").write_text("")
-    (job / "train.py").write_text(STUB)
-    # The launch modules of the shipped job code stay the real ones (the Slurm script starts torchrun through one).
-    for launcher in REPO_JOB.glob("torchrun.py"):
-        shutil.copy(launcher, job / launcher.name)
+    # The job code a launch ships, with only the training entry point replaced by the stand-in: the launch
+    # modules (torchrun) and the evaluation queue the hostfile script drains after training stay the real ones.
+    code = run_dir / RunPaths.JOB_CODE
+    for rel, src in job_code_files().items():
+        (code / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, code / rel)
+    (code / "remote" / "job" / "train.py").write_text(STUB)
     return run_dir
 
 
@@ -180,3 +179,7 @@ def test_golden_4x8_hostfile_launch_starts_32_ranks_over_pdsh_with_the_deepspeed
     # TUNEDECK_RUN_ID reached the other nodes only through .deepspeed_env (pdsh passes no environment).
     assert "deepspeed_env file" in log and "pdsh" in log
     assert JOB_MODULE in log
+    # evaluation.placement after_training (phind on a hostfile machine): once the launcher returned, the script
+    # ran the queue's drain, which found nothing queued (the stand-in saved no checkpoint), and exited 0.
+    eval_log = (run_dir / RunPaths.EVAL_LOG).read_text(errors="replace")
+    assert json.loads(eval_log.strip().splitlines()[-1]) == {"evaluated": []}, eval_log

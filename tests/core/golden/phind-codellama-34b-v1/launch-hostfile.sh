@@ -12,4 +12,8 @@ export PYTHONPATH=/scratch/tunedeck/runs/20240101-000000-abcd/code
 export PYTHONUNBUFFERED=1
 export PYTHONWARNINGS=ignore::FutureWarning
 export TUNEDECK_RUN_ID=20240101-000000-abcd
-exec deepspeed --hostfile /scratch/tunedeck/runs/20240101-000000-abcd/hostfile --master_port 29500 --master_addr gpu-node-01 --num_gpus 8 --no_local_rank --module remote.job.train /scratch/tunedeck/runs/20240101-000000-abcd >> /scratch/tunedeck/runs/20240101-000000-abcd/stdout.log 2>&1
+rc=0
+command deepspeed --hostfile /scratch/tunedeck/runs/20240101-000000-abcd/hostfile --master_port 29500 --master_addr gpu-node-01 --num_gpus 8 --no_local_rank --module remote.job.train /scratch/tunedeck/runs/20240101-000000-abcd >> /scratch/tunedeck/runs/20240101-000000-abcd/stdout.log 2>&1 || rc=$?
+# evaluation.placement after_training: the checkpoints queued during training, now on the freed GPUs
+command python3 -m remote.job.evalqueue drain --run-dir /scratch/tunedeck/runs/20240101-000000-abcd >> /scratch/tunedeck/runs/20240101-000000-abcd/eval.log 2>&1 || true
+exit "$rc"
