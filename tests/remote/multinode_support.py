@@ -8,9 +8,11 @@ backend's story runs ONCE per session, as a user would live it, and the tests as
   then the run's processes on the second node hang mid-run (SIGSTOP, connections left open: the run must end
   failed, naming that node, within the collective timeout, and Slurm then kills them), then `tunedeck resume`
   continues from the last complete checkpoint to the end. Streamed into the store by a StreamManager in this process throughout.
-- Hostfile (`hostfile_story`): DeepSpeed's launcher over pdsh on two nodes to the end, a variable of the
-  profile's env reaching the rank on the second node through .deepspeed_env. (Cancel across nodes is tested
-  with stand-in ranks in test_multinode_hostfile.py: it needs the launcher and pdsh, not another training start.)
+- Hostfile (`hostfile_story`): DeepSpeed's launcher over pdsh on two nodes, a variable of the profile's env
+  reaching the rank on the second node through .deepspeed_env; once a checkpoint is complete, every process of
+  the run on the second node is killed (SIGKILL: the run must end failed, naming that node), then `tunedeck
+  resume` continues from that checkpoint on both nodes to the end. (Cancel across nodes is tested with stand-in
+  ranks in test_multinode_hostfile.py: it needs the launcher and pdsh, not another training start.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -47,7 +50,8 @@ FAIL_SLACK_S = 45  # status polling, the launchers' shutdown and the shared core
 STORY_TIMEOUT_S = float(os.environ.get("TUNEDECK_STORY_TIMEOUT_S", "900"))
 HEARTBEAT_S = 1  # per-rank heartbeat interval in the test runs (TUNEDECK_HEARTBEAT_S)
 SLURM_STEPS = 10
-HOSTFILE_STEPS = 6
+HOSTFILE_STEPS = 10
+HOSTFILE_SAVE_STEPS = 3
 
 
 def multinode_config(steps: int, save_steps: int):
@@ -242,13 +246,7 @@ def slurm_story(cluster: NetnsCluster, root: Path) -> Story:
             victim = cluster.node(story.facts["killed"]["host"])
             waiter.until("hung processes gone", lambda: not victim.pids_with_env("TUNEDECK_RUN_ID", story.run_id))
             story.facts["victim_left"] = victim.pids_with_env("TUNEDECK_RUN_ID", story.run_id)
-        with story.store() as store:
-            row = store.get_run(story.run_id)
-            story.facts["failed_reason"] = row.status_reason
-            story.facts["job_id_at_failure"] = row.job_id
-        res = cli(story.home, "status", story.run_id)
-        story.cli_out["status"] = res.stdout + res.stderr
-        story.facts["status_rc"] = res.returncode
+        _failure_facts(story, root)
         # 3. Relaunch: `tunedeck resume` continues from the last complete checkpoint, to the end.
         res = cli(story.home, "resume", story.run_id)
         story.cli_out["resume"] = res.stdout + res.stderr
@@ -269,16 +267,35 @@ def hostfile_story(cluster: NetnsCluster, root: Path) -> Story:
     t0 = time.monotonic()
     story = Story("hostfile", root / "home-hostfile")
     waiter = _Waiter(story, t0 + STORY_TIMEOUT_S)
-    _profile, transport, manager = _start(story, cluster, root, steps=HOSTFILE_STEPS, save_steps=4)
+    _profile, transport, manager = _start(story, cluster, root, steps=HOSTFILE_STEPS, save_steps=HOSTFILE_SAVE_STEPS)
     try:
         # Both ranks train; the rank on node 2 got the profile's env through .deepspeed_env.
+        first, second = (cluster.nodes[i] for i in STORY_NODES["hostfile"])
         if waiter.until("attempt 1 training", lambda: len(_metric_steps(story, 1)) >= 2):
-            first, second = (cluster.nodes[i] for i in STORY_NODES["hostfile"])
             pids = second.pids_with_env("TUNEDECK_RUN_ID", story.run_id)
             story.facts["node2_env"] = [
                 {k: v for k, v in environ_of(p).items() if k in ("RANK", "TUNEDECK_PROOF", "TORCH_EXTENSIONS_DIR")}
                 for p in pids]
             story.facts["node1_sees_node2"] = sorted(set(pids) & set(first.pids()))
+        # Node failure, the plain kind: once a checkpoint is complete and training went on, every process of
+        # the run on node 2 is killed (SIGKILL: the launcher pdsh started there and its rank). The rank on
+        # node 1 loses its peer; the run must end failed, naming node 2, well within the collective timeout.
+        def saved_and_going() -> bool:
+            saved = [e["detail"]["step"] for e in _events_of(story, 1, "checkpoint_saved")]
+            return bool(saved) and max(_metric_steps(story, 1), default=0) > max(saved)
+        if waiter.until("attempt 1 past a checkpoint", saved_and_going, interval=0.1):
+            pids = second.pids_with_env("TUNEDECK_RUN_ID", story.run_id)
+            story.facts["killed"] = {"host": second.name, "pids": pids,
+                                     "last_checkpoint": max(e["detail"]["step"]
+                                                            for e in _events_of(story, 1, "checkpoint_saved"))}
+            second.kill(pids, signal.SIGKILL)
+            story.marks["killed"] = time.monotonic()
+        if waiter.until("failed", lambda: _status(story) == "failed", interval=0.2):
+            _failure_facts(story, root)
+        # Relaunch: `tunedeck resume` continues from the last complete checkpoint, on both nodes, to the end.
+        res = cli(story.home, "resume", story.run_id)
+        story.cli_out["resume"] = res.stdout + res.stderr
+        manager.wake()
         waiter.until("finished", lambda: _status(story) == "finished")
         _finish(story, transport, manager, waiter)
     finally:
@@ -287,6 +304,27 @@ def hostfile_story(cluster: NetnsCluster, root: Path) -> Story:
         _cleanup(story, cluster)
     story.elapsed_s = time.monotonic() - t0
     return story
+
+
+def _failure_facts(story: Story, root: Path) -> None:
+    """What the user is told once the run failed: the store's reason, `tunedeck status`, and a copy of the
+    store as it was then (the app's run view is opened on it: the run goes on to finish after the resume)."""
+    with story.store() as store:
+        row = store.get_run(story.run_id)
+        story.facts["failed_reason"] = row.status_reason
+        story.facts["job_id_at_failure"] = row.job_id
+        path = store.path
+    snapshot = root / f"store-{story.backend}-at-failure.sqlite3"
+    source, target = sqlite3.connect(path), sqlite3.connect(snapshot)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    story.facts["store_at_failure"] = str(snapshot)
+    res = cli(story.home, "status", story.run_id)
+    story.cli_out["status"] = res.stdout + res.stderr
+    story.facts["status_rc"] = res.returncode
 
 
 def _cleanup(story: Story, cluster: NetnsCluster) -> None:

@@ -1,6 +1,6 @@
 """DeepSpeed's hostfile launcher across nodes of the namespace cluster (pdsh over ssh from the login node):
-the tiny preset trains on 2 nodes x 1 process to the end, and a cancel stops every process of a run on every
-node. Each node's processes are checked in that node's own process list (the nodes are separate PID
+the tiny preset trains on 2 nodes x 1 process, fails naming node 2 when its processes are killed, resumes on
+both nodes to the end, and a cancel stops every process of a run on every node. Each node's processes are checked in that node's own process list (the nodes are separate PID
 namespaces: node 1 cannot see node 2's processes)."""
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from core.records import RunPaths
 from remote.backends import DETACH_SCRIPT, DETACH_WRAPPER
 from tests.remote.launch_support import PYTHON, VENV_BIN
 from tests.remote.multinode_support import (
+    COLLECTIVE_TIMEOUT_S,
+    FAIL_SLACK_S,
     HOSTFILE_STEPS,
     STORY_NODES,
     assert_streamed_once,
     multinode_config,
     shared_story,
 )
+from tests.remote.netns_cluster import environ_of
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +45,16 @@ def test_deepspeed_launcher_over_pdsh_trains_on_both_nodes_to_the_end(story, net
         assert (row.status, row.backend) == ("finished", "hostfile")
     first, second = (n.name for n in _pair(netns_cluster))
     started = story.events("started")
-    assert len(started) == 1
-    # Hostfile order: rank 0 on the first host, which is the rendezvous host.
-    assert started[0]["detail"]["hosts"] == [first, second] and started[0]["detail"]["world_size"] == 2
+    assert [e["attempt"] for e in started] == [1, 2]  # the launch, then the resume after the node failure
+    for e in started:  # hostfile order: rank 0 on the first host, which is the rendezvous host
+        assert e["detail"]["hosts"] == [first, second] and e["detail"]["world_size"] == 2
     assert story.events()[-1]["event"] == "finished" and story.events()[-1]["detail"]["step"] == HOSTFILE_STEPS
     log = (Path(story.run_dir) / RunPaths.STDOUT).read_text(errors="replace")
     assert "pdsh" in log and f"{first},{second}" in log
     with story.store() as store:
         ranks = store.ranks(story.run_id)
-    assert [(r["rank"], r["host"], r["state"]) for r in ranks] == [(0, first, "finished"), (1, second, "finished")]
+    assert [(r["rank"], r["host"], r["state"], r["attempt"]) for r in ranks] == [
+        (0, first, "finished", 2), (1, second, "finished", 2)]
 
 
 def test_the_profile_env_reaches_the_rank_on_the_second_node_through_deepspeed_env(story):
@@ -62,6 +66,36 @@ def test_the_profile_env_reaches_the_rank_on_the_second_node_through_deepspeed_e
     assert rank1[0]["TUNEDECK_PROOF"] == "proof-ns-hostfile"
     assert rank1[0]["TORCH_EXTENSIONS_DIR"]
     assert story.facts["node1_sees_node2"] == []  # separate process lists: the nodes really are apart
+
+
+def test_killing_the_runs_processes_on_the_second_node_fails_the_run_naming_that_node(story, netns_cluster):
+    first, second = (n.name for n in _pair(netns_cluster))
+    killed = story.facts["killed"]
+    assert killed["host"] == second and killed["pids"]
+    failed_attempt = [e for e in story.events() if e["attempt"] == 1]
+    assert not [e for e in failed_attempt if e["event"] == "finished"]
+    # Dead processes close their connections: the peer notices at once, far within the collective timeout.
+    took = story.marks["failed"] - story.marks["killed"]
+    assert took <= COLLECTIVE_TIMEOUT_S + FAIL_SLACK_S, f"failed {took:.0f} s after the kill"
+    reason = story.facts["failed_reason"]
+    assert f"node {second} failed (rank 1): rank 1 stopped without recording an end" in reason, reason
+    out = story.cli_out["status"]
+    assert story.facts["status_rc"] == 1
+    assert out.startswith("failed: ") and f"node {second} failed (rank 1)" in out, out
+    table = [ln for ln in out.splitlines() if ln.startswith("  ")]
+    assert [ln.split()[0] for ln in table] == [first, second], out
+
+
+def test_resume_after_the_kill_continues_from_the_last_complete_checkpoint_on_both_nodes(story):
+    last = story.facts["killed"]["last_checkpoint"]
+    assert f"from checkpoint-{last}" in story.cli_out["resume"], story.cli_out["resume"]
+    assert [e["detail"]["from_step"] for e in story.events("resumed") if e["attempt"] == 2] == [last]
+    steps2 = [m["step"] for m in story.metrics() if m["attempt"] == 2]
+    assert steps2 == list(range(last + 1, HOSTFILE_STEPS + 1))
+    final = Path(story.run_dir) / RunPaths.CHECKPOINTS / f"checkpoint-{HOSTFILE_STEPS}" / f"global_step{HOSTFILE_STEPS}"
+    # Both nodes wrote their ZeRO-3 shards of the resumed attempt's last checkpoint on the shared work root.
+    assert sorted(p.name for p in final.glob("zero_pp_rank_*_model_states.pt")) == [
+        f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)]
 
 
 def test_every_record_is_streamed_into_the_store_once(story):
@@ -92,6 +126,21 @@ while True:
 '''
 
 
+def _new_processes(node, existing: set[int]) -> dict[int, str]:
+    """pid -> command line of the node's processes not in `existing`, except a Slurm job's (the Slurm story's
+    preempting job spans every node of the cluster: its processes are Slurm's, not this run's)."""
+    out = {}
+    for pid in set(node.pids()) - existing:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile
+        if cmd.startswith("slurmstepd") or "SLURM_JOB_ID" in environ_of(pid):
+            continue
+        out[pid] = cmd
+    return out
+
+
 def test_cancel_stops_the_ranks_on_every_node_while_their_output_still_flows_then_the_launchers(
         netns_cluster, tmp_path, capsys):
     from app.cli import main
@@ -115,6 +164,8 @@ def test_cancel_stops_the_ranks_on_every_node_while_their_output_still_flows_the
                              ssh_config=str(netns_cluster.ssh_config), known_hosts=str(netns_cluster.known_hosts),
                              hostfile_hosts=[f"{first.name} slots=1", f"{second.name} slots=1"])
     save_profile(profile)
+    # Every process of each node before the launch: whatever is new after the cancel was left by it.
+    existing = {n.name: set(n.pids()) for n in (first, second)}
     transport = make_transport(profile)
     try:
         pgid = Backend.for_name("hostfile").submit(transport, str(run_dir), run_id)
@@ -137,6 +188,13 @@ def test_cancel_stops_the_ranks_on_every_node_while_their_output_still_flows_the
     assert rc == 0, out
     after = {n.name: n.pids_with_env("TUNEDECK_RUN_ID", run_id) for n in (first, second)}
     assert after == {first.name: [], second.name: []}, (after, out)
+    # Nor anything else the run started in either namespace (pdsh, its ssh clients, the sshd sessions and
+    # shells on node 2 that carry no run variable); sshd sessions close a moment after their command ends.
+    deadline = time.monotonic() + 15
+    while (left := {n.name: _new_processes(n, existing[n.name]) for n in (first, second)}) != \
+            {first.name: {}, second.name: {}} and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert left == {first.name: {}, second.name: {}}, left
     assert f"sent SIGTERM to the training processes on {first.name} (1), {second.name} (1)" in out
     assert f"or on any of its nodes ({first.name}, {second.name})" in out and "cancelled, confirmed gone" in out
     # Each rank got the TERM on its own node while pdsh still carried its output: a real job saves then.
