@@ -146,7 +146,7 @@ def test_cancel_stops_the_ranks_on_every_node_while_their_output_still_flows_the
     from app.cli import main
     from core.store import Store
     from remote.backends import Backend
-    from remote.profiles import ClusterProfile, make_transport, save_profile
+    from remote.profiles import ClusterProfile, close_transports, make_transport, save_profile
 
     first, second = _pair(netns_cluster)
     run_id = "cancel-across-nodes"
@@ -184,6 +184,7 @@ def test_cancel_stops_the_ranks_on_every_node_while_their_output_still_flows_the
 
     rc = main(["cancel", run_id, "--grace", "30"])
     out = capsys.readouterr().out
+    close_transports()  # the CLI's own SSH connection to the login node ends with its process
 
     assert rc == 0, out
     after = {n.name: n.pids_with_env("TUNEDECK_RUN_ID", run_id) for n in (first, second)}
