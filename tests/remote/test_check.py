@@ -149,9 +149,12 @@ def test_node_comparison_names_the_host_that_differs_and_the_unreachable_one():
     assert "passwordless ssh" in n3.fix
 
 
-def test_check_of_a_hostfile_profile_probes_every_node_and_says_which_one_differs(netns_cluster, tmp_path):
+def test_check_of_a_hostfile_profile_probes_every_node_and_says_which_one_differs(netns_cluster, tmp_path, capsys):
     """Over SSH to the login node, then plain ssh from there to each host (as pdsh does): node 3 carries an
     older deepspeed (its own mount namespace shows another METADATA), and one hostfile line names no host."""
+    from app.cli import main
+    from remote.check import load_report
+    from remote.profiles import save_profile
     from tests.remote.launch_support import PYTHON, VENV_BIN
 
     nodes = netns_cluster.nodes
@@ -163,13 +166,16 @@ def test_check_of_a_hostfile_profile_probes_every_node_and_says_which_one_differ
                              ssh_config=str(netns_cluster.ssh_config), known_hosts=str(netns_cluster.known_hosts),
                              work_root=str(tmp_path / "work"), python=PYTHON, env_setup=f"export PATH={VENV_BIN}:$PATH",
                              hostfile_hosts=[f"{n.name} slots=8" for n in nodes[:3]] + ["gpu-node-09 slots=8"])
-    transport = make_transport(profile)
+    save_profile(profile)
     nodes[2].bind_mount(stale, metadata)
-    try:
-        report = check_cluster(profile, transport)
+    try:  # as the user runs it: `tunedeck cluster check ns-check` (exit 1: something differs)
+        rc = main(["cluster", "check", "ns-check"])
     finally:
         nodes[2].umount(metadata)
-        transport.close()
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    report = load_report("ns-check")  # what the command kept for the launch guardrails
+    assert report.format() == out.rstrip("\n")
     assert report.item("deepspeed").ok  # the login node itself is fine
     assert report.item(f"node {nodes[0].name}").ok and report.item(f"node {nodes[1].name}").ok
     odd = report.item(f"node {nodes[2].name}")
