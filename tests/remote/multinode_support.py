@@ -50,7 +50,7 @@ FAIL_SLACK_S = 45  # status polling, the launchers' shutdown and the shared core
 STORY_TIMEOUT_S = float(os.environ.get("TUNEDECK_STORY_TIMEOUT_S", "900"))
 HEARTBEAT_S = 1  # per-rank heartbeat interval in the test runs (TUNEDECK_HEARTBEAT_S)
 SLURM_STEPS = 10
-HOSTFILE_STEPS = 10
+HOSTFILE_STEPS = 8
 HOSTFILE_SAVE_STEPS = 3
 
 
