@@ -25,7 +25,10 @@ from pathlib import Path
 from core.records import RunPaths, read_records
 
 REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = REPO / ".venv" / "bin"
+# Resolved: a worktree's .venv may link to a shared one. DeepSpeed's launcher starts ranks with the interpreter
+# of its script's shebang (the real path), and torch's op cache (TORCH_EXTENSIONS_DIR, shared) rebuilds an op
+# whenever the venv path it was built from differs: every process should name the venv the same way.
+VENV_BIN = (REPO / ".venv").resolve() / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 TORCH_EXT = os.environ.get("TORCH_EXTENSIONS_DIR", "/tmp/tunedeck-torch-ext")
 # The training environment on the "cluster" (this machine): the project's venv, a shared op cache.

@@ -4,13 +4,32 @@ with their heartbeats and marks the node that failed, and the header says which 
 
 from __future__ import annotations
 
+import os
+
+# Here, not in tests/app, so the stories run where they always did in the suite (after the single-node training
+# tests); Qt offscreen as tests/app/conftest.py sets it, before any QApplication exists (collection time).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 import pytest
+
+pytest.importorskip("pytestqt")
 
 from app.gui.run_view import RunView
 from core.store import Store
 from tests.remote.multinode_support import shared_story
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def tunedeck_app(qapp):
+    """The QApplication as `tunedeck gui` configures it; background reads end before the widgets go."""
+    from PySide6.QtCore import QThreadPool
+
+    from app.gui.app import create_app
+
+    yield create_app()
+    QThreadPool.globalInstance().waitForDone(30_000)
 
 
 @pytest.fixture(scope="module", params=["slurm", "hostfile"])
