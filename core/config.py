@@ -267,7 +267,8 @@ class ClusterShape(Section):
         1800, ge=10, le=7 * 24 * 3600,
         description="Seconds a collective (all-reduce, barrier) waits for the other ranks before the run fails. "
                     "Bounds how long a run hangs when a node dies without closing its connections (power, network); "
-                    "a killed process fails its peers at once. Keep it above the longest checkpoint save.")
+                    "a killed process fails its peers at once. Keep it above the longest checkpoint save, and above the "
+                    "spread of the ranks' start (imports, op builds): setting up the process group waits this long too.")
 
     @property
     def world_size(self) -> int:
