@@ -980,6 +980,49 @@ def load_resolved_json(path: str | Path) -> RunConfig:
     return config
 
 
+class DerivedEvaluation(BaseModel):
+    """Where a run's evaluations run, resolved at launch (core.placement: it depends on the backend and the
+    profile, so it is no part of the config itself) and written to config.json as `derived.evaluation`.
+
+    The app writes it and the job reads it through this one model (load_derived_evaluation), so a field
+    renamed on one side fails the other's checks in CI (tests/job/test_typed_config.py), not on a cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    placement: Literal["slurm", "alongside", "after_training", "devices"] = "alongside"
+    requested: str = "alongside"  # the config's evaluation.placement (auto, one of the above, or reference)
+    backend: str = ""
+    gpus: int = Field(1, gt=0)  # devices of one evaluation
+    devices: tuple[int, ...] = ()  # devices placement: the first node's GPUs reserved for evaluation
+    training_devices: tuple[int, ...] = ()  # devices placement: the first node's GPUs training uses
+    why: str = "no placement recorded"
+    memory_gb: float | None = None
+
+
+def load_derived_evaluation(path: str | Path) -> DerivedEvaluation:
+    """The evaluation placement a run's config.json records (`derived.evaluation`). A config.json written
+    before placements existed has none: its evaluations ran alongside training, which is the default."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([Problem("", "file not found", "missing")], str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem("", f"not valid JSON ({exc})", "syntax")], str(path)) from None
+    derived = data.get("derived") if isinstance(data, dict) else None
+    found = derived.get("evaluation") if isinstance(derived, dict) else None
+    if found is None:
+        return DerivedEvaluation()
+    try:
+        return DerivedEvaluation.model_validate(found)
+    except ValidationError as exc:
+        problems = [Problem(".".join(["derived", "evaluation", *(str(p) for p in e["loc"])]), e["msg"], "value")
+                    for e in exc.errors()]
+        raise ConfigError(problems, str(path)) from None
+
+
 def resolved_dict(config: RunConfig) -> dict[str, Any]:
     """The config as plain JSON data plus the derived values the job needs (written as config.json)."""
     data = config.model_dump(mode="json")

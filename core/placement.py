@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import RunConfig
+from core.config import DerivedEvaluation, RunConfig
 from core.estimate import GB, EvalMemory, alongside_memory, evaluation_gpus, evaluation_memory
 
 # Placements each backend can carry out (Slurm can also evaluate after training, but a job holding its whole
@@ -46,12 +46,15 @@ class PlacementPlan:
     why: str
     memory: EvalMemory | None
 
+    def derived(self) -> DerivedEvaluation:
+        """What the job reads (config.json -> derived.evaluation), in the schema it reads it with."""
+        return DerivedEvaluation(
+            placement=self.placement, requested=self.requested, backend=self.backend, gpus=self.gpus,
+            devices=self.devices, training_devices=self.training_devices, why=self.why,
+            memory_gb=None if self.memory is None else round(self.memory.total / GB, 2))
+
     def to_json(self) -> dict[str, Any]:
-        """What the job reads (config.json -> derived.evaluation)."""
-        return {"placement": self.placement, "requested": self.requested, "backend": self.backend,
-                "gpus": self.gpus, "devices": list(self.devices), "training_devices": list(self.training_devices),
-                "why": self.why,
-                "memory_gb": None if self.memory is None else round(self.memory.total / GB, 2)}
+        return self.derived().model_dump(mode="json")
 
     def describe(self) -> str:
         """Plain text for the plan preview and `config render`."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from core.config import RunConfig, resolved_dict
+from core.config import DerivedEvaluation, RunConfig, resolved_dict
 from core.evalstate import eval_job_prefix
 from core.fsutil import atomic_write_text
 from core.placement import PlacementError, PlacementPlan, resolve_placement
@@ -582,11 +582,11 @@ def render_reference_plan(config: RunConfig, ctx: LaunchContext, model_path: str
     _check_no_control("model path", model_path)
     slurm = ctx.backend == "slurm"
     gpus = config.evaluation.gpus or 1
-    evaluation = {"placement": "slurm" if slurm else "alongside", "requested": "reference", "backend": ctx.backend,
-                  "gpus": gpus if config.cluster.gpu_type != "cpu" else 1, "devices": [], "training_devices": [],
-                  "why": "an evaluation-only run (measured reference)", "memory_gb": None}
+    evaluation = DerivedEvaluation(placement="slurm" if slurm else "alongside", requested="reference",
+                                   backend=ctx.backend, gpus=gpus if config.cluster.gpu_type != "cpu" else 1,
+                                   why="an evaluation-only run (measured reference)")
     resolved = resolved_dict(config)
-    resolved["derived"]["evaluation"] = evaluation
+    resolved["derived"]["evaluation"] = evaluation.model_dump(mode="json")
     resolved["derived"]["reference_model"] = model_path
     command = [ctx.python, "-m", EVAL_MODULE, "--run-dir", ctx.run_dir, "--checkpoint", model_path,
                "--step", str(REFERENCE_STEP), "--attempt", "1"]

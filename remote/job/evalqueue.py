@@ -35,10 +35,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.config import ConfigError, DerivedEvaluation, load_derived_evaluation
 from core.evalstate import QUEUED, RUNNING, EvalState, derive_eval_states, eval_job_name
 from core.records import JsonlWriter, RunPaths, event_record, read_records
 
-DEFAULT_PLACEMENT = {"placement": "alongside", "gpus": 1, "devices": [], "why": "no placement recorded"}
 # Variables of the training process group that an evaluation must not inherit (it is not a rank).
 RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
              "MASTER_PORT", "TORCHELASTIC_RUN_ID", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE")
@@ -70,14 +70,12 @@ def append_event(paths: RunPaths, event: str, attempt: int, detail: dict[str, An
         writer.write(event_record(event, attempt, detail, t=t))
 
 
-def placement_of(paths: RunPaths) -> dict[str, Any]:
-    """The run's resolved evaluation placement (config.json derived.evaluation)."""
+def placement_of(paths: RunPaths) -> DerivedEvaluation:
+    """The run's resolved evaluation placement (config.json derived.evaluation, read through the schema)."""
     try:
-        cfg = json.loads(paths.config_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise QueueError(f"{paths.config_json}: {exc}") from exc
-    found = (cfg.get("derived") or {}).get("evaluation")
-    return {**DEFAULT_PLACEMENT, **found} if isinstance(found, dict) else dict(DEFAULT_PLACEMENT)
+        return load_derived_evaluation(paths.config_json)
+    except (ConfigError, OSError) as exc:
+        raise QueueError(str(exc)) from exc
 
 
 def states(paths: RunPaths) -> dict[int, EvalState]:
@@ -89,12 +87,12 @@ def states(paths: RunPaths) -> dict[int, EvalState]:
 # ------------------------------------------------------------------------------------------ request
 
 
-def evaluation_env(placement: dict[str, Any]) -> dict[str, str]:
+def evaluation_env(placement: DerivedEvaluation) -> dict[str, str]:
     """The environment of an evaluation started on this node: no rank variables; for devices, the GPUs
     the profile reserves."""
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARS}
-    if placement.get("placement") == "devices" and placement.get("devices"):
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in placement["devices"])
+    if placement.placement == "devices" and placement.devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in placement.devices)
     return env
 
 
@@ -119,9 +117,9 @@ def request(paths: RunPaths, checkpoint: str | os.PathLike[str], step: int, atte
     TUNEDECK_NO_EVAL=1 (tests of training alone) records the request without starting anything.
     """
     placement = placement_of(paths)
-    where = placement["placement"]
+    where = placement.placement
     detail: dict[str, Any] = {"step": int(step), "checkpoint": str(checkpoint), "placement": where,
-                              "gpus": placement.get("gpus"), "pid": None}
+                              "gpus": placement.gpus, "pid": None}
     if os.environ.get("TUNEDECK_NO_EVAL") == "1":
         detail["skipped"] = "TUNEDECK_NO_EVAL=1"  # recorded, but nothing will evaluate it
         return detail, None
@@ -137,7 +135,7 @@ def request(paths: RunPaths, checkpoint: str | os.PathLike[str], step: int, atte
                                 env=evaluation_env(placement), cwd=paths.root)
     detail["pid"] = proc.pid  # its own session: the process group id too
     if where == "devices":
-        detail["cuda_visible_devices"] = ",".join(str(d) for d in placement.get("devices") or ())
+        detail["cuda_visible_devices"] = ",".join(str(d) for d in placement.devices)
     return detail, proc
 
 

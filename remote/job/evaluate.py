@@ -594,7 +594,7 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
     paths = RunPaths(run_dir)
     ckpt = Path(checkpoint)
     placement = placement_of(paths)
-    where = placement.get("placement", "alongside")
+    where = placement.placement
     # Beside training on its GPUs, vLLM would claim most of a GPU training holds: transformers there.
     engine = "transformers" if where == "alongside" else None
     job = os.environ.get("SLURM_JOB_ID")
@@ -624,7 +624,7 @@ def evaluate_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str | os.Pa
                 template=data.prompt_template, system_prompt=data.system_prompt,
                 gen=gen, limit=ev.limit, timeout_s=ev.timeout_s,
                 contamination=data.contamination_report, step=step, attempt=attempt,
-                tokenizer_path=tokenizer, backend=engine, gpus=int(placement.get("gpus") or 0) or None,
+                tokenizer_path=tokenizer, backend=engine, gpus=placement.gpus,
                 cancel=cancel, on_event=on_event, progress=ProgressEvents(on_event, step), sandbox=ev.sandbox,
                 started_detail={"placement": where, **({"job_id": job} if job else {}), "pid": os.getpid()},
             )

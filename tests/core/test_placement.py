@@ -114,6 +114,31 @@ def test_slurm_placement_ships_an_eval_job_script_and_the_placement_in_config_js
     assert RunPaths.EVAL_SLURM not in render_plan(load_preset("tiny-demo"), ctx("slurm"))
 
 
+def test_the_job_reads_the_placement_the_launch_wrote_through_one_schema(tmp_path: Path) -> None:
+    from remote.job.evalqueue import QueueError, evaluation_env, placement_of
+
+    six = variant("phind-codellama-34b-v1", cluster={"nodes": 1, "gpus_per_node": 6}, training={"global_batch_size": 96})
+    lctx = ctx("local", eval_devices=(6, 7))
+    run = RunPaths(tmp_path / "run")
+    run.root.mkdir()
+    run.config_json.write_text(render_plan(six, lctx)[RunPaths.CONFIG_JSON])
+    read = placement_of(run)
+    assert read == resolve_placement(six, "local", (6, 7)).derived()
+    assert (read.placement, read.devices, read.training_devices) == ("devices", (6, 7), (0, 1, 2, 3, 4, 5))
+    assert evaluation_env(read)["CUDA_VISIBLE_DEVICES"] == "6,7"
+
+    # a config.json from before placements existed: its evaluations ran beside training
+    data = json.loads(run.config_json.read_text())
+    del data["derived"]["evaluation"]
+    run.config_json.write_text(json.dumps(data))
+    assert placement_of(run).placement == "alongside"
+    # a block the schema refuses is an error naming the field, not a KeyError somewhere in the queue
+    data["derived"]["evaluation"] = {"placement": "devices", "gpu": 2}
+    run.config_json.write_text(json.dumps(data))
+    with pytest.raises(QueueError, match=r"derived\.evaluation\.gpu"):
+        placement_of(run)
+
+
 def test_after_training_runs_the_queue_once_training_exits_and_devices_pin_training() -> None:
     phind = variant("phind-codellama-34b-v1", cluster={"nodes": 1})
     local = render_local_script(phind, ctx("local"))

