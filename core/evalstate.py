@@ -18,11 +18,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core.records import TERMINAL_STATUSES
+
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
 EVAL_STATES = (QUEUED, RUNNING, FINISHED, FAILED, CANCELLED)
 OPEN_STATES = (QUEUED, RUNNING)
 EVAL_EVENTS = ("eval_requested", "eval_started", "eval_progress", "eval_finished", "eval_failed", "eval_cancelled")
-TERMINAL_RUN_STATES = ("finished", "failed", "cancelled")
 
 
 def eval_job_prefix(run_id: str) -> str:
@@ -158,7 +159,7 @@ def derive_eval_states(events: Iterable[Mapping[str, Any]], run_status: str | No
         elif name == "eval_cancelled":
             s = replace(s, state=CANCELLED, ended_t=t, error=str(detail.get("reason") or "cancelled"))
         states[step] = s
-    if run_status in TERMINAL_RUN_STATES:
+    if run_status in TERMINAL_STATUSES:
         for step, s in list(states.items()):
             if not s.open:
                 continue

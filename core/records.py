@@ -143,6 +143,10 @@ class RunPaths:
 
 # ---------------------------------------------------------------------------------------------- schema
 
+# A run's status, as the store keeps it; a run in a terminal status has ended (the one definition: the store,
+# the app and the evaluation states read these).
+RUN_STATUSES = ("created", "pending", "running", "completing", "finished", "failed", "cancelled", "unknown")
+TERMINAL_STATUSES = ("finished", "failed", "cancelled")
 METRIC_REQUIRED = ("t", "attempt", "step", "epoch", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")
 METRIC_OPTIONAL = ("gpu_mem_gb", "gpu_mem_reserved_gb", "step_time_s")
 EVAL_REQUIRED = ("t", "attempt", "step", "checkpoint", "benchmark", "subset", "n_tasks", "samples_per_task", "temperature", "pass@1")

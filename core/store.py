@@ -42,6 +42,8 @@ from core.records import (
     METRIC_OPTIONAL,
     METRIC_REQUIRED,
     RANK_REQUIRED,
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
     CheckedRecords,
     RunPaths,
     json_safe,
@@ -50,8 +52,7 @@ from core.records import (
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("created", "pending", "running", "completing", "finished", "failed", "cancelled", "unknown")
-TERMINAL_STATUSES = ("finished", "failed", "cancelled")
+STATUSES = RUN_STATUSES
 BUSY_TIMEOUT_S = 15.0
 LOG_KEEP_BYTES = 8 << 20  # stdout kept per run; older chunks are dropped (the run dir keeps the whole file)
 POOL_IDLE_MAX = 4  # idle connections kept for the next thread; more are closed when their thread ends

@@ -25,9 +25,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.theme import status_color
 from core.evalstate import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, EvalState
 
-STATE_COLORS = {QUEUED: "#9a6700", RUNNING: "#1a7f37", FINISHED: "#0969da", FAILED: "#cf222e", CANCELLED: "#8250df"}
+# An evaluation's state is drawn in the colour of the run status it matches (app.gui.theme, one table).
+_AS_RUN_STATUS = {QUEUED: "pending", RUNNING: "running", FINISHED: "finished", FAILED: "failed", CANCELLED: "cancelled"}
 COLUMNS = ("Step", "State", "Progress", "Engine", "tokens/s", "pass@1", "Where")
 
 
@@ -97,7 +99,7 @@ class EvaluationsPanel(QWidget):
                 item.setText(text)
                 item.setData(Qt.ItemDataRole.UserRole, step)
                 if col == 1:
-                    item.setForeground(QColor(STATE_COLORS.get(s.state, "#6e7781")))
+                    item.setForeground(QColor(status_color(_AS_RUN_STATUS.get(s.state, "unknown"))))
                     item.setToolTip(s.error or s.label())
             bar = self.table.cellWidget(row, 2)
             if not isinstance(bar, QProgressBar):  # one bar per row, kept and updated

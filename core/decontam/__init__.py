@@ -33,7 +33,7 @@ partial report), warnings [text].
 """
 
 from core.decontam.clean import write_clean, write_outputs
-from core.decontam.reader import DecontamError
+from core.decontam.errors import DecontamError
 from core.decontam.report import SCHEMA, VERSION, ids_document, load_report, merge_reports, subset_ids
 from core.decontam.run import Cancelled, run_check, scan
 

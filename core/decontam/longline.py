@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from core.decontam.reader import READ_BYTES, DecontamError
+from core.decontam.errors import READ_BYTES, DecontamError
 
 LONG_LINE_BYTES = 8 << 20  # a JSONL line longer than this is parsed from the file in a stream
 LONG_STRING_BYTES = 1 << 20  # a JSON string longer than this (encoded) is not held: it becomes a LongText

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.cancel import Cancelled
 from core.decontam.normalize import ascii_tables, offset_array, offset_map, process, raw_span
 
 TINY = 16  # patterns shorter than this are searched with str.find
@@ -443,8 +444,6 @@ def scan_long(matcher, pieces, fname: str, cancel=None) -> tuple[list[Hit], int]
             except StopIteration:
                 done = True
         if cancel is not None and cancel.is_set():
-            from core.decontam.run import Cancelled
-
             raise Cancelled()
         window = buf[left - buf_at: right - buf_at]
         for _row, name, item, widx, espan, (ts, te), text in matcher.scan([(0, [(fname, window)])]):

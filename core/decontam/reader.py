@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from core import datafiles
+from core.decontam import longline  # its thresholds read at call time (tests lower them)
+from core.decontam.errors import READ_BYTES, DecontamError
 
 try:  # twice the standard library's speed on JSONL; its result is the same, else we ask the standard library
     from orjson import loads as fast_loads
@@ -31,13 +33,8 @@ except ImportError:  # pragma: no cover - orjson is a dependency, this keeps a b
     fast_loads = json.loads
 
 UNIT_BYTES = 32 << 20
-READ_BYTES = 1 << 20
 ID_FIELDS = ("id", "task_id")
 CHAT_KEYS = ("content", "value", "text")
-
-
-class DecontamError(Exception):
-    """Bad input or a bad report: says which file, which line or field, and why."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +144,6 @@ def iter_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tupl
 
 
 def _jsonl_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tuple[Any, dict[str, Any]]], int]]:
-    from core.decontam.longline import LONG_LINE_BYTES, LineParser
-
     end = unit.end if unit.end is not None else Path(unit.path).stat().st_size
     limit = end - unit.start
     done = 0
@@ -180,12 +175,12 @@ def _jsonl_batches(unit: Unit, hasher: Any = None) -> Iterator[tuple[Iterable[tu
                 else:
                     yield list(_jsonl_careful(unit, lines, local)), done
                 local += len(lines)
-            if len(rest) > LONG_LINE_BYTES and remaining > 0:
+            if len(rest) > longline.LONG_LINE_BYTES and remaining > 0:
                 # A very long line: parse it from the file in a stream instead of gathering it (its long
                 # strings stay in the file as LongText), then go on after its newline.
                 read_to = unit.start + done
                 local += 1
-                row, line_end = LineParser(f, unit.path, read_to - len(rest), end, _Where(unit, local)).line()
+                row, line_end = longline.LineParser(f, unit.path, read_to - len(rest), end, _Where(unit, local)).line()
                 rest = b""
                 if hasher is not None:  # the line's bytes past what was read, in order, for the file's sha256
                     f.seek(read_to)

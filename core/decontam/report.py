@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.decontam.reader import DecontamError
+from core.decontam.errors import DecontamError
 
 SCHEMA = "tunedeck.contamination"
 VERSION = 1

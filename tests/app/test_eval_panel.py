@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+from app.gui.theme import status_color
 from core.records import RunPaths, event_record
 from core.store import Store
 from tests.app.run_feed import StoreFeeder, create_run
@@ -40,6 +41,12 @@ def test_each_checkpoint_shows_queued_running_with_progress_finished_and_failed(
     assert rows == {"40": "queued (Slurm job 72)", "20": "running: generate humaneval 64/164", "10": "finished",
                     "5": "failed: CUDA out of memory"}
     assert panel.progress_of(20) == (64, 164)
+    # each state in the colour of the run status it matches: the runs table's, from the one table in app.gui.theme
+    colors = {panel.table.item(r, 0).text(): panel.table.item(r, 1).foreground().color().name()
+              for r in range(panel.table.rowCount())}
+    assert colors == {"40": status_color("pending"), "20": status_color("running"), "10": status_color("finished"),
+                      "5": status_color("failed")}
+    assert len(set(colors.values())) == 4
     ten = next(r for r in range(panel.table.rowCount()) if panel.table.item(r, 0).text() == "10")
     assert panel.table.item(ten, 3).text() == "vllm on 0,1" and panel.table.item(ten, 5).text() == "humaneval 50.0%"
     panel.select_step(20)
