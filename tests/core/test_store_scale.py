@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.records import RunPaths, eval_record, metric_record
+from core.series import RunSeries
 from core.store import (
     MIGRATIONS,
     POOL_IDLE_MAX,
@@ -54,11 +55,13 @@ class Feeder:
 
 
 def _latest_per_step(records: list[dict]) -> dict[int, dict]:
-    latest: dict[int, dict] = {}
-    for r in records:
-        if r["step"] not in latest or r["attempt"] > latest[r["step"]]["attempt"]:
-            latest[r["step"]] = r
-    return latest
+    """Each step's row under core.series' latest-attempt rule: the store's summaries and envelopes apply the
+    same rule in SQL (for speed), and these tests hold them to the one definition the charts use."""
+    series = RunSeries()
+    series.extend(records)
+    rows = {(r["attempt"], r["step"]): r for r in records}
+    return {int(step): rows[(attempt, int(step))] for attempt in series.attempts
+            for step in series.column(attempt, "step")}
 
 
 def _expected_summary(store: Store, run_id: str) -> dict:
