@@ -960,18 +960,22 @@ def field_help(path: str) -> str:
     return (info.description or "") if info else ""
 
 
-def load_resolved_json(path: str | Path) -> RunConfig:
-    """A run's config.json (what `resolved_dict` wrote) back as a RunConfig: how the shipped job reads its
-    config. The `derived` block is dropped, since RunConfig computes the same values itself."""
+def _read_config_json(path: str | Path) -> Any:
+    """A run's config.json as JSON data; a missing or unreadable file is a ConfigError naming it."""
     import json
 
-    path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([Problem("", "file not found", "missing")], str(path)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem("", f"not valid JSON ({exc})", "syntax")], str(path)) from None
+
+
+def load_resolved_json(path: str | Path) -> RunConfig:
+    """A run's config.json (what `resolved_dict` wrote) back as a RunConfig: how the shipped job reads its
+    config. The `derived` block is dropped, since RunConfig computes the same values itself."""
+    data = _read_config_json(path)
     if isinstance(data, dict):
         data.pop("derived", None)
     config, problems = validate_data(data)
@@ -1002,15 +1006,7 @@ class DerivedEvaluation(BaseModel):
 def load_derived_evaluation(path: str | Path) -> DerivedEvaluation:
     """The evaluation placement a run's config.json records (`derived.evaluation`). A config.json written
     before placements existed has none: its evaluations ran alongside training, which is the default."""
-    import json
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([Problem("", "file not found", "missing")], str(path)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem("", f"not valid JSON ({exc})", "syntax")], str(path)) from None
+    data = _read_config_json(path)
     derived = data.get("derived") if isinstance(data, dict) else None
     found = derived.get("evaluation") if isinstance(derived, dict) else None
     if found is None:
