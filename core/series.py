@@ -607,8 +607,8 @@ def run_summary(run_id: str, series: RunSeries, evals: Iterable[dict[str, Any]])
     return {"run_id": run_id, **series.summary(), "best_pass_at_1": best_pass_at_1(evals)}
 
 
-# The evaluation events that start or end an evaluation (core.evalstate.EVAL_EVENTS has the whole set).
-PROGRESS_EVENTS = ("eval_started", "eval_finished", "eval_failed", "eval_cancelled")
+# The evaluation events that queue, start or end an evaluation (core.evalstate.EVAL_EVENTS has the whole set).
+PROGRESS_EVENTS = ("eval_requested", "eval_started", "eval_finished", "eval_failed", "eval_cancelled")
 
 
 class EvalProgress:
@@ -620,6 +620,7 @@ class EvalProgress:
         self.evaluating: dict[tuple[int, int], dict[str, Any]] = {}
         self.failures: dict[tuple[int, int], str] = {}
         self.unconfined: set[tuple[int, int]] = set()
+        self.cancelled: set[tuple[int, int]] = set()  # cancelled and not queued again since
         self.ignored: list[dict[str, Any]] = []  # eval events without an integer step (logged by the view)
 
     def apply(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -639,13 +640,20 @@ class EvalProgress:
                 self.ignored.append(e)
                 continue
             key = (int(e["attempt"]), step)
+            if name == "eval_requested":  # queued (again): what happens next counts, a failure too
+                self.cancelled.discard(key)
+                continue
             if name == "eval_started":
                 self.evaluating[key] = detail
                 continue
             self.evaluating.pop(key, None)
             if name == "eval_finished":
                 self.failures.pop(key, None)  # a later evaluation of the same checkpoint succeeded
-            elif name == "eval_failed":
+            elif name == "eval_cancelled":
+                self.cancelled.add(key)
+            elif name == "eval_failed" and key not in self.cancelled:
+                # (after a cancel, the failure is the cancel's own SIGTERM reported by the evaluation: it is no
+                # failure to announce, as core.evalstate keeps such an evaluation cancelled)
                 self.failures[key] = str(detail.get("error") or "no error text recorded")
                 failed_now.append(key)
         return [k for k in failed_now if k in self.failures]

@@ -63,6 +63,24 @@ def test_each_checkpoint_shows_queued_running_with_progress_finished_and_failed(
     close_view(view)
 
 
+def test_a_running_evaluation_cancelled_shows_cancelled_and_its_sigterm_is_no_failure_banner(qtbot, store):
+    create_run(store, "r3", job_id="4244")
+    t0 = time.time()
+    feed_events(store, "r3",
+                event_record("eval_requested", 1, {"step": 30, "placement": "alongside", "pid": 99}, t=t0),
+                event_record("eval_started", 1, {"step": 30, "engine": "transformers", "gpus": "cpu"}, t=t0 + 1))
+    view = open_view(qtbot, store, "r3")
+    qtbot.waitUntil(lambda: view.evaluating_steps() == [30], timeout=WAIT_MS)
+    # the queue tool's cancel, then the evaluation reporting the SIGTERM it got
+    feed_events(store, "r3",
+                event_record("eval_cancelled", 1, {"step": 30, "reason": "cancelled by the user"}, t=t0 + 2),
+                event_record("eval_failed", 1, {"step": 30, "error": "SIGTERM"}, t=t0 + 3))
+    qtbot.waitUntil(lambda: 30 in view.eval_states and view.eval_states[30].state == "cancelled", timeout=WAIT_MS)
+    assert view.evaluating_steps() == [] and view.progress.failures == {}
+    assert view.eval_banner.isHidden()
+    close_view(view)
+
+
 def _run_dir(tmp_path: Path, repo_root: Path) -> Path:
     """A run directory as the bundle ships it: config.json (after_training placement) and the job code."""
     from remote.bundle import job_code_files

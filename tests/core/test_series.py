@@ -263,6 +263,19 @@ def test_a_new_attempt_ends_evaluations_its_predecessor_left_open_and_a_failure_
     assert failed == [] and progress.failures == {}
 
 
+def test_a_cancelled_evaluation_ends_and_the_failure_its_cancel_causes_is_not_announced_until_queued_again():
+    progress = EvalProgress()
+    progress.apply([_ev("eval_requested", 1, step=20), _ev("eval_started", 1, step=20)])
+    assert progress.evaluating_steps() == [20]
+    # the queue tool records the cancel, then the evaluation reports the SIGTERM it got as a failure
+    failed = progress.apply([_ev("eval_cancelled", 1, step=20, reason="cancelled by the user"),
+                             _ev("eval_failed", 1, step=20, error="SIGTERM")])
+    assert failed == [] and progress.failures == {} and progress.evaluating_steps() == []
+    # queued again, it fails for real: that is announced
+    failed = progress.apply([_ev("eval_requested", 1, step=20), _ev("eval_failed", 1, step=20, error="no checkpoint")])
+    assert failed == [(1, 20)] and progress.failures == {(1, 20): "no checkpoint"}
+
+
 def test_best_pass_at_1_per_benchmark_and_subset():
     evals = [{"step": 10, "benchmark": "humaneval", "subset": "all", "pass@1": 0.2},
              {"step": 20, "benchmark": "humaneval", "subset": "all", "pass@1": 0.35},
