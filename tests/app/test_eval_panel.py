@@ -131,6 +131,42 @@ def test_cancel_and_requeue_one_evaluation_through_the_queue_tool(qtbot, store, 
     close_view(view)
 
 
+def test_evaluate_checkpoint_lists_the_runs_checkpoints_and_queues_the_chosen_one(qtbot, store, tmp_path, repo_root):
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QInputDialog
+
+    from remote.stream import Streamer
+    from remote.transport import LocalTransport
+
+    run = _run_dir(tmp_path, repo_root)
+    for step in (40, 60):  # 60 is incomplete (no config.json yet): not offered
+        (run / "checkpoints" / f"checkpoint-{step}").mkdir()
+    (run / "checkpoints" / "checkpoint-40" / "config.json").write_text("{}")
+    create_run(store, "r4", run_dir=run, job_id="4245")
+    streamer = Streamer(store, LocalTransport("local"), "r4", str(run))
+    view = open_view(qtbot, store, "r4")
+    panel = view.evaluations
+    offered: list[list[str]] = []
+
+    def answer_the_dialog() -> None:  # the modal "Evaluate checkpoint" question: take its default, the newest
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QInputDialog):
+            QTimer.singleShot(50, answer_the_dialog)
+            return
+        offered.append(list(dialog.comboBoxItems()))
+        dialog.accept()
+
+    QTimer.singleShot(50, answer_the_dialog)
+    with qtbot.waitSignal(view.eval_action_done, timeout=60_000):
+        panel.evaluate_button.click()
+    assert offered == [["step 20", "step 40"]]
+    assert view.eval_action_result == ("ok", "Evaluation of step 40 queued (after_training)")
+    streamer.drain()
+    qtbot.waitUntil(lambda: 40 in view.eval_states and view.eval_states[40].state == "queued", timeout=WAIT_MS)
+    assert 20 not in view.eval_states
+    close_view(view)
+
+
 def test_a_measured_reference_is_a_marker_beside_the_published_line(qtbot, store):
     create_run(store, "ref", name="Code Llama-34B", status="finished")
     store.update_run("ref", tags=("reference",))
