@@ -72,18 +72,6 @@ class MetricBatch:
         attempts = np.broadcast_to(np.asarray(attempt, dtype=np.int64), steps.shape).copy()
         return cls(attempts, {c: np.asarray(columns[c], dtype=float) if c in columns else missing for c in COLUMNS})
 
-    @classmethod
-    def from_table(cls, rows: Sequence[Sequence[Any]], names: Sequence[str]) -> MetricBatch:
-        """Columns of plain row tuples (a narrow SQL query) whose fields are `names` (`attempt` and `step`
-        among them); columns not named are missing (NaN)."""
-        table = np.array(rows, dtype=float).reshape(len(rows), len(names))
-        where = {name: i for i, name in enumerate(names)}
-        keep = ~np.isnan(table[:, where["step"]])
-        table = table[keep]
-        missing = np.full(table.shape[0], np.nan)
-        return cls(table[:, where["attempt"]].astype(np.int64),
-                   {c: np.ascontiguousarray(table[:, where[c]]) if c in where else missing for c in COLUMNS})
-
 
 def _batch(rows: MetricBatch | Sequence[dict[str, Any]]) -> MetricBatch:
     return rows if isinstance(rows, MetricBatch) else MetricBatch.from_rows(rows)

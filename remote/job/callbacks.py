@@ -351,12 +351,6 @@ EVAL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeni
 WEIGHTS_ONLY_MARKER = "WEIGHTS_ONLY"  # a slimmed checkpoint: evaluable, no longer resumable
 
 
-def evaluation_command(paths: RunPaths, checkpoint: Path, step: int, attempt: int) -> list[str]:
-    from remote.job.evalqueue import evaluate_command
-
-    return evaluate_command(paths, str(checkpoint), step, attempt)
-
-
 def start_evaluation(paths: RunPaths, checkpoint: Path, step: int,
                      attempt: int) -> tuple[dict[str, Any], subprocess.Popen[bytes] | None]:
     """Hand a complete checkpoint to the run's evaluation placement (remote.job.evalqueue): a detached
