@@ -61,6 +61,19 @@ def test_render_for_a_target_run_dir_and_local_backend(tmp_path: Path) -> None:
     assert (tmp_path / "p" / "hostfile").read_text() == "localhost slots=2\n"
 
 
+def test_render_says_where_the_evaluations_go_on_the_backend_and_why(tmp_path: Path) -> None:
+    assert tunedeck("config", "new", "--preset", "phind-codellama-34b-v1", "-o", "p.yaml", cwd=tmp_path).returncode == 0
+    slurm = tunedeck("config", "render", "p.yaml", "--out", "s", "--backend", "slurm", cwd=tmp_path)
+    assert slurm.returncode == 0, slurm.stderr
+    assert "evaluation placement on slurm: slurm (auto)" in slurm.stdout and "own Slurm job on 2 GPUs" in slurm.stdout
+    assert "KV cache" in slurm.stdout and (tmp_path / "s" / "eval.slurm").is_file()
+    hostfile = tunedeck("config", "render", "p.yaml", "--out", "h", "--backend", "hostfile", cwd=tmp_path)
+    assert hostfile.returncode == 0, hostfile.stderr
+    assert "evaluation placement on hostfile: after_training (auto)" in hostfile.stdout
+    assert "does not fit beside training" in hostfile.stdout
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["derived"]["evaluation"]["placement"] == "after_training"
+
+
 def test_render_refuses_a_run_dir_sbatch_cannot_hold_and_writes_nothing(tmp_path: Path) -> None:
     assert tunedeck("config", "new", "--preset", "tiny-demo", "-o", "t.yaml", cwd=tmp_path).returncode == 0
     r = tunedeck("config", "render", "t.yaml", "--out", "p", "--run-dir", "/runs/a\nb", cwd=tmp_path)
