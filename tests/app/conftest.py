@@ -28,8 +28,13 @@ def tunedeck_app(qapp):
 def store(tmp_path):
     from core.store import Store
 
+    from PySide6.QtCore import QThreadPool
+
     s = Store(tmp_path / "store.sqlite3")
     yield s
+    # Store.close is for when no other thread uses the store: reads a closed view started (chart envelopes,
+    # step maps) end first, else sqlite is closed under them (a segfault)
+    QThreadPool.globalInstance().waitForDone(30_000)
     s.close()
 
 
@@ -51,5 +56,6 @@ def main_window(qtbot, store):
     window = MainWindow(store, offer_demo=False, stream=False)
     qtbot.addWidget(window)
     yield window
+    window.config_page._mark_unmodified()  # the test is over: closing must not ask about its edits (a modal box)
     window.close()
     QThreadPool.globalInstance().waitForDone(10_000)

@@ -25,6 +25,13 @@ def expected_x(axis: str, steps: np.ndarray) -> np.ndarray:
     return np.array([r[axis] for r in rows], dtype=float)
 
 
+def drawn_on(chart, key: tuple, want: np.ndarray) -> bool:
+    """Does the chart draw `want` as the x of curve `key` (its data is read off the UI thread)?"""
+    item = chart._curves.get(key)
+    full = getattr(item, "full_data", None) if item is not None else None
+    return full is not None and full[0].shape == want.shape and bool(np.allclose(full[0], want))
+
+
 def check_chart(chart, axis: str, steps: np.ndarray) -> None:
     want = expected_x(axis, steps)
     chart.plot_widget.grab()  # a paint: pyqtgraph applies a pending auto-range then
@@ -55,7 +62,7 @@ def test_switching_the_x_axis_while_points_stream_keeps_every_curve_drawn_and_in
     qtbot.addWidget(view)
     view.resize(1200, 800)
     view.show()
-    qtbot.waitUntil(lambda: view.point_count() == 10, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: view.loaded and view.point_count() == 10, timeout=WAIT_MS)
     last = 10
     order = list(X_AXES) + list(reversed(X_AXES))
     for axis in order * 2:
@@ -64,5 +71,8 @@ def test_switching_the_x_axis_while_points_stream_keeps_every_curve_drawn_and_in
         last += STEPS_PER_SWITCH
         qtbot.waitUntil(lambda last=last: view.point_count() == last, timeout=WAIT_MS)
         for field_name, _title, _y in METRICS:
+            want = expected_x(axis, np.arange(1, last + 1))
+            qtbot.waitUntil(lambda c=view.charts[field_name], w=want: drawn_on(c, ("r1", 1, "smooth"), w),
+                            timeout=WAIT_MS)
             check_chart(view.charts[field_name], axis, np.arange(1, last + 1))
     view.close()

@@ -61,8 +61,14 @@ def test_pass_at_1_follows_the_x_axis_choice_through_the_runs_metric_rows(qtbot,
     expected = {"step": [20, 40], "tokens": [20 * TOKENS_PER_STEP, 40 * TOKENS_PER_STEP],
                 "samples": [metric(20)["samples"], metric(40)["samples"]],
                 "wall_time": [metric(20)["t"] - t0, metric(40)["t"] - t0]}
+    def drawn_x():  # the run's step -> x map is read from the store off the UI thread: wait for it
+        x = chart._curves[("r1", "all")].xData
+        return np.empty(0) if x is None else np.asarray(x)
+
     for axis in ("tokens", "wall_time", "samples", "step"):
         view.x_combo.setCurrentIndex(view.x_combo.findData(axis))
+        qtbot.waitUntil(lambda axis=axis: drawn_x().shape == (2,) and np.allclose(drawn_x(), expected[axis]),
+                        timeout=WAIT_MS)
         item = chart._curves[("r1", "all")]
         np.testing.assert_allclose(item.xData, expected[axis], err_msg=axis)
         np.testing.assert_allclose(chart._errors[("r1", "all")].opts["x"], expected[axis])
@@ -70,7 +76,7 @@ def test_pass_at_1_follows_the_x_axis_choice_through_the_runs_metric_rows(qtbot,
     # a checkpoint beyond the metric rows cannot be placed on tokens: it is left out and said so, not guessed
     feed.evals(60, {"all": 0.7})
     view.x_combo.setCurrentIndex(view.x_combo.findData("tokens"))
-    qtbot.waitUntil(lambda: chart.log_note.text() != "", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: chart.log_note.text() != "" and drawn_x().shape == (2,), timeout=WAIT_MS)
     assert len(chart._curves[("r1", "all")].xData) == 2
     assert chart.log_note.text().startswith("1 checkpoint not placed")
     view.close()
