@@ -26,9 +26,9 @@ def tunedeck_app(qapp):
 
 @pytest.fixture
 def store(tmp_path):
-    from core.store import Store
-
     from PySide6.QtCore import QThreadPool
+
+    from core.store import Store
 
     s = Store(tmp_path / "store.sqlite3")
     yield s
