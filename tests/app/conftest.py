@@ -54,8 +54,9 @@ def main_window(qtbot, store):
     from app.gui.main_window import MainWindow
 
     window = MainWindow(store, offer_demo=False, stream=False)
-    qtbot.addWidget(window)
+    # the test is over when pytest-qt closes it: closing must not ask about the test's edits (a modal box)
+    qtbot.addWidget(window, before_close_func=lambda w: w.config_page._mark_unmodified())
     yield window
-    window.config_page._mark_unmodified()  # the test is over: closing must not ask about its edits (a modal box)
+    window.config_page._mark_unmodified()
     window.close()
     QThreadPool.globalInstance().waitForDone(10_000)
