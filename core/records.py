@@ -157,6 +157,7 @@ EVENT_KINDS = (
     "started",
     "attention",
     "performance",  # the job's speed-relevant choices: optimizer, kernels, data loading, each with its reason
+    "training_plan",  # the Trainer's total optimizer steps (from the batch math) and the step it starts at
     "resumed",
     "checkpoint_saved",
     "eval_requested",

@@ -23,6 +23,7 @@ import numpy as np
 
 from core.evalstats import latest_evals
 from core.records import unconfined_evaluations
+from core.uncertainty import eval_record_interval
 
 X_AXES = ("step", "tokens", "samples", "wall_time")
 X_LABELS = {"step": "optimizer step", "tokens": "tokens", "samples": "samples", "wall_time": "wall time (s)"}
@@ -553,6 +554,65 @@ def pass_at_1_series(evals: Iterable[dict[str, Any]], benchmark: str, subset: st
     return np.asarray([p[0] for p in points], dtype=float), np.asarray([p[1] for p in points], dtype=float)
 
 
+@dataclass(frozen=True)
+class PassAtOnePoints:
+    """pass@1 per checkpoint of one benchmark and subset, in %, with each point's 95% interval
+    (core.uncertainty.eval_record_interval: Wilson over the record's task count; NaN where the record has
+    no task count)."""
+
+    steps: np.ndarray
+    values: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n_tasks: np.ndarray
+
+
+def pass_at_1_points(evals: Iterable[dict[str, Any]], benchmark: str, subset: str) -> PassAtOnePoints:
+    """pass_at_1_series with each point's 95% interval and task count."""
+    rows = []
+    for (step, bench, sub), rec in latest_evals(evals).items():
+        if bench != benchmark or sub != subset or rec.get("pass@1") is None:
+            continue
+        interval = eval_record_interval(rec)
+        low, high = (100.0 * interval.low, 100.0 * interval.high) if interval else (np.nan, np.nan)
+        n_tasks = rec.get("n_tasks")
+        rows.append((step, 100.0 * float(rec["pass@1"]), low, high, n_tasks if isinstance(n_tasks, int) else 0))
+    rows.sort()
+    cols = [np.asarray([r[i] for r in rows], dtype=float) for i in range(5)]
+    return PassAtOnePoints(*cols)
+
+
+def interpolate_x(known_steps: np.ndarray, known_x: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """x at `steps` from (step, x) pairs of a run's metric rows: linear between logged steps; NaN outside them
+    or where x is unknown (no extrapolation: a guess would look like a measurement)."""
+    steps = np.asarray(steps, dtype=float)
+    ks, kx = np.asarray(known_steps, dtype=float), np.asarray(known_x, dtype=float)
+    ok = np.isfinite(ks) & np.isfinite(kx)
+    ks, kx = ks[ok], kx[ok]
+    if ks.size == 0:
+        return np.full(steps.shape, np.nan)
+    order = np.argsort(ks, kind="stable")
+    ks, kx = ks[order], kx[order]
+    out = np.interp(steps, ks, kx)
+    out[(steps < ks[0]) | (steps > ks[-1])] = np.nan
+    return out
+
+
+def x_at_steps(series: RunSeries, steps: np.ndarray, x_axis: str) -> np.ndarray:
+    """Where optimizer steps (a checkpoint's) lie on an x-axis choice, read from the run's metric rows: the x
+    of the row at that step (the latest attempt's), linearly interpolated between logged steps; NaN where the
+    series cannot say (interpolate_x)."""
+    _check_axis(x_axis)
+    steps = np.asarray(steps, dtype=float)
+    if x_axis == "step":
+        return steps.copy()
+    attempts = series.attempts
+    if not attempts:
+        return np.full(steps.shape, np.nan)
+    return interpolate_x(np.concatenate([series.column(a, "step") for a in attempts]),
+                         np.concatenate([series.x(a, x_axis) for a in attempts]), steps)
+
+
 def unconfined_pass_at_1(evals: Iterable[dict[str, Any]], benchmark: str, subset: str,
                          unconfined: set[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     """The points of pass_at_1_series whose record came from an evaluation run unconfined (`unconfined`:
@@ -593,6 +653,64 @@ def best_pass_at_1(evals: Iterable[dict[str, Any]]) -> dict[str, dict[str, float
 def run_summary(run_id: str, series: RunSeries, evals: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """What the runs table and the compare view show of a run: RunSeries.summary and the best pass@1."""
     return {"run_id": run_id, **series.summary(), "best_pass_at_1": best_pass_at_1(evals)}
+
+
+STEP_TIME_WINDOW = 20  # logged rows the step time is measured over: recent enough to follow a speed change
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """How far a run's training is: steps done of the total, the measured time per step and what remains."""
+
+    done: int
+    total: int | None
+    step_s: float | None  # seconds per optimizer step over the last logged rows of the latest attempt
+    eta_s: float | None  # seconds left: remaining steps x step time, counted down since the last row
+
+    @property
+    def fraction(self) -> float | None:
+        return None if not self.total else min(1.0, self.done / self.total)
+
+
+def total_steps(events: Iterable[dict[str, Any]], config: dict[str, Any] | None) -> int | None:
+    """The run's total optimizer steps: the latest attempt's `training_plan` event (the Trainer's own batch
+    math), else the config's training.max_steps; None when neither says."""
+    plans = [e for e in events if e.get("event") == "training_plan"]
+    if plans:
+        latest = max(plans, key=lambda e: (int(e.get("attempt", 1)), float(e.get("t", 0.0))))
+        value = (latest.get("detail") or {}).get("total_steps")
+        if isinstance(value, int) and value > 0:
+            return value
+    value = ((config or {}).get("training") or {}).get("max_steps")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def step_time(series: RunSeries) -> float | None:
+    """Seconds per optimizer step over the last STEP_TIME_WINDOW rows of the latest attempt (None: fewer than
+    two timed rows)."""
+    attempts = series.attempts
+    if not attempts:
+        return None
+    steps = series.column(attempts[-1], "step")[-STEP_TIME_WINDOW:]
+    t = series.column(attempts[-1], "t")[-STEP_TIME_WINDOW:]
+    ok = np.isfinite(t)
+    steps, t = steps[ok], t[ok]
+    if steps.size >= 2 and steps[-1] > steps[0] and t[-1] > t[0]:
+        return float((t[-1] - t[0]) / (steps[-1] - steps[0]))
+    return None
+
+
+def training_progress(done: int | None, total: int | None, step_s: float | None, last_t: float | None,
+                      now: float, running: bool) -> TrainingProgress:
+    """Steps done of the total and the ETA: remaining steps x the measured step time, less the time since the
+    last row (`last_t`) while `running`, so that it counts down between rows; None where nothing says."""
+    done = done or 0
+    eta = None
+    if total is not None and step_s is not None:
+        eta = max(0, total - done) * step_s
+        if running and last_t is not None:
+            eta = max(0.0, eta - max(0.0, now - last_t))
+    return TrainingProgress(done, total, step_s, eta)
 
 
 # The evaluation events that queue, start or end an evaluation (core.evalstate.EVAL_EVENTS has the whole set).

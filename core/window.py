@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from core.series import CurveUpdate, MetricBatch, RunSeries, _check_axis, _check_weight
+from core.series import CurveUpdate, MetricBatch, RunSeries, _check_axis, _check_weight, interpolate_x
 
 LEAD_IN_WEIGHT = 1e-3  # what the points before a zoomed range's lead-in may weigh in its smoothed line
 TAIL_MAX_ROWS = 50_000  # streamed rows held beyond the envelope before the window drops them and asks again
@@ -129,6 +129,47 @@ def read_window(store: Any, run_id: str, fields: tuple[str, ...], x_axis: str = 
         envelope = store.metric_envelope(run_id, fields, x_axis=x_axis, x_range=x_range, buckets=buckets,
                                          t0=summary.first_t)
     return WindowData.from_envelope(envelope, rowid, summary.first_t, x_range, summary)
+
+
+STEP_AXES_BUCKETS = 2048  # resolution of a run's step -> tokens / samples / time map (checkpoints are placed by it)
+
+
+@dataclass(frozen=True)
+class StepAxes:
+    """Where a run's steps lie on the other x-axes: (step, value) pairs of its metric rows, from an envelope
+    on the step axis (each bucket's first and last step with the min and max of tokens, samples and t: these
+    counters and the clock grow with the step). What places a checkpoint (a step) on the chosen x-axis."""
+
+    steps: np.ndarray
+    values: dict[str, np.ndarray]  # x-axis -> its value at `steps` (wall_time counted from t0)
+    last_step: float | None
+
+    def x_at(self, steps: np.ndarray, x_axis: str) -> np.ndarray:
+        _check_axis(x_axis)
+        steps = np.asarray(steps, dtype=float)
+        return steps.copy() if x_axis == "step" else interpolate_x(self.steps, self.values[x_axis], steps)
+
+
+def read_step_axes(store: Any, run_id: str, buckets: int = STEP_AXES_BUCKETS) -> StepAxes:
+    """A run's StepAxes from the store (runs on a worker thread: one envelope read, bounded by `buckets`)."""
+    with store.snapshot():
+        summary = store.run_summary(run_id)
+        env = store.metric_envelope(run_id, ("tokens", "samples", "t"), x_axis="step", buckets=buckets)
+    t0 = summary.first_t or 0.0
+    steps, values = [], {"tokens": [], "samples": [], "wall_time": []}
+    segs = {f: env.series[f] for f in ("tokens", "samples", "t")}
+    for i, seg in enumerate(segs["t"]):
+        first, last = np.frombuffer(seg.x_first), np.frombuffer(seg.x_last)
+        steps.append(np.concatenate([first, last]))
+        for axis, f in (("tokens", "tokens"), ("samples", "samples"), ("wall_time", "t")):
+            s = segs[f][i]
+            lo, hi = np.frombuffer(s.y_min), np.frombuffer(s.y_max)
+            values[axis].append(np.concatenate([lo, hi]) - (t0 if axis == "wall_time" else 0.0))
+    if not steps:
+        return StepAxes(np.empty(0), {a: np.empty(0) for a in values}, None)
+    all_steps = np.concatenate(steps)
+    return StepAxes(all_steps, {a: np.concatenate(v) for a, v in values.items()},
+                    float(all_steps.max()) if all_steps.size else None)
 
 
 class RunWindow:

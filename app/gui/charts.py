@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QEvent, QObject, QPointF, Qt
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from core.references import DEFAULT_SHOWN, Reference, references_for
 from core.series import Curve, CurveSegment
@@ -24,7 +25,35 @@ SUBSET_COLORS = {"all": "#0072B2", "clean": "#009E73", "contaminated": "#D55E00"
 UNCONFINED_COLOR = "#cf222e"  # the badge on pass@1 measured without a sandbox
 MEASURED_COLOR = "#8250df"  # a measured reference without a published line of the same name
 
+HOVER_RATE_HZ = 60  # mouse moves handled per second at most (pyqtgraph's SignalProxy drops the rest)
+HOVER_REACH = 0.02  # a curve is read at the hovered x when its data reach within this share of the view width
+
 pg.setConfigOptions(antialias=False, useOpenGL=False)
+
+
+def format_number(value: float) -> str:
+    """A chart value for a hover label: 4 significant digits, thousands separated, no float noise."""
+    if value is None or not np.isfinite(value):
+        return "—"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+        return f"{value:.4g}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def nearest_index(x: np.ndarray, xq: float, reach: float) -> int | None:
+    """Index of the point of sorted `x` nearest to `xq`, or None when `xq` lies more than `reach` outside it
+    (a run that ended before the hovered x shows no value there rather than its last one)."""
+    n = x.size
+    if n == 0 or not np.isfinite(xq):
+        return None
+    i = int(np.searchsorted(x, xq))
+    candidates = [j for j in (i - 1, i) if 0 <= j < n and np.isfinite(x[j])]
+    if not candidates:
+        return None
+    j = min(candidates, key=lambda k: abs(x[k] - xq))
+    return j if abs(x[j] - xq) <= reach or x[0] <= xq <= x[-1] else None
 
 
 def _configure_plot(plot: pg.PlotItem, downsample: bool) -> None:
@@ -37,13 +66,32 @@ def _configure_plot(plot: pg.PlotItem, downsample: bool) -> None:
     plot.addItem(pg.GridItem(pen=pg.mkPen(128, 128, 128, 38), textPen=None), ignoreBounds=True)
 
 
+class _Axis(pg.AxisItem):
+    """pyqtgraph's axis, setting its label's HTML only when the text changes.
+
+    pyqtgraph 0.14 re-sets the label (QGraphicsTextItem.setHtml, a text layout) on every range change for its
+    SI prefix, even when neither the text nor the prefix changed: with four live charts that was the largest
+    single cost of a chart update (226 setHtml calls, ~80 ms, when the first run tab opened)."""
+
+    _html: str | None = None
+
+    def _updateLabel(self) -> None:
+        html = self.labelString()
+        if html != self._html:
+            self._html = html
+            self.label.setHtml(html)
+            self._adjustSize()
+        self.picture = None
+        self.update()
+
+
 class ChartWidget(QWidget):
     """A pyqtgraph plot with a legend, a title, and PNG/SVG/CSV export."""
 
     def __init__(self, title: str, y_label: str, x_label: str = "optimizer step", parent: QWidget | None = None,
-                 downsample: bool = True):
+                 downsample: bool = True, log_toggle: bool = True):
         super().__init__(parent)
-        self.plot_widget = pg.PlotWidget(background=None)
+        self.plot_widget = pg.PlotWidget(background=None, axisItems={side: _Axis(side) for side in ("left", "bottom")})
         self.plot: pg.PlotItem = self.plot_widget.getPlotItem()
         self.plot.setTitle(title)
         self.plot.setLabel("left", y_label)
@@ -53,10 +101,147 @@ class ChartWidget(QWidget):
         _configure_plot(self.plot, downsample)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        # A visible log-scale switch per chart (pyqtgraph's own is hidden in the right-click menu).
+        self.log_check = QCheckBox("log y")
+        self.log_check.setObjectName("log_y")
+        self.log_check.setToolTip("Logarithmic y-axis. Values at or below zero have no logarithm: they are not "
+                                  "drawn while it is on (the note beside says how many).")
+        self.log_check.toggled.connect(self.set_log_y)
+        self.log_note = QLabel("")
+        self.log_note.setObjectName("log_note")
+        self.log_note.setStyleSheet("color: palette(placeholder-text);")
+        tools = QHBoxLayout()
+        tools.setContentsMargins(4, 0, 4, 0)
+        tools.addStretch(1)
+        tools.addWidget(self.log_note)
+        tools.addWidget(self.log_check)
+        self.log_check.setVisible(log_toggle)
+        layout.addLayout(tools)
         layout.addWidget(self.plot_widget)
         self._curves: dict[tuple, pg.PlotDataItem] = {}
         self._lines: dict[tuple, pg.InfiniteLine] = {}
         self.setObjectName(f"chart:{title}")
+        self._build_hover()
+
+    # ------------------------------------------------------------------------------------------ hover
+
+    def _build_hover(self) -> None:
+        """A crosshair (a vertical line at the mouse) and a label with every curve's value at that x."""
+        text_color = self.palette().color(QPalette.ColorRole.Text)
+        base = self.palette().color(QPalette.ColorRole.Base)
+        base.setAlpha(225)
+        self.crosshair = pg.InfiniteLine(angle=90, movable=False,
+                                         pen=pg.mkPen(text_color, width=1, style=Qt.PenStyle.DashLine))
+        self.crosshair.setZValue(50)
+        self.hover_label = pg.TextItem(anchor=(0, 0), color=text_color, fill=pg.mkBrush(base),
+                                       border=pg.mkPen(128, 128, 128, 160))
+        self.hover_label.setZValue(51)
+        for item in (self.crosshair, self.hover_label):
+            item.setVisible(False)
+            self.plot.addItem(item, ignoreBounds=True)
+        self.hover_x: float | None = None
+        self._hover_text = ""
+        self.plot_widget.viewport().installEventFilter(self)
+        self._hover_proxy = pg.SignalProxy(self.plot.scene().sigMouseMoved, rateLimit=HOVER_RATE_HZ,
+                                           slot=self._on_mouse_moved)
+
+    def _on_mouse_moved(self, args: tuple) -> None:
+        pos = args[0]
+        vb = self.plot.getViewBox()
+        if not vb.sceneBoundingRect().contains(pos):
+            self.hide_hover()
+            return
+        self.show_hover(vb.mapSceneToView(pos).x())
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Leave:  # the mouse left the plot: no value is hovered any more
+            self.hide_hover()
+        return False
+
+    def hide_hover(self) -> None:
+        self.hover_x = None
+        self.crosshair.setVisible(False)
+        self.hover_label.setVisible(False)
+
+    def show_hover(self, x: float) -> None:
+        """The crosshair at view x (log10 of it on a log x-axis: pyqtgraph's view coordinates) and the values
+        of every curve there."""
+        vb = self.plot.getViewBox()
+        (x_lo, x_hi), (_y_lo, y_hi) = vb.viewRange()
+        rows = self.hover_rows(x, HOVER_REACH * (x_hi - x_lo))
+        if rows:  # the line snaps to the data point read (the first curve's), as the header says
+            x = rows[0][3]
+        self.hover_x = x
+        lines = [(self.hover_header(x), None)] + [
+            (f"{name}: {text}" + (f" at {format_number(px)}" if px != x else ""), color)
+            for name, color, text, px in rows]
+        if not rows:
+            lines.append(("no data here", None))
+        self._hover_text = "\n".join(t for t, _c in lines)
+        html = "<br>".join(
+            (f"<span style='color:{c}'>&#9679;</span> " if c else "") + _html(t) for t, c in lines)
+        self.hover_label.setHtml(f"<div style='font-size:9pt'>{html}</div>")
+        self.hover_label.setAnchor((0, 0) if x < (x_lo + x_hi) / 2 else (1, 0))  # keep it inside the view
+        self.hover_label.setPos(QPointF(x, y_hi))
+        self.crosshair.setValue(x)
+        self.crosshair.setVisible(True)
+        self.hover_label.setVisible(True)
+
+    def hover_header(self, x: float) -> str:
+        """The hover label's first line: where the values are read."""
+        return f"{self.plot.getAxis('bottom').labelText or 'x'} {format_number(x)}"
+
+    def hover_text(self) -> str:
+        """What the hover label says (plain text, one line per curve): empty while the mouse is elsewhere."""
+        return self._hover_text if self.hover_label.isVisible() else ""
+
+    def hover_rows(self, x: float, reach: float) -> list[tuple[str, str, str, float]]:
+        """(name, colour, value text, x of the point read) of each curve near x; charts override it."""
+        rows = []
+        for key, item in self._curves.items():
+            if not item.isVisible() or item.xData is None:
+                continue
+            full = getattr(item, "full_data", None)
+            xs, ys = full if full is not None else (item.xData, item.yData)
+            i = nearest_index(np.asarray(xs), x, reach)
+            if i is not None:
+                rows.append((item.name() or "/".join(map(str, key)), item.opts["pen"].color().name(),
+                             format_number(float(ys[i])), float(xs[i])))
+        return rows
+
+    # ------------------------------------------------------------------------------------------ log scale
+
+    def set_log_y(self, on: bool) -> None:
+        """A logarithmic y-axis (pyqtgraph maps values <= 0 to NaN: gaps, counted in the note)."""
+        if self.log_check.isChecked() != on:
+            self.log_check.setChecked(on)  # comes back here through toggled
+            return
+        self.plot.setLogMode(y=on)
+        self._log_changed(on)
+        self.plot.getViewBox().enableAutoRange(y=True)
+        self.update_log_note()
+
+    def _log_changed(self, on: bool) -> None:
+        """Subclasses reframe what depends on the y units."""
+
+    def is_log_y(self) -> bool:
+        return self.log_check.isChecked()
+
+    def non_positive_points(self) -> int:
+        """Points of the visible curves at or below zero (not drawn on a log axis)."""
+        n = 0
+        for item in self._curves.values():
+            if item.isVisible():
+                full = getattr(item, "full_data", None)
+                y = full[1] if full is not None else item.yData
+                if y is not None:
+                    n += int(np.count_nonzero(np.asarray(y) <= 0))
+        return n
+
+    def update_log_note(self) -> None:
+        n = self.non_positive_points() if self.is_log_y() else 0
+        self.log_note.setText(f"{n:,} point{'s' if n != 1 else ''} ≤ 0 not drawn" if n else "")
 
     def set_x_label(self, label: str) -> None:
         self.plot.setLabel("bottom", label)
@@ -166,6 +351,34 @@ class ChartWidget(QWidget):
         return path
 
 
+class BarChart(ChartWidget):
+    """Bars per category (benchmark / subset) and series (run); the hover lists every series' bar of the
+    category under the mouse."""
+
+    def __init__(self, title: str, y_label: str, x_label: str, parent: QWidget | None = None):
+        super().__init__(title, y_label, x_label=x_label, parent=parent, downsample=False, log_toggle=False)
+        self.categories: list[str] = []
+        self.series: list[tuple[str, str, dict[int, float]]] = []  # (name, colour, {category index: height})
+
+    def set_bars(self, categories: list[str], series: list[tuple[str, str, dict[int, float]]]) -> None:
+        """What the bars show, for the hover (the caller draws the BarGraphItems)."""
+        self.categories, self.series = list(categories), list(series)
+
+    def hover_header(self, x: float) -> str:
+        i = round(x)
+        return self.categories[i].replace("\n", " ") if 0 <= i < len(self.categories) else ""
+
+    def hover_rows(self, x: float, reach: float) -> list[tuple[str, str, str, float]]:
+        i = round(x)
+        return [(name, color, f"{bars[i]:.1f}%", float(i)) for name, color, bars in self.series if i in bars]
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# pyqtgraph's own "no limit" (ViewBox's default): None breaks its log-mode limits (a comparison with None)
+NO_LIMIT = 1e307
 FLAT_SPAN = 0.02  # the y-axis never spans less than this share of the data's magnitude (a constant lr, say)
 ENVELOPE_MIN_POINTS = 1 << 16  # longer curves are drawn from a min/max envelope while the whole run is in view
 ENVELOPE_MAX_BINS = 4096  # ~3 bins per pixel on a wide chart: the envelope draws what peak downsampling would
@@ -220,18 +433,71 @@ class MetricChart(ChartWidget):
         self._envelopes: dict[tuple, _Envelope] = {}
         self._zoomed = False
         self.use_envelope = True  # False: always hand pyqtgraph every point (the benchmark's baseline)
-        self.log_y = log_y
+        self.log_y = False
         self._min_y_range = 0.0
         self._y_clamp: tuple[float | None, float | None] = (None, None)
         if log_y:
-            self.plot.setLogMode(y=True)
+            self.set_log_y(True)
         self.plot.getViewBox().sigXRangeChanged.connect(self._on_x_range_changed)
+
+    def _log_changed(self, on: bool) -> None:
+        """The flat-curve frame is in the axis' units (log10 of the values on a log axis): drop the old one."""
+        self.log_y = on
+        self._min_y_range, self._y_clamp = 0.0, (None, None)
+        self.plot.getViewBox().setLimits(minYRange=None, yMin=-NO_LIMIT, yMax=NO_LIMIT)
+        self._keep_flat_curves_readable()
+
+    def non_positive_points(self) -> int:
+        n = 0
+        for (run_key, _attempt), seg in self._drawn.items():
+            curve = self._runs[run_key][2]
+            if curve.bounds()[0] <= 0:  # the curve's running minimum: no scan while every value is positive
+                n += int(np.count_nonzero(seg.y <= 0))
+        return n
+
+    def hover_rows(self, x: float, reach: float) -> list[tuple[str, str, str, float]]:
+        """Each run's smoothed value (and raw, when shown and smoothed) at the drawn point nearest to x, from
+        the attempt whose segment holds x (a resumed run: the later attempt)."""
+        rows = []
+        for run_key, (label, color, curve) in self._runs.items():
+            for attempt in reversed(curve.attempts):
+                seg = self._drawn.get((run_key, attempt))
+                if seg is None or not seg.n:
+                    continue
+                i = nearest_index(seg.x, x, reach)
+                if i is None:
+                    continue
+                text = format_number(float(seg.smooth[i]))
+                if curve.smoothing > 0 and self.show_raw:
+                    text += f" (raw {format_number(float(seg.y[i]))})"
+                if attempt != curve.attempts[0]:
+                    text += f" · attempt {attempt}"
+                rows.append((label, color, text, float(seg.x[i])))
+                break
+        return rows
 
     def _data_x_span(self) -> tuple[float, float] | None:
         spans = [(seg.x[0], seg.x[-1]) for seg in self._drawn.values() if seg.n]
         if not spans:
             return None
         return min(a for a, _ in spans), max(b for _, b in spans)
+
+    def reframe_x(self) -> None:
+        """Frame the x-axis on the data after its units changed (another x-axis choice), then follow it again.
+
+        With clip-to-view and auto downsampling, pyqtgraph clips and downsamples new data to the CURRENT view
+        and auto-ranges on what that leaves: data in new units (0-55 s of wall time) inside a view still
+        spanning the old ones (0-110,000 tokens) falls within one pixel, is downsampled to nothing, and the
+        range never moves again (the blank charts of issue 15). So the view is set from the data itself."""
+        xs = [seg.x[np.isfinite(seg.x)] for seg in self._drawn.values() if seg.n]
+        xs = [x for x in xs if x.size]
+        vb = self.plot.getViewBox()
+        if xs:
+            lo, hi = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
+            if hi <= lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            vb.setXRange(lo, hi)
+        vb.enableAutoRange(x=True)
 
     def _on_x_range_changed(self, _vb: object, x_range: tuple[float, float]) -> None:
         """Zoomed in: draw the points themselves; the whole run in view: draw the envelopes."""
@@ -285,6 +551,8 @@ class MetricChart(ChartWidget):
                 drew = True
         if drew:
             self._keep_flat_curves_readable()
+            if self.log_y:
+                self.update_log_note()
         return drew
 
     def set_show_raw(self, show: bool) -> None:
@@ -377,24 +645,40 @@ class MetricChart(ChartWidget):
                     clamp = (mid - wanted, mid + wanted)
         if clamp != self._y_clamp or not (0.8 * self._min_y_range <= wanted <= 1.25 * self._min_y_range):
             self._min_y_range, self._y_clamp = wanted, clamp
-            self.plot.getViewBox().setLimits(minYRange=wanted or None, yMin=clamp[0], yMax=clamp[1])
+            self.plot.getViewBox().setLimits(minYRange=wanted or None,
+                                             yMin=-NO_LIMIT if clamp[0] is None else clamp[0],
+                                             yMax=NO_LIMIT if clamp[1] is None else clamp[1])
+
+
+LABEL_SLOTS = ((0.02, "below"), (0.02, "above"), (0.98, "below"), (0.98, "above"))  # (along the line, side)
+LABEL_HEIGHT_PX = 17  # a reference label's height, what two labels on the same side must keep apart
 
 
 class PassAtOneChart(ChartWidget):
-    """pass@1 per checkpoint for all / clean / contaminated items, with published reference lines."""
+    """pass@1 per checkpoint for all / clean / contaminated items, each point with its 95% interval as an
+    error bar, against the chosen x-axis; with published reference lines whose labels never print over each
+    other. y stays 0-100 %: a pass@1 is read against the whole scale (and a log axis would only distort it,
+    so this chart has no log switch)."""
 
     def __init__(self, benchmark: str = "humaneval", parent: QWidget | None = None):
-        super().__init__(f"{benchmark} pass@1", "pass@1 (%)", parent=parent, downsample=False)
+        super().__init__(f"{benchmark} pass@1", "pass@1 (%)", parent=parent, downsample=False, log_toggle=False)
         self.benchmark = benchmark
-        self.plot.setYRange(0, 100)
+        self.plot.setYRange(0, 100, padding=0.02)
         self.references: dict[str, Reference] = {}
         self._measured: dict[str, tuple[pg.ScatterPlotItem, pg.TextItem]] = {}
-        # Labels alternate between the left and the middle in value order, so close numbers (GPT-4 67.0,
-        # Phind 67.6) do not print over each other.
-        for i, ref in enumerate(sorted(references_for(benchmark), key=lambda r: r.pass_at_1)):
+        self._errors: dict[tuple, pg.ErrorBarItem] = {}
+        # per curve: (steps, x, pass@1 %, low %, high %, tasks) of the points drawn
+        self._points: dict[tuple, tuple[np.ndarray, ...]] = {}
+        self._unplaced: dict[tuple, int] = {}  # checkpoints the x-axis choice cannot place, per curve
+        self.x_is_step = True
+        for ref in sorted(references_for(benchmark), key=lambda r: r.pass_at_1):
             self.references[ref.model] = ref
             self.hline(("ref", ref.model), ref.pass_at_1, f"{ref.model} {ref.pass_at_1:g}", "#888888",
-                       visible=ref.model in DEFAULT_SHOWN, label_position=0.02 if i % 2 == 0 else 0.5)
+                       visible=ref.model in DEFAULT_SHOWN)
+        vb = self.plot.getViewBox()
+        vb.sigResized.connect(lambda _vb: self._layout_reference_labels())
+        vb.sigYRangeChanged.connect(lambda _vb, _r: self._layout_reference_labels())
+        self._layout_reference_labels()
         # pass@1 measured without a sandbox (evaluation.sandbox: unconfined): a red ring on each such point
         # and a red badge over the chart naming their steps
         self.unconfined_badge = QLabel()
@@ -409,6 +693,32 @@ class PassAtOneChart(ChartWidget):
 
     def set_reference_visible(self, model: str, visible: bool) -> None:
         self._lines[("ref", model)].setVisible(visible)
+        self._layout_reference_labels()
+
+    def _layout_reference_labels(self) -> None:
+        """Give each shown reference label a slot (left or right end of its line, above or below it) so that
+        labels of close values (GPT-4 67.0, Phind-CodeLlama-34B-v1 67.6) do not overlap: in value order, each
+        takes the first slot whose band (the label's height, in % at the chart's current scale) is free."""
+        vb = self.plot.getViewBox()
+        y_lo, y_hi = vb.viewRange()[1]
+        height_px = max(vb.height(), 1.0)
+        band = LABEL_HEIGHT_PX * (y_hi - y_lo) / height_px
+        taken: list[tuple[float, str, float, float]] = []  # (position, side, low, high) of placed labels
+        shown = sorted((ref for ref in self.references.values() if self._lines[("ref", ref.model)].isVisible()),
+                       key=lambda r: r.pass_at_1)
+        for ref in shown:
+            v = ref.pass_at_1
+
+            def clashes(slot: tuple[float, str], v: float = v) -> int:
+                lo, hi = (v - band, v) if slot[1] == "below" else (v, v + band)
+                return sum(1 for p, side, a, b in taken if p == slot[0] and a < hi and lo < b)
+
+            slot = min(LABEL_SLOTS, key=lambda sl: (clashes(sl) > 0, clashes(sl), LABEL_SLOTS.index(sl)))
+            taken.append((slot[0], slot[1], *((v - band, v) if slot[1] == "below" else (v, v + band))))
+            label = self._lines[("ref", ref.model)].label
+            anchor = (0.0 if slot[0] < 0.5 else 1.0, 0.0 if slot[1] == "below" else 1.0)
+            label.anchors = [anchor, anchor]
+            label.setPosition(slot[0])
 
     def set_measured(self, measured: Sequence[tuple[str, float]]) -> None:
         """Measured references (label, pass@1 in %): a diamond marker each, at the right end of the curves,
@@ -448,18 +758,105 @@ class PassAtOneChart(ChartWidget):
         return [m for m in self.references if self._lines[("ref", m)].isVisible()]
 
     def set_subset(self, run_key: str, label: str, subset: str, steps: np.ndarray, values: np.ndarray,
-                   color: str | None = None) -> tuple:
+                   color: str | None = None, *, low: np.ndarray | None = None, high: np.ndarray | None = None,
+                   n_tasks: np.ndarray | None = None, x: np.ndarray | None = None) -> tuple:
+        """One curve of pass@1 (%) per checkpoint step, drawn at `x` (the steps on the chosen x-axis, NaN where
+        it cannot place one: those are left out and counted in the note), with its 95% interval [low, high]
+        as error bars."""
         key = (run_key, subset)
+        steps = np.asarray(steps, dtype=float)
+        values = np.asarray(values, dtype=float)
+        x = steps if x is None else np.asarray(x, dtype=float)
+        nan = np.full(steps.shape, np.nan)
+        low = nan if low is None else np.asarray(low, dtype=float)
+        high = nan if high is None else np.asarray(high, dtype=float)
+        n_tasks = nan if n_tasks is None else np.asarray(n_tasks, dtype=float)
+        placed = np.isfinite(x)
+        self._unplaced[key] = int(np.count_nonzero(~placed))
+        pts = tuple(a[placed] for a in (steps, x, values, low, high, n_tasks))
+        self._points[key] = pts
         style = {"all": Qt.PenStyle.SolidLine, "clean": Qt.PenStyle.DashLine, "contaminated": Qt.PenStyle.DotLine}[subset]
-        item = self.curve(key, name=f"{label} {subset}" if label else subset, color=color or SUBSET_COLORS[subset],
-                          width=2, style=style, symbol="o")
-        item.setData(steps, values)
+        color = color or SUBSET_COLORS[subset]
+        item = self.curve(key, name=f"{label} {subset}" if label else subset, color=color, width=2, style=style,
+                          symbol="o")
+        item.setData(pts[1], pts[2])
+        bars = self._errors.get(key)
+        if bars is None:
+            bars = self._errors[key] = pg.ErrorBarItem(pen=pg.mkPen(color, width=1.5))
+            self.plot.addItem(bars)
+        px, pv, plo, phi = pts[1], pts[2], pts[3], pts[4]
+        span = float(px.max() - px.min()) if px.size > 1 else (abs(float(px[0])) if px.size else 1.0) or 1.0
+        bars.setData(x=px, y=pv, top=np.nan_to_num(phi - pv), bottom=np.nan_to_num(pv - plo), beam=0.012 * span)
+        self._frame_x()
+        self._update_note()
         if self._measured:  # keep the measured markers at the right end of the curves
             self.set_measured(list(self.measured().items()))
         return key
 
-    def set_unconfined(self, subset: str, steps: np.ndarray, values: np.ndarray) -> None:
-        """Mark the pass@1 points of `subset` that came from an unconfined evaluation (none: clear)."""
+    def remove_subsets(self, keep: Iterable[tuple]) -> None:
+        """Drop the curves (and their error bars) not in `keep` (a run hidden from a comparison)."""
+        keep = set(keep)
+        for key in [k for k in self._points if k not in keep]:
+            self._points.pop(key)
+            self._unplaced.pop(key, None)
+            bars = self._errors.pop(key, None)
+            if bars is not None:
+                self.plot.removeItem(bars)
+        self.remove_curves([k for k in self._curves if k in keep])
+        self._update_note()
+
+    def set_x_axis(self, label: str, is_step: bool) -> None:
+        """The x-axis' label; the caller then sets every curve again at the new x."""
+        self.set_x_label(label)
+        self.x_is_step = is_step
+
+    def intervals(self, key: tuple) -> list[tuple[float, float, float]]:
+        """(pass@1, low, high) in % of the points of one curve, as drawn."""
+        _s, _x, v, lo, hi, _n = self._points[key]
+        return list(zip(v.tolist(), lo.tolist(), hi.tolist(), strict=True))
+
+    def _frame_x(self) -> None:
+        """Auto-range x, except around a single checkpoint (or several at one x), which pyqtgraph would frame
+        as +-0.4 around it (19.6-20.4): from 0 to past it, as a run starts at 0."""
+        xs = np.concatenate([p[1] for p in self._points.values()]) if self._points else np.empty(0)
+        xs = xs[np.isfinite(xs)]
+        vb = self.plot.getViewBox()
+        if xs.size and xs.min() == xs.max():
+            x0 = float(xs[0])
+            lo, hi = (0.0, 1.1 * x0) if x0 > 0 else (x0 - 1.0, x0 + 1.0)
+            vb.setXRange(lo, hi, padding=0.02)
+        else:
+            vb.enableAutoRange(x=True)
+
+    def _update_note(self) -> None:
+        n = sum(self._unplaced.values())
+        self.log_note.setText(f"{n} checkpoint{'s' if n != 1 else ''} not placed: no metric rows around "
+                              "their steps to read this x-axis from" if n else "")
+
+    def hover_rows(self, x: float, reach: float) -> list[tuple[str, str, str, float]]:
+        """Each curve's pass@1 at the checkpoint nearest to x, with its 95% interval (and step, when the x-axis
+        is not the step)."""
+        rows = []
+        for key, (steps, px, v, lo, hi, n) in self._points.items():
+            item = self._curves.get(key)
+            if item is None or not item.isVisible():
+                continue
+            order = np.argsort(px, kind="stable")
+            i = nearest_index(px[order], x, max(reach, 0.0))
+            if i is None:
+                continue
+            j = int(order[i])
+            text = f"{v[j]:.1f}%"
+            if np.isfinite(lo[j]) and np.isfinite(hi[j]):
+                text += f" (95% CI {lo[j]:.1f}–{hi[j]:.1f}" + (f", {int(n[j])} tasks)" if n[j] > 0 else ")")
+            if not self.x_is_step:
+                text += f" · step {int(steps[j])}"
+            rows.append((item.name() or key[1], item.opts["pen"].color().name(), text, float(px[j])))
+        return rows
+
+    def set_unconfined(self, subset: str, steps: np.ndarray, values: np.ndarray, x: np.ndarray | None = None) -> None:
+        """Mark the pass@1 points of `subset` that came from an unconfined evaluation (none: clear); drawn at
+        `x` (the steps on the chosen x-axis), the badge names their steps."""
         scatter = self._unconfined_items.get(subset)
         if scatter is None:
             scatter = pg.ScatterPlotItem(symbol="o", size=15, pen=pg.mkPen(UNCONFINED_COLOR, width=2.5),
@@ -467,7 +864,9 @@ class PassAtOneChart(ChartWidget):
             scatter.setZValue(10)
             self.plot.addItem(scatter)
             self._unconfined_items[subset] = scatter
-        scatter.setData(steps, values)
+        x = np.asarray(steps, dtype=float) if x is None else np.asarray(x, dtype=float)
+        placed = np.isfinite(x)
+        scatter.setData(x[placed], np.asarray(values, dtype=float)[placed])
         self._unconfined[subset] = (np.asarray(steps), np.asarray(values))
         marked = sorted({int(s) for xs, _ in self._unconfined.values() for s in xs})
         if marked:

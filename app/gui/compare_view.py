@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QPixmap
@@ -23,12 +24,15 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QFrame,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSplitter,
     QTableWidget,
@@ -39,7 +43,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.chart_feed import ChartFeed
-from app.gui.charts import RUN_COLORS, UNCONFINED_COLOR, ChartWidget, MetricChart
+from app.gui.charts import RUN_COLORS, UNCONFINED_COLOR, BarChart, ChartWidget, MetricChart, PassAtOneChart
 from app.gui.run_view import (
     DEFAULT_SMOOTHING,
     METRICS,
@@ -50,11 +54,13 @@ from app.gui.run_view import (
 )
 from app.gui.store_watch import RunBatch, StoreWatcher
 from app.gui.theme import set_title_font
+from app.gui.workers import Worker
 from core.configdiff import diff, format_value
+from core.names import display_names
 from core.records import SUBSETS
-from core.series import X_AXES, X_LABELS, EvalProgress, best_pass_at_1, unconfined_best
+from core.series import X_AXES, X_LABELS, EvalProgress, best_pass_at_1, pass_at_1_points, unconfined_best
 from core.store import RunRow, Store
-from core.window import RunWindow, WindowCurve
+from core.window import RunWindow, StepAxes, WindowCurve, read_step_axes
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,7 @@ class RunData:
     summary: dict[str, Any]  # core.store.RunSummary.as_dict, best_pass_at_1 from the evaluations held
     evals: tuple[dict[str, Any], ...]
     unconfined: frozenset[tuple[int, int]] = frozenset()  # (attempt, step) evaluated unconfined
+    shown: str = ""  # the display name: unique among the compared runs (core.names.display_names)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class CompareData:
 class _Compared:
     """What the view holds for one compared run: its subscription, series, curve, evaluations and latest row."""
 
-    def __init__(self, run_id: str, color: str, curve_field: str, x_axis: str, smoothing: float):
+    def __init__(self, run_id: str, color: str, x_axis: str, smoothing: float):
         self.run_id = run_id
         self.color = color
         self.sub_id = 0
@@ -93,7 +100,10 @@ class _Compared:
         self.evals: tuple[dict[str, Any], ...] = ()
         self.progress = EvalProgress()  # which evaluations ran unconfined
         self.window = RunWindow(run_id)
-        self.curve = WindowCurve(self.window, curve_field, x_axis, smoothing)
+        # one curve per metric of the grid (lr is never smoothed)
+        self.curves = {f: WindowCurve(self.window, f, x_axis, 0.0 if f in UNSMOOTHED else smoothing)
+                       for f, _t, _y in METRICS}
+        self.step_axes: StepAxes | None = None  # where its steps lie on the other x-axes (checkpoints)
 
     def summary(self) -> dict[str, Any]:
         """The store's summary of the run (its latest read), with the best pass@1 of the evaluations held."""
@@ -103,10 +113,17 @@ class _Compared:
              "metric_points": 0}
         return {**held, "best_pass_at_1": best_pass_at_1(self.evals)}
 
-    def data(self) -> RunData:
+    def last_step(self) -> int | None:
+        data = next(iter(self.window.data.values()), None)
+        tail = self.window.tail_series(0).last_step
+        steps = [s for s in (data.summary.steps if data is not None and data.summary is not None else None, tail)
+                 if s is not None]
+        return max(steps) if steps else None
+
+    def data(self, shown: str) -> RunData:
         assert self.row is not None
         return RunData(self.run_id, self.row.name, self.row.status, self.color, self.row.config(),
-                       self.summary(), self.evals, frozenset(self.progress.unconfined))
+                       self.summary(), self.evals, frozenset(self.progress.unconfined), shown)
 
 
 def compare_color(index: int) -> str:
@@ -154,7 +171,6 @@ class CompareView(QWidget):
         self.run_ids = list(dict.fromkeys(run_ids))  # no cap on how many; duplicates ignored
         self.data: CompareData | None = None
         self.x_axis = "step"
-        self.metric_field = "loss"
         self.hidden: set[str] = set()
         self._runs: dict[str, _Compared] = {}
         self._config_key: tuple = ()
@@ -162,8 +178,9 @@ class CompareView(QWidget):
         self._closed = False
         self._build()
         self._windows: dict[str, RunWindow] = {}
-        self.feed = ChartFeed(store, self._windows, {self.metric_field: self.curve_chart}, lambda: self.x_axis,
-                              lambda _f: self._weight(), self, extra_fields=tuple(f for f, _t, _y in METRICS))
+        self._reframe_pending: set[str] = set()
+        self._step_axes_workers: dict[str, Worker] = {}
+        self.feed = ChartFeed(store, self._windows, self.charts, lambda: self.x_axis, self._weight, self)
         self.feed.applied.connect(self._on_feed_applied)
         self.feed.failed.connect(lambda msg: self.state_label.setText(f"Could not read the runs: {msg}"))
         self._own_watcher = watcher is None
@@ -171,8 +188,8 @@ class CompareView(QWidget):
         self.watcher.failed.connect(self._on_watch_failed)
         self.reload()
 
-    def _weight(self) -> float:
-        return 0.0 if self.metric_field in UNSMOOTHED else self.smoothing_slider.value() / 100
+    def _weight(self, field_name: str) -> float:
+        return 0.0 if field_name in UNSMOOTHED else self.smoothing_slider.value() / 100
 
     # ------------------------------------------------------------------ layout
 
@@ -198,11 +215,7 @@ class CompareView(QWidget):
         self.legend_list.itemChanged.connect(self._on_legend_item_changed)
         self.legend_list.setMaximumWidth(340)  # wide enough for a run id (20261125-230816-ab4d2e) beside its status
 
-        # curves
-        self.metric_combo = QComboBox()
-        for field_name, title, _ in METRICS:
-            self.metric_combo.addItem(title, field_name)
-        self.metric_combo.currentIndexChanged.connect(lambda _i: self.set_metric(self.metric_combo.currentData()))
+        # curves: every metric at once, a grid of charts sharing the run list on the left as their legend
         self.x_combo = QComboBox()
         for axis in X_AXES:
             self.x_combo.addItem(X_LABELS[axis], axis)
@@ -214,21 +227,37 @@ class CompareView(QWidget):
         self.smoothing_label = QLabel(f"{DEFAULT_SMOOTHING:.2f}")
         self.smoothing_slider.valueChanged.connect(self._on_smoothing_changed)
         controls = QHBoxLayout()
-        for label, widget in (("Metric:", self.metric_combo), ("X axis:", self.x_combo),
-                              ("Smoothing:", self.smoothing_slider)):
+        for label, widget in (("X axis:", self.x_combo), ("Smoothing:", self.smoothing_slider)):
             controls.addWidget(QLabel(label))
             controls.addWidget(widget)
             controls.addSpacing(10)
         controls.addWidget(self.smoothing_label)
         controls.addStretch(1)
-        self.curve_chart = MetricChart("Loss", "loss")
-        self.curve_chart.set_show_raw(False)  # overlays show smoothed curves only: raw noise hides the comparison
-        add_export_actions(self, self.curve_chart)
+        controls.addWidget(QLabel("Legend: the run list on the left (untick a run to hide it everywhere)"))
+        self.charts: dict[str, MetricChart] = {}
+        self.pass_charts: dict[str, PassAtOneChart] = {}
+        self.chart_grid = QGridLayout()
+        self.chart_grid.setSpacing(6)
+        for i, (field_name, title, y_label) in enumerate(METRICS):
+            chart = MetricChart(title, y_label)
+            chart.setMinimumSize(260, 200)
+            chart.set_show_raw(False)  # overlays show smoothed curves only: raw noise hides the comparison
+            chart.legend.hide()  # one legend for the grid: the run list
+            add_export_actions(self, chart)
+            self.charts[field_name] = chart
+            self.chart_grid.addWidget(chart, i // 2, i % 2)
+        self.curve_chart = self.charts["loss"]
+        grid_host = QWidget()
+        grid_host.setLayout(self.chart_grid)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(grid_host)
         curves = QWidget()
         curves_layout = QVBoxLayout(curves)
         curves_layout.setContentsMargins(0, 4, 0, 0)
         curves_layout.addLayout(controls)
-        curves_layout.addWidget(self.curve_chart, 1)
+        curves_layout.addWidget(scroll, 1)
 
         # metrics table and pass@1 bars
         self.metrics_table = QTableWidget(0, 0)
@@ -237,8 +266,7 @@ class CompareView(QWidget):
         self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.metrics_table.setAlternatingRowColors(True)
         self.metrics_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.bar_chart = ChartWidget("Best pass@1 per subset", "pass@1 (%)", x_label="benchmark / subset",
-                                     downsample=False)
+        self.bar_chart = BarChart("Best pass@1 per subset", "pass@1 (%)", x_label="benchmark / subset")
         self.bar_chart.plot.setYRange(0, 100)
         self.bar_chart.plot.showGrid(x=False, y=True, alpha=0.15)
         self.bar_chart.plot.setMouseEnabled(x=False, y=False)
@@ -299,8 +327,9 @@ class CompareView(QWidget):
             self.watcher.stop()
 
     def exportable_charts(self) -> list[tuple[str, ChartWidget, Any]]:
-        return [(self.curve_chart.plot.titleLabel.text or "Curves", self.curve_chart, None),
-                ("pass@1 bars", self.bar_chart, self.export_bars_csv)]
+        out: list[tuple[str, ChartWidget, Any]] = [(title, self.charts[f], None) for f, title, _ in METRICS]
+        out += [(f"{b} pass@1", c, None) for b, c in self.pass_charts.items()]
+        return [*out, ("pass@1 bars", self.bar_chart, self.export_bars_csv)]
 
     # ------------------------------------------------------------------ data
 
@@ -308,15 +337,16 @@ class CompareView(QWidget):
         """Read every compared run again from its start (the Refresh button); live updates need no reload."""
         for run in self._runs.values():
             self.watcher.unwatch(run.sub_id)
-        weight = 0.0 if self.metric_field in UNSMOOTHED else self.smoothing_slider.value() / 100
-        self._runs = {run_id: _Compared(run_id, compare_color(i), self.metric_field, self.x_axis, weight)
+        weight = self.smoothing_slider.value() / 100
+        self._runs = {run_id: _Compared(run_id, compare_color(i), self.x_axis, weight)
                       for i, run_id in enumerate(self.run_ids)}
         self._windows.clear()
         self._windows.update({run.run_id: run.window for run in self._runs.values()})
         self._reads_seen = self.feed.reads
         self.feed.request(force=True)
         for run in self._runs.values():
-            self.curve_chart.clear_run(run.run_id)
+            for chart in self.charts.values():
+                chart.clear_run(run.run_id)
             run.sub_id = self.watcher.watch(run.run_id, self._on_batch, log_text=False, metric_history=False)
 
     def _on_watch_failed(self, run_id: str, message: str) -> None:
@@ -340,7 +370,7 @@ class CompareView(QWidget):
         grew = batch.metrics is not None and run.window.extend(batch.metrics)
         if grew:
             self.feed.data_changed(urgent=run.window.needs_refresh)
-        self._render(grew, batch.run is not None)
+        self._render(grew, batch.run is not None, batch.evals is not None or bool(batch.events))
 
     def _on_feed_applied(self) -> None:
         if self._closed:
@@ -348,13 +378,19 @@ class CompareView(QWidget):
         if any(r.window.data and min(d.rowid for d in r.window.data.values()) < r.watch_rowid
                for r in self._runs.values()):
             self.feed.request(force=True)  # read before a watcher started: rows between would be missing
-        self._render(True, False)
+        for field_name in list(self._reframe_pending):
+            if all(r.curves[field_name].data is not None for r in self._runs.values() if r.window.data):
+                self.charts[field_name].reframe_x()  # the new axis' data is drawn: frame it
+                self._reframe_pending.discard(field_name)
+        self._render(True, False, False)
 
-    def _render(self, grew: bool, run_changed: bool) -> None:
+    def _render(self, grew: bool, run_changed: bool, evals_changed: bool) -> None:
         if not all(r.loaded for r in self._runs.values()) or self.feed.reads <= self._reads_seen:
             return  # the first picture waits for every run and the first read of the curves
         first = self.data is None
-        self.data = CompareData(tuple(r.data() for r in self._runs.values() if r.row is not None and not r.missing),
+        present = [r for r in self._runs.values() if r.row is not None and not r.missing]
+        names = display_names([r.row for r in present])  # unique among the compared runs
+        self.data = CompareData(tuple(r.data(names[r.run_id]) for r in present),
                                 tuple(r.run_id for r in self._runs.values() if r.missing or r.row is None))
         text = f"{len(self.data.runs)} runs"
         if self.data.missing:
@@ -363,6 +399,8 @@ class CompareView(QWidget):
         self._fill_legend()
         if first or grew or run_changed:
             self._draw_curves()
+        if first or grew or evals_changed:
+            self._draw_pass_at_1()
         self._fill_metrics()
         self._draw_bars()
         config_key = tuple((r.run_id, r.config_json) for r in (x.row for x in self._runs.values()) if r is not None)
@@ -378,9 +416,9 @@ class CompareView(QWidget):
         self.legend_list.blockSignals(True)
         self.legend_list.clear()
         for run in self.data.runs:
-            item = QListWidgetItem(_swatch(run.color), f"{run.name}\n{run.status} · {run.run_id}")
+            item = QListWidgetItem(_swatch(run.color), f"{run.shown}\n{run.status} · {run.run_id}")
             item.setData(Qt.ItemDataRole.UserRole, run.run_id)
-            item.setToolTip(f"{run.name}\n{run.status} · {run.run_id}")
+            item.setToolTip(f"{run.shown}\n{run.status} · {run.run_id}")
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Unchecked if run.run_id in self.hidden else Qt.CheckState.Checked)
             self.legend_list.addItem(item)
@@ -393,27 +431,80 @@ class CompareView(QWidget):
         else:
             self.hidden.add(run_id)
         self._draw_curves()
+        self._draw_pass_at_1()
         self._draw_bars()
 
     def visible_runs(self) -> list[RunData]:
         return [r for r in (self.data.runs if self.data else ()) if r.run_id not in self.hidden]
 
     def _draw_curves(self) -> None:
-        chart = self.curve_chart
-        title = next(t for f, t, _ in METRICS if f == self.metric_field)
-        chart.plot.setTitle(title)
-        chart.plot.setLabel("left", next(y for f, _, y in METRICS if f == self.metric_field))
-        chart.set_x_label(X_LABELS[self.x_axis])
+        """Every metric chart: one smoothed curve per shown run, named by its display name."""
         shown = {r.run_id: r for r in self.visible_runs()}
-        for run_key in set(chart.run_keys()) - set(shown):
-            chart.clear_run(run_key)
-        for run_id, data in shown.items():
-            run = self._runs[run_id]
-            if run_id not in chart.run_keys():
-                chart.set_curve(run_id, data.name, run.color, run.curve)
-            else:
-                chart.set_label(run_id, data.name)
-        chart.refresh()
+        for field_name, chart in self.charts.items():
+            chart.set_x_label(X_LABELS[self.x_axis])
+            for run_key in set(chart.run_keys()) - set(shown):
+                chart.clear_run(run_key)
+            for run_id, data in shown.items():
+                run = self._runs[run_id]
+                if run_id not in chart.run_keys():
+                    chart.set_curve(run_id, data.shown, run.color, run.curves[field_name])
+                else:
+                    chart.set_label(run_id, data.shown)
+            chart.refresh()
+
+    def _draw_pass_at_1(self) -> None:
+        """One pass@1 chart per benchmark in the grid: each run's 'all' subset per checkpoint in its colour,
+        with 95% intervals, on the chosen x-axis."""
+        shown = self.visible_runs()
+        benchmarks = sorted({e["benchmark"] for r in shown for e in r.evals})
+        for bench in benchmarks:
+            chart = self.pass_charts.get(bench)
+            if chart is None:
+                chart = self.pass_charts[bench] = PassAtOneChart(bench)
+                chart.setMinimumSize(260, 200)
+                chart.legend.hide()
+                add_export_actions(self, chart)
+                n = len(self.charts) + len(self.pass_charts) - 1
+                self.chart_grid.addWidget(chart, n // 2, n % 2)
+                chart.show()
+            chart.set_x_axis(X_LABELS[self.x_axis], self.x_axis == "step")
+            keep = set()
+            for data in shown:
+                run = self._runs[data.run_id]
+                points = pass_at_1_points(data.evals, bench, "all")
+                if not points.steps.size:
+                    continue
+                keep.add((data.run_id, "all"))
+                chart.set_subset(data.run_id, data.shown, "all", points.steps, points.values, color=run.color,
+                                 low=points.low, high=points.high, n_tasks=points.n_tasks,
+                                 x=self._x_of_steps(run, points.steps))
+            chart.remove_subsets(keep)
+
+    def _x_of_steps(self, run: _Compared, steps: np.ndarray) -> np.ndarray:
+        """A run's checkpoint steps on the chosen x-axis (core.window.StepAxes, read off the UI thread; NaN
+        until read)."""
+        if self.x_axis == "step":
+            return np.asarray(steps, dtype=float)
+        held, last = run.step_axes, run.last_step()
+        if run.run_id not in self._step_axes_workers and (held is None or held.last_step is None or (
+                last is not None and held.last_step < last)):
+            store, run_id = self.store, run.run_id
+            worker = Worker(lambda _ctx: read_step_axes(store, run_id))
+            worker.signals.finished.connect(lambda _rid, axes, r=run: self._on_step_axes(r, axes))
+            worker.signals.failed.connect(lambda _rid, msg, r=run: self._on_step_axes(r, None, msg))
+            self._step_axes_workers[run.run_id] = worker
+            worker.start()
+        return held.x_at(steps, self.x_axis) if held is not None else np.full(np.shape(steps), np.nan)
+
+    def _on_step_axes(self, run: _Compared, axes: StepAxes | None, error: str = "") -> None:
+        self._step_axes_workers.pop(run.run_id, None)
+        if self._closed:
+            return
+        if axes is None:
+            log.warning("run %s: reading where its steps lie on the x-axes failed: %s", run.run_id, error)
+            return
+        run.step_axes = axes
+        self._draw_pass_at_1()
 
     def _subset_columns(self) -> list[tuple[str, str]]:
         seen: set[tuple[str, str]] = set()
@@ -436,7 +527,7 @@ class CompareView(QWidget):
         # each cell keeps the raw value (UserRole) beside its text, for sorting and for exact checks
             s = run.summary
             cells: list[tuple[str, Any]] = [
-                (run.name, run.name), (run.status, run.status), (_fmt(s.get("steps"), "int"), s.get("steps")),
+                (run.shown, run.name), (run.status, run.status), (_fmt(s.get("steps"), "int"), s.get("steps")),
                 (_fmt(s.get("final_loss"), "loss"), s.get("final_loss")), (_fmt(s.get("tokens"), "int"), s.get("tokens")),
                 (_fmt(s.get("wall_time_s"), "time"), s.get("wall_time_s"))]
             best = s.get("best_pass_at_1", {})
@@ -482,25 +573,28 @@ class CompareView(QWidget):
         n = max(1, len(runs))
         width = 0.8 / n
         index = {c: i for i, c in enumerate(categories)}
+        hover = []
         for j, run in enumerate(runs):
             xs, heights = [], []
             for run_id, bench, subset, value in self.bar_values():
                 if run_id == run.run_id:
                     xs.append(index[(bench, subset)] + (j - (n - 1) / 2) * width)
                     heights.append(value)
+            hover.append((run.shown, run.color, {round(x): h for x, h in zip(xs, heights, strict=True)}))
             bars = pg.BarGraphItem(x=xs, height=heights, width=width * 0.92, brush=QBrush(QColor(run.color)),
                                    pen=pg.mkPen(None))
             plot.addItem(bars)
-            self.bar_chart.legend.addItem(bars, run.name)  # pyqtgraph's legend draws a bar item as a filled box
+            self.bar_chart.legend.addItem(bars, run.shown)  # pyqtgraph's legend draws a bar item as a filled box
             self._bar_items.append(bars)
         axis = plot.getAxis("bottom")
         axis.setTicks([[(i, f"{b}\n{s}") for i, (b, s) in enumerate(categories)]])
+        self.bar_chart.set_bars([f"{b} {s}" for b, s in categories], hover)
         plot.setXRange(-0.6, max(0.6, len(categories) - 0.4), padding=0)
         plot.setYRange(0, 100)
 
     def export_bars_csv(self, path: str | Path) -> Path:
         path = Path(path)
-        names = {r.run_id: r.name for r in self.visible_runs()}
+        names = {r.run_id: r.shown for r in self.visible_runs()}
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["run_id", "run", "benchmark", "subset", "pass@1"])
@@ -516,7 +610,7 @@ class CompareView(QWidget):
         table = self.diff_table
         table.clear()
         table.setColumnCount(1 + len(runs))
-        table.setHorizontalHeaderLabels(["Setting", *[r.name for r in runs]])
+        table.setHorizontalHeaderLabels(["Setting", *[r.shown for r in runs]])
         table.setRowCount(len(rows))
         bold = QFont(table.font())
         bold.setBold(True)
@@ -544,34 +638,28 @@ class CompareView(QWidget):
 
     # ------------------------------------------------------------------ controls
 
-    def set_metric(self, metric: str) -> None:
-        if metric == self.metric_field:
-            return
-        self.metric_field = metric
-        select_data(self.metric_combo, metric)
-        weight = self._weight()
-        for run in self._runs.values():
-            run.curve = WindowCurve(run.window, metric, self.x_axis, weight)
-            self.curve_chart.clear_run(run.run_id)
-        self.feed.charts = {metric: self.curve_chart}
-        self.feed.request()  # every metric was read with the first: only a zoomed range may need more
-        self._draw_curves()
-
     def set_x_axis(self, axis: str) -> None:
         if axis == self.x_axis:
             return
         self.x_axis = axis
         select_data(self.x_combo, axis)
         for run in self._runs.values():
-            run.curve.set_x_axis(axis)
-        self.curve_chart.plot.enableAutoRange(x=True)  # a range on the old axis means nothing on the new one
+            for curve in run.curves.values():
+                curve.set_x_axis(axis)
+        for chart in self.charts.values():
+            chart.plot.enableAutoRange(x=True)  # a range on the old axis means nothing on the new one
+        self._reframe_pending = set(self.charts)  # framed on the new axis' data once it is read
         self.feed.request(force=True)
         self._draw_curves()
+        for chart in self.charts.values():
+            chart.reframe_x()  # new units: frame them (see MetricChart.reframe_x)
+        self._draw_pass_at_1()
 
     def _on_smoothing_changed(self, value: int) -> None:
         self.smoothing_label.setText(f"{value / 100:.2f}")
-        if self.metric_field not in UNSMOOTHED:
-            for run in self._runs.values():
-                run.curve.set_smoothing(value / 100)
-            self._draw_curves()
-            self.feed.request()  # a zoomed chart may need a longer lead-in for the new weight
+        for run in self._runs.values():
+            for field_name, curve in run.curves.items():
+                if field_name not in UNSMOOTHED:
+                    curve.set_smoothing(value / 100)
+        self._draw_curves()
+        self.feed.request()  # a zoomed chart may need a longer lead-in for the new weight

@@ -1255,6 +1255,9 @@ class ConfigPage(QWidget):
 
     def _on_launch_finished(self, _rid: int, run_id: str) -> None:
         self._launch_done()
+        # The launched config is kept with its run (the store holds its YAML): quitting or loading another
+        # config loses nothing, so it no longer counts as unsaved.
+        self._mark_unmodified()
         self.launched.emit(run_id)
 
     def _on_launch_failed(self, _rid: int, message: str) -> None:

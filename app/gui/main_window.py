@@ -120,6 +120,10 @@ class MainWindow(QMainWindow):
         self._build_shortcuts()
         self._build_status_bar()
 
+        # numpy and pyqtgraph load in the background now, not on the UI thread when the first run tab opens
+        from app.gui.preload import Preloader
+
+        self.preloader = Preloader().start()
         self.config_page.load_preset("tiny-demo")
         self.restore_state()
         self.runs_page.refresh()
@@ -510,6 +514,10 @@ class MainWindow(QMainWindow):
                 "clusters": self.clusters_page.splitter}
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        # Quitting would lose an edited run config as surely as loading another one: the same question first.
+        if not self.config_page.confirm_discard("quit"):
+            event.ignore()
+            return
         self.save_state()
         self.contamination_page.cancel_check()
         self._status_timer.stop()

@@ -120,6 +120,9 @@ class PairedView(QWidget):
         self.comparison: PairedComparison | None = None
         self._worker: Worker | None = None
         self._request = 0
+        self.prompts: dict[str, dict[str, str] | str] = {}  # benchmark -> task prompts, or why there are none
+        self._prompt_workers: list[Worker] = []
+        self.shown_task: str | None = None
 
         self.title_label = QLabel("Choose two evaluations to compare.")
         self.title_label.setObjectName("paired_title")
@@ -213,12 +216,22 @@ class PairedView(QWidget):
             edit.setFont(monospace_font())
             edit.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
             edit.setPlaceholderText("Choose a task in a list to see its completion and test output.")
+        # the task's prompt beside them: what both completions continue
+        self.prompt_title = QLabel("Prompt")
+        self.prompt_text = QPlainTextEdit()
+        self.prompt_text.setObjectName("paired_prompt")
+        self.prompt_text.setReadOnly(True)
+        self.prompt_text.setFont(monospace_font())
+        self.prompt_text.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.prompt_text.setPlaceholderText("The task's prompt, what both completions continue.")
         grid = QGridLayout()
         grid.setContentsMargins(0, 0, 0, 0)
-        grid.addWidget(self.a_title, 0, 0)
-        grid.addWidget(self.b_title, 0, 1)
-        grid.addWidget(self.a_text, 1, 0)
-        grid.addWidget(self.b_text, 1, 1)
+        grid.addWidget(self.prompt_title, 0, 0)
+        grid.addWidget(self.a_title, 0, 1)
+        grid.addWidget(self.b_title, 0, 2)
+        grid.addWidget(self.prompt_text, 1, 0)
+        grid.addWidget(self.a_text, 1, 1)
+        grid.addWidget(self.b_text, 1, 2)
         texts = QWidget()
         texts.setLayout(grid)
 
@@ -285,6 +298,7 @@ class PairedView(QWidget):
             + (f" / {html.escape(b.benchmark)}" if b.benchmark != a.benchmark else ""))
         self.a_title.setText(f"A — {a_title}")
         self.b_title.setText(f"B — {b_title}")
+        self._load_prompts(a.benchmark)
         subsets = available_subsets(a, b) if a.benchmark == b.benchmark else ["all"]
         self.subset_combo.blockSignals(True)
         self.subset_combo.clear()
@@ -396,10 +410,43 @@ class PairedView(QWidget):
         if item is not None:
             self.show_task(item.data(Qt.ItemDataRole.UserRole))
 
+    def _load_prompts(self, benchmark: str) -> None:
+        """Read the benchmark's prompts off the UI thread, once per benchmark."""
+        if benchmark in self.prompts:
+            return
+        self.prompts[benchmark] = "loading the prompts…"
+
+        def work(_ctx: WorkContext) -> dict[str, str]:
+            from core.evalsets import task_prompts
+
+            return task_prompts(benchmark)
+
+        worker = Worker(work)
+        worker.signals.finished.connect(lambda _rid, prompts: self._on_prompts(benchmark, prompts))
+        worker.signals.failed.connect(lambda _rid, msg: self._on_prompts(benchmark, f"prompt not available: {msg}"))
+        self._prompt_workers = [w for w in self._prompt_workers if not w.done.is_set()] + [worker]
+        worker.start()
+
+    def _on_prompts(self, benchmark: str, prompts: dict[str, str] | str) -> None:
+        self.prompts[benchmark] = prompts
+        if self.shown_task is not None and self.a is not None and self.a.benchmark == benchmark:
+            self._show_prompt(self.shown_task)
+
+    def _show_prompt(self, task_id: str) -> None:
+        prompts = self.prompts.get(self.a.benchmark if self.a is not None else "", "")
+        if isinstance(prompts, dict):
+            text = prompts.get(task_id, f"(task {task_id} is not in this benchmark's prompts)")
+        else:
+            text = f"({prompts})"
+        self.prompt_text.setPlainText(text)
+        self.prompt_title.setText(f"<b>Prompt</b> — {html.escape(task_id)}")
+
     def show_task(self, task_id: str) -> None:
-        """Both sides' completions of one task with their test output."""
+        """Both sides' completions of one task with their test output, beside the task's prompt."""
         if self.a is None or self.b is None:
             return
+        self.shown_task = task_id
+        self._show_prompt(task_id)
         for edit, ev, title, side in ((self.a_text, self.a, self.a_title, "A"), (self.b_text, self.b, self.b_title, "B")):
             samples = ev.samples_of(task_id)
             passed = sum(s.passed for s in samples)

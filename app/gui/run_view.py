@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QTextCursor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -32,7 +32,9 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QSplitter,
     QSystemTrayIcon,
@@ -58,11 +60,15 @@ from core.series import (
     X_AXES,
     X_LABELS,
     EvalProgress,
-    pass_at_1_series,
+    TrainingProgress,
+    pass_at_1_points,
+    step_time,
+    total_steps,
+    training_progress,
     unconfined_pass_at_1,
 )
 from core.store import TERMINAL_STATUSES, RunRow, Store
-from core.window import RunWindow, WindowCurve
+from core.window import RunWindow, StepAxes, WindowCurve, read_step_axes
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,7 @@ BANNER_STYLES = {
     "error": "background:#ffebe9; color:#82071e; border:1px solid #ff8182;",
 }
 EVAL_COLOR = "#9a6700"
+PROGRESS_TICK_MS = 1000  # the progress bar's ETA and the elapsed time tick this often, rows or not
 EVAL_FAILURES_SHOWN = 3  # the eval-failure strip lists this many (newest steps); older ones are counted
 
 
@@ -370,6 +377,9 @@ class RunView(QWidget):
         self.run_id = run_id
         self.run: RunRow | None = None
         self.loaded = False
+        self._reframe_pending: set[str] = set()  # charts to frame on the new x-axis once its data is read
+        self._step_axes: StepAxes | None = None  # where the run's steps lie on the other x-axes (checkpoints)
+        self._step_axes_worker: Worker | None = None
         self.x_axis = "step"
         self.window = RunWindow(run_id)  # what the charts hold: envelopes of their ranges and the streamed tail
         self.curves = {f: WindowCurve(self.window, f, self.x_axis, 0.0 if f in UNSMOOTHED else DEFAULT_SMOOTHING)
@@ -399,6 +409,7 @@ class RunView(QWidget):
         self.watcher = watcher if watcher is not None else StoreWatcher(store, parent=self)
         self.watcher.failed.connect(self._on_watch_failed)
         self._sub_id = self.watcher.watch(run_id, self._on_batch, metric_history=False)
+        self._clock.start()
 
     # ------------------------------------------------------------------ layout
 
@@ -413,6 +424,18 @@ class RunView(QWidget):
         self.info_label = QLabel("")
         self.info_label.setObjectName("run_info")
         self.info_label.setStyleSheet("color: palette(placeholder-text);")
+        # steps done / total with an ETA from the measured step time; a 1 s timer keeps it (and the elapsed
+        # time beside it) ticking between metric rows
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setObjectName("run_progress")
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setFixedWidth(280)
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.hide()
+        self.training_progress: TrainingProgress | None = None
+        self._plans: list[dict[str, Any]] = []  # training_plan events: the Trainer's total steps
+        self._clock = QTimer(self, interval=PROGRESS_TICK_MS)
+        self._clock.timeout.connect(self._update_info)
         self.cancel_button = QPushButton("Cancel run…")
         self.cancel_button.setObjectName("cancel_button")
         self.cancel_button.setToolTip("Stop the job on its cluster (asks first) and confirm it is gone")
@@ -423,6 +446,8 @@ class RunView(QWidget):
         header.addSpacing(12)
         header.addWidget(self.status_label)
         header.addStretch(1)
+        header.addWidget(self.progress_bar)
+        header.addSpacing(8)
         header.addWidget(self.info_label)
         header.addSpacing(12)
         header.addWidget(self.cancel_button)
@@ -469,21 +494,29 @@ class RunView(QWidget):
         controls.addWidget(self.refs_button)
         controls.addWidget(self.export_button)
 
-        # training charts (2 x 2) and pass@1 charts (one per benchmark, created when evals appear)
+        # training charts (2 x 2) and pass@1 charts (one per benchmark, created when evals appear). The
+        # training charts are built one per event-loop turn (_build_next_chart): four pyqtgraph plots built
+        # and painted at once held the UI thread for several hundred ms when the tab opened.
         self.charts: dict[str, MetricChart] = {}
+        self._chart_slots: dict[str, QWidget] = {}
         grid_host = QWidget()
-        grid = QGridLayout(grid_host)
+        self._chart_grid = grid = QGridLayout(grid_host)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setSpacing(6)
-        for i, (field_name, title, y_label) in enumerate(METRICS):
-            chart = MetricChart(title, y_label)
-            chart.set_x_label(X_LABELS["step"])
-            chart.setMinimumSize(260, 180)
-            chart.set_curve(self.run_id, self.run_id, RUN_COLORS[0], self.curves[field_name])
-            chart.legend.hide()  # one run per view: the title names the metric, the header the run
-            add_export_actions(self, chart)
-            self.charts[field_name] = chart
-            grid.addWidget(chart, i // 2, i % 2)
+        for i, (field_name, title, _y_label) in enumerate(METRICS):
+            slot = QLabel(f"{title}…")
+            slot.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            slot.setMinimumSize(260, 180)
+            slot.setStyleSheet("color: palette(placeholder-text);")
+            # the slot takes the cell a chart will take, so that a chart replacing it moves no other chart
+            # (a re-layout would resize and repaint every chart built so far)
+            slot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+            self._chart_slots[field_name] = slot
+            grid.addWidget(slot, i // 2, i % 2)
+        for k in range(2):
+            grid.setRowStretch(k, 1)
+            grid.setColumnStretch(k, 1)
+        QTimer.singleShot(0, self._build_next_chart)
         self.pass_charts: dict[str, PassAtOneChart] = {}
         self.pass_host = QWidget()
         self.pass_layout = QVBoxLayout(self.pass_host)
@@ -540,8 +573,38 @@ class RunView(QWidget):
         layout.addLayout(controls)
         layout.addWidget(self.splitter, 1)
 
+    def _build_next_chart(self) -> None:
+        """Build the next training chart in its slot, set up as the controls are now; then the next one."""
+        if self._closed:
+            return
+        pending = [m for m in METRICS if m[0] not in self.charts]
+        if not pending:
+            return
+        field_name, title, y_label = pending[0]
+        chart = MetricChart(title, y_label)
+        chart.set_x_label(X_LABELS[self.x_axis])
+        chart.setMinimumSize(260, 180)
+        if field_name not in UNSMOOTHED:
+            chart.set_show_raw(self.raw_check.isChecked())
+        chart.set_curve(self.run_id, self._label(), RUN_COLORS[0], self.curves[field_name])
+        chart.legend.hide()  # one run per view: the title names the metric, the header the run
+        add_export_actions(self, chart)
+        slot = self._chart_slots.pop(field_name)
+        self._chart_grid.replaceWidget(slot, chart)
+        slot.deleteLater()
+        self.charts[field_name] = chart
+        self.feed.watch_chart(chart)
+        if len(pending) > 1:
+            QTimer.singleShot(0, self._build_next_chart)
+        else:
+            self.feed.request(force=True)  # the first picture: every chart's range is known now
+
+    def charts_built(self) -> bool:
+        return len(self.charts) == len(METRICS)
+
     def exportable_charts(self) -> list[tuple[str, ChartWidget, Any]]:
-        out: list[tuple[str, ChartWidget, Any]] = [(title, self.charts[f], None) for f, title, _ in METRICS]
+        out: list[tuple[str, ChartWidget, Any]] = [(title, self.charts[f], None) for f, title, _ in METRICS
+                                                   if f in self.charts]
         out += [(f"{b} pass@1", c, None) for b, c in self.pass_charts.items()]
         return out
 
@@ -599,12 +662,18 @@ class RunView(QWidget):
             return
         if self._watch_rowid >= 0 and min(d.rowid for d in self.window.data.values()) < self._watch_rowid:
             self.feed.request(force=True)  # read before the watcher started: rows between would be missing
+        for field_name in list(self._reframe_pending):
+            if field_name in self.charts and self.curves[field_name].data is not None:
+                self.charts[field_name].reframe_x()  # the new axis' data is drawn: frame it (MetricChart.reframe_x)
+                self._reframe_pending.discard(field_name)
+        if self.x_axis != "step" and self._evals:
+            self._want_step_axes()  # checkpoints are placed through the metric rows, which may have grown
         self._check_loaded()
         self._update_info()
 
     def _check_loaded(self) -> None:
-        """Loaded: the first batch (status, events, log) is shown and the charts are drawn."""
-        if not self.loaded and self._watch_rowid >= 0 and self.feed.reads:
+        """Loaded: the first batch (status, events, log) is shown, every chart is built and drawn."""
+        if not self.loaded and self._watch_rowid >= 0 and self.feed.reads and self.charts_built():
             self.loaded = True
 
     def point_count(self) -> int:
@@ -637,6 +706,11 @@ class RunView(QWidget):
         return np.concatenate([np.frombuffer(s.x_first) for s in env.series["t"]]) if env.series["t"] \
             else np.empty(0)
 
+    def _summary(self) -> Any:
+        """The store's RunSummary of the run, as the latest envelope read brought it (None before the first)."""
+        data = next(iter(self.window.data.values()), None)
+        return data.summary if data is not None else None
+
     def _last_step(self) -> int | None:
         data = self.window.data.get("loss")
         steps = [data.summary.steps] if data is not None and data.summary is not None and data.summary.steps \
@@ -646,7 +720,8 @@ class RunView(QWidget):
             steps.append(tail)
         return max(steps) if steps else None
 
-    def _draw_pass_at_1(self) -> None:
+    def _draw_pass_at_1(self, measured: bool = True) -> None:
+        """The pass@1 charts from the eval records (`measured`: also read the measured references again)."""
         benchmarks = sorted({e["benchmark"] for e in self._evals})
         for bench in benchmarks:
             chart = self.pass_charts.get(bench)
@@ -656,14 +731,54 @@ class RunView(QWidget):
                 add_export_actions(self, chart)
                 self.pass_charts[bench] = chart
                 self.pass_layout.addWidget(chart, 1)
+            chart.set_x_axis(X_LABELS[self.x_axis], self.x_axis == "step")
             for subset in SUBSETS:
-                steps, values = pass_at_1_series(self._evals, bench, subset)
-                if steps.size:
-                    chart.set_subset(self.run_id, "", subset, steps, values, color=SUBSET_COLORS[subset])
-                    chart.set_unconfined(subset, *unconfined_pass_at_1(self._evals, bench, subset, self.progress.unconfined))
+                points = pass_at_1_points(self._evals, bench, subset)
+                if points.steps.size:
+                    chart.set_subset(self.run_id, "", subset, points.steps, points.values, color=SUBSET_COLORS[subset],
+                                     low=points.low, high=points.high, n_tasks=points.n_tasks,
+                                     x=self._x_of_steps(points.steps))
+                    marked = unconfined_pass_at_1(self._evals, bench, subset, self.progress.unconfined)
+                    chart.set_unconfined(subset, *marked, x=self._x_of_steps(marked[0]))
         self.pass_placeholder.setVisible(not benchmarks)
-        if benchmarks:
+        if benchmarks and measured:
             self._load_measured_references()
+
+    def _x_of_steps(self, steps: np.ndarray) -> np.ndarray:
+        """Checkpoint steps on the chosen x-axis (core.window.StepAxes, read from the store; NaN until read)."""
+        if self.x_axis == "step":
+            return np.asarray(steps, dtype=float)
+        if self._step_axes is None:
+            self._want_step_axes()
+            return np.full(np.shape(steps), np.nan)
+        return self._step_axes.x_at(steps, self.x_axis)
+
+    def _want_step_axes(self) -> None:
+        """Read where the run's steps lie on tokens / samples / wall time (off the UI thread) when the map held
+        does not reach the last step logged; the pass@1 charts are drawn again with it."""
+        last = self._last_step()
+        held = self._step_axes
+        if self._step_axes_worker is not None or (held is not None and held.last_step is not None
+                                                  and last is not None and held.last_step >= last):
+            return
+        store, run_id = self.store, self.run_id
+        worker = Worker(lambda _ctx: read_step_axes(store, run_id))
+        worker.signals.finished.connect(self._on_step_axes)
+        worker.signals.failed.connect(lambda _rid, msg: self._on_step_axes(_rid, None, msg))
+        self._step_axes_worker = worker
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_step_axes(self, _rid: int, axes: StepAxes | None, error: str = "") -> None:
+        self._step_axes_worker = None
+        if self._closed:
+            return
+        if axes is None:
+            log.warning("run %s: reading where its steps lie on the x-axes failed: %s", self.run_id, error)
+            return
+        self._step_axes = axes
+        if self.pass_charts:
+            self._draw_pass_at_1(measured=False)
 
     def _load_measured_references(self) -> None:
         """Measured references (evaluation-only runs tagged `reference`) as markers on the pass@1 charts."""
@@ -753,6 +868,7 @@ class RunView(QWidget):
 
     def _apply_events(self, events: Sequence[dict[str, Any]], announce: bool) -> None:
         """Follow the evaluation processes' events: what is being evaluated, what failed, what ran unconfined."""
+        self._plans.extend(e for e in events if e["event"] == "training_plan")
         failures_before = dict(self.progress.failures)
         unconfined_before = len(self.progress.unconfined)
         failed_now = self.progress.apply(events)
@@ -811,11 +927,16 @@ class RunView(QWidget):
         self.hang_banner.show_message(text, "warn")
 
     def _update_info(self) -> None:
+        """The header's progress bar and info line; called per batch and every second by the clock."""
         n, last = self.point_count(), self._last_step()
         started = self.run.started_at if self.run is not None else None
+        running = self.run is not None and self.run.status not in TERMINAL_STATUSES
         parts = [f"step {last}" if last is not None else "no steps yet", f"{n} points"]
-        if self.run is not None and started and self.run.status not in TERMINAL_STATUSES:
+        if self.run is not None and started and running:
             parts.append(f"running {_duration(time.time() - started)}")
+        if self.run is not None and not running:
+            self._clock.stop()  # nothing ticks any more
+        self._render_progress(running)
         skipped = sum(self._corrupt.values())
         if skipped:
             # Lines the job wrote that could not be read or stored: shown, so a gap in a chart has a cause.
@@ -824,6 +945,31 @@ class RunView(QWidget):
                                        + "\n".join(f"{name}: {n}" for name, n in sorted(self._corrupt.items()))
                                        + "\nThe app log names each line and the reason.")
         self.info_label.setText(" · ".join(parts))
+
+    def _render_progress(self, running: bool) -> None:
+        total = total_steps(self._plans, self.run.config() if self.run is not None else None)
+        summary = self._summary()
+        tail = self.window.tail_series(0)  # the rows streamed since the view opened: the recent step time
+        step_s = step_time(tail)
+        if step_s is None and summary is not None and summary.steps and summary.wall_time_s:
+            step_s = summary.wall_time_s / max(1, summary.steps - 1)  # until rows stream: the run's average
+        last_t = max((t for t in (tail.t_max, summary.last_t if summary is not None else None) if t is not None),
+                     default=None)
+        progress = self.training_progress = training_progress(self._last_step(), total, step_s, last_t,
+                                                              time.time(), running)
+        bar = self.progress_bar
+        if progress.total is None:
+            bar.hide()
+            return
+        bar.setValue(round(1000 * (progress.fraction or 0.0)))
+        text = f"{progress.done:,} / {progress.total:,} steps"
+        if running and progress.done < progress.total:
+            text += f" · ETA {_duration(progress.eta_s)}" if progress.eta_s is not None else " · ETA measuring…"
+        bar.setFormat(text)
+        bar.setToolTip(f"{100 * (progress.fraction or 0):.1f}% of the optimizer steps"
+                       + (f"; {progress.step_s:.2f} s per step over the last logged steps" if progress.step_s else "")
+                       + ("" if self._plans else "\nThe total is the config's training.max_steps"))
+        bar.show()
 
     # ------------------------------------------------------------------ controls
 
@@ -838,6 +984,8 @@ class RunView(QWidget):
             chart.plot.enableAutoRange(x=True)  # a range on the old axis means nothing on the new one
             chart.refresh()
         self.feed.request(force=True)
+        self._reframe_pending = set(self.charts)  # framed on the new axis' data once it is read
+        self._draw_pass_at_1(measured=False)  # pass@1 follows the x-axis too: each checkpoint's step on the new axis
 
     def _on_smoothing_changed(self, value: int) -> None:
         weight = value / 100
@@ -1005,6 +1153,7 @@ class RunView(QWidget):
     def shutdown(self) -> None:
         """Stop feeding this view (the watcher thread ends if this view owns it)."""
         self._closed = True
+        self._clock.stop()
         self.samples.closed = True
         self.nodes.stop()
         self.feed.close()

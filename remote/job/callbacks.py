@@ -312,6 +312,11 @@ class MetricsCallback(TrainerCallback):
         self._last_t = time.time()
         self._last_tokens = int(state.num_input_tokens_seen or 0)
         self._last_logged_step = state.global_step  # resumed: steps up to here are already recorded
+        if state.max_steps and state.max_steps > 0:
+            # The total the Trainer computed (epochs x batches, or training.max_steps): the GUI's progress bar
+            # and ETA read it, as the config alone does not say it when training by epochs.
+            self.recorder.event("training_plan", {"total_steps": int(state.max_steps),
+                                                  "start_step": int(state.global_step)})
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs or state.global_step <= self._last_logged_step:

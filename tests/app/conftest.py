@@ -26,10 +26,15 @@ def tunedeck_app(qapp):
 
 @pytest.fixture
 def store(tmp_path):
+    from PySide6.QtCore import QThreadPool
+
     from core.store import Store
 
     s = Store(tmp_path / "store.sqlite3")
     yield s
+    # Store.close is for when no other thread uses the store: reads a closed view started (chart envelopes,
+    # step maps) end first, else sqlite is closed under them (a segfault)
+    QThreadPool.globalInstance().waitForDone(30_000)
     s.close()
 
 
@@ -49,7 +54,9 @@ def main_window(qtbot, store):
     from app.gui.main_window import MainWindow
 
     window = MainWindow(store, offer_demo=False, stream=False)
-    qtbot.addWidget(window)
+    # the test is over when pytest-qt closes it: closing must not ask about the test's edits (a modal box)
+    qtbot.addWidget(window, before_close_func=lambda w: w.config_page._mark_unmodified())
     yield window
+    window.config_page._mark_unmodified()
     window.close()
     QThreadPool.globalInstance().waitForDone(10_000)

@@ -117,8 +117,7 @@ def test_curves_overlay_every_run_smoothed_only_with_one_colour_each(qtbot, stor
     item = view.legend_list.item(3)
     item.setCheckState(Qt.CheckState.Unchecked)
     assert "r03" not in {k[0] for k in chart.curve_keys()}
-    view.metric_combo.setCurrentIndex(view.metric_combo.findData("lr"))
-    lr = chart._curves[("r00", 1, "smooth")]
+    lr = view.charts["lr"]._curves[("r00", 1, "smooth")]
     np.testing.assert_allclose(lr.yData, [metric(s)["lr"] for s in range(1, 21)])  # lr is never smoothed
 
 
@@ -182,3 +181,93 @@ def test_best_pass_at_1_from_an_unconfined_evaluation_is_badged_in_the_table(qtb
     assert cell_all.data(Qt.ItemDataRole.UserRole) == pytest.approx(0.375)  # the number itself is unchanged
     assert table.item(0, headers.index("humaneval clean\npass@1 (%)")).text() == "40.0"
     assert table.item(1, headers.index("humaneval all\npass@1 (%)")).text() == "10.0"
+
+
+def test_compare_is_a_grid_of_every_metric_and_pass_at_1_with_one_legend_of_unique_names(qtbot, store):
+    from app.gui.run_view import METRICS
+    from core.uncertainty import wilson_interval
+    from tests.app.test_chart_hover_log import move_to
+
+    ids = ("20261125-203000-1a2b3c", "20261125-213000-9f8e7d")
+    for run_id, value in zip(ids, (0.3, 0.6), strict=True):
+        create_run(store, run_id, name="Tiny demo (CPU)", status="finished")  # the same name twice
+        feed = StoreFeeder(store, run_id)
+        feed.metrics(range(1, 31))
+        feed.evals(30, {"all": value, "clean": value})
+    view = open_compare(qtbot, store, list(ids))
+    qtbot.waitUntil(lambda: "humaneval" in view.pass_charts, timeout=WAIT_MS)
+    shown = ["Tiny demo (CPU) · 1a2b3c", "Tiny demo (CPU) · 9f8e7d"]
+    # one legend: the run list, with names that tell the runs apart; the charts' own legends are hidden
+    assert [view.legend_list.item(i).text().splitlines()[0] for i in range(2)] == shown
+    for field_name, _title, _y in METRICS:
+        chart = view.charts[field_name]
+        assert chart.isVisibleTo(view) and not chart.legend.isVisible()
+        assert {chart._curves[(r, 1, "smooth")].name() for r in ids} == set(shown)
+        np.testing.assert_allclose(chart._curves[(ids[1], 1, "smooth")].full_data[0], np.arange(1, 31))
+    pass_chart = view.pass_charts["humaneval"]
+    assert pass_chart.isVisibleTo(view) and not pass_chart.legend.isVisible()
+    for run_id, solved in zip(ids, (3, 6), strict=True):
+        lo, hi = wilson_interval(solved, 10)
+        assert pass_chart.intervals((run_id, "all")) == [pytest.approx((10.0 * solved, 100 * lo, 100 * hi))]
+    assert [view.metrics_table.item(i, 0).text() for i in range(2)] == shown
+
+    # the hover over any chart lists every run at that x, by its unique name
+    loss = view.charts["loss"]
+    view.tabs.setCurrentIndex(0)
+    qtbot.wait(50)
+    loss.plot_widget.grab()
+    move_to(qtbot, loss, 12.0)
+    qtbot.waitUntil(lambda: loss.hover_text() != "", timeout=2000)
+    lines = loss.hover_text().splitlines()
+    assert lines[0].startswith("optimizer step ") and [ln.split(":")[0] for ln in lines[1:]] == shown
+
+    # untick a run: it leaves every chart of the grid
+    view.legend_list.item(0).setCheckState(Qt.CheckState.Unchecked)
+    for chart in view.charts.values():
+        assert ids[0] not in chart.run_keys()
+    assert (ids[0], "all") not in pass_chart._points and (ids[1], "all") in pass_chart._points
+    view.close()
+
+
+def test_switching_the_compare_x_axis_redraws_and_frames_every_chart_of_the_grid(qtbot, store):
+    from tests.app.test_chart_axes import drawn_on, expected_x
+
+    for run_id in ("a", "b"):
+        create_run(store, run_id, status="finished")
+        feed = StoreFeeder(store, run_id)
+        feed.metrics(range(1, 41))
+        feed.evals(40, {"all": 0.5})
+    view = open_compare(qtbot, store, ["a", "b"])
+    qtbot.waitUntil(lambda: "humaneval" in view.pass_charts, timeout=WAIT_MS)
+    for axis in ("tokens", "wall_time", "samples", "step", "wall_time", "tokens"):
+        view.x_combo.setCurrentIndex(view.x_combo.findData(axis))
+        want = expected_x(axis, np.arange(1, 41))
+        for chart in view.charts.values():  # each chart reads the new axis from the store off the UI thread
+            qtbot.waitUntil(lambda c=chart, w=want: drawn_on(c, ("b", 1, "smooth"), w), timeout=WAIT_MS)
+            chart.plot_widget.grab()
+            x_lo, x_hi = chart.plot.getViewBox().viewRange()[0]
+            assert x_lo <= want[0] and want[-1] <= x_hi and x_hi - x_lo < 3 * (want[-1] - want[0]), (axis, chart)
+            np.testing.assert_allclose(chart._curves[("b", 1, "smooth")].full_data[0], want)
+        pass_item = view.pass_charts["humaneval"]._curves[("a", "all")]
+        qtbot.waitUntil(lambda p=pass_item, w=want: p.xData is not None and len(p.xData) == 1
+                        and np.allclose(p.xData, w[-1:]), timeout=WAIT_MS)
+    view.close()
+
+
+def test_hovering_the_pass_at_1_bars_lists_each_runs_bar_of_that_benchmark_and_subset(qtbot, store):
+    from tests.app.test_chart_hover_log import move_to
+
+    for run_id, values in (("a", {"all": 0.25, "clean": 0.3}), ("b", {"all": 0.5})):
+        create_run(store, run_id, name=f"run {run_id}", status="finished")
+        StoreFeeder(store, run_id).evals(10, values)
+    view = open_compare(qtbot, store, ["a", "b"])
+    view.tabs.setCurrentIndex(1)
+    chart = view.bar_chart
+    qtbot.waitExposed(chart)
+    chart.plot_widget.grab()
+    move_to(qtbot, chart, 0.1, 20.0)  # the first category: humaneval all
+    qtbot.waitUntil(lambda: chart.hover_text() != "", timeout=2000)
+    assert chart.hover_text().splitlines() == ["humaneval all", "run a: 25.0%", "run b: 50.0%"]
+    move_to(qtbot, chart, 0.9, 20.0)
+    qtbot.waitUntil(lambda: chart.hover_text().startswith("humaneval clean"), timeout=2000)
+    assert chart.hover_text().splitlines() == ["humaneval clean", "run a: 30.0%"]

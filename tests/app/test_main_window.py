@@ -247,3 +247,20 @@ def test_run_names_with_control_characters_show_escaped_in_the_table_and_tab(mai
     assert view.title_label.text() == "two\\nlines\\x1b[2J"
     assert view.title_label.textFormat() == Qt.TextFormat.PlainText
 
+
+
+def test_quitting_with_an_edited_run_config_asks_first_and_cancel_keeps_the_window(main_window, qtbot):
+    from tests.app.test_config_form import _answer_unsaved, _type_into
+
+    main_window.show()
+    page = main_window.config_page
+    main_window.show_new_run()
+    _type_into(qtbot, page, "name", "edited, not saved")
+    assert page.is_modified()
+    asked = _answer_unsaved(page, qtbot, "Cancel")
+    assert not main_window.close()  # the close was refused
+    assert asked and "not saved" in asked[0] and "quit" in asked[0]
+    assert main_window.isVisible() and page.data["name"] == "edited, not saved"
+    asked = _answer_unsaved(page, qtbot, "Discard")
+    assert main_window.close()
+    assert asked and not main_window.isVisible()

@@ -67,6 +67,12 @@ def test_numbers_table_and_lists_match_core_and_a_task_opens_both_completions(vi
     b_text = view.b_text.toPlainText()
     assert "return b_3" in b_text and "FAILED (AssertionError)" in b_text and "AssertionError: b failed task 3" in b_text
     assert "0/1 passed" in view.b_title.text()
+    # the task's prompt beside the two completions (HumanEval's own, read off the UI thread)
+    from core.evalsets import load_humaneval
+
+    prompt = next(t.prompt for t in load_humaneval().tasks if t.task_id == "HumanEval/3")
+    qtbot.waitUntil(lambda: view.prompt_text.toPlainText() == prompt, timeout=10_000)
+    assert "HumanEval/3" in view.prompt_title.text()
 
     # a 2x2 cell lists its tasks: "neither" goes to the third list
     view.table.cellClicked.emit(1, 1)

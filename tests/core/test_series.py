@@ -297,3 +297,62 @@ def test_the_chart_and_the_intervals_count_the_same_record_of_a_checkpoint_evalu
     assert steps.tolist() == [20] and values.tolist() == [30.0]
     assert [p.pass_at_1 for p in eval_points(evals)] == [pytest.approx(0.3)]
     assert best_pass_at_1(evals) == {"humaneval": {"all": 0.3}}
+
+
+def test_pass_at_1_points_carry_the_wilson_interval_of_each_record():
+    from core.records import eval_record
+    from core.series import pass_at_1_points
+    from core.uncertainty import wilson_interval
+
+    evals = [eval_record(step=s, attempt=1, checkpoint=f"c{s}", benchmark="humaneval", subset="all", n_tasks=164,
+                         samples_per_task=1, temperature=0.0, pass_at={1: solved / 164}, t=float(s))
+             for s, solved in ((10, 50), (20, 82))]
+    points = pass_at_1_points(evals, "humaneval", "all")
+    np.testing.assert_array_equal(points.steps, [10, 20])
+    for i, solved in enumerate((50, 82)):
+        lo, hi = wilson_interval(solved, 164)
+        assert points.low[i] == pytest.approx(100 * lo) and points.high[i] == pytest.approx(100 * hi)
+    assert points.high[1] - points.values[1] == pytest.approx(7.5, abs=0.2)  # 50% of 164 tasks: about +-7.5
+
+
+def test_x_at_steps_reads_each_checkpoint_on_the_chosen_axis_and_does_not_extrapolate():
+    from core.series import x_at_steps
+
+    series = RunSeries()
+    # logged every 10 steps; attempt 2 redid steps 30-50 at other times
+    series.extend([{"step": s, "attempt": 1, "tokens": 100.0 * s, "samples": 2.0 * s, "t": 1000.0 + s}
+                   for s in range(10, 41, 10)])
+    series.extend([{"step": s, "attempt": 2, "tokens": 100.0 * s, "samples": 2.0 * s, "t": 2000.0 + s}
+                   for s in range(30, 51, 10)])
+    steps = np.array([5.0, 15.0, 30.0, 50.0, 60.0])
+    np.testing.assert_allclose(x_at_steps(series, steps, "tokens"), [np.nan, 1500.0, 3000.0, 5000.0, np.nan])
+    np.testing.assert_allclose(x_at_steps(series, steps, "step"), steps)
+    # wall time from the run's first row; step 30 is the redone one (attempt 2's time)
+    np.testing.assert_allclose(x_at_steps(series, steps, "wall_time"), [np.nan, 5.0, 1020.0, 1040.0, np.nan])
+
+
+def test_total_steps_prefer_the_trainers_plan_of_the_latest_attempt_over_the_config():
+    from core.series import total_steps
+
+    plans = [{"event": "training_plan", "attempt": 1, "t": 1.0, "detail": {"total_steps": 300}},
+             {"event": "training_plan", "attempt": 2, "t": 9.0, "detail": {"total_steps": 320}},
+             {"event": "started", "attempt": 2, "t": 8.0, "detail": {}}]
+    assert total_steps(plans, {"training": {"max_steps": 40}}) == 320
+    assert total_steps([], {"training": {"max_steps": 40}}) == 40
+    assert total_steps([], {"training": {"epochs": 3}}) is None
+
+
+def test_training_progress_measures_the_step_time_of_the_latest_attempt_and_counts_the_eta_down():
+    from core.series import step_time, training_progress
+
+    series = RunSeries()
+    series.extend([{"step": s, "attempt": 1, "t": 100.0 + 2.0 * s} for s in range(1, 11)])
+    series.extend([{"step": s, "attempt": 2, "t": 1000.0 + 0.5 * s} for s in range(8, 21)])  # faster after resume
+    assert step_time(series) == 0.5
+    assert step_time(RunSeries()) is None
+    p = training_progress(20, 100, 0.5, last_t=1010.0, now=1010.0, running=True)
+    assert (p.done, p.total, p.step_s, p.fraction) == (20, 100, 0.5, 0.2)
+    assert p.eta_s == pytest.approx(80 * 0.5)  # the last row is from now
+    assert training_progress(20, 100, 0.5, 1010.0, now=1013.0, running=True).eta_s == pytest.approx(37.0)
+    assert training_progress(20, 100, 0.5, 1010.0, now=1013.0, running=False).eta_s == pytest.approx(40.0)
+    assert training_progress(20, None, 0.5, 1010.0, now=1013.0, running=True).eta_s is None

@@ -190,6 +190,14 @@ def test_restart_resumes_from_checkpoint_with_attempt_2_and_continuous_steps(run
     assert len(finished) == 1 and finished[0]["attempt"] == 2 and finished[0]["detail"]["step"] == MAX_STEPS
 
 
+def test_each_attempt_records_the_trainers_total_steps_for_the_progress_bar(run: dict[str, Any]) -> None:
+    paths = run["paths"]
+    stop = run["after_attempt1"]["steps"][-1]
+    plans = events(paths, "training_plan")
+    assert [(e["attempt"], e["detail"]["total_steps"], e["detail"]["start_step"]) for e in plans] == [
+        (1, MAX_STEPS, 0), (2, MAX_STEPS, stop)]
+
+
 def test_metrics_validate_and_loss_falls(run: dict[str, Any]) -> None:
     paths = run["paths"]
     lines = paths.metrics.read_text().splitlines()
