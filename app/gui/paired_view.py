@@ -418,8 +418,9 @@ class PairedView(QWidget):
 
         def work(_ctx: WorkContext) -> dict[str, str]:
             from core.evalsets import task_prompts
+            from core.paths import bench_data_dir
 
-            return task_prompts(benchmark)
+            return task_prompts(benchmark, bench_data_dir())
 
         worker = Worker(work)
         worker.signals.finished.connect(lambda _rid, prompts: self._on_prompts(benchmark, prompts))

@@ -130,13 +130,12 @@ def test_run_references_pick_the_latest_evaluation_or_the_step_asked_for():
         pick_evaluation([], "r")
 
 
-def test_task_prompts_come_from_each_benchmarks_own_data_and_say_why_when_missing(tmp_path, monkeypatch):
+def test_task_prompts_come_from_each_benchmarks_own_data_and_say_why_when_missing(tmp_path):
     from core.evalsets import EvalSetError, task_prompts
 
-    humaneval = task_prompts("humaneval")
+    humaneval = task_prompts("humaneval", tmp_path)
     assert len(humaneval) == 164 and humaneval["HumanEval/0"].lstrip().startswith("from typing import List")
-    monkeypatch.setenv("TUNEDECK_BENCH_DATA", str(tmp_path))  # nothing downloaded here
     with pytest.raises(EvalSetError, match=r"mbpp\.jsonl not found .*tunedeck data download"):
-        task_prompts("mbpp")
+        task_prompts("mbpp", tmp_path)  # nothing downloaded here
     with pytest.raises(EvalSetError, match="no prompts known for benchmark 'custom'"):
-        task_prompts("custom")
+        task_prompts("custom", tmp_path)
