@@ -116,8 +116,10 @@ class ChartWidget(QWidget):
         tools.addStretch(1)
         tools.addWidget(self.log_note)
         tools.addWidget(self.log_check)
-        self.log_check.setVisible(log_toggle)
         layout.addLayout(tools)
+        # only now: the box has its parent (a parentless widget made visible is a top-level window of its own,
+        # which flashed up and took the focus from the main window)
+        self.log_check.setVisible(log_toggle)
         layout.addWidget(self.plot_widget)
         self._curves: dict[tuple, pg.PlotDataItem] = {}
         self._lines: dict[tuple, pg.InfiniteLine] = {}

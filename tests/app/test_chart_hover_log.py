@@ -115,3 +115,21 @@ def test_a_flat_curve_on_a_log_axis_keeps_a_readable_frame(qtbot):
     chart.plot_widget.grab()
     lo, hi = chart.plot.getViewBox().viewRange()[1]
     assert lo < 3e-4 < hi and hi - lo < 0.2 * 3e-4, (lo, hi)
+
+
+
+def test_building_a_chart_opens_no_window_of_its_own(qtbot):
+    # The log-y box was made visible before it had a parent: for a moment it was a top-level window of its own,
+    # which took the focus from the main window (keyboard shortcuts then stopped reaching it).
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    main = QWidget()
+    qtbot.addWidget(main)
+    main.show()
+    main.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is main)
+    chart = MetricChart("loss", "loss")
+    qtbot.addWidget(chart)
+    qtbot.wait(50)
+    assert QApplication.activeWindow() is main
+    assert chart.log_check.parent() is not None and not chart.log_check.isWindow()
