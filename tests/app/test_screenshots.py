@@ -97,6 +97,8 @@ wait(lambda: view.point_count() > 0 and view.eval_banner.isVisible()); shot("7-r
 loaded = []
 cmp_view = w.open_compare(["20261125-12000-demo0", "20261125-12001-demo1"])
 cmp_view.data_loaded.connect(lambda d: loaded.append(d)); wait(lambda: loaded); shot("8-compare")
+# the config was edited above ("fast"): closing would ask about it in a modal box; the edit is a prop
+w.config_page._mark_unmodified()
 w.close()
 QThreadPool.globalInstance().waitForDone(10000)
 '''
