@@ -506,7 +506,7 @@ def evaluate_model(
     if on_event:
         on_event("eval_finished", {"step": step, "seconds": round(time.monotonic() - started, 2),
                                    "engine": generator.engine, "gpus": gpu_text, "tokens_generated": tokens,
-                                   "generate_s": round(gen_seconds, 3),
+                                   "generate_s": round(gen_seconds, 6),  # tokens_per_s = tokens / this: 3 decimals were 1.5% off at 30 ms
                                    "tokens_per_s": round(tokens / gen_seconds, 2) if gen_seconds > 0 else None,
                                    "pass@1": {f"{r['benchmark']}/{r['subset']}": r["pass@1"] for r in records}})
     return records
