@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.records import RunPaths, eval_record, metric_record
+from core.records import METRIC_REQUIRED, RunPaths, eval_record, metric_record
 from core.series import RunSeries
 from core.store import (
     MIGRATIONS,
@@ -22,6 +22,7 @@ from core.store import (
     SCHEMA_VERSION,
     TILE_SHIFTS,
     Store,
+    _rebuild_tiles,
     _statements,
 )
 from tests.core.test_store import V1_SQL
@@ -344,6 +345,85 @@ def test_v2_store_is_migrated_with_summaries_attempt_spans_and_tiles_of_its_old_
 
 
 # ---------------------------------------------------------------------------------------------- no growing paths
+
+
+def _tiles_and_spans(store: Store, run_id: str) -> tuple[list, list]:
+    conn = store._conn()
+    tiles = conn.execute("SELECT * FROM metric_tiles WHERE run_id = ? ORDER BY attempt, level, tile",
+                         (run_id,)).fetchall()
+    spans = conn.execute("SELECT attempt, points, min_step, max_step, first_t, last_t FROM metric_attempts"
+                         " WHERE run_id = ? ORDER BY attempt", (run_id,)).fetchall()
+    return [tuple(r) for r in tiles], [tuple(r) for r in spans]
+
+
+def test_tiles_and_spans_kept_by_ingest_equal_a_recomputation_from_the_stored_rows(store):
+    """Ingest computes the tiles of new, ascending rows in memory and merges them into the stored ones, and
+    re-reads the rows in SQL otherwise (repeats, steps out of order, fields it has no column for). Whatever mix
+    arrives, the tiles and attempt spans equal those recomputed from every stored row, and every stored row is
+    the first delivery of its (attempt, step) with its fields as sent."""
+    rng = random.Random(2024)
+    feed = Feeder(store, "r1")
+    sent: list[dict] = []
+    next_step = {0: 1, 1: 1, 2: 1}
+    for batch_no in range(80):
+        roll = rng.random()
+        attempt = rng.choice(sorted(next_step))
+        if roll < 0.1 and sent:  # a re-delivered stretch, partly overlapping new rows
+            start = rng.randrange(len(sent))
+            batch = [dict(r, loss=-1.0) for r in sent[start:start + rng.randint(1, 40)]]  # a repeat never wins
+            batch += [_metric(next_step[attempt] + i, attempt) for i in range(rng.randint(0, 5))]
+        else:
+            n = rng.choice([1, 3, 17, 64, 300, 2000])
+            steps = list(range(next_step[attempt], next_step[attempt] + n))
+            if roll < 0.2:
+                rng.shuffle(steps)  # out of order
+            batch = []
+            for s in steps:
+                kind = rng.random()
+                loss = None if kind < 0.2 else rng.uniform(0.1, 3.0)
+                if kind < 0.1:
+                    rec = _metric(s, attempt, loss=loss)
+                    rec.update(tokens=None, samples=None, lr=None)  # nulls in tiled columns (t is required)
+                elif kind < 0.3:
+                    rec = _metric(s, attempt, loss=loss, gpu_mem_gb=rng.uniform(1, 80), step_time_s=0.5)
+                elif kind < 0.35:
+                    rec = dict(_metric(s, attempt, loss=loss), custom_metric=rng.random(), note="x")
+                else:
+                    rec = _metric(s, attempt, loss=loss)
+                batch.append(rec)
+        next_step[attempt] = max([next_step[attempt], *(r["step"] + 1 for r in batch if r["attempt"] == attempt)])
+        feed(RunPaths.METRICS, batch)
+        sent.extend(batch)
+        if batch_no % 20 == 19:
+            kept, spans = _tiles_and_spans(store, "r1")
+            with store._write() as conn:
+                for attempt_, _points, lo, hi, _t0, _t1 in spans:
+                    _rebuild_tiles(conn, "r1", attempt_, lo, hi)
+                conn.execute("DELETE FROM metric_attempts WHERE run_id = 'r1'")
+                conn.execute(
+                    "INSERT INTO metric_attempts (run_id, attempt, points, min_step, max_step, first_t, last_t)"
+                    " SELECT run_id, attempt, COUNT(*), MIN(step), MAX(step), MIN(t), MAX(t) FROM metrics"
+                    " WHERE run_id = 'r1' GROUP BY attempt")
+            assert _tiles_and_spans(store, "r1") == (kept, spans), f"after batch {batch_no}"
+    first: dict[tuple[int, int], dict] = {}
+    for rec in sent:
+        first.setdefault((rec["attempt"], rec["step"]), rec)
+    stored = {(r["attempt"], r["step"]): {k: v for k, v in r.items() if k != "rowid"} for r in store.metrics("r1")}
+    expected = {key: {k: v for k, v in rec.items() if v is not None or k in METRIC_REQUIRED}
+                for key, rec in first.items()}
+    assert stored == expected
+    assert any("custom_metric" in r for r in stored.values()) and any("gpu_mem_gb" in r for r in stored.values())
+
+
+def test_a_run_id_with_quotes_and_sql_in_it_is_stored_as_given(store):
+    """The metric INSERT names the run id as an SQL literal (so each row binds only its values): quoting holds."""
+    run_id = "o'brien'); DROP TABLE metrics; --"
+    feed = Feeder(store, run_id)
+    feed(RunPaths.METRICS, [_metric(s) for s in range(1, 40)])
+    other = Feeder(store, "other")
+    other(RunPaths.METRICS, [_metric(s) for s in range(1, 5)])
+    assert [r["step"] for r in store.metrics(run_id)] == list(range(1, 40))
+    assert store.summary(run_id)["metric_points"] == 39 and store.summary("other")["metric_points"] == 4
 
 
 @pytest.mark.parametrize("losses", ["every step", "never", "every tenth step"])
