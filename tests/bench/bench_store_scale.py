@@ -46,7 +46,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 SIZES = {"S": (10, 10_000), "M": (100, 10_000), "L": (300, 100_000)}
 CACHED_SIZES = ("L",)
-CACHE = REPO / ".cache" / "bench_store_scale"
+# TUNEDECK_BENCH_CACHE: build the cached store elsewhere (e.g. a new build while the old one is in use)
+CACHE = Path(os.environ.get("TUNEDECK_BENCH_CACHE") or REPO / ".cache" / "bench_store_scale")
 RECIPE_VERSION = 1  # bump when the data written below changes: the cached store is rebuilt
 READ_CHUNK = 8 << 20  # what the streamer's drain reads at once
 RESUME_EVERY = 10  # one run in ten has a second attempt
@@ -161,6 +162,19 @@ def build_store(size: str, path: Path, progress: bool = True) -> dict[str, float
     return stats
 
 
+def _commit() -> str:
+    """The commit whose ingest built a store (with '+' when the checkout had changes): a cached store's ingest
+    rates are that code's."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
 def cached_store(size: str, rebuild: bool) -> tuple[Path, dict[str, float], bool]:
     """The store of `size` (built now, or reused from the cache for CACHED_SIZES); (path, build stats, reused)."""
     from core.store import SCHEMA_VERSION
@@ -179,6 +193,7 @@ def cached_store(size: str, rebuild: bool) -> tuple[Path, dict[str, float], bool
         stats = build_store(size, path)
         stats["build_s"] = time.perf_counter() - started
         stats["build_cpu_s"] = time.process_time() - started_cpu
+        stats["built_by"] = _commit()
         meta.write_text(json.dumps({"key": key, "stats": stats, "built_at": time.time(),
                                     "load_average": os.getloadavg()[0]}, indent=1))
         return path, stats, False
@@ -437,7 +452,7 @@ def run(sizes: list[str], rebuild: bool = False, progress: bool = True) -> dict[
             "ingest_e2e_cpu": stats["records"] / (stats["store_cpu_s"] + stats["parse_cpu_s"])
             if stats.get("store_cpu_s") else None,
             "records": stats["records"], "build_s": stats.get("build_s"), "reused": reused,
-            "build_cpu_s": stats.get("build_cpu_s"),
+            "build_cpu_s": stats.get("build_cpu_s"), "built_by": stats.get("built_by"),
             "db_mb": os.path.getsize(path) / 1e6,
         }
         if progress:
@@ -456,7 +471,8 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     header = (f"store scale benchmark on {cpus} CPUs (load average {os.getloadavg()[0]:.1f} at the end); "
               f"wall-clock times; ingest rates of a cached store are those measured when it was built")
     builds = "; ".join(f"{s}: {r['records']:,} records, {r['db_mb']:,.0f} MB"
-                       + (" (cached)" if r["reused"] else f", built in {r['build_s']:.0f} s")
+                       + (f" (cached, ingest measured at its build by {r.get('built_by') or 'an older commit'})"
+                          if r["reused"] else f", built in {r['build_s']:.0f} s")
                        + (f" ({r['build_cpu_s']:.0f} CPU s)" if r.get("build_cpu_s") else "")
                        + f", app measured at load average {r['load_before']:.1f}-{r['load_after']:.1f}"
                        for s, r in results.items())
