@@ -606,14 +606,20 @@ class MetricChart(ChartWidget):
         label, color, curve = self._runs[run_key]
         first = attempt == curve.attempts[0]
         name = label if first else None
-        raw = self.curve((run_key, attempt, "raw"), name=None, color=color, width=1, alpha=70)
         line = self.curve((run_key, attempt, "smooth"), name=name, color=color, width=1)
-        if curve.smoothing > 0:
-            if self.show_raw:  # a hidden curve's setData would still cost bounds and downsampling per update
-                self._set_curve(raw, (run_key, attempt, "raw"), seg.x, seg.y)
-            raw.setVisible(self.show_raw)
-        else:
-            raw.setVisible(False)
+        # The faint raw line is created only once it is shown: a comparison (smoothed lines only) or an unsmoothed
+        # metric never shows it, and each pyqtgraph item costs ~1 ms of the UI thread to create (10 runs x 4
+        # charts of them held the UI thread ~100 ms when a comparison opened).
+        raw_key = (run_key, attempt, "raw")
+        shown = curve.smoothing > 0 and self.show_raw
+        raw = self._curves.get(raw_key)
+        if raw is None and shown:
+            raw = self.curve(raw_key, name=None, color=color, width=1, alpha=70)
+            raw.stackBefore(line)  # under the smoothed line, as when both are created together
+        if raw is not None:
+            if shown:  # a hidden curve's setData would still cost bounds and downsampling per update
+                self._set_curve(raw, raw_key, seg.x, seg.y)
+            raw.setVisible(shown)
         # a curve read as an envelope (core.window.WindowCurve) draws its smoothed line at its own x (one value
         # per bucket) beside the raw min/max polyline
         self._set_curve(line, (run_key, attempt, "smooth"), getattr(seg, "smooth_x", seg.x), seg.smooth)

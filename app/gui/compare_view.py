@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -161,7 +161,7 @@ class CompareView(QWidget):
     """The main window opens it as `CompareView(store, run_ids, parent, watcher=its watcher)`; without a
     watcher the view starts its own."""
 
-    data_loaded = Signal(object)  # CompareData, once rendered (again after every live update)
+    data_loaded = Signal(object)  # CompareData, once rendered and drawn (again after every live update)
 
     def __init__(self, store: Store, run_ids: list[str], parent: QWidget | None = None, *,
                  watcher: StoreWatcher | None = None):
@@ -176,6 +176,12 @@ class CompareView(QWidget):
         self._config_key: tuple = ()
         self._bar_items: list[Any] = []
         self._closed = False
+        # What a render left to draw, in order: ("curves", field) per metric chart, ("pass", benchmark) per
+        # pass@1 chart; drawn one per event-loop turn (_draw_next), then data_loaded. 10 runs x 4 metrics of
+        # pyqtgraph items created in one turn held the UI thread ~300 ms when a comparison of long runs opened.
+        self._due: dict[tuple[str, str], None] = {}
+        self._draw_timer = QTimer(self, singleShot=True, interval=0)
+        self._draw_timer.timeout.connect(self._draw_next)
         self._build()
         self._windows: dict[str, RunWindow] = {}
         self._reframe_pending: set[str] = set()
@@ -397,17 +403,51 @@ class CompareView(QWidget):
             text += f" ({len(self.data.missing)} deleted: {', '.join(self.data.missing)})"
         self.state_label.setText(text)
         self._fill_legend()
+        # Charts that only get new points for the curves they hold are drawn now; charts that must create items
+        # (runs new to them: the first picture, a reload) wait for a turn of their own.
         if first or grew or run_changed:
-            self._draw_curves()
+            shown = [r.run_id for r in self.visible_runs()]
+            for field_name, chart in self.charts.items():
+                if ("curves", field_name) in self._due or not set(shown) <= set(chart.run_keys()):
+                    self._due[("curves", field_name)] = None
+                else:
+                    self._draw_chart(field_name)
         if first or grew or evals_changed:
-            self._draw_pass_at_1()
+            for bench in self._benchmarks():
+                if ("pass", bench) in self._due or bench not in self.pass_charts:
+                    self._due[("pass", bench)] = None
+                else:
+                    self._draw_pass_at_1(bench)
         self._fill_metrics()
         self._draw_bars()
         config_key = tuple((r.run_id, r.config_json) for r in (x.row for x in self._runs.values()) if r is not None)
         if config_key != self._config_key:
             self._config_key = config_key
             self._fill_diff()
-        self.data_loaded.emit(self.data)
+        if not self._due:
+            self.data_loaded.emit(self.data)
+        elif not self._draw_timer.isActive():
+            self._draw_timer.start()
+
+    def _draw_next(self) -> None:
+        """Draw the next chart a render left due; data_loaded once none is left."""
+        if self._closed or self.data is None:
+            return
+        if self._due:
+            kind, name = next(iter(self._due))
+            del self._due[(kind, name)]
+            if kind == "curves":
+                self._draw_chart(name)
+            else:
+                self._draw_pass_at_1(name)
+        if self._due:
+            self._draw_timer.start()
+        else:
+            self.data_loaded.emit(self.data)
+
+    def is_drawn(self) -> bool:
+        """Rendered, and every chart drawn (what data_loaded announces)."""
+        return self.data is not None and not self._due
 
     # ------------------------------------------------------------------ rendering
 
@@ -439,25 +479,34 @@ class CompareView(QWidget):
 
     def _draw_curves(self) -> None:
         """Every metric chart: one smoothed curve per shown run, named by its display name."""
-        shown = {r.run_id: r for r in self.visible_runs()}
-        for field_name, chart in self.charts.items():
-            chart.set_x_label(X_LABELS[self.x_axis])
-            for run_key in set(chart.run_keys()) - set(shown):
-                chart.clear_run(run_key)
-            for run_id, data in shown.items():
-                run = self._runs[run_id]
-                if run_id not in chart.run_keys():
-                    chart.set_curve(run_id, data.shown, run.color, run.curves[field_name])
-                else:
-                    chart.set_label(run_id, data.shown)
-            chart.refresh()
+        for field_name in self.charts:
+            self._due.pop(("curves", field_name), None)
+            self._draw_chart(field_name)
 
-    def _draw_pass_at_1(self) -> None:
-        """One pass@1 chart per benchmark in the grid: each run's 'all' subset per checkpoint in its colour,
-        with 95% intervals, on the chosen x-axis."""
+    def _draw_chart(self, field_name: str) -> None:
+        shown = {r.run_id: r for r in self.visible_runs()}
+        chart = self.charts[field_name]
+        chart.set_x_label(X_LABELS[self.x_axis])
+        for run_key in set(chart.run_keys()) - set(shown):
+            chart.clear_run(run_key)
+        for run_id, data in shown.items():
+            run = self._runs[run_id]
+            if run_id not in chart.run_keys():
+                chart.set_curve(run_id, data.shown, run.color, run.curves[field_name])
+            else:
+                chart.set_label(run_id, data.shown)
+        chart.refresh()
+
+    def _benchmarks(self) -> list[str]:
+        return sorted({e["benchmark"] for r in self.visible_runs() for e in r.evals})
+
+    def _draw_pass_at_1(self, only: str | None = None) -> None:
+        """One pass@1 chart per benchmark in the grid (or only the one named): each run's 'all' subset per
+        checkpoint in its colour, with 95% intervals, on the chosen x-axis."""
         shown = self.visible_runs()
-        benchmarks = sorted({e["benchmark"] for r in shown for e in r.evals})
+        benchmarks = [b for b in self._benchmarks() if only is None or b == only]
         for bench in benchmarks:
+            self._due.pop(("pass", bench), None)
             chart = self.pass_charts.get(bench)
             if chart is None:
                 chart = self.pass_charts[bench] = PassAtOneChart(bench)

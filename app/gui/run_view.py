@@ -398,6 +398,10 @@ class RunView(QWidget):
         self.cancel_box: QMessageBox | None = None
         self.cancel_result: Any = None
         self._closed = False
+        # pass@1 drawn from a batch waits for its own event-loop turn (see _schedule_pass_at_1)
+        self._pass_due: bool | None = None  # None: nothing due; else whether to read measured references too
+        self._pass_timer = QTimer(self, singleShot=True, interval=0)
+        self._pass_timer.timeout.connect(self._draw_due_pass_at_1)
 
         self._build()
         self.feed = ChartFeed(store, {run_id: self.window}, self.charts, lambda: self.x_axis,
@@ -639,7 +643,7 @@ class RunView(QWidget):
         # runs cost the UI thread one chart update per batch, not four)
         if batch.evals is not None:
             self._evals = batch.evals
-            self._draw_pass_at_1()
+            self._schedule_pass_at_1()
             if batch.evals and not batch.first:
                 self.samples.refresh()
         if batch.log_reset:
@@ -673,7 +677,8 @@ class RunView(QWidget):
 
     def _check_loaded(self) -> None:
         """Loaded: the first batch (status, events, log) is shown, every chart is built and drawn."""
-        if not self.loaded and self._watch_rowid >= 0 and self.feed.reads and self.charts_built():
+        if not self.loaded and self._watch_rowid >= 0 and self.feed.reads and self.charts_built() \
+                and self._pass_due is None:
             self.loaded = True
 
     def point_count(self) -> int:
@@ -719,6 +724,21 @@ class RunView(QWidget):
         if tail is not None:
             steps.append(tail)
         return max(steps) if steps else None
+
+    def _schedule_pass_at_1(self, measured: bool = True) -> None:
+        """Draw the pass@1 charts in the next event-loop turn (requests meanwhile fold into one draw). Creating a
+        pass@1 chart and its curves costs the UI thread tens of ms: in the same turn as the batch that brought
+        the evaluations (the first holds the run's status, events and log) it made the longest stall of a tab
+        opening on a long run."""
+        self._pass_due = measured or bool(self._pass_due)
+        self._pass_timer.start()
+
+    def _draw_due_pass_at_1(self) -> None:
+        measured, self._pass_due = bool(self._pass_due), None
+        if self._closed:
+            return
+        self._draw_pass_at_1(measured)
+        self._check_loaded()
 
     def _draw_pass_at_1(self, measured: bool = True) -> None:
         """The pass@1 charts from the eval records (`measured`: also read the measured references again)."""
@@ -876,7 +896,7 @@ class RunView(QWidget):
             log.warning("run %s: %s event without an integer step: %r", self.run_id, e["event"], e.get("detail"))
         self.progress.ignored.clear()
         if len(self.progress.unconfined) != unconfined_before:
-            self._draw_pass_at_1()
+            self._schedule_pass_at_1()
         self._eval_events.extend(e for e in events if e["event"] == "started" or e["event"] in EVAL_EVENTS)
         self._render_status()
         if any(e["event"] == "started" or e["event"] in EVAL_EVENTS for e in events):

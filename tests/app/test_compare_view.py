@@ -27,7 +27,7 @@ def open_compare(qtbot, store, run_ids) -> CompareView:
     qtbot.addWidget(view)
     view.resize(1200, 800)
     view.show()
-    qtbot.waitUntil(lambda: view.data is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: view.is_drawn(), timeout=WAIT_MS)
     return view
 
 

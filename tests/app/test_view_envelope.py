@@ -96,7 +96,7 @@ def test_compare_of_long_runs_holds_bounded_data_per_run(qtbot, store):
     qtbot.addWidget(view)
     view.resize(1200, 800)
     view.show()
-    qtbot.waitUntil(lambda: view.data is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: view.is_drawn(), timeout=WAIT_MS)
     # every metric of the grid holds bounded data per run (the grid reads all four with one picture)
     for field_name, chart in view.charts.items():
         for run_id in run_ids:
