@@ -681,8 +681,8 @@ class PassAtOneChart(ChartWidget):
         self.x_is_step = True
         for ref in sorted(references_for(benchmark), key=lambda r: r.pass_at_1):
             self.references[ref.model] = ref
-            self.hline(("ref", ref.model), ref.pass_at_1, f"{ref.model} {ref.pass_at_1:g}", "#888888",
-                       visible=ref.model in DEFAULT_SHOWN)
+            if ref.model in DEFAULT_SHOWN:  # a hidden line is created once it is first shown (~1 ms of UI each)
+                self._reference_line(ref.model)
         vb = self.plot.getViewBox()
         vb.sigResized.connect(lambda _vb: self._layout_reference_labels())
         vb.sigYRangeChanged.connect(lambda _vb, _r: self._layout_reference_labels())
@@ -699,8 +699,19 @@ class PassAtOneChart(ChartWidget):
         self._unconfined: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._unconfined_items: dict[str, pg.ScatterPlotItem] = {}
 
+    def _reference_line(self, model: str) -> pg.InfiniteLine:
+        ref = self.references[model]
+        return self.hline(("ref", model), ref.pass_at_1, f"{model} {ref.pass_at_1:g}", "#888888")
+
+    def _reference_shown(self, model: str) -> bool:
+        line = self._lines.get(("ref", model))
+        return line is not None and line.isVisible()
+
     def set_reference_visible(self, model: str, visible: bool) -> None:
-        self._lines[("ref", model)].setVisible(visible)
+        if visible:
+            self._reference_line(model)
+        elif ("ref", model) in self._lines:
+            self._lines[("ref", model)].setVisible(False)
         self._layout_reference_labels()
 
     def _layout_reference_labels(self) -> None:
@@ -712,7 +723,7 @@ class PassAtOneChart(ChartWidget):
         height_px = max(vb.height(), 1.0)
         band = LABEL_HEIGHT_PX * (y_hi - y_lo) / height_px
         taken: list[tuple[float, str, float, float]] = []  # (position, side, low, high) of placed labels
-        shown = sorted((ref for ref in self.references.values() if self._lines[("ref", ref.model)].isVisible()),
+        shown = sorted((ref for ref in self.references.values() if self._reference_shown(ref.model)),
                        key=lambda r: r.pass_at_1)
         for ref in shown:
             v = ref.pass_at_1
@@ -763,7 +774,7 @@ class PassAtOneChart(ChartWidget):
         return max(xs) if xs else 0.0
 
     def visible_references(self) -> list[str]:
-        return [m for m in self.references if self._lines[("ref", m)].isVisible()]
+        return [m for m in self.references if self._reference_shown(m)]
 
     def set_subset(self, run_key: str, label: str, subset: str, steps: np.ndarray, values: np.ndarray,
                    color: str | None = None, *, low: np.ndarray | None = None, high: np.ndarray | None = None,

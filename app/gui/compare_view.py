@@ -188,6 +188,7 @@ class CompareView(QWidget):
         self._step_axes_workers: dict[str, Worker] = {}
         self.feed = ChartFeed(store, self._windows, self.charts, lambda: self.x_axis, self._weight, self)
         self.feed.applied.connect(self._on_feed_applied)
+        self.feed.chart_redrawn.connect(self._on_feed_chart_redrawn)
         self.feed.failed.connect(lambda msg: self.state_label.setText(f"Could not read the runs: {msg}"))
         self._own_watcher = watcher is None
         self.watcher = watcher if watcher is not None else StoreWatcher(store, parent=self)
@@ -384,11 +385,13 @@ class CompareView(QWidget):
         if any(r.window.data and min(d.rowid for d in r.window.data.values()) < r.watch_rowid
                for r in self._runs.values()):
             self.feed.request(force=True)  # read before a watcher started: rows between would be missing
-        for field_name in list(self._reframe_pending):
-            if all(r.curves[field_name].data is not None for r in self._runs.values() if r.window.data):
-                self.charts[field_name].reframe_x()  # the new axis' data is drawn: frame it
-                self._reframe_pending.discard(field_name)
         self._render(True, False, False)
+
+    def _on_feed_chart_redrawn(self, field_name: str) -> None:
+        if field_name in self._reframe_pending and \
+                all(r.curves[field_name].data is not None for r in self._runs.values() if r.window.data):
+            self.charts[field_name].reframe_x()  # the new axis' data is drawn: frame it
+            self._reframe_pending.discard(field_name)
 
     def _render(self, grew: bool, run_changed: bool, evals_changed: bool) -> None:
         if not all(r.loaded for r in self._runs.values()) or self.feed.reads <= self._reads_seen:

@@ -407,6 +407,7 @@ class RunView(QWidget):
         self.feed = ChartFeed(store, {run_id: self.window}, self.charts, lambda: self.x_axis,
                               lambda f: self.curves[f].smoothing, self)
         self.feed.applied.connect(self._on_feed_applied)
+        self.feed.chart_redrawn.connect(self._on_feed_chart_redrawn)
         self.feed.failed.connect(lambda msg: self.banner.show_message(f"Reading the charts failed: {msg}", "error"))
         self.feed.request(force=True)  # the first picture, while the watcher reads the rest
         self._own_watcher = watcher is None
@@ -666,14 +667,16 @@ class RunView(QWidget):
             return
         if self._watch_rowid >= 0 and min(d.rowid for d in self.window.data.values()) < self._watch_rowid:
             self.feed.request(force=True)  # read before the watcher started: rows between would be missing
-        for field_name in list(self._reframe_pending):
-            if field_name in self.charts and self.curves[field_name].data is not None:
-                self.charts[field_name].reframe_x()  # the new axis' data is drawn: frame it (MetricChart.reframe_x)
-                self._reframe_pending.discard(field_name)
         if self.x_axis != "step" and self._evals:
             self._want_step_axes()  # checkpoints are placed through the metric rows, which may have grown
         self._check_loaded()
         self._update_info()
+
+    def _on_feed_chart_redrawn(self, field_name: str) -> None:
+        if field_name in self._reframe_pending and field_name in self.charts \
+                and self.curves[field_name].data is not None:
+            self.charts[field_name].reframe_x()  # the new axis' data is drawn: frame it (MetricChart.reframe_x)
+            self._reframe_pending.discard(field_name)
 
     def _check_loaded(self) -> None:
         """Loaded: the first batch (status, events, log) is shown, every chart is built and drawn."""
@@ -734,16 +737,27 @@ class RunView(QWidget):
         self._pass_timer.start()
 
     def _draw_due_pass_at_1(self) -> None:
-        measured, self._pass_due = bool(self._pass_due), None
         if self._closed:
             return
+        new = [b for b in self._benchmarks() if b not in self.pass_charts]
+        if len(new) > 1:  # one new chart per turn (each ~20-30 ms of the UI thread with its curves)
+            self._draw_pass_at_1(measured=False, only=new[0])
+            self._pass_timer.start()
+            return
+        measured, self._pass_due = bool(self._pass_due), None
         self._draw_pass_at_1(measured)
         self._check_loaded()
 
-    def _draw_pass_at_1(self, measured: bool = True) -> None:
-        """The pass@1 charts from the eval records (`measured`: also read the measured references again)."""
-        benchmarks = sorted({e["benchmark"] for e in self._evals})
+    def _benchmarks(self) -> list[str]:
+        return sorted({e["benchmark"] for e in self._evals})
+
+    def _draw_pass_at_1(self, measured: bool = True, only: str | None = None) -> None:
+        """The pass@1 charts from the eval records, or only the named one's (`measured`: also read the measured
+        references again)."""
+        benchmarks = self._benchmarks()
         for bench in benchmarks:
+            if only is not None and bench != only:
+                continue
             chart = self.pass_charts.get(bench)
             if chart is None:
                 chart = PassAtOneChart(bench)
@@ -761,7 +775,7 @@ class RunView(QWidget):
                     marked = unconfined_pass_at_1(self._evals, bench, subset, self.progress.unconfined)
                     chart.set_unconfined(subset, *marked, x=self._x_of_steps(marked[0]))
         self.pass_placeholder.setVisible(not benchmarks)
-        if benchmarks and measured:
+        if benchmarks and measured and only is None:
             self._load_measured_references()
 
     def _x_of_steps(self, steps: np.ndarray) -> np.ndarray:
