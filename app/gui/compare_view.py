@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSlider,
     QSplitter,
     QTableWidget,
@@ -63,6 +65,11 @@ from core.store import RunRow, Store
 from core.window import RunWindow, StepAxes, WindowCurve, read_step_axes
 
 log = logging.getLogger(__name__)
+
+# A chart's curves for runs new to it are created for at most this long per event-loop turn (each run's items
+# cost the UI thread ~3-4 ms: 10 runs of one chart in one turn, then its paint, made a ~55 ms stall; a comparison
+# has no cap on its runs).
+DRAW_BUDGET_S = 0.015
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,8 @@ class CompareView(QWidget):
         self._windows: dict[str, RunWindow] = {}
         self._reframe_pending: set[str] = set()
         self._step_axes_workers: dict[str, Worker] = {}
-        self.feed = ChartFeed(store, self._windows, self.charts, lambda: self.x_axis, self._weight, self)
+        self.feed = ChartFeed(store, self._windows, self.charts, lambda: self.x_axis, self._weight, self,
+                              extra_fields=tuple(f for f, _t, _y in METRICS))
         self.feed.applied.connect(self._on_feed_applied)
         self.feed.chart_redrawn.connect(self._on_feed_chart_redrawn)
         self.feed.failed.connect(lambda msg: self.state_label.setText(f"Could not read the runs: {msg}"))
@@ -241,19 +249,27 @@ class CompareView(QWidget):
         controls.addWidget(self.smoothing_label)
         controls.addStretch(1)
         controls.addWidget(QLabel("Legend: the run list on the left (untick a run to hide it everywhere)"))
+        # The grid's charts are built one per event-loop turn (_build_next), in slots that keep their cells: the
+        # metric charts, then an empty pass@1 chart per benchmark as soon as the runs' evaluations name it, so the
+        # grid is laid out before curves are drawn (a pass@1 chart added later re-laid out and repainted every
+        # chart of the grid with its curves). All built in one turn, they held the UI thread ~130 ms.
         self.charts: dict[str, MetricChart] = {}
         self.pass_charts: dict[str, PassAtOneChart] = {}
+        self._pass_slots: dict[str, PassAtOneChart] = {}  # built, not drawn yet
+        self._chart_slots: dict[str, QWidget] = {}
         self.chart_grid = QGridLayout()
         self.chart_grid.setSpacing(6)
-        for i, (field_name, title, y_label) in enumerate(METRICS):
-            chart = MetricChart(title, y_label)
-            chart.setMinimumSize(260, 200)
-            chart.set_show_raw(False)  # overlays show smoothed curves only: raw noise hides the comparison
-            chart.legend.hide()  # one legend for the grid: the run list
-            add_export_actions(self, chart)
-            self.charts[field_name] = chart
-            self.chart_grid.addWidget(chart, i // 2, i % 2)
-        self.curve_chart = self.charts["loss"]
+        for i, (field_name, title, _y_label) in enumerate(METRICS):
+            slot = QLabel(f"{title}…")
+            slot.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            slot.setMinimumSize(260, 200)
+            slot.setStyleSheet("color: palette(placeholder-text);")
+            slot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+            self._chart_slots[field_name] = slot
+            self.chart_grid.addWidget(slot, i // 2, i % 2)
+        self._build_timer = QTimer(self, singleShot=True, interval=0)
+        self._build_timer.timeout.connect(self._build_next)
+        self._build_timer.start()
         grid_host = QWidget()
         grid_host.setLayout(self.chart_grid)
         scroll = QScrollArea()
@@ -333,8 +349,66 @@ class CompareView(QWidget):
         if self._own_watcher:
             self.watcher.stop()
 
+    @property
+    def curve_chart(self) -> MetricChart:
+        """The loss chart (built in the first turn after the view is created)."""
+        return self.charts["loss"]
+
+    def charts_built(self) -> bool:
+        return len(self.charts) == len(METRICS)
+
+    def _build_next(self) -> None:
+        """Build the next chart of the grid, then the next one in the next event-loop turn."""
+        if self._closed:
+            return
+        pending = [m for m in METRICS if m[0] not in self.charts]
+        if pending:
+            self._build_metric_chart(*pending[0])
+        else:
+            new = [b for b in self._known_benchmarks() if b not in self.pass_charts and b not in self._pass_slots]
+            if not new:
+                return
+            self._pass_slots[new[0]] = self._new_pass_chart(new[0])
+        self._build_timer.start()
+
+    def _build_metric_chart(self, field_name: str, title: str, y_label: str) -> None:
+        chart = MetricChart(title, y_label)
+        chart.setMinimumSize(260, 200)
+        chart.set_x_label(X_LABELS[self.x_axis])
+        chart.set_show_raw(False)  # overlays show smoothed curves only: raw noise hides the comparison
+        chart.legend.hide()  # one legend for the grid: the run list
+        add_export_actions(self, chart)
+        slot = self._chart_slots.pop(field_name)
+        self.chart_grid.replaceWidget(slot, chart)
+        slot.deleteLater()
+        self.charts[field_name] = chart
+        self.feed.watch_chart(chart)
+        if len(self.charts) == 1:
+            # the first picture: one read of every metric for every run (the feed reads them all with the first
+            # chart's; the charts built next are served by it)
+            self.feed.request(force=True)
+        elif self.data is not None:  # built after the first picture: draw its curves
+            self._due[("curves", field_name)] = None
+            if not self._draw_timer.isActive():
+                self._draw_timer.start()
+
+    def _known_benchmarks(self) -> list[str]:
+        """Benchmarks the shown runs' evaluations name (before the first picture too)."""
+        return sorted({e["benchmark"] for r in self._runs.values() if r.run_id not in self.hidden for e in r.evals})
+
+    def _new_pass_chart(self, bench: str) -> PassAtOneChart:
+        chart = PassAtOneChart(bench)
+        chart.setMinimumSize(260, 200)
+        chart.legend.hide()
+        add_export_actions(self, chart)
+        n = len(METRICS) + len(self.pass_charts) + len(self._pass_slots)
+        self.chart_grid.addWidget(chart, n // 2, n % 2)
+        chart.show()
+        return chart
+
     def exportable_charts(self) -> list[tuple[str, ChartWidget, Any]]:
-        out: list[tuple[str, ChartWidget, Any]] = [(title, self.charts[f], None) for f, title, _ in METRICS]
+        out: list[tuple[str, ChartWidget, Any]] = [(title, self.charts[f], None) for f, title, _ in METRICS
+                                                   if f in self.charts]
         out += [(f"{b} pass@1", c, None) for b, c in self.pass_charts.items()]
         return [*out, ("pass@1 bars", self.bar_chart, self.export_bars_csv)]
 
@@ -372,6 +446,8 @@ class CompareView(QWidget):
             run.row = batch.run
         if batch.evals is not None:
             run.evals = batch.evals
+            if not self._build_timer.isActive():
+                self._build_timer.start()  # an empty pass@1 chart for a benchmark new to the grid
         if batch.events:
             run.progress.apply(batch.events)
         grew = batch.metrics is not None and run.window.extend(batch.metrics)
@@ -428,7 +504,8 @@ class CompareView(QWidget):
             self._config_key = config_key
             self._fill_diff()
         if not self._due:
-            self.data_loaded.emit(self.data)
+            if self.charts_built():  # else the last chart built draws, then announces
+                self.data_loaded.emit(self.data)
         elif not self._draw_timer.isActive():
             self._draw_timer.start()
 
@@ -438,19 +515,19 @@ class CompareView(QWidget):
             return
         if self._due:
             kind, name = next(iter(self._due))
-            del self._due[(kind, name)]
             if kind == "curves":
-                self._draw_chart(name)
+                if self._draw_chart(name, DRAW_BUDGET_S):
+                    self._due.pop((kind, name), None)
             else:
                 self._draw_pass_at_1(name)
         if self._due:
             self._draw_timer.start()
-        else:
+        elif self.charts_built():
             self.data_loaded.emit(self.data)
 
     def is_drawn(self) -> bool:
-        """Rendered, and every chart drawn (what data_loaded announces)."""
-        return self.data is not None and not self._due
+        """Rendered, and every chart built and drawn (what data_loaded announces)."""
+        return self.data is not None and not self._due and self.charts_built()
 
     # ------------------------------------------------------------------ rendering
 
@@ -486,19 +563,27 @@ class CompareView(QWidget):
             self._due.pop(("curves", field_name), None)
             self._draw_chart(field_name)
 
-    def _draw_chart(self, field_name: str) -> None:
+    def _draw_chart(self, field_name: str, budget_s: float | None = None) -> bool:
+        """One metric chart's curves; with `budget_s`, the curves of runs new to the chart are created until that
+        long has passed (False: runs are left for the next call)."""
+        started = time.perf_counter()
         shown = {r.run_id: r for r in self.visible_runs()}
         chart = self.charts[field_name]
         chart.set_x_label(X_LABELS[self.x_axis])
         for run_key in set(chart.run_keys()) - set(shown):
             chart.clear_run(run_key)
+        done = True
         for run_id, data in shown.items():
             run = self._runs[run_id]
             if run_id not in chart.run_keys():
+                if budget_s is not None and time.perf_counter() - started > budget_s:
+                    done = False
+                    break
                 chart.set_curve(run_id, data.shown, run.color, run.curves[field_name])
             else:
                 chart.set_label(run_id, data.shown)
         chart.refresh()
+        return done
 
     def _benchmarks(self) -> list[str]:
         return sorted({e["benchmark"] for r in self.visible_runs() for e in r.evals})
@@ -512,13 +597,8 @@ class CompareView(QWidget):
             self._due.pop(("pass", bench), None)
             chart = self.pass_charts.get(bench)
             if chart is None:
-                chart = self.pass_charts[bench] = PassAtOneChart(bench)
-                chart.setMinimumSize(260, 200)
-                chart.legend.hide()
-                add_export_actions(self, chart)
-                n = len(self.charts) + len(self.pass_charts) - 1
-                self.chart_grid.addWidget(chart, n // 2, n % 2)
-                chart.show()
+                chart = self._pass_slots.pop(bench, None) or self._new_pass_chart(bench)
+                self.pass_charts[bench] = chart
             chart.set_x_axis(X_LABELS[self.x_axis], self.x_axis == "step")
             keep = set()
             for data in shown:

@@ -521,7 +521,11 @@ class RunView(QWidget):
         for k in range(2):
             grid.setRowStretch(k, 1)
             grid.setColumnStretch(k, 1)
-        QTimer.singleShot(0, self._build_next_chart)
+        # a timer object, not QTimer.singleShot(0, ...): Qt runs two of those back to back before other timers,
+        # which made two chart builds one UI stall
+        self._build_timer = QTimer(self, singleShot=True, interval=0)
+        self._build_timer.timeout.connect(self._build_next_chart)
+        self._build_timer.start()
         self.pass_charts: dict[str, PassAtOneChart] = {}
         self.pass_host = QWidget()
         self.pass_layout = QVBoxLayout(self.pass_host)
@@ -600,7 +604,7 @@ class RunView(QWidget):
         self.charts[field_name] = chart
         self.feed.watch_chart(chart)
         if len(pending) > 1:
-            QTimer.singleShot(0, self._build_next_chart)
+            self._build_timer.start()
         else:
             self.feed.request(force=True)  # the first picture: every chart's range is known now
 
