@@ -25,6 +25,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.gui.charts import MetricChart
+from app.gui.ui_steps import ui_steps
 from app.gui.workers import Worker
 from core.store import Store
 from core.window import RunWindow, WindowData, lead_in_points, read_window
@@ -71,11 +72,9 @@ class ChartFeed(QObject):
         self._refresh_timer = QTimer(self, singleShot=True, interval=REFRESH_MS)
         self._refresh_timer.timeout.connect(lambda: self.request(force=True))
         self._force = True
-        # charts still to redraw with the read just applied: one per event-loop turn (_redraw_next). Four charts
-        # redrawn and then painted in one turn held the UI thread 100-170 ms when a long run's tab opened.
+        # charts still to redraw with the read just applied: one per event-loop turn (_redraw_next, app.gui.ui_steps).
+        # Four charts redrawn and then painted in one turn held the UI thread 100-170 ms when a long run's tab opened.
         self._redraw: list[str] = []
-        self._redraw_timer = QTimer(self, singleShot=True, interval=0)
-        self._redraw_timer.timeout.connect(self._redraw_next)
         for chart in charts.values():
             self.watch_chart(chart)
 
@@ -86,7 +85,7 @@ class ChartFeed(QObject):
         self._closed = True
         self._zoom_timer.stop()
         self._refresh_timer.stop()
-        self._redraw_timer.stop()
+        ui_steps().discard(self)
         self._redraw = []
         if self._worker is not None:
             self._worker.cancel()
@@ -224,7 +223,7 @@ class ChartFeed(QObject):
             self.charts[field_name].refresh()
             self.chart_redrawn.emit(field_name)
         if self._redraw:
-            self._redraw_timer.start()
+            ui_steps().add(self, "redraw", self._redraw_next)
             return
         self.reads += 1
         self.applied.emit()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -56,6 +56,7 @@ from app.gui.run_view import (
 )
 from app.gui.store_watch import RunBatch, StoreWatcher
 from app.gui.theme import set_title_font
+from app.gui.ui_steps import ui_steps
 from app.gui.workers import Worker
 from core.configdiff import diff, format_value
 from core.names import display_names
@@ -187,8 +188,6 @@ class CompareView(QWidget):
         # pass@1 chart; drawn one per event-loop turn (_draw_next), then data_loaded. 10 runs x 4 metrics of
         # pyqtgraph items created in one turn held the UI thread ~300 ms when a comparison of long runs opened.
         self._due: dict[tuple[str, str], None] = {}
-        self._draw_timer = QTimer(self, singleShot=True, interval=0)
-        self._draw_timer.timeout.connect(self._draw_next)
         self._build()
         self._windows: dict[str, RunWindow] = {}
         self._reframe_pending: set[str] = set()
@@ -267,9 +266,7 @@ class CompareView(QWidget):
             slot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
             self._chart_slots[field_name] = slot
             self.chart_grid.addWidget(slot, i // 2, i % 2)
-        self._build_timer = QTimer(self, singleShot=True, interval=0)
-        self._build_timer.timeout.connect(self._build_next)
-        self._build_timer.start()
+        ui_steps().add(self, "build", self._build_next)
         grid_host = QWidget()
         grid_host.setLayout(self.chart_grid)
         scroll = QScrollArea()
@@ -343,6 +340,7 @@ class CompareView(QWidget):
     def shutdown(self) -> None:
         """Stop feeding this view (its own watcher, if it has one, stops)."""
         self._closed = True
+        ui_steps().discard(self)
         self.feed.close()
         for run in self._runs.values():
             self.watcher.unwatch(run.sub_id)
@@ -369,7 +367,7 @@ class CompareView(QWidget):
             if not new:
                 return
             self._pass_slots[new[0]] = self._new_pass_chart(new[0])
-        self._build_timer.start()
+        ui_steps().add(self, "build", self._build_next)
 
     def _build_metric_chart(self, field_name: str, title: str, y_label: str) -> None:
         chart = MetricChart(title, y_label)
@@ -389,8 +387,7 @@ class CompareView(QWidget):
             self.feed.request(force=True)
         elif self.data is not None:  # built after the first picture: draw its curves
             self._due[("curves", field_name)] = None
-            if not self._draw_timer.isActive():
-                self._draw_timer.start()
+            ui_steps().add(self, "draw", self._draw_next)
 
     def _known_benchmarks(self) -> list[str]:
         """Benchmarks the shown runs' evaluations name (before the first picture too)."""
@@ -446,8 +443,7 @@ class CompareView(QWidget):
             run.row = batch.run
         if batch.evals is not None:
             run.evals = batch.evals
-            if not self._build_timer.isActive():
-                self._build_timer.start()  # an empty pass@1 chart for a benchmark new to the grid
+            ui_steps().add(self, "build", self._build_next)  # an empty pass@1 chart for a benchmark new to the grid
         if batch.events:
             run.progress.apply(batch.events)
         grew = batch.metrics is not None and run.window.extend(batch.metrics)
@@ -506,8 +502,8 @@ class CompareView(QWidget):
         if not self._due:
             if self.charts_built():  # else the last chart built draws, then announces
                 self.data_loaded.emit(self.data)
-        elif not self._draw_timer.isActive():
-            self._draw_timer.start()
+        elif not ui_steps().pending(self, "draw"):
+            ui_steps().add(self, "draw", self._draw_next)
 
     def _draw_next(self) -> None:
         """Draw the next chart a render left due; data_loaded once none is left."""
@@ -521,7 +517,7 @@ class CompareView(QWidget):
             else:
                 self._draw_pass_at_1(name)
         if self._due:
-            self._draw_timer.start()
+            ui_steps().add(self, "draw", self._draw_next)
         elif self.charts_built():
             self.data_loaded.emit(self.data)
 

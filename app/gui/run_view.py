@@ -52,6 +52,7 @@ from app.gui.eval_panel import EvaluationsPanel
 from app.gui.nodes_panel import NodesPanel
 from app.gui.store_watch import RunBatch, StoreWatcher
 from app.gui.theme import app_icon, monospace_font, set_title_font, status_color
+from app.gui.ui_steps import ui_steps
 from app.gui.workers import Worker
 from core.evalstate import EVAL_EVENTS, EvalState, derive_eval_states
 from core.names import printable
@@ -400,8 +401,6 @@ class RunView(QWidget):
         self._closed = False
         # pass@1 drawn from a batch waits for its own event-loop turn (see _schedule_pass_at_1)
         self._pass_due: bool | None = None  # None: nothing due; else whether to read measured references too
-        self._pass_timer = QTimer(self, singleShot=True, interval=0)
-        self._pass_timer.timeout.connect(self._draw_due_pass_at_1)
 
         self._build()
         self.feed = ChartFeed(store, {run_id: self.window}, self.charts, lambda: self.x_axis,
@@ -521,11 +520,7 @@ class RunView(QWidget):
         for k in range(2):
             grid.setRowStretch(k, 1)
             grid.setColumnStretch(k, 1)
-        # a timer object, not QTimer.singleShot(0, ...): Qt runs two of those back to back before other timers,
-        # which made two chart builds one UI stall
-        self._build_timer = QTimer(self, singleShot=True, interval=0)
-        self._build_timer.timeout.connect(self._build_next_chart)
-        self._build_timer.start()
+        ui_steps().add(self, "build", self._build_next_chart)
         self.pass_charts: dict[str, PassAtOneChart] = {}
         self.pass_host = QWidget()
         self.pass_layout = QVBoxLayout(self.pass_host)
@@ -604,7 +599,7 @@ class RunView(QWidget):
         self.charts[field_name] = chart
         self.feed.watch_chart(chart)
         if len(pending) > 1:
-            self._build_timer.start()
+            ui_steps().add(self, "build", self._build_next_chart)
         else:
             self.feed.request(force=True)  # the first picture: every chart's range is known now
 
@@ -738,7 +733,7 @@ class RunView(QWidget):
         the evaluations (the first holds the run's status, events and log) it made the longest stall of a tab
         opening on a long run."""
         self._pass_due = measured or bool(self._pass_due)
-        self._pass_timer.start()
+        ui_steps().add(self, "pass", self._draw_due_pass_at_1)
 
     def _draw_due_pass_at_1(self) -> None:
         if self._closed:
@@ -746,7 +741,7 @@ class RunView(QWidget):
         new = [b for b in self._benchmarks() if b not in self.pass_charts]
         if len(new) > 1:  # one new chart per turn (each ~20-30 ms of the UI thread with its curves)
             self._draw_pass_at_1(measured=False, only=new[0])
-            self._pass_timer.start()
+            ui_steps().add(self, "pass", self._draw_due_pass_at_1)
             return
         measured, self._pass_due = bool(self._pass_due), None
         self._draw_pass_at_1(measured)
@@ -1191,6 +1186,7 @@ class RunView(QWidget):
     def shutdown(self) -> None:
         """Stop feeding this view (the watcher thread ends if this view owns it)."""
         self._closed = True
+        ui_steps().discard(self)
         self._clock.stop()
         self.samples.closed = True
         self.nodes.stop()

@@ -265,7 +265,7 @@ def measure_store(store: Any, longest: list[str]) -> dict[str, float]:
 
 def measure_app(path: Path) -> dict[str, Any]:
     """The app on the store at `path` (run in a fresh process: clean memory and a fresh QApplication)."""
-    from PySide6.QtTest import QTest
+    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     from app.gui.app import create_app
@@ -279,13 +279,25 @@ def measure_app(path: Path) -> dict[str, Any]:
     longest = [run.run_id for run, s in sorted(store.list_run_summaries(), key=lambda rs: -(rs[1].metric_points or 0))]
     out: dict[str, Any] = {"runs": n_runs, "load_before": os.getloadavg()[0], **measure_store(store, longest)}
 
+    # The waits run an event loop of their own, as the app runs app.exec(). QTest.qWait holds the GIL while it
+    # waits: the app's worker threads (the views' envelope reads among them) ran at half their speed or less
+    # while the benchmark polled with it, which made the views' load times depend on the polling.
+    def pump(ms: int) -> None:
+        loop = QEventLoop()
+        QTimer.singleShot(ms, loop.quit)
+        loop.exec()
+
     def wait_until(cond, timeout_s: float = 600.0) -> bool:
         deadline = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > deadline:
-                return False
-            QTest.qWait(2)
-        return True
+        if cond():
+            return True
+        loop = QEventLoop()
+        poll = QTimer(interval=2)
+        poll.timeout.connect(lambda: (cond() or time.monotonic() > deadline) and loop.quit())
+        poll.start()
+        loop.exec()
+        poll.stop()
+        return bool(cond())
 
     def timed(name: str, start, done, paint) -> None:
         meter = StallMeter()
@@ -297,7 +309,7 @@ def measure_app(path: Path) -> dict[str, Any]:
             paint(target)
         out[f"{name}_s"] = time.perf_counter() - began if ok else float("nan")
         out[f"{name}_cpu_s"] = time.process_time() - began_cpu  # every thread of the app, polling included
-        QTest.qWait(50)
+        pump(50)
         meter.stop()
         out[f"{name}_stall_ms"] = meter.worst_ms
 
@@ -310,7 +322,7 @@ def measure_app(path: Path) -> dict[str, Any]:
         if window is not None:
             window.close()
             window.deleteLater()
-            QTest.qWait(100)
+            pump(100)
         started = time.perf_counter()
         window = MainWindow(store, offer_demo=False, stream=False)
         window.resize(1360, 880)
@@ -334,7 +346,7 @@ def measure_app(path: Path) -> dict[str, Any]:
     def close_tabs() -> None:
         while window.tabs.count() > 4:
             window.close_tab(window.tabs.count() - 1)
-        QTest.qWait(200)
+        pump(200)
         gc.collect()
 
     timed("run_view", lambda: window.open_run(longest[0]), lambda view: bool(getattr(view, "loaded", False)),
@@ -352,7 +364,7 @@ def measure_app(path: Path) -> dict[str, Any]:
     timed("compare", open_compare, lambda view: bool(loaded), lambda view: view.repaint())
     close_tabs()
 
-    QTest.qWait(500)
+    pump(500)
     gc.collect()
     before = _rss_mb()
     meter = StallMeter()
@@ -360,7 +372,7 @@ def measure_app(path: Path) -> dict[str, Any]:
     for run_id in longest[:TABS]:
         view = window.open_run(run_id)
         wait_until(lambda view=view: bool(getattr(view, "loaded", False)))
-    QTest.qWait(2000)  # settle: workers done, first polls made
+    pump(2000)  # settle: workers done, first polls made
     meter.stop()
     gc.collect()
     out["tabs_open_stall_ms"] = meter.worst_ms
@@ -368,7 +380,7 @@ def measure_app(path: Path) -> dict[str, Any]:
     idle = StallMeter()
     idle.start()
     cpu, wall = time.process_time(), time.perf_counter()
-    QTest.qWait(int(IDLE_S * 1000))
+    pump(int(IDLE_S * 1000))
     out["idle_cpu_pct"] = 100 * (time.process_time() - cpu) / (time.perf_counter() - wall)
     idle.stop()
     out["idle_stall_ms"] = idle.worst_ms
