@@ -254,7 +254,8 @@ class CompareView(QWidget):
         # chart of the grid with its curves). All built in one turn, they held the UI thread ~130 ms.
         self.charts: dict[str, MetricChart] = {}
         self.pass_charts: dict[str, PassAtOneChart] = {}
-        self._pass_slots: dict[str, PassAtOneChart] = {}  # built, not drawn yet
+        self._pass_unplaced: dict[str, PassAtOneChart] = {}  # built, not in the grid yet
+        self._pass_slots: dict[str, PassAtOneChart] = {}  # in the grid, not drawn yet
         self._chart_slots: dict[str, QWidget] = {}
         self.chart_grid = QGridLayout()
         self.chart_grid.setSpacing(6)
@@ -266,6 +267,11 @@ class CompareView(QWidget):
             slot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
             self._chart_slots[field_name] = slot
             self.chart_grid.addWidget(slot, i // 2, i % 2)
+        # rows and columns share the grid evenly whatever their widgets' size hints: a chart replacing its slot
+        # moves no other chart (a re-layout resizes and repaints every chart built so far)
+        for k in range(2):
+            self.chart_grid.setRowStretch(k, 1)
+            self.chart_grid.setColumnStretch(k, 1)
         ui_steps().add(self, "build", self._build_next)
         grid_host = QWidget()
         grid_host.setLayout(self.chart_grid)
@@ -341,6 +347,9 @@ class CompareView(QWidget):
         """Stop feeding this view (its own watcher, if it has one, stops)."""
         self._closed = True
         ui_steps().discard(self)
+        for chart in self._pass_unplaced.values():  # built, never given a parent
+            chart.deleteLater()
+        self._pass_unplaced.clear()
         self.feed.close()
         for run in self._runs.values():
             self.watcher.unwatch(run.sub_id)
@@ -362,11 +371,14 @@ class CompareView(QWidget):
         pending = [m for m in METRICS if m[0] not in self.charts]
         if pending:
             self._build_metric_chart(*pending[0])
+        elif self._pass_unplaced:  # placed a turn after it is built: placing it re-lays out the grid
+            bench = next(iter(self._pass_unplaced))
+            self._pass_slots[bench] = self._place_pass_chart(self._pass_unplaced.pop(bench))
         else:
             new = [b for b in self._known_benchmarks() if b not in self.pass_charts and b not in self._pass_slots]
             if not new:
                 return
-            self._pass_slots[new[0]] = self._new_pass_chart(new[0])
+            self._pass_unplaced[new[0]] = self._new_pass_chart(new[0])
         ui_steps().add(self, "build", self._build_next)
 
     def _build_metric_chart(self, field_name: str, title: str, y_label: str) -> None:
@@ -383,8 +395,8 @@ class CompareView(QWidget):
         self.feed.watch_chart(chart)
         if len(self.charts) == 1:
             # the first picture: one read of every metric for every run (the feed reads them all with the first
-            # chart's; the charts built next are served by it)
-            self.feed.request(force=True)
+            # chart's; the charts built next are served by it), in the next turn: at the width it is laid out to
+            ui_steps().add(self, "first picture", lambda: self.feed.request(force=True))
         elif self.data is not None:  # built after the first picture: draw its curves
             self._due[("curves", field_name)] = None
             ui_steps().add(self, "draw", self._draw_next)
@@ -394,12 +406,17 @@ class CompareView(QWidget):
         return sorted({e["benchmark"] for r in self._runs.values() if r.run_id not in self.hidden for e in r.evals})
 
     def _new_pass_chart(self, bench: str) -> PassAtOneChart:
+        """A pass@1 chart, not in the grid yet (no parent: shown only once placed)."""
         chart = PassAtOneChart(bench)
         chart.setMinimumSize(260, 200)
         chart.legend.hide()
         add_export_actions(self, chart)
+        return chart
+
+    def _place_pass_chart(self, chart: PassAtOneChart) -> PassAtOneChart:
         n = len(METRICS) + len(self.pass_charts) + len(self._pass_slots)
         self.chart_grid.addWidget(chart, n // 2, n % 2)
+        self.chart_grid.setRowStretch(n // 2, 1)
         chart.show()
         return chart
 
@@ -593,7 +610,8 @@ class CompareView(QWidget):
             self._due.pop(("pass", bench), None)
             chart = self.pass_charts.get(bench)
             if chart is None:
-                chart = self._pass_slots.pop(bench, None) or self._new_pass_chart(bench)
+                chart = self._pass_slots.pop(bench, None) or self._place_pass_chart(
+                    self._pass_unplaced.pop(bench, None) or self._new_pass_chart(bench))
                 self.pass_charts[bench] = chart
             chart.set_x_axis(X_LABELS[self.x_axis], self.x_axis == "step")
             keep = set()

@@ -601,7 +601,9 @@ class RunView(QWidget):
         if len(pending) > 1:
             ui_steps().add(self, "build", self._build_next_chart)
         else:
-            self.feed.request(force=True)  # the first picture: every chart's range is known now
+            # the first picture, read in the next turn: every chart is laid out to its width by then (read now,
+            # a chart's width is still its default and the envelope had ~2x the buckets the chart shows)
+            ui_steps().add(self, "first picture", lambda: self.feed.request(force=True))
 
     def charts_built(self) -> bool:
         return len(self.charts) == len(METRICS)

@@ -46,9 +46,13 @@ class UiSteps(QObject):
             return
         key = next(iter(self._steps))
         _owner, step = self._steps.pop(key)
-        if self._steps:
-            self._timer.start()  # before the step: a step that adds another still gets a turn of its own
-        step()
+        try:
+            step()
+        finally:
+            if self._steps:
+                # (re)started once the step is done, also when the step added one: a zero timer started earlier
+                # would be due before other timers that fell due during the step, and run first, in the same pass
+                self._timer.start()
 
 
 def ui_steps() -> UiSteps:

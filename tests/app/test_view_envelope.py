@@ -106,3 +106,37 @@ def test_compare_of_long_runs_holds_bounded_data_per_run(qtbot, store):
     for run_id in run_ids:
         assert view.data.runs[run_ids.index(run_id)].summary["steps"] == 20_000
     view.close()
+
+
+def test_charts_following_the_whole_run_share_one_read_and_a_small_resize_reads_nothing_again(qtbot, store):
+    from app.gui.chart_feed import ZOOM_DEBOUNCE_MS, ChartFeed
+
+    long_run(store, "one", 20_000)
+    calls: list[tuple] = []
+    view = RunView(store, "one")
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    qtbot.waitUntil(lambda: view.loaded, timeout=WAIT_MS)
+    # the four charts (their widths differ by their y-axis labels) were read once, at one resolution: the
+    # widest laid-out chart's, not a width from before the layout
+    widths = [chart.plot.getViewBox().width() for chart in view.charts.values()]
+    data = [view.curves[f].data for f in view.charts]
+    assert view.feed.reads == 1 and len({d.buckets for d in data}) == 1
+    assert int(max(widths)) <= data[0].buckets <= 1.1 * max(widths)
+    # a window a little narrower: the whole-run envelope still serves every chart (within RESOLUTION_SLACK)
+    original = ChartFeed.request
+
+    def counting(feed, force=False):
+        calls.append((feed is view.feed, force))
+        return original(feed, force)
+
+    ChartFeed.request = counting
+    try:
+        view.resize(1100, 800)
+        qtbot.wait(ZOOM_DEBOUNCE_MS * 3)
+        assert any(mine for mine, _force in calls)  # the range change asked...
+        assert view.feed.reads == 1 and not view.feed._worker  # ...and nothing needed reading
+    finally:
+        ChartFeed.request = original
+    view.close()
