@@ -623,9 +623,10 @@ def _metric_segments(records: Sequence[dict[str, Any]]) -> list[tuple[_MetricPla
 def _derive_attempt(conn: sqlite3.Connection, run_id: str, attempt: int, plan: _MetricPlan,
                     rows: list[tuple[Any, ...]], inserted: int) -> None:
     """Update the attempt's span and tiles for rows of one attempt just offered to INSERT OR IGNORE, of which
-    `inserted` were new (the others repeat stored rows). New rows in ascending step order, as a live run writes them, have their level-0 tiles
-    computed here with numpy and merged into the stored ones (~0.4 us a row; SQLite's GROUP BY over the rows
-    just written costs 1.3 us); anything else (repeats, steps out of order) re-reads the rows in SQL."""
+    `inserted` were new (the others repeat stored rows). New rows in ascending step order, as a live run writes
+    them, have their level-0 tiles computed here with numpy and merged into the stored ones (~0.4 us a row;
+    SQLite's GROUP BY over the rows just written costs 1.3 us); anything else (repeats, steps out of order)
+    re-reads the rows in SQL."""
     all_new = inserted == len(rows)
     if all_new and not plan.extra:
         tiles = _tiles_in_memory(plan, rows)
@@ -822,11 +823,21 @@ class _ConnectionPool:
         with self._lock:
             return len(self._open) if self._pid == os.getpid() else 0
 
-    def close(self) -> None:
+    def close(self, current: sqlite3.Connection | None = None) -> None:
+        """Close the idle connections and `current` (the calling thread's) now. One lent to another thread is
+        closed when that thread hands it back: closing a connection under another thread's running query
+        crashes Python's sqlite3 (a segfault, seen when a view's worker was still reading as the store closed),
+        and a thread that asks again after this gets StoreError."""
         with self._lock:
-            conns = list(self._open) if self._pid == os.getpid() else []
-            self._open, self._idle, self.closed = set(), [], True
-        for conn in conns:
+            if self._pid != os.getpid():
+                self._open, self._idle, self.closed = set(), [], True
+                return
+            now = list(self._idle)
+            if current is not None and current in self._open:
+                now.append(current)
+            self._open.difference_update(now)
+            self._idle, self.closed = [], True
+        for conn in now:
             conn.close()
 
 
@@ -933,9 +944,12 @@ class Store:
             conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Close every thread's connection. Call when no other thread is using the store."""
+        """Close the store: this thread's and the idle connections now, those other threads hold as each thread
+        hands its connection back (when it ends); any further query raises StoreError."""
         self._closed = True
-        self._pool.close()
+        lease = getattr(self._local, "lease", None)
+        self._pool.close(lease.conn if lease is not None and lease.pid == os.getpid() else None)
+        self._local.lease = None
 
     def __enter__(self) -> Store:
         return self
